@@ -1,0 +1,3 @@
+from ngp_cli.cli import main
+
+main()

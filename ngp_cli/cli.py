@@ -1,0 +1,165 @@
+"""The ``ngp`` command: a typer app whose commands come from task plugins, plus ``tasks`` and ``presets``.
+
+Errors: every :class:`~ngp_cli.errors.NgpError` becomes one ``ngp: <kind>: <message>`` line on stderr, a
+``{"event": "error", ...}`` JSON line on stdout and its documented exit code (docs/cli.md); usage errors become one line
+and exit 2; anything unexpected is an internal error (exit 1, traceback only with ``NGP_DEBUG=1``). This module imports
+neither torch nor CuPy.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from ngp_cli import __version__
+from ngp_cli.console import emit, error_line, set_quiet
+from ngp_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, NgpError
+
+
+def _fail(exit_code: int, kind: str, message: str) -> None:
+    error_line(f"ngp: {kind}: {message}")
+    emit("error", exit_code=exit_code, kind=kind, message=message)
+    sys.exit(exit_code)
+
+
+class NgpGroup(TyperGroup):
+    """Click group that turns every failure into one stderr line plus a documented exit code."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        # typer >= 0.2x vendors click; older releases use click itself. Both expose the base through BadParameter.
+        click_exception = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except NgpError as err:
+            _fail(err.exit_code, err.kind, str(err))
+        except click_exception as err:
+            if type(err).__name__ == "NoArgsIsHelpError":  # bare `ngp` / `ngp presets`: show the help
+                err.show()
+                sys.exit(EXIT_USAGE)
+            code = getattr(err, "exit_code", EXIT_USAGE) or EXIT_USAGE
+            message = " ".join(err.format_message().split())
+            ctx = getattr(err, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            _fail(code, "usage error", message + hint)
+        except (typer.Abort, KeyboardInterrupt):
+            _fail(EXIT_INTERRUPTED, "interrupted", "aborted by the user")
+        except Exception as err:  # noqa: BLE001 - last line of defence: one line, no traceback
+            if os.environ.get("NGP_DEBUG"):
+                traceback.print_exc()
+            _fail(EXIT_INTERNAL, "internal error",
+                  f"{type(err).__name__}: {err} (set NGP_DEBUG=1 for the traceback; please report it)")
+        if isinstance(rv, int) and rv:
+            sys.exit(rv)
+        sys.exit(0)
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"ngp {__version__}\n")
+        raise typer.Exit()
+
+
+def build_app() -> typer.Typer:
+    """Build the ``ngp`` app: built-in commands plus every discovered task plugin's commands."""
+    from ngp_cli.tasks import discover_tasks
+
+    app = typer.Typer(
+        cls=NgpGroup,
+        name="ngp",
+        help="Instant neural graphics primitives: multiresolution hash encoding + fully fused MLP.\n\n"
+             "stdout carries JSON lines only; human output goes to stderr. Exit codes: 0 ok, 1 internal, 2 usage, "
+             "3 config, 4 data, 5 no GPU, 6 output, 7 diverged, 130 interrupted.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode="rich",
+    )
+
+    @app.callback()
+    def _root(
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No informational output on stderr.")] = False,
+        version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                              help="Print the version and exit.")] = False,
+    ) -> None:
+        set_quiet(quiet)
+
+    tasks = discover_tasks()
+
+    @app.command("tasks")
+    def tasks_cmd() -> None:
+        """List the installed tasks: one JSON line each on stdout, a table on stderr."""
+        from rich.table import Table
+
+        from ngp_cli.console import stderr_console
+
+        table = Table("task", "commands", "summary")
+        for task in tasks.values():
+            emit("task", name=task.name, commands=list(task.commands), summary=task.summary,
+                 plugin=f"{type(task).__module__}.{type(task).__qualname__}")
+            table.add_row(task.name, ", ".join(task.commands), task.summary)
+        stderr_console().print(table)
+
+    presets_app = typer.Typer(help="List and show the built-in presets.", no_args_is_help=True)
+
+    @presets_app.command("list")
+    def presets_list() -> None:
+        """List built-in presets: one JSON line each on stdout, a table on stderr."""
+        from rich.table import Table
+
+        from ngp_cli.config import list_presets
+        from ngp_cli.console import stderr_console
+
+        table = Table("preset", "task", "extends", "description")
+        for p in list_presets():
+            emit("preset", **p)
+            table.add_row(p["name"], str(p["task"] or ""), str(p["extends"] or ""), p["description"])
+        stderr_console().print(table)
+
+    @presets_app.command("show")
+    def presets_show(
+        name: Annotated[str, typer.Argument(help="Preset name or path (.yaml/.yml/.json).")],
+        set_: Annotated[list[str] | None, typer.Option("--set", help="Override KEY.PATH=VALUE (YAML value).")] = None,
+        fmt: Annotated[str, typer.Option("--format", help="json (one line) or yaml.")] = "json",
+    ) -> None:
+        """Print one preset fully resolved (inheritance, defaults and --set applied) and validated."""
+        from ngp_cli.config import dump_yaml, resolve, to_dict
+        from ngp_cli.errors import UsageError
+
+        if fmt not in ("json", "yaml"):
+            raise UsageError(f"--format must be json or yaml, got '{fmt}'")
+        from ngp_cli.config import load_preset
+
+        raw = load_preset(name)
+        task_name = raw.get("task")
+        if task_name not in tasks:
+            from ngp_cli.errors import ConfigError
+
+            raise ConfigError(f"preset '{name}' names task '{task_name}', which is not installed "
+                              f"(installed: {', '.join(tasks)})")
+        cfg = resolve(tasks[task_name].config_class(), task_name, name, set_ or [])
+        data = to_dict(cfg)
+        if fmt == "yaml":
+            sys.stdout.write(dump_yaml(data))
+        else:
+            emit("preset", name=name, config=data)
+
+    app.add_typer(presets_app, name="presets")
+
+    for task in tasks.values():
+        task.register(app)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (``ngp``)."""
+    app = build_app()
+    typer.main.get_command(app).main(args=argv, prog_name="ngp")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

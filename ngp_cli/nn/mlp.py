@@ -1,0 +1,190 @@
+"""Torch reference of tiny-cuda-nn's "FullyFusedMLP" (``src/fully_fused_mlp.cu``) and its activations.
+
+The fully fused MLP of Müller et al. 2021/2022 (paper §4) is a bias-free stack of equally wide matrices; on the
+GPU it runs as one kernel keeping activations in shared memory. Here it is a plain sequence of ``x @ W.T`` with the
+same parameterisation, activations (``include/tiny-cuda-nn/common_device.h``, ``warp_activation``) and
+initialisation, so parameters can be moved between backends.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ngp_cli.config import ACTIVATIONS, NETWORK_WIDTHS
+from ngp_cli.errors import ConfigError
+
+__all__ = ["ACTIVATIONS", "NETWORK_WIDTHS", "activation_fn", "FullyFusedMLP"]
+
+
+# tcnn's K_ACT: sharpness of Squareplus and Softplus.
+_K_ACT = 10.0
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+def _leaky_relu(x: Tensor) -> Tensor:
+    return F.leaky_relu(x, 0.01)
+
+
+def _squareplus(x: Tensor) -> Tensor:
+    kx = x * _K_ACT
+    return 0.5 * (kx + torch.sqrt(kx * kx + 4.0)) / _K_ACT
+
+
+def _softplus(x: Tensor) -> Tensor:
+    # tcnn: logf(expf(K x) + 1) / K, which overflows to inf for x > ~8.9 in float32; torch's softplus is the same
+    # function evaluated stably (linear once K x > 20, where the two differ by < 1e-9).
+    return F.softplus(x, beta=_K_ACT)
+
+
+_ACTIVATION_FNS: dict[str, Callable[[Tensor], Tensor]] = {
+    "None": _identity,
+    "ReLU": torch.relu,
+    "LeakyReLU": _leaky_relu,
+    "Exponential": torch.exp,
+    "Sine": torch.sin,
+    "Sigmoid": torch.sigmoid,
+    "Squareplus": _squareplus,
+    "Softplus": _softplus,
+    "Tanh": torch.tanh,
+}
+
+
+def activation_fn(name: str) -> Callable[[Tensor], Tensor]:
+    """Elementwise activation of tcnn by name (``warp_activation`` in ``include/tiny-cuda-nn/common_device.h``).
+
+    None: ``x``; ReLU: ``max(x, 0)``; LeakyReLU: ``x`` if ``x > 0`` else ``0.01 x``; Exponential: ``exp(x)``;
+    Sine: ``sin(x)`` (no frequency factor); Sigmoid: ``1 / (1 + exp(-x))``; Squareplus:
+    ``0.5 (K x + sqrt((K x)^2 + 4)) / K``; Softplus: ``log(exp(K x) + 1) / K``; Tanh: ``tanh(x)``; with ``K = 10``.
+
+    Args:
+        name: one of :data:`ACTIVATIONS` (case-sensitive, tcnn spelling).
+
+    Returns:
+        A differentiable callable ``Tensor -> Tensor`` preserving shape and dtype.
+
+    Raises:
+        ConfigError: unknown name.
+    """
+    try:
+        return _ACTIVATION_FNS[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"network.activation must be one of {', '.join(ACTIVATIONS)}, got {name!r}") from None
+
+
+def _uniform(shape: tuple[int, int], bound: float, dtype, generator, device) -> Tensor:
+    gen_device = "cpu" if generator is None else generator.device
+    w = torch.rand(shape, generator=generator, dtype=dtype, device=gen_device) * (2.0 * bound) - bound
+    return w.to(device)
+
+
+class FullyFusedMLP(nn.Module):
+    """Bias-free MLP with tcnn "FullyFusedMLP" semantics (``src/fully_fused_mlp.cu``).
+
+    ``n_hidden_layers`` hidden layers of width ``n_neurons`` means ``n_hidden_layers + 1`` weight matrices:
+    input->hidden ``(n_neurons, n_input_dims)``, ``n_hidden_layers - 1`` times hidden->hidden
+    ``(n_neurons, n_neurons)`` and hidden->output ``(n_output_dims, n_neurons)``. ``activation`` follows every
+    hidden layer, ``output_activation`` the last matrix.
+
+    Initialisation as tcnn's ``initialize_params``: Xavier-uniform ``U(-a, a)``, ``a = sqrt(6 / (fan_in +
+    fan_out))`` per matrix; for ``activation="Sine"`` SIREN's scheme instead (first matrix ``a = 30 / fan_in``, the
+    others ``a = sqrt(6 / fan_in)``). Deviation: tcnn pads input and output widths to multiples of 16 and uses the
+    padded fans; here the matrices have the unpadded shapes and fans.
+
+    Args:
+        n_input_dims: input width (>= 1).
+        n_output_dims: output width (>= 1).
+        n_neurons: hidden width, one of 16, 32, 64, 128.
+        n_hidden_layers: >= 1.
+        activation, output_activation: names from :data:`ACTIVATIONS`.
+        dtype: parameter dtype (tcnn computes in half precision; float32 is the reference here).
+        generator: optional ``torch.Generator`` for the initialisation.
+        device: parameter device.
+
+    Attributes:
+        weights: ``nn.ParameterList`` of ``(out, in)`` matrices in evaluation order.
+
+    Raises:
+        ConfigError: unsupported width, layer count or activation (message names the tcnn key).
+    """
+
+    def __init__(
+        self,
+        n_input_dims: int,
+        n_output_dims: int,
+        n_neurons: int = 64,
+        n_hidden_layers: int = 2,
+        activation: str = "ReLU",
+        output_activation: str = "None",
+        dtype: torch.dtype = torch.float32,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        for key, value in (("n_input_dims", n_input_dims), ("n_output_dims", n_output_dims)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"network.{key} must be a positive integer, got {value!r}")
+        if isinstance(n_neurons, bool) or n_neurons not in NETWORK_WIDTHS:
+            raise ConfigError(
+                f"network.n_neurons must be one of {', '.join(map(str, NETWORK_WIDTHS))} for FullyFusedMLP, "
+                f"got {n_neurons!r}"
+            )
+        if isinstance(n_hidden_layers, bool) or not isinstance(n_hidden_layers, int) or n_hidden_layers < 1:
+            raise ConfigError(f"network.n_hidden_layers must be an integer >= 1, got {n_hidden_layers!r}")
+        self._act = activation_fn(activation)
+        self._out_act = _ACTIVATION_FNS.get(output_activation)
+        if self._out_act is None:
+            raise ConfigError(
+                f"network.output_activation must be one of {', '.join(ACTIVATIONS)}, got {output_activation!r}"
+            )
+        self.n_input_dims = n_input_dims
+        self.n_output_dims = n_output_dims
+        self.n_neurons = n_neurons
+        self.n_hidden_layers = n_hidden_layers
+        self.activation = activation
+        self.output_activation = output_activation
+
+        shapes = [(n_neurons, n_input_dims)] + [(n_neurons, n_neurons)] * (n_hidden_layers - 1)
+        shapes.append((n_output_dims, n_neurons))
+        mats = []
+        for i, (fan_out, fan_in) in enumerate(shapes):
+            if activation == "Sine":
+                bound = 30.0 / fan_in if i == 0 else math.sqrt(6.0 / fan_in)
+            else:
+                bound = math.sqrt(6.0 / (fan_in + fan_out))
+            mats.append(nn.Parameter(_uniform((fan_out, fan_in), bound, dtype, generator, device)))
+        self.weights = nn.ParameterList(mats)
+
+    @property
+    def n_params(self) -> int:
+        """Total number of weights."""
+        return sum(w.numel() for w in self.weights)
+
+    def extra_repr(self) -> str:
+        return (
+            f"n_input_dims={self.n_input_dims}, n_output_dims={self.n_output_dims}, n_neurons={self.n_neurons}, "
+            f"n_hidden_layers={self.n_hidden_layers}, activation={self.activation!r}, "
+            f"output_activation={self.output_activation!r}"
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(N, n_input_dims)`` -> ``(N, n_output_dims)`` in the weights' dtype (inputs are cast to it).
+
+        Raises:
+            ValueError: ``x`` not of shape ``(N, n_input_dims)``.
+        """
+        if x.dim() != 2 or x.shape[1] != self.n_input_dims:
+            raise ValueError(f"FullyFusedMLP expects x of shape (N, {self.n_input_dims}), got {tuple(x.shape)}")
+        h = x.to(self.weights[0].dtype)
+        last = len(self.weights) - 1
+        for i, w in enumerate(self.weights):
+            h = h @ w.t()
+            h = self._out_act(h) if i == last else self._act(h)
+        return h

@@ -1,0 +1,78 @@
+"""Task plugins: the interface every task implements, and their discovery through entry points.
+
+A task is a class (or instance) registered under the entry-point group ``ngp_cli.tasks``; ngp's own tasks are
+registered the same way in pyproject.toml, so a third-party package adds a task with one line::
+
+    [project.entry-points."ngp_cli.tasks"]
+    mytask = "my_pkg.task:MyTask"
+
+Discovery (after nerfstudio's ``plugins/registry.py``) type-checks each entry and warns on stderr about a broken plugin
+instead of crashing the CLI. Task modules must keep torch/CuPy imports inside their command bodies so that importing
+them (``ngp --help``) stays fast and needs no GPU. Nothing outside this module imports ``ngp_cli.tasks.*``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from typing import ClassVar
+
+import typer
+
+ENTRY_POINT_GROUP = "ngp_cli.tasks"
+
+
+class Task:
+    """Base class of a task plugin.
+
+    Attributes:
+        name: short task name; also the run-directory folder (``runs/<name>/``) and the ``task:`` key of its presets.
+        summary: one line for ``ngp tasks``.
+        commands: the CLI commands the task adds (for ``ngp tasks``).
+        default_preset: built-in preset used without ``--preset``; ``default_preset_cpu`` when no GPU is used.
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    commands: ClassVar[tuple[str, ...]] = ()
+    default_preset: ClassVar[str] = ""
+    default_preset_cpu: ClassVar[str] = ""
+
+    def config_class(self) -> type:
+        """The task's config dataclass (a :class:`ngp_cli.config.RunConfig` subclass with the task's own section)."""
+        from ngp_cli.config import RunConfig
+
+        return RunConfig
+
+    def register(self, app: typer.Typer) -> None:
+        """Add this task's commands to the ``ngp`` app."""
+        raise NotImplementedError
+
+
+def discover_tasks(warn=None) -> dict[str, Task]:
+    """Load every ``ngp_cli.tasks`` entry point into ``{name: Task instance}``.
+
+    A plugin that fails to import, is not a :class:`Task`, or repeats a name is skipped, and ``warn(message)`` is called
+    (default: a line on stderr).
+    """
+    if warn is None:
+        from ngp_cli.console import error_line
+
+        def warn(message: str) -> None:
+            error_line(f"ngp: warning: {message}")
+
+    tasks: dict[str, Task] = {}
+    for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        try:
+            obj = ep.load()
+            task = obj() if isinstance(obj, type) else obj
+        except Exception as exc:  # a broken third-party plugin must not take the CLI down
+            warn(f"task plugin '{ep.name}' ({ep.value}) failed to load: {type(exc).__name__}: {exc}")
+            continue
+        if not isinstance(task, Task) or not task.name:
+            warn(f"task plugin '{ep.name}' ({ep.value}) is not an ngp_cli.tasks.Task with a name; skipped")
+            continue
+        if task.name in tasks:
+            warn(f"task plugin '{ep.name}' ({ep.value}) repeats the task name '{task.name}'; skipped")
+            continue
+        tasks[task.name] = task
+    return tasks

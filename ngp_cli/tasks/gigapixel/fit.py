@@ -1,0 +1,170 @@
+"""``ngp fit-image``: training (through the shared Trainer) and the tile-by-tile reconstruction, error map and PSNR."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ngp_cli.commands import TrainOptions, create_run, finish, prepare
+from ngp_cli.console import info, is_quiet
+from ngp_cli.errors import DataError, UsageError
+from ngp_cli.images import ImageWriter, colormap, from_float, read_image
+from ngp_cli.metrics import PSNRAccumulator
+from ngp_cli.nn.backend import Backend
+from ngp_cli.nn.model import NetworkWithInputEncoding
+from ngp_cli.tasks.gigapixel import ImageConfig, default_photo
+from ngp_cli.tasks.gigapixel.data import ImageTarget, pixel_centers
+from ngp_cli.train import Trainer
+
+
+class ImageProblem:
+    """Regress the photo's colour at random continuous positions (paper §5.1): x (N, 2) in [0,1]² → (N, C)."""
+
+    def __init__(self, target: ImageTarget, cfg: ImageConfig, backend: Backend) -> None:
+        self.target = target
+        self.device = backend.device
+        init = torch.Generator().manual_seed(cfg.seed)
+        self.model = NetworkWithInputEncoding(
+            2, target.channels, cfg.encoding, cfg.network,
+            natural_max_resolution=target.natural_max_resolution, generator=init).to(self.device)
+        self.l2_loss = cfg.loss.otype == "L2"
+
+    def batch_loss(self, batch_size: int, generator: torch.Generator,
+                   loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, float]:
+        uv = torch.rand(batch_size, 2, generator=generator)
+        target = torch.from_numpy(self.target.sample(uv.numpy())).to(self.device, non_blocking=True)
+        pred = self.model(uv.to(self.device, non_blocking=True))
+        loss = loss_fn(pred, target)
+        if self.l2_loss:
+            return loss, float(loss.detach())
+        with torch.no_grad():
+            return loss, float((pred - target).square().mean())
+
+    @torch.no_grad()
+    def predict(self, uv: np.ndarray, chunk: int) -> np.ndarray:
+        """Model output at (N, 2) float32 positions, as (N, C) float32, evaluated ``chunk`` points at a time."""
+        out = np.empty((uv.shape[0], self.target.channels), dtype=np.float32)
+        for s in range(0, uv.shape[0], chunk):
+            x = torch.from_numpy(uv[s:s + chunk]).to(self.device)
+            out[s:s + chunk] = self.model(x).float().cpu().numpy()
+        return out
+
+
+def _output_suffixes(photo: Path) -> tuple[str, str]:
+    """(reconstruction, error map) suffixes: lossless and in the photo's family (PNG for PNG/JPEG, TIFF, EXR)."""
+    suffix = photo.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        return ".tif", ".tif"
+    if suffix == ".exr":
+        return ".exr", ".png"
+    return ".png", ".png"
+
+
+def evaluate(problem: ImageProblem, photo: Path, render_scale: float, tile_pixels: int, renders: Path,
+             error_vmax: float) -> tuple[dict[str, Any], dict[str, str]]:
+    """Full-image PSNR at the photo's resolution, and the reconstruction + error heat-map at ``render_scale``,
+    all tile by tile (``tile_pixels`` pixels at a time) so memory stays bounded for gigapixel photos.
+
+    The heat-map shows the mean absolute error over channels, saturating at ``error_vmax`` (normalised units).
+    Returns ``(metrics, artifacts)``.
+    """
+    target = problem.target
+    h, w, c = target.height, target.width, target.channels
+    dtype = target.image.dtype
+    if dtype == np.float16 and _output_suffixes(photo)[0] == ".png":
+        dtype = np.dtype(np.uint16)
+    rec_suffix, err_suffix = _output_suffixes(photo)
+    rec_path = renders / f"reconstruction{rec_suffix}"
+    err_path = renders / f"error{err_suffix}"
+    out_h, out_w = max(1, round(h * render_scale)), max(1, round(w * render_scale))
+    native = (out_h, out_w) == (h, w)
+    psnr = PSNRAccumulator()
+    t0 = time.perf_counter()
+
+    rows_per_tile = max(1, tile_pixels // w)
+    if native:
+        with ImageWriter(rec_path, h, w, c, dtype) as rec, ImageWriter(err_path, h, w, 3, np.uint8) as err:
+            for y0 in range(0, h, rows_per_tile):
+                y1 = min(h, y0 + rows_per_tile)
+                pred = problem.predict(pixel_centers(h, w, y0, y1), tile_pixels).reshape(y1 - y0, w, c)
+                ref = target.rows(y0, y1)
+                psnr.update(pred, ref)
+                rec[y0:y1] = from_float(pred, dtype)
+                err[y0:y1] = colormap(np.abs(pred - ref).mean(axis=2), vmax=error_vmax)
+    else:
+        for y0 in range(0, h, rows_per_tile):
+            y1 = min(h, y0 + rows_per_tile)
+            pred = problem.predict(pixel_centers(h, w, y0, y1), tile_pixels).reshape(y1 - y0, w, c)
+            psnr.update(pred, target.rows(y0, y1))
+        out_rows = max(1, tile_pixels // out_w)
+        with ImageWriter(rec_path, out_h, out_w, c, dtype) as rec, \
+                ImageWriter(err_path, out_h, out_w, 3, np.uint8) as err:
+            for y0 in range(0, out_h, out_rows):
+                y1 = min(out_h, y0 + out_rows)
+                uv = pixel_centers(out_h, out_w, y0, y1)
+                pred = problem.predict(uv, tile_pixels)
+                ref = target.sample(uv)
+                rec[y0:y1] = from_float(pred.reshape(y1 - y0, out_w, c), dtype)
+                err[y0:y1] = colormap(np.abs(pred - ref).mean(axis=1).reshape(y1 - y0, out_w), vmax=error_vmax)
+    metrics = {"psnr": psnr.psnr, "mse": psnr.mse, "eval_s": round(time.perf_counter() - t0, 3),
+               "width": w, "height": h, "channels": c}
+    return metrics, {"reconstruction": str(rec_path), "error_map": str(err_path)}
+
+
+def _load_photo(photo: Path) -> tuple[Path, np.ndarray]:
+    image = read_image(photo)
+    return photo.expanduser().resolve(), image
+
+
+def fit_image(task, opts: TrainOptions, photo: Path | None) -> None:
+    """The ``ngp fit-image`` command body (see the task's docstring). Raises NgpError subclasses on bad input."""
+    prep = prepare(task, opts)
+    cfg: ImageConfig = prep.cfg
+    if prep.run is None:
+        photo_path, image = _load_photo(photo if photo is not None else default_photo())
+        cfg.image.path = str(photo_path)
+        if cfg.encoding.is_grid and cfg.encoding.per_level_scale is None and cfg.encoding.max_resolution is None:
+            # Record the derived N_max = max(W, H)/2 so config.yaml alone rebuilds the model.
+            cfg.encoding.max_resolution = max(1, int(ImageTarget(image).natural_max_resolution))
+        run = create_run(task, opts, cfg, default_name=photo_path.stem)
+    else:
+        run = prep.run
+        if photo is not None and photo.expanduser().resolve() != Path(cfg.image.path):
+            raise UsageError(f"--resume continues the run on {cfg.image.path}; do not pass another photo")
+        if not cfg.image.path:
+            raise DataError(f"{run.config_path}: image.path is empty")
+        photo_path, image = _load_photo(Path(cfg.image.path))
+
+    target = ImageTarget(image)
+    problem = ImageProblem(target, cfg, prep.backend)
+    n_params = sum(p.numel() for p in problem.model.parameters())
+    info(f"photo {photo_path.name}: {target.width}x{target.height}, {target.channels} channel(s), "
+         f"{image.dtype}; backend {prep.backend.name} on {prep.backend.device}; {n_params:,} parameters")
+
+    trainer = Trainer(problem, cfg, run, json_events=opts.json, quiet=is_quiet())
+    if prep.run is not None:
+        if trainer.restore():
+            info(f"resuming {run.path} from step {trainer.state.step}")
+        if trainer.state.step < cfg.train.n_steps:
+            run.archive_summary()
+    state = trainer.fit()
+
+    last_mse = 10 ** (-(state.last or {}).get("psnr", 20.0) / 10) if state.last else 0.01
+    error_vmax = max(3.0 * math.sqrt(last_mse), 1e-3)
+    with trainer.evaluation_weights():
+        metrics, artifacts = evaluate(problem, photo_path, cfg.image.render_scale, cfg.image.tile_pixels,
+                                      run.renders_dir, error_vmax)
+    metrics = {"psnr": metrics.pop("psnr"), "loss": (state.last or {}).get("loss"), "steps": state.step,
+               "train_s": round(state.elapsed_s, 3),
+               "samples_per_s": state.step * cfg.train.batch_size / max(state.elapsed_s, 1e-9), **metrics}
+    checkpoints = run.checkpoints()
+    artifacts["checkpoint"] = str(checkpoints[-1][1].with_suffix(".safetensors")) if checkpoints else None
+    info(f"PSNR {metrics['psnr']:.2f} dB after {state.step} steps ({metrics['train_s']:.1f} s training); "
+         f"reconstruction {artifacts['reconstruction']}")
+    finish(run, state.step, metrics, artifacts)

@@ -1,0 +1,324 @@
+"""The task-agnostic training loop: step, log, checkpoint, resume, Ctrl-C.
+
+A task supplies a :class:`Problem` (a model and a function giving the loss of one random batch). The loop owns the
+optimizer (Adam, paper §4), the optional EMA of the weights and tiny-cuda-nn's ExponentialDecay learning-rate schedule,
+the metrics.jsonl lines, the progress display and the checkpoints. Everything random in a step draws from one
+``torch.Generator`` whose state is checkpointed, so ``--resume`` reproduces an uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from ngp_cli.config import LossConfig, OptimizerConfig, RunConfig
+from ngp_cli.console import emit, info, stderr_console
+from ngp_cli.errors import DataError, DivergedError, Interrupted
+from ngp_cli.metrics import mse_to_psnr
+from ngp_cli.runs import RunDir
+
+
+class Problem(Protocol):
+    """What a task gives the loop."""
+
+    model: nn.Module
+
+    def batch_loss(self, batch_size: int, generator: torch.Generator, loss_fn: Callable) -> tuple[torch.Tensor, float]:
+        """Draw one random batch with ``generator`` and return ``(loss, mse)``: the scalar loss to minimise (computed
+        with ``loss_fn(pred, target)``) and the batch's mean squared error in normalised units (for the batch PSNR)."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loss, optimizer, schedule, EMA
+
+
+def make_loss(cfg: LossConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Loss functions with tiny-cuda-nn's names (src/loss.cu): L2, L1, RelativeL2 = (p-t)²/(p²+0.01), RelativeL1 =
+    |p-t|/(|p|+0.01), both relative ones with the prediction's magnitude detached as in tcnn. Returns the mean."""
+    if cfg.otype == "L2":
+        return lambda p, t: (p - t).square().mean()
+    if cfg.otype == "L1":
+        return lambda p, t: (p - t).abs().mean()
+    if cfg.otype == "RelativeL2":
+        return lambda p, t: ((p - t).square() / (p.detach().square() + 0.01)).mean()
+    return lambda p, t: ((p - t).abs() / (p.detach().abs() + 0.01)).mean()
+
+
+def make_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """Adam with the paper's β=(0.9, 0.99), ε=1e-15 and L2 ``l2_reg`` on the MLP weights only (``param_groups``)."""
+    groups = model.param_groups(cfg.l2_reg) if hasattr(model, "param_groups") else [{"params": model.parameters()}]
+    for g in groups:
+        g.pop("name", None)
+    # foreach on CPU measured fastest of the three torch implementations here; fused needs matching devices.
+    return torch.optim.Adam(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), eps=cfg.epsilon,
+                            foreach=True)
+
+
+def learning_rate(cfg: OptimizerConfig, step: int) -> float:
+    """tiny-cuda-nn ExponentialDecay: lr·base^k with k = number of multiples of ``decay_interval`` reached since
+    ``decay_start`` (counting ``decay_start`` itself) at 0-based ``step``."""
+    if cfg.decay_base >= 1.0 or step < cfg.decay_start:
+        return cfg.learning_rate
+    return cfg.learning_rate * cfg.decay_base ** ((step - cfg.decay_start) // cfg.decay_interval + 1)
+
+
+class EMA:
+    """Exponential moving average of parameters, tiny-cuda-nn ``Ema`` (src/optimizers/average.h style):
+    ``avg ← d·avg + (1−d)·w`` from zero, read with the bias correction ``avg / (1 − d^t)``."""
+
+    def __init__(self, params: list[nn.Parameter], decay: float) -> None:
+        self.params = params
+        self.decay = decay
+        self.steps = 0
+        self.shadow = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.steps += 1
+        torch._foreach_mul_(self.shadow, self.decay)
+        torch._foreach_add_(self.shadow, [p.detach() for p in self.params], alpha=1.0 - self.decay)
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """Temporarily load the bias-corrected averages into the parameters (for evaluation)."""
+        if self.steps == 0:
+            yield
+            return
+        correction = 1.0 - self.decay ** self.steps
+        saved = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for p, s in zip(self.params, self.shadow, strict=True):
+                p.copy_(s / correction)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, s in zip(self.params, saved, strict=True):
+                    p.copy_(s)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checkpoint state
+
+
+def _state_tensors(model: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None,
+                   generator: torch.Generator) -> dict[str, torch.Tensor]:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    for idx, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value)
+    if ema is not None:
+        tensors.update({f"ema.{i}": s for i, s in enumerate(ema.shadow)})
+    tensors["rng.generator"] = generator.get_state()
+    return tensors
+
+
+def _load_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], model: nn.Module,
+                optimizer: torch.optim.Optimizer, ema: EMA | None, generator: torch.Generator) -> None:
+    try:
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, idx, name = key.split(".", 2)
+                state.setdefault(int(idx), {})[name] = value
+        osd = optimizer.state_dict()
+        osd["state"] = state
+        optimizer.load_state_dict(osd)
+        if ema is not None:
+            for i, s in enumerate(ema.shadow):
+                s.copy_(tensors[f"ema.{i}"])
+            ema.steps = int(meta.get("ema_steps", 0))
+        generator.set_state(tensors["rng.generator"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise DataError(f"checkpoint does not match this run's model/config: {' '.join(str(exc).split())}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Progress display
+
+
+class _Progress:
+    """A rich progress bar on stderr when it is a terminal; plain log lines on stderr otherwise."""
+
+    def __init__(self, total: int, start: int, quiet: bool) -> None:
+        self.total = total
+        self.console = stderr_console()
+        self.bar = None
+        if not quiet and self.console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("step"), MofNCompleteColumn(), BarColumn(),
+                                TextColumn("{task.fields[rate]} it/s  loss {task.fields[loss]}  "
+                                           "PSNR {task.fields[psnr]} dB"),
+                                TimeRemainingColumn(), console=self.console, redirect_stdout=False,
+                                redirect_stderr=False, transient=False)
+            self.task = self.bar.add_task("train", total=total, completed=start, rate="-", loss="-", psnr="-")
+            self.bar.start()
+
+    def advance(self, step: int, record: dict[str, Any] | None) -> None:
+        if self.bar is not None:
+            fields = {}
+            if record is not None:
+                fields = {"rate": f"{record['steps_per_s']:.2f}", "loss": f"{record['loss']:.3e}",
+                          "psnr": f"{record['psnr']:.2f}"}
+            self.bar.update(self.task, completed=step, **fields)
+        elif record is not None:
+            info(f"step {step}/{self.total}  loss {record['loss']:.4e}  psnr {record['psnr']:.2f} dB  "
+                 f"{record['steps_per_s']:.2f} it/s  {record['samples_per_s']:.3g} samples/s")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class TrainState:
+    """Where training stands; ``elapsed_s`` counts training time only, summed over resumed sessions."""
+
+    step: int = 0
+    elapsed_s: float = 0.0
+    last: dict[str, Any] | None = None
+
+
+class Trainer:
+    """Runs ``cfg.train.n_steps`` optimisation steps of ``problem`` into ``run``, resumably."""
+
+    def __init__(self, problem: Problem, cfg: RunConfig, run: RunDir, *, json_events: bool = False,
+                 quiet: bool = False) -> None:
+        self.problem = problem
+        self.cfg = cfg
+        self.run = run
+        self.json_events = json_events
+        self.quiet = quiet
+        self.model = problem.model
+        self.optimizer = make_optimizer(self.model, cfg.optimizer)
+        self.ema = EMA(list(self.model.parameters()), cfg.optimizer.ema_decay) if cfg.optimizer.ema_decay > 0 else None
+        self.loss_fn = make_loss(cfg.loss)
+        # Sampling draws on the CPU generator so that runs on any device draw the same batches.
+        self.generator = torch.Generator().manual_seed(cfg.seed + 1)
+        self.state = TrainState()
+
+    def restore(self) -> bool:
+        """Load the run's newest checkpoint, if any. Returns True when one was loaded."""
+        found = self.run.load_latest_checkpoint()
+        if found is None:
+            return False
+        tensors, meta = found
+        _load_state(tensors, meta, self.model, self.optimizer, self.ema, self.generator)
+        self.state = TrainState(step=int(meta["step"]), elapsed_s=float(meta.get("elapsed_s", 0.0)),
+                                last=meta.get("last"))
+        self.run.truncate_metrics(self.state.step)
+        return True
+
+    def checkpoint(self) -> str:
+        meta = {"elapsed_s": self.state.elapsed_s, "last": self.state.last, "task": self.cfg.task,
+                "ema_steps": self.ema.steps if self.ema else 0, "torch": torch.__version__}
+        path = self.run.save_checkpoint(self.state.step, _state_tensors(self.model, self.optimizer, self.ema,
+                                                                         self.generator),
+                                        meta, keep=self.cfg.train.keep_checkpoints)
+        return str(path)
+
+    def evaluation_weights(self):
+        """Context manager giving the weights to evaluate with (the EMA when enabled)."""
+        return self.ema.applied() if self.ema is not None else _nullcontext()
+
+    def fit(self) -> TrainState:
+        """Train from ``state.step`` to ``n_steps``. On Ctrl-C a checkpoint is written, then Interrupted is raised;
+        a non-finite loss raises DivergedError (no checkpoint of the diverged weights is written)."""
+        tc = self.cfg.train
+        progress = _Progress(tc.n_steps, self.state.step, self.quiet)
+        window_t0, window_steps = time.perf_counter(), 0
+        try:
+            with _deferred_sigint() as stop_requested:
+                self._loop(progress, window_t0, window_steps, stop_requested)
+        except KeyboardInterrupt:
+            progress.close()
+            path = self.checkpoint()
+            print(file=sys.stderr)
+            raise Interrupted(f"stopped at step {self.state.step}; checkpoint {path}; continue with "
+                              f"--resume {self.run.path}") from None
+        progress.close()
+        self.checkpoint()
+        return self.state
+
+    def _loop(self, progress: _Progress, window_t0: float, window_steps: int,
+              stop_requested: Callable[[], bool]) -> None:
+        tc = self.cfg.train
+        while self.state.step < tc.n_steps:
+            t0 = time.perf_counter()
+            lr = learning_rate(self.cfg.optimizer, self.state.step)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            loss, mse = self.problem.batch_loss(tc.batch_size, self.generator, self.loss_fn)
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise DivergedError(f"loss is {loss_value} at step {self.state.step + 1}; "
+                                    "try a lower optimizer.learning_rate")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update()
+            self.state.step += 1
+            self.state.elapsed_s += time.perf_counter() - t0
+            window_steps += 1
+            record = None
+            if self.state.step % tc.log_every == 0 or self.state.step == tc.n_steps:
+                now = time.perf_counter()
+                steps_per_s = window_steps / max(now - window_t0, 1e-9)
+                record = {"step": self.state.step, "loss": loss_value, "psnr": mse_to_psnr(mse),
+                          "samples_per_s": steps_per_s * tc.batch_size, "steps_per_s": steps_per_s,
+                          "elapsed_s": round(self.state.elapsed_s, 4), "lr": lr}
+                self.state.last = record
+                self.run.append_metrics(record)
+                if self.json_events:
+                    emit("step", **record)
+                window_t0, window_steps = now, 0
+            progress.advance(self.state.step, record)
+            if tc.checkpoint_every and self.state.step % tc.checkpoint_every == 0 and self.state.step != tc.n_steps:
+                self.checkpoint()
+            if stop_requested():
+                raise KeyboardInterrupt
+
+
+@contextmanager
+def _nullcontext() -> Iterator[None]:
+    yield
+
+
+@contextmanager
+def _deferred_sigint() -> Iterator[Callable[[], bool]]:
+    """Turn the first Ctrl-C into a flag checked between steps, so a checkpoint never holds a half-applied step.
+    A second Ctrl-C interrupts at once. Outside the main thread (no signal handlers possible) it does nothing."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    requested = []
+
+    def handler(signum, frame):
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signum)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(requested)
+    finally:
+        signal.signal(signal.SIGINT, previous)

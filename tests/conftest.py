@@ -1,0 +1,73 @@
+"""Shared fixtures: the CLI runner, small real photos, and the optional ../shared/data directory."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data() -> Path:
+    """../shared/data beside the repository (override with NGP_SHARED_DATA); tests needing it skip when absent."""
+    return Path(os.environ.get("NGP_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture
+def shared_data_dir() -> Path:
+    path = shared_data()
+    if not path.is_dir():
+        pytest.skip(f"shared data not present at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def app():
+    from ngp_cli.cli import build_app
+
+    return build_app()
+
+
+class Invocation:
+    """Result of one CLI call: exit code, parsed stdout JSON lines, stderr text."""
+
+    def __init__(self, result) -> None:
+        self.exit_code = result.exit_code
+        self.stdout = result.stdout
+        self.stderr = result.stderr
+        self.exception = result.exception
+        # The contract: every stdout line is a JSON object.
+        self.events = [json.loads(line) for line in self.stdout.splitlines()]
+
+    def last(self, event: str) -> dict:
+        matches = [e for e in self.events if e["event"] == event]
+        assert matches, f"no {event!r} event in {self.events}; stderr: {self.stderr}"
+        return matches[-1]
+
+
+@pytest.fixture
+def ngp(app):
+    """Call ``ngp ARGS...`` in-process through typer's CliRunner."""
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+
+    def call(*args: str) -> Invocation:
+        return Invocation(runner.invoke(app, [str(a) for a in args]))
+
+    return call
+
+
+@pytest.fixture
+def astronaut_crop(tmp_path) -> Path:
+    """A 96×128 crop of scikit-image's bundled astronaut photo, saved as PNG (a small real photo)."""
+    import imageio.v3 as iio
+    from skimage import data
+
+    path = tmp_path / "astro_crop.png"
+    iio.imwrite(path, np.ascontiguousarray(data.astronaut()[40:136, 200:328]))
+    return path

@@ -1,0 +1,122 @@
+"""The CLI contract: JSON lines on stdout, one-line errors on stderr, documented exit codes, a light import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from ngp_cli.errors import EXIT_CONFIG, EXIT_DATA, EXIT_NO_GPU, EXIT_OUTPUT, EXIT_USAGE
+
+
+def test_help_imports_neither_torch_nor_cupy():
+    code = ("import sys; from ngp_cli.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "heavy = [m for m in ('torch', 'cupy', 'numpy') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "fit-image" in proc.stdout and "presets" in proc.stdout
+
+
+def test_tasks_lists_the_image_task(ngp):
+    res = ngp("tasks")
+    assert res.exit_code == 0
+    task = res.last("task")
+    assert task["name"] == "image" and task["commands"] == ["fit-image"]
+    assert "image" in res.stderr  # the human table
+
+
+def test_presets_list_and_show(ngp):
+    res = ngp("presets", "list")
+    assert res.exit_code == 0
+    assert {e["name"] for e in res.events} >= {"defaults", "image", "image-cpu"}
+    res = ngp("presets", "show", "image-cpu", "--set", "train.n_steps=5")
+    assert res.exit_code == 0
+    cfg = res.last("preset")["config"]
+    assert cfg["train"]["n_steps"] == 5 and cfg["encoding"]["log2_hashmap_size"] == 19
+    assert cfg["optimizer"]["epsilon"] == 1e-15  # fully resolved: inherited from defaults.yaml
+
+
+def test_presets_show_yaml_format(ngp):
+    import yaml
+    from typer.testing import CliRunner
+
+    from ngp_cli.cli import build_app
+
+    result = CliRunner().invoke(build_app(), ["presets", "show", "image", "--format", "yaml"])
+    assert result.exit_code == 0
+    assert yaml.safe_load(result.stdout)["encoding"]["log2_hashmap_size"] == 24
+    assert ngp("presets", "show", "image", "--format", "xml").exit_code == EXIT_USAGE
+    res = ngp("presets", "show", "nosuch")
+    assert res.exit_code == EXIT_CONFIG and "unknown preset 'nosuch'" in res.stderr
+
+
+def assert_one_line_error(res, code: int, needle: str) -> None:
+    assert res.exit_code == code, (res.exit_code, res.stderr, res.exception)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert needle in lines[0], lines[0]
+    assert "Traceback" not in res.stderr
+    err = res.last("error")
+    assert err["exit_code"] == code
+
+
+def test_usage_error_is_one_line(ngp):
+    assert_one_line_error(ngp("fit-image", "--no-such-option"), EXIT_USAGE, "No such option")
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    truncated = tmp_path / "truncated.png"
+    good = tmp_path / "good.png"
+    import imageio.v3 as iio
+    import numpy as np
+
+    iio.imwrite(good, np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    bmp = tmp_path / "photo.bmp"
+    bmp.write_bytes(b"BM" + b"\x00" * 64)
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("train: [1, 2\n")
+    return {"truncated": truncated, "empty": empty, "bmp": bmp, "bad_yaml": bad_yaml, "good": good,
+            "dir": tmp_path}
+
+
+@pytest.mark.parametrize("case, args, code, needle", [
+    ("missing", ["{dir}/nope.png"], EXIT_DATA, "does not exist"),
+    ("directory", ["{dir}"], EXIT_DATA, "is a directory"),
+    ("truncated", ["{truncated}"], EXIT_DATA, "cannot decode"),
+    ("zero-size", ["{empty}"], EXIT_DATA, "empty"),
+    ("unsupported", ["{bmp}"], EXIT_DATA, "unsupported image format"),
+    ("malformed yaml", ["{good}", "--preset", "{bad_yaml}"], EXIT_CONFIG, "malformed YAML"),
+    ("unknown preset", ["{good}", "--preset", "nosuch"], EXIT_CONFIG, "unknown preset 'nosuch'"),
+    ("bad --set", ["{good}", "--set", "encoding.n_level=4"], EXIT_CONFIG, "did you mean 'encoding.n_levels'"),
+    ("bad --set value", ["{good}", "--set", "train.batch_size=many"], EXIT_CONFIG, "train.batch_size must be"),
+    ("zero steps", ["{good}", "--steps", "0"], EXIT_CONFIG, "train.n_steps must be >= 1, got 0"),
+    ("negative steps", ["{good}", "--steps", "-3"], EXIT_CONFIG, "train.n_steps must be >= 1, got -3"),
+    ("bad backend", ["{good}", "--backend", "gpu"], EXIT_CONFIG, "backend must be one of"),
+    ("unwritable runs dir", ["{good}", "--runs-dir", "{good}/sub"], EXIT_OUTPUT, "cannot create runs directory"),
+])
+def test_bad_input_gets_one_line_and_exit_code(ngp, bad_files, tmp_path, case, args, code, needle):
+    args = [a.format(**bad_files) for a in args]
+    if "--runs-dir" not in args:
+        args += ["--runs-dir", str(tmp_path / "runs")]
+    if "--steps" not in args:
+        args += ["--steps", "2"]
+    res = ngp("fit-image", *args)
+    assert_one_line_error(res, code, needle)
+    assert not list((tmp_path / "runs").glob("**/summary.json"))
+
+
+def test_backend_cuda_without_gpu_is_exit_5(ngp, bad_files, tmp_path):
+    from ngp_cli.nn.backend import cuda_available
+
+    if cuda_available():
+        pytest.skip("a GPU is present")
+    res = ngp("fit-image", bad_files["good"], "--backend", "cuda", "--runs-dir", tmp_path / "runs")
+    assert_one_line_error(res, EXIT_NO_GPU, "needs an NVIDIA GPU")
+    assert not (tmp_path / "runs").exists()
