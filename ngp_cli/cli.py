@@ -124,24 +124,26 @@ def build_app() -> typer.Typer:
     def presets_show(
         name: Annotated[str, typer.Argument(help="Preset name or path (.yaml/.yml/.json).")],
         set_: Annotated[list[str] | None, typer.Option("--set", help="Override KEY.PATH=VALUE (YAML value).")] = None,
+        task_name: Annotated[str | None, typer.Option(
+            "--task", help="Task to resolve for, when the file has no 'task:' key (a tiny-cuda-nn JSON).")] = None,
         fmt: Annotated[str, typer.Option("--format", help="json (one line) or yaml.")] = "json",
     ) -> None:
         """Print one preset fully resolved (inheritance, defaults and --set applied) and validated."""
-        from ngp_cli.config import dump_yaml, resolve, to_dict
-        from ngp_cli.errors import UsageError
+        from ngp_cli.commands import TrainOptions, default_preset
+        from ngp_cli.config import dump_yaml, load_preset, resolve, to_dict
+        from ngp_cli.errors import ConfigError, UsageError
 
         if fmt not in ("json", "yaml"):
             raise UsageError(f"--format must be json or yaml, got '{fmt}'")
-        from ngp_cli.config import load_preset
-
-        raw = load_preset(name)
-        task_name = raw.get("task")
+        task_name = task_name or load_preset(name).get("task")
+        if task_name is None:
+            raise UsageError(f"preset '{name}' has no 'task:' key; say which task with --task "
+                             f"({', '.join(tasks)})")
         if task_name not in tasks:
-            from ngp_cli.errors import ConfigError
-
-            raise ConfigError(f"preset '{name}' names task '{task_name}', which is not installed "
-                              f"(installed: {', '.join(tasks)})")
-        cfg = resolve(tasks[task_name].config_class(), task_name, name, set_ or [])
+            raise ConfigError(f"task '{task_name}' of preset '{name}' is not installed (installed: {', '.join(tasks)})")
+        task = tasks[task_name]
+        cfg = resolve(task.config_class(), task_name, name, set_ or [],
+                      default_preset=default_preset(task, TrainOptions()))
         data = to_dict(cfg)
         if fmt == "yaml":
             sys.stdout.write(dump_yaml(data))

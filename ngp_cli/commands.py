@@ -72,7 +72,8 @@ class Prepared:
     run: RunDir | None
 
 
-def _default_preset(task: Task, opts: TrainOptions) -> str:
+def default_preset(task: Task, opts: TrainOptions) -> str:
+    """The task's built-in preset for these options: its GPU preset when a GPU will be used, else its CPU one."""
     from ngp_cli.nn.backend import cuda_available
 
     wants_gpu = opts.backend == "cuda" or (opts.backend in (None, "auto", "torch") and cuda_available())
@@ -102,7 +103,7 @@ def prepare(task: Task, opts: TrainOptions) -> Prepared:
         if cfg.task != task.name:
             raise ConfigError(f"{opts.resume} is a '{cfg.task}' run, not '{task.name}'")
     else:
-        default = _default_preset(task, opts)
+        default = default_preset(task, opts)
         cfg = resolve(cls, task.name, opts.preset or default, opts.overrides(), default_preset=default)
         run = None
     return Prepared(cfg=cfg, backend=resolve_backend(cfg.backend, cfg.device), run=run)

@@ -334,7 +334,8 @@ def presets_dir() -> Path:
         return Path(__file__).resolve().parent.parent / "presets"
 
 
-def _read_layer_file(path: Path) -> dict[str, Any]:
+def read_layer_file(path: Path) -> dict[str, Any]:
+    """The top-level mapping of one YAML/JSON config file, unmerged. Raises ConfigError."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -355,7 +356,7 @@ def list_presets() -> list[dict[str, Any]]:
     """Built-in presets as ``{"name", "path", "task", "extends", "description"}`` dicts, sorted by name."""
     out = []
     for path in sorted(presets_dir().glob("*.yaml")):
-        data = _read_layer_file(path)
+        data = read_layer_file(path)
         out.append({"name": path.stem, "path": str(path), "task": data.get("task"),
                     "extends": data.get("extends"), "description": data.get("description", "")})
     return out
@@ -389,7 +390,7 @@ def load_preset(name_or_path: str, *, default_parent: str | None = None, _chain:
     key = str(path.resolve())
     if key in _chain:
         raise ConfigError(f"{path}: 'extends' forms a cycle")
-    data = _read_layer_file(path)
+    data = read_layer_file(path)
     parent = data.get("extends")
     is_builtin = path.resolve().parent == presets_dir().resolve()
     if parent is None and not is_builtin:

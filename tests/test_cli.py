@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -120,3 +121,31 @@ def test_backend_cuda_without_gpu_is_exit_5(ngp, bad_files, tmp_path):
     res = ngp("fit-image", bad_files["good"], "--backend", "cuda", "--runs-dir", tmp_path / "runs")
     assert_one_line_error(res, EXIT_NO_GPU, "needs an NVIDIA GPU")
     assert not (tmp_path / "runs").exists()
+
+
+def test_tcnn_json_through_the_cli(ngp, tmp_path):
+    import json
+
+    path = tmp_path / "config_hash.json"  # the shape of tiny-cuda-nn's data/config_hash.json
+    path.write_text(json.dumps({
+        "loss": {"otype": "RelativeL2"},
+        "optimizer": {"otype": "Adam", "learning_rate": 1e-2, "beta1": 0.9, "beta2": 0.99, "epsilon": 1e-15,
+                      "l2_reg": 1e-6},
+        "encoding": {"otype": "HashGrid", "n_levels": 16, "n_features_per_level": 2, "log2_hashmap_size": 15,
+                     "base_resolution": 16, "per_level_scale": 1.5},
+        "network": {"otype": "FullyFusedMLP", "activation": "ReLU", "output_activation": "None", "n_neurons": 64,
+                    "n_hidden_layers": 2}}))
+    res = ngp("presets", "show", path)
+    assert res.exit_code == EXIT_USAGE and "--task" in res.stderr
+    res = ngp("presets", "show", path, "--task", "image")
+    assert res.exit_code == 0, res.stderr
+    cfg = res.last("preset")["config"]
+    assert cfg["encoding"]["log2_hashmap_size"] == 15 and cfg["loss"]["otype"] == "RelativeL2"
+    img = tmp_path / "img.png"
+    import imageio.v3 as iio
+    import numpy as np
+
+    iio.imwrite(img, np.random.default_rng().integers(0, 255, (32, 48, 3), dtype=np.uint8))
+    res = ngp("fit-image", img, "--preset", path, "--steps", "2", "--runs-dir", tmp_path / "runs")
+    assert res.exit_code == 0, res.stderr
+    assert "log2_hashmap_size: 15" in (Path(res.last("done")["run_dir"]) / "config.yaml").read_text()

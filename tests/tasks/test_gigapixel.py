@@ -164,6 +164,9 @@ def test_ctrl_c_writes_a_checkpoint_then_resume_finishes(astronaut_crop, tmp_pat
     assert json.loads(proc.stdout.splitlines()[-1])["metrics"]["steps"] == step + 2
 
 
+PSNR_THRESHOLD = 33.0  # measured 34.07, 34.35, 34.08 dB with seeds 1-3 (2 s each) on the 2-core CI machine
+
+
 def test_real_fit_reaches_psnr_threshold(ngp, astronaut_crop, tmp_path):
     """A 96x128 crop of the astronaut photo with the paper's image model (T shrunk to 2^16, batch 2^13)."""
     t0 = time.perf_counter()
@@ -174,4 +177,15 @@ def test_real_fit_reaches_psnr_threshold(ngp, astronaut_crop, tmp_path):
     assert psnr >= PSNR_THRESHOLD, f"PSNR {psnr:.2f} dB after 200 steps ({time.perf_counter() - t0:.1f} s)"
 
 
-PSNR_THRESHOLD = 33.0  # measured 34.07, 34.35, 34.08 dB with seeds 1-3 (2 s each) on the 2-core CI machine
+def test_real_hdr_photo_from_shared_data(ngp, shared_data_dir, tmp_path):
+    """albert.exr (1024x1024 float32 RGBA, instant-ngp's sample image) with the CPU preset for 100 steps."""
+    photo = shared_data_dir / "image" / "albert" / "albert.exr"
+    if not photo.is_file():
+        pytest.skip(f"{photo} not present")
+    res = ngp("fit-image", photo, "--runs-dir", tmp_path / "runs", "--steps", "100")
+    assert res.exit_code == 0, res.stderr
+    done = res.last("done")
+    # measured 35.75 and 35.11 dB with seeds 1 and 2 (9 s of training each on the 2-core CI machine)
+    assert done["metrics"]["psnr"] >= 34.0
+    rec = read_image(done["artifacts"]["reconstruction"])
+    assert rec.shape == (1024, 1024, 4) and rec.dtype == np.float32
