@@ -213,9 +213,11 @@ class Trainer:
         self.state = TrainState()
 
     def restore(self) -> bool:
-        """Load the run's newest checkpoint, if any. Returns True when one was loaded."""
+        """Load the run's newest checkpoint, if any, and drop metric lines logged after it (all of them when there is
+        none). Returns True when a checkpoint was loaded."""
         found = self.run.load_latest_checkpoint()
         if found is None:
+            self.run.truncate_metrics(0)
             return False
         tensors, meta = found
         _load_state(tensors, meta, self.model, self.optimizer, self.ema, self.generator)

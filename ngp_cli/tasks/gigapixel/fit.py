@@ -151,6 +151,8 @@ def fit_image(task, opts: TrainOptions, photo: Path | None) -> None:
     if prep.run is not None:
         if trainer.restore():
             info(f"resuming {run.path} from step {trainer.state.step}")
+        else:
+            info(f"{run.path} has no checkpoint yet: training from step 0")
         if trainer.state.step < cfg.train.n_steps:
             run.archive_summary()
     state = trainer.fit()
