@@ -154,8 +154,18 @@ class RunConfig:
 # Validation
 
 
+# Names other tools (PyTorch optimizers, torch-ngp, nerfstudio) use for our tiny-cuda-nn keys, for "did you mean".
+_ALIASES = {"lr": "learning_rate", "eps": "epsilon", "weight_decay": "l2_reg", "betas": "beta1",
+            "steps": "n_steps", "iters": "n_steps", "max_steps": "n_steps", "batch": "batch_size",
+            "num_levels": "n_levels", "level_dim": "n_features_per_level", "features_per_level": "n_features_per_level",
+            "log2_hashmap": "log2_hashmap_size", "desired_resolution": "max_resolution",
+            "hidden_dim": "n_neurons", "width": "n_neurons", "num_layers": "n_hidden_layers"}
+
+
 def _suggest(key: str, valid: typing.Iterable[str], prefix: str) -> str:
     valid = list(valid)
+    if _ALIASES.get(key) in valid:
+        return f" (did you mean '{prefix}{_ALIASES[key]}'?)"
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     if close:
         return f" (did you mean '{prefix}{close[0]}'?)"

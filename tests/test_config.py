@@ -50,6 +50,8 @@ def test_set_overrides_parse_yaml_values():
 @pytest.mark.parametrize("sets, message", [
     (["encoding.n_level=4"], "unknown key 'encoding.n_level' (did you mean 'encoding.n_levels'?)"),
     (["encodng.n_levels=4"], "unknown key 'encodng' (did you mean 'encoding'?)"),
+    (["optimizer.lr=1e-3"], "unknown key 'optimizer.lr' (did you mean 'optimizer.learning_rate'?)"),
+    (["encoding.zzz=1"], "unknown key 'encoding.zzz' (valid keys: otype, type, n_levels"),
     (["train.n_steps=abc"], "train.n_steps must be an integer, got str 'abc'"),
     (["train.n_steps=0"], "train.n_steps must be >= 1, got 0"),
     (["train.n_steps=-5"], "train.n_steps must be >= 1, got -5"),
