@@ -23,6 +23,7 @@ from ngp_cli.config import LossConfig, OptimizerConfig, RunConfig
 from ngp_cli.console import emit, info, stderr_console
 from ngp_cli.errors import DataError, DivergedError, Interrupted
 from ngp_cli.metrics import mse_to_psnr
+from ngp_cli.nn.encodings import tune_cpu_allocator
 from ngp_cli.runs import RunDir
 
 
@@ -205,6 +206,8 @@ class Trainer:
         self.json_events = json_events
         self.quiet = quiet
         self.model = problem.model
+        if any(p.device.type == "cpu" for p in self.model.parameters()):
+            tune_cpu_allocator()  # x1.3 per step on CPU: recycle the encoder's large temporaries (see its docstring)
         self.optimizer = make_optimizer(self.model, cfg.optimizer)
         self.ema = EMA(list(self.model.parameters()), cfg.optimizer.ema_decay) if cfg.optimizer.ema_decay > 0 else None
         self.loss_fn = make_loss(cfg.loss)

@@ -56,7 +56,8 @@ def tune_cpu_allocator() -> bool:
     on the 2-core reference VM that was 30-40 % of the encoder's CPU time. Raising ``M_MMAP_THRESHOLD`` to 512 MiB
     and ``M_TRIM_THRESHOLD`` to 1 GiB recycles them (peak RSS can stay up to ~1 GiB above the live set).
 
-    Called by :class:`HashGridEncoding` for CPU tables. Set ``NGP_NO_MALLOPT=1`` to opt out. Non-glibc platforms
+    Called by the entry points that run the encoder on a CPU (the training loop, :class:`ngp_cli.train.Trainer`),
+    not by library code: it is a process-wide setting. Set ``NGP_NO_MALLOPT=1`` to opt out. Non-glibc platforms
     are left alone.
 
     Returns:
@@ -506,8 +507,6 @@ class HashGridEncoding(nn.Module):
             shape, generator=generator, dtype=dtype, device="cpu" if generator is None else generator.device
         )
         self.params = nn.Parameter((init * 2e-4 - 1e-4).to(device))
-        if self.params.device.type == "cpu":
-            tune_cpu_allocator()
         self._const_cache: dict = {}
 
     def __getstate__(self):
