@@ -367,7 +367,7 @@ def list_presets() -> list[dict[str, Any]]:
     out = []
     for path in sorted(presets_dir().glob("*.yaml")):
         data = read_layer_file(path)
-        out.append({"name": path.stem, "path": str(path), "task": data.get("task"),
+        out.append({"name": path.stem, "path": str(path), "task": load_preset(str(path)).get("task"),
                     "extends": data.get("extends"), "description": data.get("description", "")})
     return out
 

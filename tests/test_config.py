@@ -28,6 +28,7 @@ def image(preset="image-cpu", sets=()):
 def test_builtin_presets_resolve_and_inherit():
     names = {p["name"]: p for p in list_presets()}
     assert {"defaults", "image", "image-cpu"} <= set(names)
+    assert names["image-cpu"]["task"] == "image" and names["image-cpu"]["extends"] == "image"  # task inherited
     gpu, cpu = image("image"), image("image-cpu")
     # The paper's image config (§5.1) on GPU; CPU only shrinks T and the batch.
     assert (gpu.encoding.n_levels, gpu.encoding.n_features_per_level, gpu.encoding.base_resolution) == (16, 2, 16)
