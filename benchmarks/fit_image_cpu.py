@@ -50,7 +50,7 @@ def main() -> None:
     step_times = [b["elapsed_s"] - a["elapsed_s"] for a, b in zip(metrics, metrics[1:], strict=False)]
     steady = step_times[len(step_times) // 5:] or step_times  # drop the warm-up fifth
     result = {
-        "benchmark": "fit_image_cpu", "photo": done["metrics"].get("width") and Path(args.photo or "astronaut.png").name,
+        "benchmark": "fit_image_cpu", "photo": Path(args.photo or "astronaut.png").name,
         "width": done["metrics"]["width"], "height": done["metrics"]["height"], "steps": args.steps,
         "batch_size": args.batch, "backend": args.backend,
         "s_per_step_median": statistics.median(steady), "s_per_step_mean": done["metrics"]["train_s"] / args.steps,
