@@ -71,3 +71,19 @@ def astronaut_crop(tmp_path) -> Path:
     path = tmp_path / "astro_crop.png"
     iio.imwrite(path, np.ascontiguousarray(data.astronaut()[40:136, 200:328]))
     return path
+
+
+@pytest.fixture
+def tcnn_image_json(tmp_path) -> Path:
+    """tiny-cuda-nn's data/config_hash.json (its image-fitting config), written as a file."""
+    path = tmp_path / "config_hash.json"
+    path.write_text(json.dumps({
+        "loss": {"otype": "RelativeL2"},
+        "optimizer": {"otype": "Adam", "learning_rate": 1e-2, "beta1": 0.9, "beta2": 0.99, "epsilon": 1e-15,
+                      "l2_reg": 1e-6},
+        "encoding": {"otype": "HashGrid", "n_levels": 16, "n_features_per_level": 2, "log2_hashmap_size": 15,
+                     "base_resolution": 16, "per_level_scale": 1.5},
+        "network": {"otype": "FullyFusedMLP", "activation": "ReLU", "output_activation": "None", "n_neurons": 64,
+                    "n_hidden_layers": 2},
+    }))
+    return path

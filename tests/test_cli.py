@@ -123,18 +123,8 @@ def test_backend_cuda_without_gpu_is_exit_5(ngp, bad_files, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_tcnn_json_through_the_cli(ngp, tmp_path):
-    import json
-
-    path = tmp_path / "config_hash.json"  # the shape of tiny-cuda-nn's data/config_hash.json
-    path.write_text(json.dumps({
-        "loss": {"otype": "RelativeL2"},
-        "optimizer": {"otype": "Adam", "learning_rate": 1e-2, "beta1": 0.9, "beta2": 0.99, "epsilon": 1e-15,
-                      "l2_reg": 1e-6},
-        "encoding": {"otype": "HashGrid", "n_levels": 16, "n_features_per_level": 2, "log2_hashmap_size": 15,
-                     "base_resolution": 16, "per_level_scale": 1.5},
-        "network": {"otype": "FullyFusedMLP", "activation": "ReLU", "output_activation": "None", "n_neurons": 64,
-                    "n_hidden_layers": 2}}))
+def test_tcnn_json_through_the_cli(ngp, tmp_path, tcnn_image_json):
+    path = tcnn_image_json
     res = ngp("presets", "show", path)
     assert res.exit_code == EXIT_USAGE and "--task" in res.stderr
     res = ngp("presets", "show", path, "--task", "image")

@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from ngp_cli.config import apply_sets, build, list_presets, load_preset, normalize_tcnn, parse_set, resolve
 from ngp_cli.errors import ConfigError
 from ngp_cli.tasks.gigapixel import ImageConfig
-
-TCNN_IMAGE_JSON = {  # tiny-cuda-nn data/config_hash.json, verbatim in structure
-    "loss": {"otype": "RelativeL2"},
-    "optimizer": {"otype": "Adam", "learning_rate": 1e-2, "beta1": 0.9, "beta2": 0.99, "epsilon": 1e-15,
-                  "l2_reg": 1e-6},
-    "encoding": {"otype": "HashGrid", "n_levels": 16, "n_features_per_level": 2, "log2_hashmap_size": 15,
-                 "base_resolution": 16, "per_level_scale": 1.5},
-    "network": {"otype": "FullyFusedMLP", "activation": "ReLU", "output_activation": "None", "n_neurons": 64,
-                "n_hidden_layers": 2},
-}
 
 
 def image(preset="image-cpu", sets=()):
@@ -100,9 +88,8 @@ def test_extends_chain_and_errors(tmp_path):
         image(str(listy))
 
 
-def test_tcnn_json_accepted_as_is(tmp_path):
-    path = tmp_path / "config_hash.json"
-    path.write_text(json.dumps(TCNN_IMAGE_JSON))
+def test_tcnn_json_accepted_as_is(tcnn_image_json):
+    path = tcnn_image_json
     cfg = image(str(path))
     assert cfg.encoding.log2_hashmap_size == 15 and cfg.encoding.per_level_scale == 1.5
     assert cfg.encoding.max_resolution is None  # per_level_scale given: N_max is not used
