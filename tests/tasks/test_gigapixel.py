@@ -45,7 +45,7 @@ def test_sampler_keeps_the_stored_dtype_and_matches_rows():
     assert t.image.dtype == np.uint8 and t.image is img
     np.testing.assert_allclose(t.rows(1, 3), img[1:3] / 255.0, rtol=1e-6)  # float32 reciprocal rounding
     assert pixel_centers(4, 6, 1, 3).shape == (12, 2)
-    assert t.natural_max_resolution == 3.0
+    assert t.natural_max_resolution() == 3 and t.natural_max_resolution(2.0) == 12
 
 
 # -- the command -------------------------------------------------------------------------------------------------------
@@ -105,6 +105,17 @@ def test_resume_equals_an_uninterrupted_run(ngp, astronaut_crop, tmp_path):
     run = Path(second["run_dir"])
     assert (run / "summary-step3.json").is_file()  # the earlier result is archived, not destroyed
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [2, 3, 4, 6]
+
+
+def test_max_resolution_follows_the_photo_size(ngp, astronaut_crop, tmp_path):
+    import yaml
+
+    runs = []
+    for extra in ([], ["--set", "image.max_resolution_factor=2"], ["--set", "encoding.max_resolution=77"]):
+        done = fit(ngp, astronaut_crop, tmp_path / "runs", "--steps", "1", *extra).last("done")
+        runs.append(yaml.safe_load((Path(done["run_dir"]) / "config.yaml").read_text())["encoding"])
+    assert [r["max_resolution"] for r in runs] == [64, 256, 77]  # 128x96 photo: 0.5x and 2x of 128, or as set
+    assert all(r["per_level_scale"] is None for r in runs)
 
 
 def test_resume_rejects_model_changes(ngp, astronaut_crop, tmp_path):

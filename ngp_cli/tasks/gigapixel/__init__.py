@@ -32,6 +32,9 @@ class ImageSection:
     """Settings of the image task."""
 
     path: str = opt("", "the photo being fitted (filled in from the command's PHOTO argument)")
+    max_resolution_factor: float = opt(
+        0.5, "finest grid resolution N_max as a multiple of max(W, H), used when encoding.per_level_scale and "
+             "encoding.max_resolution are both null (instant-ngp's image mode: 0.5)", gt=0.0, le=64.0)
     render_scale: float = opt(1.0, "size of the written reconstruction relative to the photo", gt=0.0, le=16.0)
     tile_pixels: int = opt(1 << 18, "pixels per inference tile when rendering and computing the full-image PSNR",
                            ge=1024)

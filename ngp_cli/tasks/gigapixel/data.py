@@ -25,10 +25,10 @@ class ImageTarget:
         self._flat = image.reshape(self.height * self.width, self.channels)  # a view, also for memmaps
         self._inv_scale = np.float32(1.0 / value_scale(image.dtype))
 
-    @property
-    def natural_max_resolution(self) -> float:
-        """The paper's finest grid resolution for images, N_max = max(W, H) / 2 (§5.1)."""
-        return max(self.width, self.height) / 2.0
+    def natural_max_resolution(self, factor: float = 0.5) -> int:
+        """N_max = factor · max(W, H), at least 1; the paper / instant-ngp use factor 0.5 for images
+        (src/testbed.cu: ``desired_resolution = max(m_image.resolution) / 2``)."""
+        return max(1, int(factor * max(self.width, self.height)))
 
     def sample(self, uv: np.ndarray) -> np.ndarray:
         """Bilinear lookup at continuous positions.

@@ -32,7 +32,8 @@ class ImageProblem:
         init = torch.Generator().manual_seed(cfg.seed)
         self.model = NetworkWithInputEncoding(
             2, target.channels, cfg.encoding, cfg.network,
-            natural_max_resolution=target.natural_max_resolution, generator=init).to(self.device)
+            natural_max_resolution=target.natural_max_resolution(cfg.image.max_resolution_factor),
+            generator=init).to(self.device)
         self.l2_loss = cfg.loss.otype == "L2"
 
     def batch_loss(self, batch_size: int, generator: torch.Generator,
@@ -130,8 +131,8 @@ def fit_image(task, opts: TrainOptions, photo: Path | None) -> None:
         photo_path, image = _load_photo(photo if photo is not None else default_photo())
         cfg.image.path = str(photo_path)
         if cfg.encoding.is_grid and cfg.encoding.per_level_scale is None and cfg.encoding.max_resolution is None:
-            # Record the derived N_max = max(W, H)/2 so config.yaml alone rebuilds the model.
-            cfg.encoding.max_resolution = max(1, int(ImageTarget(image).natural_max_resolution))
+            # Record the derived N_max so config.yaml alone rebuilds the model.
+            cfg.encoding.max_resolution = ImageTarget(image).natural_max_resolution(cfg.image.max_resolution_factor)
         run = create_run(task, opts, cfg, default_name=photo_path.stem)
     else:
         run = prep.run
