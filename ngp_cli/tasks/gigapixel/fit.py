@@ -30,10 +30,9 @@ class ImageProblem:
         self.target = target
         self.device = backend.device
         init = torch.Generator().manual_seed(cfg.seed)
-        self.model = NetworkWithInputEncoding(
-            2, target.channels, cfg.encoding, cfg.network,
-            natural_max_resolution=target.natural_max_resolution(cfg.image.max_resolution_factor),
-            generator=init).to(self.device)
+        # N_max comes from the config: fit_image records the photo-relative value there before training.
+        self.model = NetworkWithInputEncoding(2, target.channels, cfg.encoding, cfg.network,
+                                              generator=init).to(self.device)
         self.l2_loss = cfg.loss.otype == "L2"
 
     def batch_loss(self, batch_size: int, generator: torch.Generator,
@@ -131,7 +130,7 @@ def fit_image(task, opts: TrainOptions, photo: Path | None) -> None:
         photo_path, image = _load_photo(photo if photo is not None else default_photo())
         cfg.image.path = str(photo_path)
         if cfg.encoding.is_grid and cfg.encoding.per_level_scale is None and cfg.encoding.max_resolution is None:
-            # Record the derived N_max so config.yaml alone rebuilds the model.
+            # Derive N_max here, once, and record it so config.yaml alone rebuilds the model (also on --resume).
             cfg.encoding.max_resolution = ImageTarget(image).natural_max_resolution(cfg.image.max_resolution_factor)
         run = create_run(task, opts, cfg, default_name=photo_path.stem)
     else:
