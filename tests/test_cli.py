@@ -36,7 +36,7 @@ def test_presets_list_and_show(ngp):
     res = ngp("presets", "show", "image-cpu", "--set", "train.n_steps=5")
     assert res.exit_code == 0
     cfg = res.last("preset")["config"]
-    assert cfg["train"]["n_steps"] == 5 and cfg["encoding"]["log2_hashmap_size"] == 19
+    assert cfg["train"]["n_steps"] == 5 and cfg["encoding"]["log2_hashmap_size"] == 21
     assert cfg["optimizer"]["epsilon"] == 1e-15  # fully resolved: inherited from defaults.yaml
 
 

@@ -18,10 +18,11 @@ def test_builtin_presets_resolve_and_inherit():
     assert {"defaults", "image", "image-cpu"} <= set(names)
     assert names["image-cpu"]["task"] == "image" and names["image-cpu"]["extends"] == "image"  # task inherited
     gpu, cpu = image("image"), image("image-cpu")
-    # The paper's image config (§5.1) on GPU; CPU only shrinks T and the batch.
+    # The paper's image config (§5.1) on GPU; CPU shrinks T and the batch and refines N_max (see image-cpu.yaml).
     assert (gpu.encoding.n_levels, gpu.encoding.n_features_per_level, gpu.encoding.base_resolution) == (16, 2, 16)
     assert gpu.encoding.log2_hashmap_size == 24 and gpu.train.batch_size == 2**18
-    assert cpu.encoding.log2_hashmap_size == 19 and cpu.train.batch_size == 2**16
+    assert cpu.encoding.log2_hashmap_size == 21 and cpu.train.batch_size == 2**16
+    assert gpu.image.max_resolution_factor == 0.5 and cpu.image.max_resolution_factor == 2
     assert cpu.network.n_neurons == 64 and cpu.network.n_hidden_layers == 2
     # inherited from defaults.yaml through image.yaml
     assert cpu.optimizer.beta2 == 0.99 and cpu.optimizer.epsilon == 1e-15 and cpu.optimizer.l2_reg == 1e-6

@@ -111,10 +111,10 @@ def test_max_resolution_follows_the_photo_size(ngp, astronaut_crop, tmp_path):
     import yaml
 
     runs = []
-    for extra in ([], ["--set", "image.max_resolution_factor=2"], ["--set", "encoding.max_resolution=77"]):
+    for extra in ([], ["--set", "image.max_resolution_factor=0.5"], ["--set", "encoding.max_resolution=77"]):
         done = fit(ngp, astronaut_crop, tmp_path / "runs", "--steps", "1", *extra).last("done")
         runs.append(yaml.safe_load((Path(done["run_dir"]) / "config.yaml").read_text())["encoding"])
-    assert [r["max_resolution"] for r in runs] == [64, 256, 77]  # 128x96 photo: 0.5x and 2x of 128, or as set
+    assert [r["max_resolution"] for r in runs] == [256, 64, 77]  # 128x96 photo: image-cpu's 2x, 0.5x, or as set
     assert all(r["per_level_scale"] is None for r in runs)
 
 
