@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -151,6 +152,28 @@ def build_app() -> typer.Typer:
             emit("preset", name=name, config=data)
 
     app.add_typer(presets_app, name="presets")
+
+    @app.command("bench")
+    def bench_cmd(
+        backend: Annotated[list[str] | None, typer.Option(
+            "--backend", help="Backend(s) to measure: torch, cpu, cuda (repeatable; default every available one).")] = None,
+        batch: Annotated[list[int] | None, typer.Option(
+            "--batch", help="Batch size(s) (repeatable; default 2^14 and 2^16 on the CPU, 2^16 to 2^21 on a GPU).")] = None,
+        dims: Annotated[list[int] | None, typer.Option("--dims", help="Encoding input dims (repeatable; default 2 and 3).")] = None,
+        only: Annotated[list[str] | None, typer.Option(
+            "--only", help="Benchmark(s): encoding_forward, encoding_forward_backward, mlp_inference, mlp_training, "
+                           "train_step (repeatable; default all).")] = None,
+        repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed runs per figure (median reported).")] = 5,
+        warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs first.")] = 2,
+        output: Annotated[Path | None, typer.Option("--output", help="Also write all results as one JSON file.")] = None,
+    ) -> None:
+        """Measure throughput of the encoding, the MLP and a fit-image training step on every available backend.
+
+        stdout: one {"event":"bench",...} JSON line per figure, then {"event":"done",...}; stderr: a table.
+        """
+        from ngp_cli.bench import run_bench
+
+        run_bench(tasks, backend, batch, dims, only, repeats, warmup, output)
 
     for task in tasks.values():
         task.register(app)

@@ -111,6 +111,8 @@ class OptimizerConfig:
     beta2: float = opt(0.99, "Adam second-moment decay", ge=0.0, lt=1.0)
     epsilon: float = opt(1e-15, "Adam epsilon", ge=0.0)
     l2_reg: float = opt(1e-6, "L2 regularisation on the MLP weights (not the encoding tables)", ge=0.0)
+    skip_zero_grad: bool = opt(True, "skip Adam steps of hash-table entries whose gradient is exactly 0, moments "
+                                     "included (paper §4, tcnn adam_step)")
     ema_decay: float = opt(0.0, "EMA of the weights used for evaluation (tcnn Ema 'decay'); 0 disables", ge=0.0, lt=1.0)
     decay_start: int = opt(0, "ExponentialDecay: first step at which the learning rate decays", ge=0)
     decay_interval: int = opt(1000, "ExponentialDecay: steps between decays", ge=1)

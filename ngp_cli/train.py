@@ -55,8 +55,24 @@ def make_loss(cfg: LossConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.T
 
 
 def make_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """Adam with the paper's β=(0.9, 0.99), ε=1e-15 and L2 ``l2_reg`` on the MLP weights only (``param_groups``)."""
+    """Adam with the paper's β=(0.9, 0.99), ε=1e-15 and L2 ``l2_reg`` on the MLP weights only (``param_groups``).
+
+    With ``cfg.skip_zero_grad`` hash-table entries whose gradient is exactly 0 are left alone (paper §4): that is
+    tiny-cuda-nn's Adam, :class:`ngp_cli.nn.optim.Adam`, run as the ``adam_step`` kernel on the ``cpu``/``cuda``
+    backends (``model.kernel_target``) and in torch otherwise. Every backend runs the same algorithm: without skipping,
+    the kernel backends use the same kernel with dense steps and the torch backend ``torch.optim.Adam`` (identical
+    up to where ε enters, 1e-15).
+    """
     groups = model.param_groups(cfg.l2_reg) if hasattr(model, "param_groups") else [{"params": model.parameters()}]
+    target = getattr(model, "kernel_target", None)
+    if target is not None or cfg.skip_zero_grad:
+        from ngp_cli.nn.optim import Adam
+
+        grid = getattr(getattr(model, "encoding", None), "levels", None) is not None
+        for g in groups:
+            name = g.pop("name", None)
+            g["skip_zero_grad"] = cfg.skip_zero_grad and grid and name == "encoding"
+        return Adam(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), eps=cfg.epsilon, target=target)
     for g in groups:
         g.pop("name", None)
     # foreach on CPU measured fastest of the three torch implementations here; fused needs matching devices.
@@ -107,6 +123,22 @@ class EMA:
                     p.copy_(s)
 
 
+def train_step(problem: Problem, optimizer: torch.optim.Optimizer, loss_fn: Callable, generator: torch.Generator,
+               batch_size: int) -> tuple[float, float]:
+    """One optimisation step: draw a batch, backpropagate, update. Returns ``(loss, mse)`` as floats.
+
+    A non-finite loss is returned without touching the weights (the caller decides what to do).
+    """
+    loss, mse = problem.batch_loss(batch_size, generator, loss_fn)
+    loss_value = float(loss.detach())
+    if not math.isfinite(loss_value):
+        return loss_value, mse
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss_value, mse
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Checkpoint state
 
@@ -132,6 +164,11 @@ def _load_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], model: n
             if key.startswith("optim."):
                 _, idx, name = key.split(".", 2)
                 state.setdefault(int(idx), {})[name] = value
+        if isinstance(optimizer, torch.optim.Adam):
+            for st in state.values():  # a checkpoint of the kernel backends' Adam (per-element step counts)
+                if "param_steps" in st:
+                    st["step"] = st.pop("param_steps").max().float().reshape(())
+                    st.pop("max_step", None)
         osd = optimizer.state_dict()
         osd["state"] = state
         optimizer.load_state_dict(osd)
@@ -268,14 +305,10 @@ class Trainer:
             lr = learning_rate(self.cfg.optimizer, self.state.step)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            loss, mse = self.problem.batch_loss(tc.batch_size, self.generator, self.loss_fn)
-            loss_value = float(loss.detach())
+            loss_value, mse = train_step(self.problem, self.optimizer, self.loss_fn, self.generator, tc.batch_size)
             if not math.isfinite(loss_value):
                 raise DivergedError(f"loss is {loss_value} at step {self.state.step + 1}; "
                                     "try a lower optimizer.learning_rate")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
             if self.ema is not None:
                 self.ema.update()
             self.state.step += 1

@@ -11,6 +11,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Compiled kernels go to a cache of this test session (inherited by the CLI subprocesses), so the suite always
+# exercises the compile path and never depends on, or fills, the user's ~/.cache/ngp.
+if "NGP_TEST_KEEP_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["NGP_CACHE_DIR"] = tempfile.mkdtemp(prefix="ngp-test-kernels-")
+
 
 def shared_data() -> Path:
     """../shared/data beside the repository (override with NGP_SHARED_DATA); tests needing it skip when absent."""

@@ -55,6 +55,44 @@ def test_l2_applies_to_the_mlp_only():
     assert opt.defaults["betas"] == (0.9, 0.99) and opt.defaults["eps"] == 1e-15
 
 
+@pytest.mark.parametrize("kernel_target, skip, expected", [
+    (None, False, torch.optim.Adam),   # torch backend, dense steps: torch's fast foreach Adam
+    (None, True, "tcnn"),              # torch backend, paper's sparse steps: the torch reference of tcnn's Adam
+    ("cpu", False, "tcnn"),            # kernel backends: the adam_step kernel, dense or sparse
+    ("cpu", True, "tcnn"),
+])
+def test_optimizer_choice_follows_backend_and_skip_zero_grad(kernel_target, skip, expected):
+    from ngp_cli.nn.optim import Adam
+
+    model = NetworkWithInputEncoding(2, 3, EncodingConfig(n_levels=2, log2_hashmap_size=8, per_level_scale=2.0),
+                                     NetworkConfig(n_neurons=16), generator=torch.Generator().manual_seed(0),
+                                     kernel_target=kernel_target)
+    opt = make_optimizer(model, OptimizerConfig(skip_zero_grad=skip))
+    if expected is torch.optim.Adam:
+        assert type(opt) is torch.optim.Adam
+        return
+    assert isinstance(opt, Adam) and opt.target == kernel_target
+    skips = {id(p): g["skip_zero_grad"] for g in opt.param_groups for p in g["params"]}
+    assert skips[id(model.encoding.params)] is skip  # only the hash tables skip, and only when asked
+    assert not any(skips[id(p)] for p in model.network.parameters())
+
+
+def test_cpu_and_torch_backends_agree_on_a_real_fit(ngp, astronaut_crop, tmp_path):
+    """Same model, same algorithm, two implementations: the full-image PSNR after 150 steps agrees within 0.3 dB."""
+    from ngp_cli.nn.backend import cpu_kernels_available
+
+    if not cpu_kernels_available():
+        pytest.skip("no host C++ compiler for the cpu backend")
+    psnr = {}
+    for backend in ("cpu", "torch"):
+        res = ngp("fit-image", astronaut_crop, "--runs-dir", tmp_path / backend, "--steps", "150", "--backend",
+                  backend, "--set", "encoding.log2_hashmap_size=16", "--set", "train.batch_size=8192")
+        assert res.exit_code == 0, res.stderr
+        assert f"backend {backend} on cpu" in res.stderr
+        psnr[backend] = res.last("done")["metrics"]["psnr"]
+    assert abs(psnr["cpu"] - psnr["torch"]) <= 0.3, psnr
+
+
 def test_ema_run_resumes_exactly(ngp, astronaut_crop, tmp_path):
     from safetensors.torch import load_file
 

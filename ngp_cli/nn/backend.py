@@ -3,10 +3,11 @@
 - ``torch``: the pure-PyTorch reference implementation (ngp_cli.nn), on any torch device.
 - ``cuda``: the CuPy RawModule kernels of ngp_cli/cuda on an NVIDIA GPU.
 - ``cpu``: the same kernel sources compiled by the host C++ compiler.
-- ``auto``: the fastest available one (today: ``torch``, on the GPU when there is one).
+- ``auto``: ``cuda`` when a GPU and CuPy are usable, else ``cpu`` when a host C++ compiler exists, else ``torch``
+  (on the GPU when torch sees one).
 
-The ``cuda`` and ``cpu`` kernel backends are not part of this release yet; asking for them fails with a clear message
-(and ``cuda`` without a GPU fails with the no-GPU exit code first).
+The ``cuda`` and ``cpu`` backends run the same sources (docs/kernels.md); the models take the choice through
+:attr:`Backend.kernel_target`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ class Backend:
     @property
     def is_cuda(self) -> bool:
         return self.device.type == "cuda"
+
+    @property
+    def kernel_target(self) -> str | None:
+        """"cpu" or "cuda" for the kernel backends (the target of ngp_cli.cuda.runtime), None for ``torch``."""
+        return self.name if self.name in ("cpu", "cuda") else None
 
 
 def cuda_available() -> bool:
@@ -64,19 +70,57 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+def cuda_kernels_available() -> bool:
+    """True when the ``cuda`` backend can run: a usable GPU and an importable CuPy (probed, never raising)."""
+    if not cuda_available():
+        return False
+    from ngp_cli.cuda.runtime import cuda_target_available
+
+    return cuda_target_available()
+
+
+def cpu_kernels_available() -> bool:
+    """True when the ``cpu`` backend can run: a host C++ compiler was found (``$CXX``, g++ or clang++)."""
+    from ngp_cli.cuda.runtime import host_compiler
+
+    return host_compiler() is not None
+
+
 def resolve_backend(backend: str, device: str = "auto") -> Backend:
     """Resolve the ``--backend`` choice and the ``device`` key into a :class:`Backend`.
 
-    Raises NoGPUError (``cuda`` without a GPU), ConfigError (unknown name, or a kernel backend not yet available).
+    ``auto`` takes ``cuda`` (GPU + CuPy), then ``cpu`` (host compiler; only when ``device`` is auto or cpu), then
+    ``torch`` on ``device``. ``cuda`` needs ``device`` auto or cuda[:N]; ``cpu`` needs ``device`` auto or cpu.
+
+    Raises NoGPUError (``cuda`` without a GPU), ConfigError (unknown name, CuPy or a host compiler missing for the
+    backend asked for, or a backend/device conflict).
     """
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
+    if backend == "torch":
+        return Backend("torch", resolve_device(device))
     if backend == "cuda":
         if not cuda_available():
             raise NoGPUError("--backend cuda needs an NVIDIA GPU, and none is usable "
-                             "(torch.cuda.is_available() is False); use --backend auto or torch")
-        raise ConfigError("--backend cuda (CuPy kernels) is not available in this release yet; "
-                          "--backend torch runs on the GPU")
+                             "(torch.cuda.is_available() is False); use --backend auto, cpu or torch")
+        dev = resolve_device("cuda" if device == "auto" else device)
+        if dev.type != "cuda":
+            raise ConfigError(f"--backend cuda runs on the GPU, but device is '{device}'; drop the device setting")
+        if not cuda_kernels_available():
+            raise ConfigError("--backend cuda needs CuPy: pip install 'ngp-cli[cuda]' (CUDA 12) or "
+                              "'ngp-cli[cuda13]' (CUDA 13); --backend torch runs on the GPU without it")
+        return Backend("cuda", dev)
     if backend == "cpu":
-        raise ConfigError("--backend cpu (compiled kernels) is not available in this release yet; use --backend torch")
-    return Backend("torch", resolve_device(device))
+        if device not in ("auto", "cpu"):
+            raise ConfigError(f"--backend cpu runs on the CPU, but device is '{device}'; drop the device setting")
+        if not cpu_kernels_available():
+            raise ConfigError("--backend cpu needs a host C++ compiler (g++ or clang++ on PATH, or $CXX); "
+                              "--backend torch needs none")
+        return Backend("cpu", torch.device("cpu"))
+    # auto
+    dev = resolve_device(device)
+    if dev.type == "cuda" and cuda_kernels_available():
+        return Backend("cuda", dev)
+    if dev.type == "cpu" and cpu_kernels_available():
+        return Backend("cpu", dev)
+    return Backend("torch", dev)

@@ -463,12 +463,18 @@ class HashGridEncoding(nn.Module):
         dtype: parameter dtype, torch.float32 or torch.float64 (float64 makes the whole computation float64).
         generator: optional ``torch.Generator`` for the ``U(-1e-4, 1e-4)`` initialisation (tcnn's default).
         device: where the table lives.
+        kernel_target: None (default) runs the PyTorch implementation here; "cpu" or "cuda" runs the
+            ``ngp_cli/cuda/hashgrid.cu`` kernels on that target (:func:`ngp_cli.cuda.hashgrid.encode`; the table must
+            be on the matching device). Settable later through the attribute of the same name.
+        kernel_dtype: table dtype the kernels read: None (the parameter dtype) or torch.float16, an fp16 copy of
+            the parameters made in every forward (fp32 master weights; the output is then float16). Kernels only.
 
     Attributes:
         params: ``nn.Parameter`` of shape ``(n_entries, F)``; level ``l`` owns rows
             ``levels.offsets[l]:levels.offsets[l + 1]`` (same flat layout as tcnn's parameter buffer).
         levels: the :class:`~ngp_cli.nn.grid.GridLevels`.
         n_input_dims, n_output_dims: ``D`` and ``L * F``.
+        kernel_target, kernel_dtype: as the arguments.
 
     Raises:
         ConfigError: invalid hyper-parameters (message names the tcnn key).
@@ -488,8 +494,16 @@ class HashGridEncoding(nn.Module):
         dtype: torch.dtype = torch.float32,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
+        kernel_target: str | None = None,
+        kernel_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        if kernel_target not in (None, "cpu", "cuda"):
+            raise ValueError(f"kernel_target must be None, 'cpu' or 'cuda', got {kernel_target!r}")
+        if kernel_dtype not in (None, torch.float16):
+            raise ValueError(f"kernel_dtype must be None or torch.float16, got {kernel_dtype}")
+        self.kernel_target = kernel_target
+        self.kernel_dtype = kernel_dtype
         if interpolation not in INTERPOLATIONS:
             raise ConfigError(
                 f"encoding.interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}"
@@ -580,6 +594,14 @@ class HashGridEncoding(nn.Module):
             raise ValueError(f"HashGridEncoding expects floating-point x, got {x.dtype}")
         if self.params.dtype not in (torch.float32, torch.float64):
             raise ValueError(f"HashGridEncoding params must be float32 or float64, got {self.params.dtype}")
+        target = getattr(self, "kernel_target", None)
+        if target is not None:
+            from ngp_cli.cuda.hashgrid import encode
+
+            params = self.params
+            if getattr(self, "kernel_dtype", None) is not None:
+                params = params.to(self.kernel_dtype)
+            return encode(x, params, self.levels, self.interpolation, target)
         if not torch.is_grad_enabled() or not (x.requires_grad or self.params.requires_grad):
             # Inference: skip autograd and keep nothing for a backward that will not come.
             return _encode(self, x, self.params.detach(), False, False)[0]

@@ -107,12 +107,18 @@ class FullyFusedMLP(nn.Module):
         dtype: parameter dtype (tcnn computes in half precision; float32 is the reference here).
         generator: optional ``torch.Generator`` for the initialisation.
         device: parameter device.
+        kernel_target: ``None`` (this torch reference), ``"cuda"`` (the fully fused kernel of
+            ``ngp_cli/cuda/fused_mlp.cu`` on the GPU: fp16 tensor cores, loss-scaled backward) or ``"cpu"`` (the
+            fastest CPU path, :func:`ngp_cli.cuda.mlp.mlp_forward`: bf16 matmuls with float32 accumulation).
+            Parameters stay float32 masters either way. The kernels lack ``Sine`` (as tcnn's FullyFusedMLP does):
+            with it the torch reference runs whatever the target. May be reassigned after construction.
 
     Attributes:
         weights: ``nn.ParameterList`` of ``(out, in)`` matrices in evaluation order.
 
     Raises:
-        ConfigError: unsupported width, layer count or activation (message names the tcnn key).
+        ConfigError: unsupported width, layer count or activation (message names the tcnn key), or an unknown
+            kernel target.
     """
 
     def __init__(
@@ -126,6 +132,7 @@ class FullyFusedMLP(nn.Module):
         dtype: torch.dtype = torch.float32,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
+        kernel_target: str | None = None,
     ) -> None:
         super().__init__()
         for key, value in (("n_input_dims", n_input_dims), ("n_output_dims", n_output_dims)):
@@ -144,6 +151,9 @@ class FullyFusedMLP(nn.Module):
             raise ConfigError(
                 f"network.output_activation must be one of {', '.join(ACTIVATIONS)}, got {output_activation!r}"
             )
+        if kernel_target not in (None, "cuda", "cpu"):
+            raise ConfigError(f"FullyFusedMLP kernel_target must be None, 'cuda' or 'cpu', got {kernel_target!r}")
+        self.kernel_target = kernel_target
         self.n_input_dims = n_input_dims
         self.n_output_dims = n_output_dims
         self.n_neurons = n_neurons
@@ -182,6 +192,10 @@ class FullyFusedMLP(nn.Module):
         """
         if x.dim() != 2 or x.shape[1] != self.n_input_dims:
             raise ValueError(f"FullyFusedMLP expects x of shape (N, {self.n_input_dims}), got {tuple(x.shape)}")
+        if self.kernel_target is not None and "Sine" not in (self.activation, self.output_activation):
+            from ngp_cli.cuda.mlp import mlp_forward
+
+            return mlp_forward(x, list(self.weights), self.activation, self.output_activation, self.kernel_target)
         h = x.to(self.weights[0].dtype)
         last = len(self.weights) - 1
         for i, w in enumerate(self.weights):

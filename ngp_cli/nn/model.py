@@ -47,12 +47,13 @@ class NetworkWithInputEncoding(nn.Module):
     """x (N, n_input_dims) float32 in [0,1]^D → encoding → FullyFusedMLP → (N, n_output_dims) float32.
 
     Parameters live in ``encoding`` (the grid tables) and ``network`` (MLP weights); :meth:`param_groups` separates them
-    so L2 regularisation applies to the MLP only (paper §4).
+    so L2 regularisation applies to the MLP only (paper §4). ``kernel_target`` ("cpu"/"cuda"/None) selects the kernels
+    of ngp_cli/cuda or the torch reference (see :class:`ngp_cli.nn.backend.Backend`).
     """
 
     def __init__(self, n_input_dims: int, n_output_dims: int, encoding: EncodingConfig, network: NetworkConfig, *,
                  natural_max_resolution: float | None = None, generator: torch.Generator | None = None,
-                 device: torch.device | None = None) -> None:
+                 device: torch.device | None = None, kernel_target: str | None = None) -> None:
         super().__init__()
         self.encoding = build_encoding(encoding, n_input_dims, natural_max_resolution=natural_max_resolution,
                                        generator=generator, device=device)
@@ -62,6 +63,11 @@ class NetworkWithInputEncoding(nn.Module):
             output_activation=network.output_activation, generator=generator, device=device)
         self.n_input_dims = n_input_dims
         self.n_output_dims = n_output_dims
+        self.kernel_target = kernel_target
+        # The hash grid and the MLP run as kernels on the "cpu"/"cuda" backends (other encodings stay in torch).
+        for module in (self.encoding, self.network):
+            if hasattr(module, "kernel_target"):
+                module.kernel_target = kernel_target
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(self.encoding(x))

@@ -64,6 +64,13 @@ class GigapixelTask(Task):
     def config_class(self) -> type:
         return ImageConfig
 
+    def benchmark_step(self, backend, batch_size: int):
+        """One fit-image training step on the bundled astronaut, for ``ngp bench``: the CPU preset's model with the
+        paper's T=2^19 at ``batch_size``, on ``backend``. Returns a zero-argument callable."""
+        from ngp_cli.tasks.gigapixel.fit import benchmark_step
+
+        return benchmark_step(backend, batch_size)
+
     def register(self, app: typer.Typer) -> None:
         task = self
 

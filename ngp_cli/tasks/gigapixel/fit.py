@@ -20,7 +20,7 @@ from ngp_cli.nn.backend import Backend
 from ngp_cli.nn.model import NetworkWithInputEncoding
 from ngp_cli.tasks.gigapixel import ImageConfig, default_photo
 from ngp_cli.tasks.gigapixel.data import ImageTarget, pixel_centers
-from ngp_cli.train import Trainer
+from ngp_cli.train import Trainer, make_loss, make_optimizer, train_step
 
 
 class ImageProblem:
@@ -31,8 +31,8 @@ class ImageProblem:
         self.device = backend.device
         init = torch.Generator().manual_seed(cfg.seed)
         # N_max comes from the config: fit_image records the photo-relative value there before training.
-        self.model = NetworkWithInputEncoding(2, target.channels, cfg.encoding, cfg.network,
-                                              generator=init).to(self.device)
+        self.model = NetworkWithInputEncoding(2, target.channels, cfg.encoding, cfg.network, generator=init,
+                                              kernel_target=backend.kernel_target).to(self.device)
         self.l2_loss = cfg.loss.otype == "L2"
 
     def batch_loss(self, batch_size: int, generator: torch.Generator,
@@ -170,3 +170,19 @@ def fit_image(task, opts: TrainOptions, photo: Path | None) -> None:
     info(f"PSNR {metrics['psnr']:.2f} dB after {state.step} steps ({metrics['train_s']:.1f} s training); "
          f"reconstruction {artifacts['reconstruction']}")
     finish(run, state.step, metrics, artifacts)
+
+
+def benchmark_step(backend: Backend, batch_size: int) -> Callable[[], Any]:
+    """A closure running one training step of the image task (``ngp bench``'s ``train_step``): the bundled astronaut,
+    the ``image-cpu`` preset with T=2^19, at ``batch_size``, on ``backend``."""
+    from ngp_cli.config import resolve
+
+    cfg = resolve(ImageConfig, "image", "image-cpu", ["encoding.log2_hashmap_size=19"], default_preset="image-cpu")
+    image = read_image(default_photo())
+    target = ImageTarget(image)
+    cfg.encoding.max_resolution = target.natural_max_resolution(cfg.image.max_resolution_factor)
+    problem = ImageProblem(target, cfg, backend)
+    optimizer = make_optimizer(problem.model, cfg.optimizer)
+    loss_fn = make_loss(cfg.loss)
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    return lambda: train_step(problem, optimizer, loss_fn, generator, batch_size)

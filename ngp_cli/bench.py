@@ -1,0 +1,306 @@
+"""``ngp bench``: throughput of the encoding, the MLP and a full training step on every available backend.
+
+Sizes are the paper's (§4-5): hash grid with L=16, F=2, T=2^19, N_min=16; 2-D with b=2 (N_max = 2^19, the gigapixel
+scale) and 3-D with N_max=2048 (b≈1.38, the NeRF scale); a 2×64 ReLU MLP from the 32 encoded features to 16 outputs
+(tcnn pads outputs to 16). Each figure is the median over ``repeats`` timed runs after ``warmup`` untimed ones, timed
+with CUDA events on a GPU and ``time.perf_counter`` on the CPU.
+
+Ceilings are measured in the same run rather than looked up: the device's copy bandwidth (a large tensor copy) and
+its matmul throughput (a large float32 matmul on the CPU, float16 on a GPU). Reported fractions:
+
+* encoding: gathered table bytes (N·L·2^D·F·4 for forward; twice that for forward+backward, whose scatter touches the
+  same rows) per second over the copy bandwidth — an upper-bound model, since coarse levels stay in cache;
+* MLP: 2·N·Σ(in·out) FLOPs per second (3× for training: forward, input and weight gradients) over the matmul rate.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from ngp_cli.errors import ConfigError
+from ngp_cli.nn.backend import Backend, cpu_kernels_available, cuda_available, cuda_kernels_available
+
+BENCHMARKS = ("encoding_forward", "encoding_forward_backward", "mlp_inference", "mlp_training", "train_step")
+GRID = dict(n_levels=16, n_features_per_level=2, log2_hashmap_size=19, base_resolution=16)
+PER_LEVEL_SCALE = {2: 2.0, 3: math.exp(math.log(2048 / 16) / 15)}
+MLP = dict(n_input_dims=32, n_output_dims=16, n_neurons=64, n_hidden_layers=2)
+
+
+@dataclass
+class Result:
+    """One measurement (a JSON line on stdout)."""
+
+    backend: str
+    device: str
+    benchmark: str
+    batch: int
+    median_s: float
+    elements_per_s: float
+    ns_per_element: float
+    dims: int | None = None
+    ceiling: str | None = None
+    ceiling_fraction: float | None = None
+    runs_s: list[float] = field(default_factory=list)
+
+
+def available_backends(device_type: str | None = None) -> list[Backend]:
+    """Backends that can run here: torch on the CPU, torch on the GPU, cpu kernels, cuda kernels."""
+    out = [Backend("torch", torch.device("cpu"))]
+    if cpu_kernels_available():
+        out.append(Backend("cpu", torch.device("cpu")))
+    if cuda_available():
+        out.append(Backend("torch", torch.device("cuda")))
+        if cuda_kernels_available():
+            out.append(Backend("cuda", torch.device("cuda")))
+    if device_type is not None:
+        out = [b for b in out if b.device.type == device_type]
+    return out
+
+
+def _timer(device: torch.device, fn: Callable[[], Any], warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        for _ in range(repeats):
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            stop.record()
+            stop.synchronize()
+            times.append(start.elapsed_time(stop) / 1e3)
+    else:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def measure_ceilings(device: torch.device, warmup: int = 1, repeats: int = 5) -> dict[str, float]:
+    """Copy bandwidth (bytes/s, read + write) and matmul rate (FLOP/s) of ``device``, measured now."""
+    n = (1 << 26) if device.type == "cuda" else (1 << 24)
+    src = torch.empty(n, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    copy_s = statistics.median(_timer(device, lambda: dst.copy_(src), warmup, repeats))
+    m = 8192 if device.type == "cuda" else 1024
+    # The fastest matmul dtype the MLP paths use: fp16 tensor cores on a GPU; float32 or bf16 on a CPU.
+    rates = []
+    for dtype in ((torch.float16,) if device.type == "cuda" else (torch.float32, torch.bfloat16)):
+        a = torch.randn(m, m, device=device, dtype=dtype)
+        b = torch.randn(m, m, device=device, dtype=dtype)
+        mm_s = statistics.median(_timer(device, lambda a=a, b=b: a @ b, warmup, repeats))
+        rates.append(2 * m**3 / mm_s)
+    return {"copy_bytes_per_s": 2 * n * 4 / copy_s, "matmul_flops_per_s": max(rates)}
+
+
+def _make_encoding(backend: Backend, dims: int):
+    from ngp_cli.nn.encodings import HashGridEncoding
+
+    enc = HashGridEncoding(dims, per_level_scale=PER_LEVEL_SCALE[dims], **GRID,
+                           generator=torch.Generator().manual_seed(0)).to(backend.device)
+    enc.kernel_target = backend.kernel_target
+    return enc
+
+
+def _make_mlp(backend: Backend):
+    from ngp_cli.nn.mlp import FullyFusedMLP
+
+    mlp = FullyFusedMLP(**MLP, generator=torch.Generator().manual_seed(0)).to(backend.device)
+    mlp.kernel_target = backend.kernel_target
+    return mlp
+
+
+def _mlp_flops() -> int:
+    widths = [MLP["n_input_dims"]] + [MLP["n_neurons"]] * MLP["n_hidden_layers"] + [MLP["n_output_dims"]]
+    return 2 * sum(a * b for a, b in zip(widths, widths[1:], strict=False))
+
+
+def run_benchmarks(backends: list[Backend], batches: list[int], dims: list[int], which: list[str], *,
+                   warmup: int = 2, repeats: int = 5, step_fn: Callable | None = None,
+                   on_result: Callable[[Result], None] | None = None) -> tuple[list[Result], dict[str, Any]]:
+    """Run ``which`` benchmarks for every backend × batch (× dims for the encoding).
+
+    ``step_fn(backend, batch) -> callable`` builds one full training step (the fit-image task provides it).
+    Returns the results and the measured ceilings per device. Raises ConfigError for an unknown benchmark name.
+    """
+    unknown = sorted(set(which) - set(BENCHMARKS))
+    if unknown:
+        raise ConfigError(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    ceilings: dict[str, dict[str, float]] = {}
+    results: list[Result] = []
+    if any(b.device.type == "cpu" for b in backends):
+        from ngp_cli.nn.encodings import tune_cpu_allocator
+
+        tune_cpu_allocator()  # as the training loop does on a CPU (NGP_NO_MALLOPT=1 opts out)
+
+    def record(backend: Backend, name: str, batch: int, times: list[float], dims_: int | None = None,
+               work: float | None = None, ceiling_key: str | None = None) -> None:
+        med = statistics.median(times)
+        frac = None
+        if work is not None and ceiling_key is not None:
+            frac = work / med / ceilings[str(backend.device)][ceiling_key]
+        res = Result(backend=backend.name, device=str(backend.device), benchmark=name, batch=batch, median_s=med,
+                     elements_per_s=batch / med, ns_per_element=med / batch * 1e9, dims=dims_,
+                     ceiling=ceiling_key, ceiling_fraction=frac, runs_s=[round(t, 6) for t in times])
+        results.append(res)
+        if on_result is not None:
+            on_result(res)
+
+    for backend in backends:
+        dev = backend.device
+        if str(dev) not in ceilings:
+            ceilings[str(dev)] = measure_ceilings(dev)
+        gen = torch.Generator(device=dev).manual_seed(1)
+        for batch in batches:
+            for d in dims:
+                if not {"encoding_forward", "encoding_forward_backward"} & set(which):
+                    break
+                enc = _make_encoding(backend, d)
+                x = torch.rand(batch, d, device=dev, generator=gen)
+                gathered = batch * GRID["n_levels"] * (1 << d) * GRID["n_features_per_level"] * 4
+                if "encoding_forward" in which:
+                    with torch.no_grad():
+                        times = _timer(dev, lambda enc=enc, x=x: enc(x), warmup, repeats)
+                    record(backend, "encoding_forward", batch, times, d, gathered, "copy_bytes_per_s")
+                if "encoding_forward_backward" in which:
+                    def fb(enc=enc, x=x):
+                        enc.params.grad = None
+                        y = enc(x)
+                        y.backward(torch.ones_like(y))
+                    times = _timer(dev, fb, warmup, repeats)
+                    record(backend, "encoding_forward_backward", batch, times, d, 2 * gathered, "copy_bytes_per_s")
+                del enc, x
+            if {"mlp_inference", "mlp_training"} & set(which):
+                mlp = _make_mlp(backend)
+                h = torch.rand(batch, MLP["n_input_dims"], device=dev, generator=gen)
+                if "mlp_inference" in which:
+                    with torch.no_grad():
+                        times = _timer(dev, lambda mlp=mlp, h=h: mlp(h), warmup, repeats)
+                    record(backend, "mlp_inference", batch, times, None, batch * _mlp_flops(), "matmul_flops_per_s")
+                if "mlp_training" in which:
+                    hg = h.clone().requires_grad_(True)
+
+                    def train(mlp=mlp, hg=hg):
+                        mlp.zero_grad(set_to_none=True)
+                        hg.grad = None
+                        y = mlp(hg)
+                        y.backward(torch.ones_like(y))
+                    times = _timer(dev, train, warmup, repeats)
+                    record(backend, "mlp_training", batch, times, None, 3 * batch * _mlp_flops(),
+                           "matmul_flops_per_s")
+                del mlp, h
+            if "train_step" in which and step_fn is not None:
+                step = step_fn(backend, batch)
+                times = _timer(dev, step, warmup, repeats)
+                record(backend, "train_step", batch, times)
+    return results, ceilings
+
+
+def machine_info() -> dict[str, Any]:
+    """Where the numbers came from: CPU, threads, GPU, versions."""
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                            "torch": torch.__version__, "cpu": _cpu_model(), "threads": torch.get_num_threads()}
+    if cuda_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        try:
+            import cupy
+
+            info["cupy"] = cupy.__version__
+        except ImportError:
+            pass
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def as_dict(result: Result) -> dict[str, Any]:
+    return asdict(result)
+
+
+def run_bench(tasks: dict, backend_names: list[str] | None, batches: list[int] | None, dims: list[int] | None,
+              only: list[str] | None, repeats: int, warmup: int, output) -> None:
+    """The ``ngp bench`` command body: JSON lines on stdout, a rich table on stderr, optionally ``output``.
+
+    Raises ConfigError (unknown backend/benchmark, or a backend not available here), NoGPUError (``cuda`` asked for
+    without a GPU), UsageError (bad batch or dims), OutputError (``output`` not writable).
+    """
+    from rich.table import Table
+
+    from ngp_cli.console import emit, info, stderr_console
+    from ngp_cli.errors import NoGPUError, OutputError, UsageError
+    from ngp_cli.runs import atomic_write_text
+
+    backends = available_backends()
+    if backend_names:
+        for name in backend_names:
+            if name not in ("torch", "cpu", "cuda"):
+                raise ConfigError(f"--backend must be torch, cpu or cuda, got '{name}'")
+            if name == "cuda" and not cuda_available():
+                raise NoGPUError("--backend cuda needs an NVIDIA GPU, and none is usable")
+            if not any(b.name == name for b in backends):
+                raise ConfigError(f"backend '{name}' is not available here (available: "
+                                  f"{', '.join(sorted({b.name for b in backends}))})")
+        backends = [b for b in backends if b.name in backend_names]
+    gpu = any(b.device.type == "cuda" for b in backends)
+    if not batches:
+        batches = [1 << 16, 1 << 18, 1 << 20, 1 << 21] if gpu else [1 << 14, 1 << 16]
+    if any(b < 1 for b in batches):
+        raise UsageError(f"--batch must be positive, got {batches}")
+    dims = dims or [2, 3]
+    if any(d not in (2, 3) for d in dims):
+        raise UsageError(f"--dims must be 2 or 3, got {dims}")
+    which = list(only or BENCHMARKS)
+
+    step_fns = [t.benchmark_step for t in tasks.values() if hasattr(t, "benchmark_step")]
+    step_fn = step_fns[0] if step_fns else None
+    machine = machine_info()
+    info(f"ngp bench on {machine['cpu']} ({machine['threads']} threads)"
+         + (f", {machine['gpu']}" if "gpu" in machine else "")
+         + f": {', '.join(f'{b.name}@{b.device}' for b in backends)}")
+
+    def on_result(res: Result) -> None:
+        emit("bench", **{k: v for k, v in as_dict(res).items() if k != "runs_s"})
+
+    results, ceilings = run_benchmarks(backends, batches, dims, which, warmup=warmup, repeats=repeats,
+                                       step_fn=step_fn, on_result=on_result)
+    table = Table("benchmark", "D", "batch", "backend", "device", "median ms", "Melem/s", "ns/elem",
+                  "ceiling %", title="ngp bench")
+    for r in results:
+        table.add_row(r.benchmark, str(r.dims or ""), f"2^{int(math.log2(r.batch))}" if r.batch & (r.batch - 1) == 0
+                      else str(r.batch), r.backend, r.device, f"{r.median_s * 1e3:.2f}", f"{r.elements_per_s / 1e6:.2f}",
+                      f"{r.ns_per_element:.1f}",
+                      "" if r.ceiling_fraction is None else f"{100 * r.ceiling_fraction:.1f}")
+    console = stderr_console()
+    if not console.is_terminal:
+        console.width = max(console.width, 120)  # a log file gets whole names, not ellipses
+    console.print(table)
+    doc = {"machine": machine, "ceilings": ceilings, "sizes": {"grid": GRID, "per_level_scale": PER_LEVEL_SCALE,
+                                                               "mlp": MLP},
+           "repeats": repeats, "warmup": warmup, "results": [as_dict(r) for r in results]}
+    if output is not None:
+        import json
+
+        try:
+            atomic_write_text(output, json.dumps(doc, indent=1) + "\n")
+        except OSError as exc:
+            raise OutputError(f"cannot write {output}: {exc.strerror or exc}") from None
+    emit("done", n_results=len(results), output=str(output) if output else None, machine=machine)

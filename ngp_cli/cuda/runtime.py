@@ -1,0 +1,970 @@
+"""The kernel runtime: one CUDA source, two targets (docs/kernels.md).
+
+- ``cuda``: the source is compiled by NVRTC through CuPy (``cupy.RawModule``) and launched on torch's current CUDA
+  stream, tensors passed zero-copy as raw device pointers. CuPy caches the binaries on disk (``CUPY_CACHE_DIR``).
+- ``cpu``: the same source is compiled by the host C++ compiler (``$CXX``, else g++, else clang++) with
+  ``cpu_emu.h`` force-included and ``NGP_CPU`` defined, into a shared library under ``$NGP_CACHE_DIR`` (default
+  ``~/.cache/ngp/kernels``), loaded with ctypes. Per kernel, a block runner is generated in the same translation
+  unit (``NGP_EMU_EXPORT_KERNEL``), so the kernel is inlined into the loop over a block's threads; blocks are spread
+  over ``torch.get_num_threads()`` workers by the pool in ``cpu_launch.cpp``.
+
+Every kernel is ``extern "C" __global__ void name(...)`` with its parameter list written out; the runtime parses
+these signatures (with the module's ``defines`` substituted) and checks every launch argument on both targets:
+pointer parameters take a contiguous tensor of the matching dtype on the module's device (or None), value
+parameters a NumPy scalar of exactly the declared type.
+
+Only this package imports CuPy, and only inside functions. This module imports numpy at import time and torch on
+first use; ``import ngp_cli`` imports neither.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ngp_cli.errors import EXIT_INTERNAL, NgpError
+
+CUDA_DIR = Path(__file__).resolve().parent
+"""Directory of the kernel sources and headers (``-I`` for both compilers)."""
+
+TARGETS = ("cpu", "cuda")
+
+CPU_FLAGS = (
+    "-O3",
+    "-march=native",
+    "-std=c++17",
+    "-fPIC",
+    "-shared",
+    "-pthread",
+    "-fvisibility=hidden",
+    "-fno-semantic-interposition",
+    "-fno-math-errno",
+    "-ffp-contract=fast",
+)
+"""Host-compiler flags of the CPU target (plus ``-include cpu_emu.h -I<cuda dir> -DNGP_CPU -D<defines>``)."""
+
+_LAUNCHER_FLAGS = ("-O2", "-std=c++17", "-fPIC", "-shared", "-pthread", "-fvisibility=hidden")
+_FLAG_FIBERS = 1
+_FLAG_EXCLUSIVE_Y = 2
+_CACHE_VERSION = "ngp-kernels-1"
+
+stats = {"cpu_compiles": 0, "cuda_loads": 0}
+"""Counters for tests: host-compiler runs (cache misses) and CUDA module builds in this process."""
+
+
+class KernelCompileError(NgpError):
+    """A kernel source failed to compile (or declares a kernel parameter the runtime cannot check).
+
+    ``str(err)`` is one line; ``err.log`` holds the compiler's full output.
+    """
+
+    exit_code = EXIT_INTERNAL
+    kind = "kernel compile error"
+
+    def __init__(self, message: str, log: str = "") -> None:
+        super().__init__(message)
+        self.log = log
+
+
+class KernelLaunchError(NgpError):
+    """A CPU-target launch failed inside the kernel runtime (e.g. ``__syncthreads`` without ``sync_threads=True``,
+    a barrier deadlock, ``__trap()``)."""
+
+    exit_code = EXIT_INTERNAL
+    kind = "kernel launch error"
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Signatures
+# ------------------------------------------------------------------------------------------------------------------
+
+# Pointee type -> accepted torch dtype names ("*" = any dtype).
+_POINTER_DTYPES: dict[str, tuple[str, ...]] = {
+    "void": ("*",),
+    "float": ("float32",),
+    "float2": ("float32",),
+    "float3": ("float32",),
+    "float4": ("float32",),
+    "double": ("float64",),
+    "__half": ("float16",),
+    "half": ("float16",),
+    "__half2": ("float16",),
+    "half2": ("float16",),
+    "__nv_bfloat16": ("bfloat16",),
+    "int": ("int32",),
+    "int32_t": ("int32",),
+    "int2": ("int32",),
+    "int4": ("int32",),
+    "unsigned int": ("int32", "uint32"),
+    "uint32_t": ("int32", "uint32"),
+    "uint2": ("int32", "uint32"),
+    "uint4": ("int32", "uint32"),
+    "int64_t": ("int64",),
+    "long long": ("int64",),
+    "uint64_t": ("int64", "uint64"),
+    "unsigned long long": ("int64", "uint64"),
+    "int16_t": ("int16",),
+    "short": ("int16",),
+    "uint16_t": ("int16", "uint16"),
+    "unsigned short": ("int16", "uint16"),
+    "int8_t": ("int8",),
+    "signed char": ("int8",),
+    "char": ("int8", "uint8"),
+    "uint8_t": ("uint8", "bool"),
+    "unsigned char": ("uint8", "bool"),
+    "bool": ("uint8", "bool"),
+}
+
+# Value type -> the NumPy scalar dtype it takes.
+_VALUE_DTYPES: dict[str, str] = {
+    "int": "int32",
+    "int32_t": "int32",
+    "unsigned int": "uint32",
+    "uint32_t": "uint32",
+    "float": "float32",
+    "double": "float64",
+    "int64_t": "int64",
+    "long long": "int64",
+    "uint64_t": "uint64",
+    "unsigned long long": "uint64",
+    "size_t": "uint64",
+    "bool": "bool",
+    "__half": "float16",
+    "half": "float16",
+    "int16_t": "int16",
+    "short": "int16",
+    "uint16_t": "uint16",
+    "unsigned short": "uint16",
+    "int8_t": "int8",
+    "uint8_t": "uint8",
+    "unsigned char": "uint8",
+}
+
+_TYPE_ALIASES = {
+    "unsigned": "unsigned int",
+    "signed": "int",
+    "signed int": "int",
+    "long long int": "long long",
+    "signed long long": "long long",
+    "long long signed": "long long",
+    "unsigned long long int": "unsigned long long",
+    "long long unsigned": "unsigned long long",
+    "long long unsigned int": "unsigned long long",
+    "short int": "short",
+    "unsigned short int": "unsigned short",
+    "std::size_t": "size_t",
+    "std::int32_t": "int32_t",
+    "std::uint32_t": "uint32_t",
+    "std::int64_t": "int64_t",
+    "std::uint64_t": "uint64_t",
+}
+
+_QUALIFIERS = {"const", "volatile", "__restrict__", "__restrict", "restrict", "struct"}
+
+_KERNEL_RE = re.compile(
+    r'extern\s*"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\((?:[^()]|\([^()]*\))*\)\s*)?'
+    r"([A-Za-z_]\w*)\s*\(([^)]*)\)"
+)
+_COMMENT_RE = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
+_IDENT_RE = re.compile(r"^[A-Za-z_]\w*$")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One kernel parameter: ``name``, its base type (qualifiers dropped, defines substituted), whether it is a
+    pointer, and the dtypes it accepts (torch dtype names for pointers, one NumPy dtype name for values)."""
+
+    name: str
+    type: str
+    pointer: bool
+    dtypes: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"{self.type}{'*' if self.pointer else ''} {self.name}"
+
+
+@dataclass(frozen=True)
+class KernelSignature:
+    """A parsed ``extern "C" __global__ void name(params)``."""
+
+    name: str
+    params: tuple[Param, ...]
+
+
+def _substitute(text: str, defines: Mapping[str, object]) -> str:
+    for key, value in defines.items():
+        text = re.sub(rf"\b{re.escape(key)}\b", str(value), text)
+    return text
+
+
+def _parse_param(kernel: str, text: str) -> Param:
+    tokens = re.findall(r"::|[A-Za-z_]\w*|\*|&|\[|\]", text)
+    words: list[str] = []
+    pointer = 0
+    for tok in tokens:
+        if tok in _QUALIFIERS:
+            continue
+        if tok in ("*", "["):
+            pointer += 1
+        elif tok in ("]", "&"):
+            continue
+        elif tok == "::":
+            if words:
+                words[-1] += "::"
+        elif words and words[-1].endswith("::"):
+            words[-1] += tok
+        else:
+            words.append(tok)
+    if len(words) < 2:
+        raise KernelCompileError(f"kernel {kernel}: cannot parse parameter '{text.strip()}'")
+    name = words[-1]
+    base = " ".join(words[:-1])
+    base = _TYPE_ALIASES.get(base, base)
+    if pointer > 1:
+        raise KernelCompileError(f"kernel {kernel}: parameter '{text.strip()}': pointers to pointers are not supported")
+    table = _POINTER_DTYPES if pointer else _VALUE_DTYPES
+    if base not in table:
+        kind = "pointee" if pointer else "value"
+        raise KernelCompileError(
+            f"kernel {kernel}: parameter '{text.strip()}': unsupported {kind} type '{base}' "
+            f"(supported: {', '.join(sorted(table))})"
+        )
+    dtypes = table[base] if pointer else (table[base],)
+    return Param(name=name, type=base, pointer=bool(pointer), dtypes=tuple(dtypes))
+
+
+def parse_kernels(source_text: str, defines: Mapping[str, object] | None = None) -> dict[str, KernelSignature]:
+    """Find every ``extern "C" __global__ void NAME(PARAMS)`` in ``source_text`` (``__launch_bounds__(...)`` allowed
+    before the name), substitute ``defines`` as whole identifiers in the parameter list and parse it.
+
+    Raises KernelCompileError for a parameter type the runtime cannot check (see docs/kernels.md).
+    """
+    text = _COMMENT_RE.sub(" ", source_text)
+    kernels: dict[str, KernelSignature] = {}
+    for match in _KERNEL_RE.finditer(text):
+        name, params_text = match.group(1), _substitute(match.group(2), defines or {})
+        parts = [p for p in params_text.split(",") if p.strip()]
+        if len(parts) == 1 and parts[0].strip() == "void":
+            parts = []
+        kernels[name] = KernelSignature(name, tuple(_parse_param(name, p) for p in parts))
+    return kernels
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Launch-argument checking
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _dim3(value, what: str) -> tuple[int, int, int]:
+    if type(value) is tuple and len(value) == 3 and all(type(d) is int and d >= 0 for d in value):
+        return value  # the common case, checked fast
+    if isinstance(value, (int, np.integer)):
+        dims = (value,)
+    elif isinstance(value, (tuple, list)):
+        dims = tuple(value)
+    else:
+        raise TypeError(f"{what} must be an int or a tuple of 1 to 3 ints, got {value!r}")
+    if not 1 <= len(dims) <= 3 or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in dims):
+        raise TypeError(f"{what} must be an int or a tuple of 1 to 3 ints, got {value!r}")
+    dims = tuple(int(d) for d in dims) + (1,) * (3 - len(dims))
+    if any(d < 0 for d in dims):
+        raise ValueError(f"{what} must not be negative, got {value!r}")
+    return dims  # type: ignore[return-value]
+
+
+def _check_config(kernel: str, grid, block, shared_mem) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    g = _dim3(grid, f"kernel {kernel}: grid")
+    b = _dim3(block, f"kernel {kernel}: block")
+    if min(b) < 1 or b[0] * b[1] * b[2] > 1024 or b[2] > 64:
+        raise ValueError(f"kernel {kernel}: block {b} must have 1 to 1024 threads (z at most 64)")
+    if g[0] > 2**31 - 1 or g[1] > 65535 or g[2] > 65535:
+        raise ValueError(f"kernel {kernel}: grid {g} exceeds CUDA's limits (2^31-1, 65535, 65535)")
+    if type(shared_mem) is not int and (not isinstance(shared_mem, np.integer)):
+        raise TypeError(f"kernel {kernel}: shared_mem must be a non-negative int, got {shared_mem!r}")
+    if shared_mem < 0:
+        raise ValueError(f"kernel {kernel}: shared_mem must be a non-negative int, got {shared_mem!r}")
+    return g, b
+
+
+@functools.lru_cache(maxsize=1)
+def _torch():
+    import torch
+
+    return torch
+
+
+_CTYPES_OF = {
+    "int32": ctypes.c_int32,
+    "uint32": ctypes.c_uint32,
+    "float32": ctypes.c_float,
+    "float64": ctypes.c_double,
+    "int64": ctypes.c_int64,
+    "uint64": ctypes.c_uint64,
+    "bool": ctypes.c_bool,
+    "int16": ctypes.c_int16,
+    "uint16": ctypes.c_uint16,
+    "int8": ctypes.c_int8,
+    "uint8": ctypes.c_uint8,
+}
+
+
+@dataclass(frozen=True)
+class _ParamPlan:
+    param: Param
+    torch_dtypes: frozenset | None  # pointers: accepted torch dtypes (None = any)
+    np_type: type | None  # values: the exact NumPy scalar type
+    to_ctypes: object  # values: numpy scalar -> ctypes object (CPU target)
+
+
+@functools.cache
+def _plan(sig: KernelSignature) -> tuple[_ParamPlan, ...]:
+    torch = _torch()
+    plans = []
+    for p in sig.params:
+        if p.pointer:
+            dts = None if p.dtypes == ("*",) else frozenset(getattr(torch, d) for d in p.dtypes if hasattr(torch, d))
+            plans.append(_ParamPlan(p, dts, None, None))
+        else:
+            name = p.dtypes[0]
+            np_type = np.dtype(name).type
+            if name == "float16":
+
+                def conv(v):
+                    return ctypes.c_uint16(int(v.view(np.uint16)))
+
+            else:
+                ct = _CTYPES_OF[name]
+
+                def conv(v, ct=ct):
+                    return ct(v.item())
+
+            plans.append(_ParamPlan(p, None, np_type, conv))
+    return tuple(plans)
+
+
+def _arg_error(sig: KernelSignature, plan: _ParamPlan, arg: object, device_type: str, device) -> Exception:
+    torch = _torch()
+    param = plan.param
+    where = f"kernel {sig.name}, parameter {param.describe()}"
+    if param.pointer:
+        if not isinstance(arg, torch.Tensor):
+            return TypeError(f"{where}: expected a torch.Tensor or None, got {type(arg).__name__}")
+        if plan.torch_dtypes is not None and arg.dtype not in plan.torch_dtypes:
+            return TypeError(f"{where}: expected a tensor of dtype {' or '.join(param.dtypes)}, got {arg.dtype}")
+        if arg.device.type != device_type:
+            return ValueError(f"{where}: expected a tensor on {device_type}, got one on {arg.device}")
+        if device is not None and arg.device != device:
+            return ValueError(f"{where}: tensors on different devices ({device} and {arg.device})")
+        return ValueError(f"{where}: the tensor must be contiguous (shape {tuple(arg.shape)}, strides {arg.stride()})")
+    if isinstance(arg, np.generic):
+        return TypeError(f"{where}: expected a NumPy {param.dtypes[0]} scalar, got numpy {arg.dtype.name}")
+    return TypeError(
+        f"{where}: expected a NumPy {param.dtypes[0]} scalar (np.{param.dtypes[0]}(...)), got Python "
+        f"{type(arg).__name__} (CuPy would pass a Python number as a 64-bit value)"
+    )
+
+
+def _check_args(
+    sig: KernelSignature, plans: tuple[_ParamPlan, ...], args: Sequence[object], device_type: str
+) -> list[tuple[_ParamPlan, object]]:
+    """Check ``args`` against ``sig`` (``plans`` = _plan(sig)); returns (plan, data pointer or NumPy scalar) per
+    parameter. Raises TypeError / ValueError naming the kernel and parameter."""
+    torch = _torch()
+    if len(args) != len(plans):
+        listing = ", ".join(p.describe() for p in sig.params)
+        raise TypeError(f"kernel {sig.name} takes {len(plans)} arguments ({listing}), got {len(args)}")
+    out: list[tuple[_ParamPlan, object]] = []
+    device = None
+    tensor_type = torch.Tensor
+    for plan, arg in zip(plans, args, strict=True):
+        if plan.np_type is None:
+            if arg is None:
+                out.append((plan, 0))
+                continue
+            if (
+                not isinstance(arg, tensor_type)
+                or (plan.torch_dtypes is not None and arg.dtype not in plan.torch_dtypes)
+                or arg.device.type != device_type
+                or (device is not None and arg.device != device)
+                or not arg.is_contiguous()
+            ):
+                raise _arg_error(sig, plan, arg, device_type, device)
+            device = arg.device
+            out.append((plan, arg.data_ptr()))
+        else:
+            if type(arg) is not plan.np_type:
+                raise _arg_error(sig, plan, arg, device_type, device)
+            out.append((plan, arg))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Modules
+# ------------------------------------------------------------------------------------------------------------------
+
+
+class KernelModule:
+    """A compiled kernel source for one target. ``kernels`` maps each kernel name to its parsed signature."""
+
+    target: str = ""
+
+    def __init__(self, path: Path, defines: dict[str, str], kernels: dict[str, KernelSignature]) -> None:
+        self.path = path
+        self.defines = defines
+        self.kernels = kernels
+        self._plans = {name: _plan(sig) for name, sig in kernels.items()}
+
+    def __repr__(self) -> str:
+        return f"<KernelModule {self.path.name} target={self.target} defines={self.defines}>"
+
+    def _signature(self, name: str) -> KernelSignature:
+        try:
+            return self.kernels[name]
+        except KeyError:
+            raise KeyError(f"{self.path.name} has no kernel '{name}' (kernels: {', '.join(self.kernels)})") from None
+
+    def launch(
+        self,
+        name: str,
+        grid: int | Sequence[int],
+        block: int | Sequence[int],
+        args: Sequence[object],
+        shared_mem: int = 0,
+        *,
+        sync_threads: bool = False,
+        exclusive_y: bool = False,
+    ) -> None:
+        """Launch kernel ``name`` over ``grid`` blocks of ``block`` threads (ints or 1-3 tuples) with ``shared_mem``
+        bytes of dynamic shared memory. A grid with a zero dimension launches nothing.
+
+        ``sync_threads`` (CPU only): the kernel uses ``__syncthreads``, warp intrinsics or ``__syncwarp``, so a block's
+        threads run as fibers. ``exclusive_y`` (CPU only): each worker owns whole ``blockIdx.y`` rows and ``atomicAdd``
+        is a plain read-modify-write.
+
+        Raises TypeError / ValueError for a wrong launch configuration or argument (Python numbers for value
+        parameters, wrong dtype, non-contiguous or wrong-device tensors, wrong count), KernelLaunchError for a failure
+        inside the CPU runtime.
+        """
+        raise NotImplementedError
+
+
+class _LaunchDesc(ctypes.Structure):
+    # Must match ngp_emu::LaunchDesc in cpu_emu.h.
+    _fields_ = [
+        ("pool_run", ctypes.c_void_p),
+        ("nthreads", ctypes.c_longlong),
+        ("grid", ctypes.c_uint * 3),
+        ("block", ctypes.c_uint * 3),
+        ("shared_bytes", ctypes.c_ulonglong),
+        ("params", ctypes.POINTER(ctypes.c_void_p)),
+        ("flags", ctypes.c_longlong),
+        ("err", ctypes.c_void_p),
+        ("err_len", ctypes.c_longlong),
+    ]
+
+
+class CpuKernelModule(KernelModule):
+    """A kernel source compiled by the host compiler and loaded with ctypes."""
+
+    target = "cpu"
+
+    def __init__(self, path, defines, kernels, library: Path) -> None:
+        super().__init__(path, defines, kernels)
+        self.library = library
+        self._lib = ctypes.CDLL(str(library))
+        self._funcs = {}
+        for name in kernels:
+            fn = getattr(self._lib, f"ngp_launch_{name}")
+            fn.argtypes = [ctypes.POINTER(_LaunchDesc)]
+            fn.restype = ctypes.c_int
+            self._funcs[name] = fn
+        self._pool = _pool_run_address()
+        self._tls = threading.local()
+
+    def _err_buffer(self):
+        buf = getattr(self._tls, "err", None)
+        if buf is None:
+            buf = self._tls.err = ctypes.create_string_buffer(1024)
+        buf[0] = b"\0"
+        return buf
+
+    def launch(self, name, grid, block, args, shared_mem=0, *, sync_threads=False, exclusive_y=False) -> None:
+        sig = self._signature(name)
+        g, b = _check_config(name, grid, block, shared_mem)
+        checked = _check_args(sig, self._plans[name], args, "cpu")
+        if 0 in g:
+            return
+        holders = [ctypes.c_void_p(v) if plan.np_type is None else plan.to_ctypes(v) for plan, v in checked]
+        params = (ctypes.c_void_p * max(1, len(holders)))(*[ctypes.addressof(h) for h in holders])
+        err = self._err_buffer()
+        desc = _LaunchDesc(
+            self._pool,
+            max(1, _torch().get_num_threads()),
+            (ctypes.c_uint * 3)(*g),
+            (ctypes.c_uint * 3)(*b),
+            shared_mem,
+            params,
+            (_FLAG_FIBERS if sync_threads else 0) | (_FLAG_EXCLUSIVE_Y if exclusive_y else 0),
+            ctypes.addressof(err),
+            len(err),
+        )
+        rc = self._funcs[name](ctypes.byref(desc))
+        if rc != 0:
+            msg = err.value.decode(errors="replace") or f"error code {rc}"
+            raise KernelLaunchError(f"kernel {name} ({self.path.name}, cpu): {msg}")
+
+
+class CudaKernelModule(KernelModule):
+    """A kernel source compiled by NVRTC through CuPy, launched on torch's current stream of ``device``."""
+
+    target = "cuda"
+
+    def __init__(self, path, defines, kernels, raw_module, device_index: int) -> None:
+        super().__init__(path, defines, kernels)
+        self._raw = raw_module
+        self.device_index = device_index
+        self._funcs = {name: raw_module.get_function(name) for name in kernels}
+        self._streams: dict[int, object] = {}
+        self._opted_in: dict[str, int] = {}
+
+    def launch(self, name, grid, block, args, shared_mem=0, *, sync_threads=False, exclusive_y=False) -> None:
+        import cupy
+
+        torch = _torch()
+        sig = self._signature(name)
+        g, b = _check_config(name, grid, block, shared_mem)
+        checked = _check_args(sig, self._plans[name], args, "cuda")
+        for arg in args:
+            if isinstance(arg, torch.Tensor) and arg.device.index != self.device_index:
+                raise ValueError(f"kernel {name}: tensor on {arg.device}, module loaded for cuda:{self.device_index}")
+        if 0 in g:
+            return
+        kargs = tuple(np.uint64(v) if plan.np_type is None else v for plan, v in checked)
+        func = self._funcs[name]
+        if shared_mem > 48 * 1024 and self._opted_in.get(name, 0) < shared_mem:
+            func.max_dynamic_shared_size_bytes = int(shared_mem)  # opt in to more than 48 KiB
+            self._opted_in[name] = int(shared_mem)
+        handle = torch.cuda.current_stream(self.device_index).cuda_stream
+        stream = self._streams.get(handle)
+        if stream is None:
+            stream = self._streams[handle] = cupy.cuda.ExternalStream(handle, self.device_index)
+        with cupy.cuda.Device(self.device_index), stream:
+            func(g, b, kargs, shared_mem=int(shared_mem))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Compilers and caches
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def host_compiler() -> str | None:
+    """The host C++ compiler of the CPU target: ``$CXX`` when set and found, else g++, else clang++ on PATH;
+    None when there is none."""
+    cxx = os.environ.get("CXX")
+    if cxx:
+        found = shutil.which(cxx)
+        if found:
+            return found
+    for name in ("g++", "clang++"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@functools.cache
+def _compiler_version(cxx: str) -> str:
+    try:
+        return subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_identity() -> str:
+    model = flags = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not model and line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                elif not flags and line.startswith(("flags", "Features")):
+                    flags = line.split(":", 1)[1].strip()
+                if model and flags:
+                    break
+    except OSError:
+        pass
+    return f"{platform.machine()}|{platform.processor()}|{model}|{flags}"
+
+
+def cache_dir() -> Path:
+    """Where CPU kernel libraries are cached: ``$NGP_CACHE_DIR`` or ``~/.cache/ngp/kernels``."""
+    return Path(os.environ.get("NGP_CACHE_DIR") or Path.home() / ".cache" / "ngp" / "kernels")
+
+
+_INCLUDE_RE = re.compile(r'^\s*#\s*include\s*["<]([^">]+)[">]', re.M)
+
+
+def _headers(source: Path, extra: Sequence[Path] = ()) -> list[Path]:
+    """The files ``source`` includes, transitively, that resolve in its own directory or in ``ngp_cli/cuda`` (system
+    and CUDA headers are covered by the compiler version), plus ``extra`` (e.g. the force-included cpu_emu.h)."""
+    search = (source.parent, CUDA_DIR)
+    found: dict[Path, None] = {}
+    todo = [source, *extra]
+    while todo:
+        current = todo.pop()
+        try:
+            text = current.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        for name in _INCLUDE_RE.findall(text):
+            for base in (current.parent, *search):
+                candidate = (base / name).resolve()
+                if candidate.is_file():
+                    if candidate not in found and candidate != source:
+                        found[candidate] = None
+                        todo.append(candidate)
+                    break
+    for e in extra:
+        found.setdefault(e.resolve(), None)
+    return sorted(found)
+
+
+def _define_flags(defines: Mapping[str, str]) -> list[str]:
+    return [f"-D{k}={v}" for k, v in sorted(defines.items())]
+
+
+def _first_error(log: str) -> str:
+    for line in log.splitlines():
+        if "error" in line.lower():
+            return line.strip()
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    return lines[0] if lines else "no compiler output"
+
+
+def _compile_cached(
+    stem: str, key_parts: Sequence[bytes | str], cmd_prefix: list[str], source_file: Path, what: str
+) -> Path:
+    """Compile ``source_file`` with ``cmd_prefix + [source, -o, out]`` into the cache unless already there."""
+    h = hashlib.sha256()
+    for part in key_parts:
+        h.update(part.encode() if isinstance(part, str) else part)
+        h.update(b"\0")
+    directory = cache_dir()
+    out = directory / f"{stem}-{h.hexdigest()[:24]}.so"
+    if out.exists():
+        return out
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KernelCompileError(f"cannot create the kernel cache directory {directory}: {exc}") from exc
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}-", suffix=".so.tmp", dir=directory)
+    os.close(fd)
+    cmd = [*cmd_prefix, str(source_file), "-o", tmp]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        stats["cpu_compiles"] += 1
+        if proc.returncode != 0:
+            log = f"$ {' '.join(cmd)}\n{proc.stdout}{proc.stderr}"
+            raise KernelCompileError(f"{what} failed to compile for the cpu target: {_first_error(proc.stderr)}", log)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+_lock = threading.RLock()
+_modules: dict[tuple, KernelModule] = {}
+_key_locks: dict[tuple, threading.Lock] = {}
+
+
+@functools.lru_cache(maxsize=1)
+def _pool_lib() -> ctypes.CDLL:
+    cxx = host_compiler()
+    if cxx is None:
+        raise KernelCompileError("no host C++ compiler found for the cpu kernel target (set $CXX or install g++)")
+    src = CUDA_DIR / "cpu_launch.cpp"
+    key = [_CACHE_VERSION, src.read_bytes(), cxx, _compiler_version(cxx), " ".join(_LAUNCHER_FLAGS)]
+    lib = _compile_cached("cpu_launch", key, [cxx, *_LAUNCHER_FLAGS], src, "cpu_launch.cpp")
+    return ctypes.CDLL(str(lib))
+
+
+def _pool_run_address() -> int:
+    return ctypes.cast(_pool_lib().ngp_pool_run, ctypes.c_void_p).value  # type: ignore[return-value]
+
+
+def _resolve_source(source: str | os.PathLike) -> Path:
+    path = Path(source)
+    if not path.is_absolute():
+        path = CUDA_DIR / path
+    if not path.is_file():
+        raise FileNotFoundError(f"kernel source not found: {path}")
+    return path.resolve()
+
+
+def _normalize_defines(defines: Mapping[str, object] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in (defines or {}).items():
+        if not _IDENT_RE.match(key):
+            raise ValueError(f"define name must be an identifier, got {key!r}")
+        if isinstance(value, bool):
+            value = int(value)
+        text = str(value)
+        if "\n" in text:
+            raise ValueError(f"define {key} must be a single line")
+        out[key] = text
+    return out
+
+
+def _load_cpu(path: Path, text: str, defines: dict[str, str], kernels: dict[str, KernelSignature]) -> KernelModule:
+    cxx = host_compiler()
+    if cxx is None:
+        raise KernelCompileError("no host C++ compiler found for the cpu kernel target (set $CXX or install g++)")
+    includes = ["-include", str(CUDA_DIR / "cpu_emu.h"), f"-I{CUDA_DIR}", f"-I{path.parent}"]
+    flags = [*CPU_FLAGS, *includes, "-DNGP_CPU", *_define_flags(defines)]
+    wrapper = f'#include "{path}"\n' + "".join(f"NGP_EMU_EXPORT_KERNEL({name})\n" for name in kernels)
+    key: list[bytes | str] = [_CACHE_VERSION, "cpu", text, wrapper, cxx, _compiler_version(cxx), " ".join(flags)]
+    for header in _headers(path, [CUDA_DIR / "cpu_emu.h"]):
+        key += [str(header.name), header.read_bytes()]
+    key.append(_cpu_identity())
+    with tempfile.TemporaryDirectory(prefix="ngp-kernel-") as tmp:
+        wrapper_file = Path(tmp) / f"{path.stem}_cpu.cpp"
+        wrapper_file.write_text(wrapper)
+        library = _compile_cached(path.stem, key, [cxx, *flags, "-x", "c++"], wrapper_file, path.name)
+    try:
+        return CpuKernelModule(path, defines, kernels, library)
+    except (OSError, AttributeError) as exc:
+        raise KernelCompileError(f"cannot load the compiled kernels of {path.name} ({library}): {exc}") from exc
+
+
+def _cuda_include_dirs() -> list[str]:
+    """CUDA toolkit include directories holding mma.h, searched before CuPy's bundled cuda_fp16.h so that the fp16
+    and mma headers come from one toolkit."""
+    candidates: list[Path] = []
+    for var in ("CUDA_PATH", "CUDA_HOME", "CUDA_ROOT"):
+        if os.environ.get(var):
+            candidates.append(Path(os.environ[var]) / "include")
+    try:
+        import cupy
+
+        cuda_path = cupy.cuda.get_cuda_path()
+        if cuda_path:
+            candidates.append(Path(cuda_path) / "include")
+    except Exception:  # noqa: BLE001 - CuPy's toolkit discovery is best effort
+        pass
+    candidates.append(Path("/usr/local/cuda/include"))
+    try:
+        import nvidia.cuda_runtime  # type: ignore[import-not-found]  # pip wheels of the CUDA runtime headers
+
+        for p in nvidia.cuda_runtime.__path__:
+            candidates.append(Path(p) / "include")
+    except Exception:  # noqa: BLE001
+        pass
+    for c in candidates:
+        if (c / "mma.h").is_file():
+            return [str(c)]
+    return []
+
+
+def _load_cuda(path: Path, text: str, defines: dict[str, str], kernels: dict[str, KernelSignature]) -> KernelModule:
+    try:
+        import cupy
+    except ImportError as exc:
+        raise KernelCompileError(f"the cuda kernel target needs CuPy: {exc}") from exc
+    torch = _torch()
+    device_index = torch.cuda.current_device()
+    options = (
+        "-std=c++17",
+        *(f"-I{d}" for d in _cuda_include_dirs()),
+        f"-I{CUDA_DIR}",
+        f"-I{path.parent}",
+        *_define_flags(defines),
+    )
+    # Headers are textually part of the program: name the include-dir contents in the source so that CuPy's cache
+    # key changes when a header does.
+    digest = hashlib.sha256()
+    for header in _headers(path):
+        digest.update(header.name.encode() + b"\0" + header.read_bytes())
+    code = f'// ngp headers {digest.hexdigest()}\n#line 1 "{path.name}"\n{text}'
+    try:
+        with cupy.cuda.Device(device_index):
+            raw = cupy.RawModule(code=code, options=options, backend="nvrtc")
+            module = CudaKernelModule(path, defines, kernels, raw, device_index)
+    except cupy.cuda.compiler.CompileException as exc:
+        log = exc.get_message() if hasattr(exc, "get_message") else str(exc)
+        raise KernelCompileError(
+            f"{path.name} failed to compile for the cuda target: {_first_error(log)}", log
+        ) from exc
+    stats["cuda_loads"] += 1
+    return module
+
+
+def load_module(source: str | os.PathLike, target: str, defines: Mapping[str, object] | None = None) -> KernelModule:
+    """Compile (or fetch from the caches) kernel source ``source`` for ``target`` ("cpu" or "cuda").
+
+    ``source`` is a file name in ``ngp_cli/cuda/`` or an absolute path; ``defines`` become ``-DNAME=VALUE`` for both
+    compilers and are substituted into the kernel signatures. Each distinct (source, headers, defines, target,
+    compiler, flags, CPU) is compiled once per process and cached on disk (CPU: ``$NGP_CACHE_DIR``; CUDA: CuPy's
+    ``CUPY_CACHE_DIR``). Raises KernelCompileError (with ``.log``) when compilation fails or no compiler / CuPy is
+    available, FileNotFoundError for a missing source, ValueError for an unknown target.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+    path = _resolve_source(source)
+    defs = _normalize_defines(defines)
+    text = path.read_text(encoding="utf-8")
+    deps = _headers(path, [CUDA_DIR / "cpu_emu.h"] if target == "cpu" else [])
+    header_state = tuple((str(h), h.stat().st_mtime_ns, h.stat().st_size) for h in deps)
+    device = None
+    if target == "cuda":
+        device = _torch().cuda.current_device()
+    key = (str(path), target, tuple(sorted(defs.items())), text, header_state, device, os.environ.get("NGP_CACHE_DIR"))
+    with _lock:
+        module = _modules.get(key)
+        if module is not None:
+            return module
+        key_lock = _key_locks.setdefault(key, threading.Lock())
+    # Different modules compile concurrently (e.g. from a thread pool); the same module only once.
+    with key_lock:
+        with _lock:
+            module = _modules.get(key)
+        if module is not None:
+            return module
+        kernels = parse_kernels(text, defs)
+        if not kernels:
+            raise KernelCompileError(f'{path.name} declares no extern "C" __global__ kernels')
+        loader = _load_cpu if target == "cpu" else _load_cuda
+        module = loader(path, text, defs, kernels)
+        with _lock:
+            _modules[key] = module
+        return module
+
+
+def _clear_process_cache() -> None:
+    """Forget the modules loaded in this process (tests: the next load_module goes to the disk caches)."""
+    with _lock:
+        _modules.clear()
+        _key_locks.clear()
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_target_available() -> bool:
+    """True when the cuda target can run: CuPy imports, torch sees a GPU, and a probe kernel compiles with NVRTC and
+    runs (a real probe, cached per process)."""
+    try:
+        import cupy
+
+        torch = _torch()
+        if not torch.cuda.is_available() or cupy.cuda.runtime.getDeviceCount() < 1:
+            return False
+        probe = cupy.RawKernel(r'extern "C" __global__ void ngp_probe(float* x) { x[0] = 1.0f; }', "ngp_probe")
+        x = cupy.zeros(1, dtype=cupy.float32)
+        probe((1,), (1,), (x,))
+        return float(x.get()[0]) == 1.0
+    except Exception:  # noqa: BLE001 - any failure (no driver, no NVRTC, no device) means "not available"
+        return False
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# nvcc compile check (register use and spills per architecture)
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def nvcc_path() -> str | None:
+    """nvcc on PATH, else under $CUDA_HOME/$CUDA_PATH or /usr/local/cuda; None when absent."""
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    for base in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if base and (Path(base) / "bin" / "nvcc").is_file():
+            return str(Path(base) / "bin" / "nvcc")
+    return None
+
+
+_PTXAS_ENTRY = re.compile(r"Compiling entry function '([^']+)' for '(sm_\w+)'")
+_PTXAS_PROPS = re.compile(r"Function properties for (\S+)")
+_PTXAS_SPILL = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_PTXAS_USED = re.compile(r"Used (\d+) registers")
+_PTXAS_SMEM = re.compile(r"(\d+) bytes smem")
+
+
+def nvcc_compile_check(
+    source: str | os.PathLike, arch: str | int, defines: Mapping[str, object] | None = None
+) -> dict[str, dict[str, int]]:
+    """Compile ``source`` with ``nvcc -cubin -arch=sm_XX -Xptxas -v`` and report, per kernel, its ``registers``,
+    ``spill_stores``, ``spill_loads`` (bytes), ``stack_bytes`` and static ``shared_bytes``.
+
+    ``arch`` is "sm_80", "80" or 80. Raises KernelCompileError with the nvcc log on failure or when nvcc is absent.
+    """
+    nvcc = nvcc_path()
+    if nvcc is None:
+        raise KernelCompileError("nvcc not found (PATH, $CUDA_HOME, /usr/local/cuda)")
+    arch_s = str(arch)
+    if not arch_s.startswith("sm_"):
+        arch_s = f"sm_{arch_s}"
+    path = _resolve_source(source)
+    defs = _normalize_defines(defines)
+    kernels = parse_kernels(path.read_text(encoding="utf-8"), defs)
+    with tempfile.TemporaryDirectory(prefix="ngp-nvcc-") as tmp:
+        cmd = [
+            nvcc,
+            "-cubin",
+            f"-arch={arch_s}",
+            "-Xptxas",
+            "-v",
+            "-std=c++17",
+            f"-I{CUDA_DIR}",
+            f"-I{path.parent}",
+            *_define_flags(defs),
+            "-o",
+            str(Path(tmp) / "out.cubin"),
+            "-x",
+            "cu",
+            str(path),
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    log = f"$ {' '.join(cmd)}\n{proc.stdout}{proc.stderr}"
+    if proc.returncode != 0:
+        raise KernelCompileError(
+            f"{path.name} failed to compile with nvcc for {arch_s}: {_first_error(proc.stderr)}", log
+        )
+    results: dict[str, dict[str, int]] = {}
+    current: str | None = None
+    for line in (proc.stdout + proc.stderr).splitlines():
+        m = _PTXAS_ENTRY.search(line) or _PTXAS_PROPS.search(line)
+        if m:
+            current = m.group(1)
+            if current in kernels:
+                results.setdefault(
+                    current, {"registers": 0, "spill_stores": 0, "spill_loads": 0, "stack_bytes": 0, "shared_bytes": 0}
+                )
+            continue
+        if current not in results:
+            continue
+        entry = results[current]
+        m = _PTXAS_SPILL.search(line)
+        if m:
+            entry["stack_bytes"], entry["spill_stores"], entry["spill_loads"] = (int(x) for x in m.groups())
+        m = _PTXAS_USED.search(line)
+        if m:
+            entry["registers"] = int(m.group(1))
+            s = _PTXAS_SMEM.search(line)
+            entry["shared_bytes"] = int(s.group(1)) if s else 0
+    missing = [k for k in kernels if k not in results]
+    if missing:
+        raise KernelCompileError(f"nvcc reported no ptxas info for {', '.join(missing)} ({arch_s})", log)
+    return results

@@ -1,0 +1,60 @@
+"""Fixtures of the kernel-runtime tests: toy kernel sources, and the skips of targets this machine lacks.
+
+- ``gpu``-marked tests run only when :func:`ngp_cli.cuda.runtime.cuda_target_available` (a real probe: CuPy, a GPU,
+  NVRTC) says so;
+- CPU-target tests (the ``cpu_module`` fixture) skip when no host C++ compiler exists;
+- nvcc tests (the ``nvcc`` fixture) skip when nvcc is absent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+KERNELS = Path(__file__).resolve().parent / "kernels"
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_items = [
+        item for item in items if item.get_closest_marker("gpu") and str(item.path).startswith(str(KERNELS.parent))
+    ]
+    if not gpu_items:
+        return
+    from ngp_cli.cuda.runtime import cuda_target_available
+
+    if not cuda_target_available():
+        skip = pytest.mark.skip(reason="no usable CUDA GPU with CuPy (probe failed)")
+        for item in gpu_items:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def kernels_dir() -> Path:
+    return KERNELS
+
+
+@pytest.fixture(scope="session")
+def host_cxx() -> str:
+    from ngp_cli.cuda.runtime import host_compiler
+
+    cxx = host_compiler()
+    if cxx is None:
+        pytest.skip("no host C++ compiler (g++/clang++) for the cpu kernel target")
+    return cxx
+
+
+@pytest.fixture(scope="session")
+def nvcc() -> str:
+    from ngp_cli.cuda.runtime import nvcc_path
+
+    path = nvcc_path()
+    if path is None:
+        pytest.skip("nvcc not installed")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cpu_target(host_cxx) -> str:
+    """The "cpu" kernel target (skips without a host C++ compiler)."""
+    return "cpu"

@@ -1,0 +1,96 @@
+"""tiny-cuda-nn Adam (ngp_cli.nn.optim): the torch reference's semantics; the kernel is compared in tests/cuda."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ngp_cli.nn.optim import Adam, adam_step_reference, bias_correction_table
+
+
+def test_bias_correction_table_values():
+    t = bias_correction_table(0.9, 0.99, 5)
+    assert t[0] == 0
+    for k in range(1, 6):
+        assert t[k].item() == pytest.approx((1 - 0.99**k) ** 0.5 / (1 - 0.9**k), rel=1e-6)
+    with pytest.raises(ValueError):
+        bias_correction_table(0.9, 1.0, 5)
+    with pytest.raises(ValueError):
+        bias_correction_table(0.9, 0.99, 0)
+
+
+def test_dense_steps_match_torch_adam():
+    """With every gradient non-zero, tcnn's Adam equals torch's up to where eps enters (eps=1e-15 here)."""
+    g = torch.Generator().manual_seed(0)
+    w0 = torch.randn(64, 8, generator=g)
+    p_ref, p_ours = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(w0.clone())
+    ref = torch.optim.Adam([p_ref], lr=1e-2, betas=(0.9, 0.99), eps=1e-15)
+    ours = Adam([p_ours], lr=1e-2, betas=(0.9, 0.99), eps=1e-15)
+    for _ in range(5):
+        grad = torch.randn(64, 8, generator=g)
+        p_ref.grad, p_ours.grad = grad.clone(), grad.clone()
+        ref.step()
+        ours.step()
+    torch.testing.assert_close(p_ours.data, p_ref.data, rtol=1e-5, atol=1e-6)
+    assert (ours.state[p_ours]["param_steps"] == 5).all()
+
+
+def test_zero_gradient_entries_are_skipped_with_their_moments():
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(1000, 2, generator=g)
+    m, v = torch.randn(1000, 2, generator=g), torch.rand(1000, 2, generator=g)
+    steps = torch.randint(0, 9, (1000, 2), dtype=torch.int32, generator=g)
+    grad = torch.randn(1000, 2, generator=g) * (torch.rand(1000, 2, generator=g) < 0.3)
+    before = [t.clone() for t in (w, m, v, steps)]
+    adam_step_reference(w, grad, m, v, steps, lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-15, l2_reg=0.0,
+                        skip_zero_grad=True)
+    zero = grad == 0
+    assert zero.any() and (~zero).any()
+    for after, old in zip((w, m, v, steps), before, strict=True):
+        assert torch.equal(after[zero], old[zero])
+        assert not torch.equal(after[~zero], old[~zero])
+    assert torch.equal(steps[~zero], before[3][~zero] + 1)
+    # Without skipping, a zero gradient still decays the moments and moves the weight.
+    w2, m2, v2, s2 = (t.clone() for t in before)
+    adam_step_reference(w2, grad, m2, v2, s2, lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-15, l2_reg=0.0,
+                        skip_zero_grad=False)
+    assert not torch.equal(m2[zero], before[1][zero])
+
+
+def test_l2_reg_is_added_to_the_gradient():
+    w = torch.full((4,), 2.0)
+    m, v, s = torch.zeros(4), torch.zeros(4), torch.zeros(4, dtype=torch.int32)
+    adam_step_reference(w, torch.zeros(4), m, v, s, lr=0.1, beta1=0.9, beta2=0.99, eps=1e-15, l2_reg=1e-3,
+                        skip_zero_grad=False)
+    torch.testing.assert_close(m, torch.full((4,), 0.1 * 2e-3))  # (1 - beta1) * l2_reg * w
+    torch.testing.assert_close(w, torch.full((4,), 2.0 - 0.1))  # first step: lr * sign(g)
+
+
+def test_loads_a_torch_adam_state():
+    p = torch.nn.Parameter(torch.randn(3, 4))
+    p.grad = torch.randn(3, 4)
+    ref = torch.optim.Adam([p], lr=1e-2)
+    ref.step()
+    ours = Adam([p], lr=1e-2)
+    ours.load_state_dict(ref.state_dict())
+    p.grad = torch.randn(3, 4)
+    ours.step()
+    assert (ours.state[p]["param_steps"] == 2).all()
+
+
+def test_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="target"):
+        Adam([torch.nn.Parameter(torch.zeros(2))], target="gpu")
+    with pytest.raises(ValueError, match="float32"):
+        Adam([torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))])
+
+
+def test_state_dict_round_trip_keeps_per_element_step_counts():
+    p = torch.nn.Parameter(torch.randn(10))
+    opt = Adam([{"params": [p], "skip_zero_grad": True}], lr=1e-2)
+    p.grad = torch.tensor([1.0, 0.0] * 5)
+    opt.step()
+    fresh = Adam([{"params": [p], "skip_zero_grad": True}], lr=1e-2)
+    fresh.load_state_dict(opt.state_dict())  # torch casts state of float params to float32; Adam restores int32
+    steps = fresh.state[p]["param_steps"]
+    assert steps.dtype == torch.int32 and steps.tolist() == [1, 0] * 5
