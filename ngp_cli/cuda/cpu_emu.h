@@ -213,36 +213,20 @@ inline long long __float2ll_rz(float x) { return (long long)x; }
 inline float __int2float_rn(int x) { return (float)x; }
 inline float __uint2float_rn(unsigned int x) { return (float)x; }
 inline float __ll2float_rn(long long x) { return (float)x; }
-inline int __float_as_int(float x) {
-    int r;
-    memcpy(&r, &x, 4);
+// Reinterpretation of the bits of one trivially copyable type as another of the same size.
+template <typename To, typename From>
+inline To ngp_bit_cast(From x) {
+    static_assert(sizeof(To) == sizeof(From), "bit cast between types of different sizes");
+    To r;
+    memcpy(&r, &x, sizeof(To));
     return r;
 }
-inline unsigned int __float_as_uint(float x) {
-    unsigned int r;
-    memcpy(&r, &x, 4);
-    return r;
-}
-inline float __int_as_float(int x) {
-    float r;
-    memcpy(&r, &x, 4);
-    return r;
-}
-inline float __uint_as_float(unsigned int x) {
-    float r;
-    memcpy(&r, &x, 4);
-    return r;
-}
-inline long long __double_as_longlong(double x) {
-    long long r;
-    memcpy(&r, &x, 8);
-    return r;
-}
-inline double __longlong_as_double(long long x) {
-    double r;
-    memcpy(&r, &x, 8);
-    return r;
-}
+inline int __float_as_int(float x) { return ngp_bit_cast<int>(x); }
+inline unsigned int __float_as_uint(float x) { return ngp_bit_cast<unsigned int>(x); }
+inline float __int_as_float(int x) { return ngp_bit_cast<float>(x); }
+inline float __uint_as_float(unsigned int x) { return ngp_bit_cast<float>(x); }
+inline long long __double_as_longlong(double x) { return ngp_bit_cast<long long>(x); }
+inline double __longlong_as_double(long long x) { return ngp_bit_cast<double>(x); }
 inline int __popc(unsigned int x) { return __builtin_popcount(x); }
 inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
 inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz((unsigned int)x); }
@@ -362,26 +346,10 @@ inline __half2 __half2half2(__half h) { return __half2(h, h); }
 inline __half2 __lows2half2(__half2 a, __half2 b) { return __half2(a.x, b.x); }
 inline __half2 __highs2half2(__half2 a, __half2 b) { return __half2(a.y, b.y); }
 inline __half2 make_half2(__half a, __half b) { return __half2(a, b); }
-inline unsigned short __half_as_ushort(__half h) {
-    unsigned short r;
-    memcpy(&r, &h, 2);
-    return r;
-}
-inline short __half_as_short(__half h) {
-    short r;
-    memcpy(&r, &h, 2);
-    return r;
-}
-inline __half __ushort_as_half(unsigned short u) {
-    __half h;
-    memcpy(&h, &u, 2);
-    return h;
-}
-inline __half __short_as_half(short u) {
-    __half h;
-    memcpy(&h, &u, 2);
-    return h;
-}
+inline unsigned short __half_as_ushort(__half h) { return ngp_bit_cast<unsigned short>(h); }
+inline short __half_as_short(__half h) { return ngp_bit_cast<short>(h); }
+inline __half __ushort_as_half(unsigned short u) { return ngp_bit_cast<__half>(u); }
+inline __half __short_as_half(short u) { return ngp_bit_cast<__half>(u); }
 // Arithmetic: computed in float and rounded once to half (the GPU's fp16 units round the exact result once).
 inline __half __hadd(__half a, __half b) { return __half((float)a.v + (float)b.v); }
 inline __half __hsub(__half a, __half b) { return __half((float)a.v - (float)b.v); }

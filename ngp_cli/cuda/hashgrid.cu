@@ -20,11 +20,12 @@
 //   scales[l] (POS_T, float32 values) and level_meta[l] = {offset, size, resolution, hashed} (uint32).
 //
 // Launch shapes: the level-major kernels (forward, backward_params, backward_input, backward_backward) use
-// blockIdx.y = level and blockIdx.x * blockDim.x + threadIdx.x = t over points, thread t owning points [t * ppt, (t + 1) * ppt) with
-// ppt = points_per_thread (1 on the GPU; thousands on the CPU, where the per-thread loop prefetches table rows a few
-// points ahead). The point-major kernel (backward_backward_input) sums over levels inside a thread and uses
-// blockIdx.y = 0. The scatter kernels use atomicAdd on grad_params: on the CPU launch them with
-// exclusive_y=True (each level's rows belong to one worker, so the adds need no atomics).
+// blockIdx.y = level and blockIdx.x * blockDim.x + threadIdx.x = t over points, thread t owning points
+// [t * ppt, (t + 1) * ppt) with ppt = points_per_thread (1 on the GPU; thousands on the CPU, where the per-thread loop
+// computes cells in SIMD batches and prefetches table rows a batch ahead; the CPU backward_params runs one thread per
+// level). The point-major kernel (backward_backward_input) sums over levels inside a thread and uses blockIdx.y = 0.
+// The scatter kernels use atomicAdd on grad_params: on the CPU launch them with exclusive_y=True (each level's rows
+// belong to one worker, so the adds need no atomics).
 #include "common.cuh"
 
 #ifndef N_DIMS
@@ -51,6 +52,9 @@
 #endif
 
 #ifdef NGP_CPU
+// Lets GCC vectorise floor and the float/int conversions of the batched cell computation (compute_cells); values are
+// unchanged, only floating-point exception flags may differ (nothing here reads them).
+#pragma GCC optimize("no-trapping-math")
 #define HG_INLINE __device__ inline __attribute__((always_inline))
 #else
 #define HG_INLINE __device__ __forceinline__
@@ -115,6 +119,7 @@ HG_INLINE Level load_level(const pos_t* __restrict__ scales, const unsigned int*
 struct Cell {
     u32 idx[C];
     pos_t frac[D];
+    pos_t w[C];  // corner weights (corner_weights of weight_pairs(frac)); unused for Nearest
 };
 
 // s % size for a uint32 s: dense indices of in-range inputs stay below 2 * size, so the division is rarely needed.
@@ -208,24 +213,6 @@ HG_INLINE Row load_row(const param_t* __restrict__ params, u32 idx) {
     return *reinterpret_cast<const Row*>(params + (u64)idx * F);
 }
 
-HG_INLINE void prefetch_cell(const param_t* p, const Cell& cell, bool for_write) {
-#ifdef NGP_CPU
-#pragma unroll
-    for (int c = 0; c < C; ++c) {
-        const void* a = p + (u64)cell.idx[c] * F;
-        if (for_write) {
-            __builtin_prefetch(a, 1, 3);
-        } else {
-            __builtin_prefetch(a, 0, 3);
-        }
-    }
-#else
-    (void)p;
-    (void)cell;
-    (void)for_write;
-#endif
-}
-
 // dst[f] += v[f] for one table row. Atomics on the GPU. On the CPU, a launch with exclusive_y=True gives each worker
 // whole levels, hence whole table slices: PLAIN adds suffice there (the emulated atomicAdd re-checks that flag on every
 // call, which measured 2x slower for the backward), chosen once per thread by the scatter kernels.
@@ -282,27 +269,165 @@ HG_INLINE bool plain_scatter() {
 #endif
 }
 
-// The software pipeline of the point loops: on the CPU, cells of the next PF points are computed ahead and their
-// table rows prefetched (the hashed rows of a level miss L2); on the GPU, one point per thread, no pipeline.
+// The software pipeline of the point loops. On the CPU, points go in batches of PB: the cells of a whole batch are
+// computed at once in structure-of-arrays form (the per-dimension and per-corner loops over the batch vectorise:
+// floor, conversions, hashes and dense indices of PB points in a few SIMD instructions), the table rows of the next
+// batch are prefetched (the hashed rows of a level miss L2) while the current one is consumed point by point.
+// The arithmetic per point is exactly compute_cell's. On the GPU, one point per thread, no pipeline.
 #ifdef NGP_CPU
-constexpr u32 PF = 16;
+constexpr u32 PB = 16;
+
+struct CellBatch {
+    u32 idx[C][PB];
+    pos_t frac[D][PB];
+    pos_t w[C][PB];
+};
+
+// Cells of points [first, first + PB) (indices clamped to last: the tail of a range repeats its last point).
+HG_INLINE void compute_cells(const pos_t* __restrict__ x, const Level& lv, u32 first, u32 last, CellBatch& cb) {
+    u32 pg[D][PB];
+    pos_t xs[D][PB];
+    if (first + PB - 1 <= last) {
+        const pos_t* __restrict__ xp = x + (u64)first * D;
+        for (u32 b = 0; b < PB; ++b) {
+#pragma GCC unroll 4
+            for (int d = 0; d < D; ++d) xs[d][b] = xp[b * D + d];
+        }
+    } else {
+        for (u32 b = 0; b < PB; ++b) {
+            const u32 i = first + b < last ? first + b : last;
+#pragma GCC unroll 4
+            for (int d = 0; d < D; ++d) xs[d][b] = x[(u64)i * D + d];
+        }
+    }
+    const pos_t scale = lv.scale;
+#pragma GCC unroll 4
+    for (int d = 0; d < D; ++d) {
+#pragma GCC ivdep
+#pragma GCC unroll 1
+        for (u32 b = 0; b < PB; ++b) {
+            const pos_t pos = fma_pos(scale, xs[d][b], (pos_t)0.5);
+            const pos_t fl = floor_pos(pos);
+            cb.frac[d][b] = pos - fl;
+            pg[d][b] = (u32)(int)fl;
+        }
+    }
+    const u32 offset = lv.offset, size = lv.size;
+    if (lv.hashed) {
+        const u32 mask = size - 1u;
+#pragma GCC unroll 16
+        for (int c = 0; c < C; ++c) {
+#pragma GCC ivdep
+#pragma GCC unroll 1
+            for (u32 b = 0; b < PB; ++b) {
+                u32 h = pg[0][b] + ((c & 1) ? 1u : 0u);
+#pragma GCC unroll 4
+                for (int d = 1; d < D; ++d) h ^= (pg[d][b] * prime(d)) + (((c >> d) & 1) ? prime(d) : 0u);
+                cb.idx[c][b] = (h & mask) + offset;
+            }
+        }
+    } else {
+        u32 strides[D];
+        strides[0] = 1;
+#pragma GCC unroll 4
+        for (int d = 1; d < D; ++d) strides[d] = strides[d - 1] * lv.res;
+#pragma GCC unroll 4
+        for (int d = 1; d < D; ++d) {
+#pragma GCC ivdep
+#pragma GCC unroll 1
+            for (u32 b = 0; b < PB; ++b) pg[d][b] *= strides[d];
+        }
+        u32 top = 0;  // the largest index after one subtraction of size: >= size needs the exact modulo
+#pragma GCC unroll 16
+        for (int c = 0; c < C; ++c) {
+#pragma GCC ivdep
+#pragma GCC unroll 1
+            for (u32 b = 0; b < PB; ++b) {
+                u32 sidx = pg[0][b] + (u32)(c & 1);
+#pragma GCC unroll 4
+                for (int d = 1; d < D; ++d) sidx += pg[d][b] + (((c >> d) & 1) ? strides[d] : 0u);
+                const u32 t = sidx - size;
+                const u32 r = t < sidx ? t : sidx;  // dense_mod's first two cases: sidx < size ? sidx : sidx - size
+                top = top > r ? top : r;
+                cb.idx[c][b] = r + offset;
+            }
+        }
+        if (top >= size) {  // an index beyond 2 * size (inputs far outside [0, 1]): the exact modulo, point by point
+            for (u32 b = 0; b < PB; ++b) {
+                const u32 i = first + b < last ? first + b : last;
+                Cell cell;
+                compute_cell(x + (u64)i * D, lv, cell);
+#pragma GCC unroll 16
+                for (int c = 0; c < C; ++c) cb.idx[c][b] = cell.idx[c];
+            }
+        }
+    }
+    if (!NEAREST) {  // weight_pairs and corner_weights, lane by lane
+        pos_t w0[D][PB], w1[D][PB];
+#pragma GCC unroll 4
+        for (int d = 0; d < D; ++d) {
+#pragma GCC ivdep
+#pragma GCC unroll 1
+            for (u32 b = 0; b < PB; ++b) {
+                const pos_t f = cb.frac[d][b];
+                w1[d][b] = SMOOTH ? f * f * ((pos_t)3 - (pos_t)2 * f) : f;
+                w0[d][b] = (pos_t)1 - w1[d][b];
+            }
+        }
+#pragma GCC unroll 16
+        for (int c = 0; c < C; ++c) {
+#pragma GCC ivdep
+#pragma GCC unroll 1
+            for (u32 b = 0; b < PB; ++b) {
+                pos_t v = (c & 1) ? w1[0][b] : w0[0][b];
+#pragma GCC unroll 4
+                for (int d = 1; d < D; ++d) v *= ((c >> d) & 1) ? w1[d][b] : w0[d][b];
+                cb.w[c][b] = v;
+            }
+        }
+    }
+}
+
+HG_INLINE void prefetch_point(const param_t* p, const CellBatch& cb, u32 b, bool for_write) {
+#pragma GCC unroll 16
+    for (int c = 0; c < C; ++c) {
+        const void* a = p + (u64)cb.idx[c][b] * F;
+        if (for_write) {
+            __builtin_prefetch(a, 1, 3);
+        } else {
+            __builtin_prefetch(a, 0, 3);
+        }
+    }
+}
 #endif
 
 template <typename Body>
 HG_INLINE void for_points(const pos_t* __restrict__ x, const Level& lv, const param_t* prefetch_base,
                           bool prefetch_write, u32 begin, u32 end, Body body) {
 #ifdef NGP_CPU
-    Cell ring[PF];
-    for (u32 k = 0; k < PF && begin + k < end; ++k) {
-        compute_cell(x + (u64)(begin + k) * D, lv, ring[k]);
-        prefetch_cell(prefetch_base, ring[k], prefetch_write);
-    }
-    for (u32 i = begin; i < end; ++i) {
-        Cell& cell = ring[(i - begin) & (PF - 1)];
-        body(i, cell);
-        if (i + PF < end) {
-            compute_cell(x + (u64)(i + PF) * D, lv, cell);
-            prefetch_cell(prefetch_base, cell, prefetch_write);
+    if (begin >= end) return;
+    CellBatch ring[2];
+    const u32 last = end - 1;
+    compute_cells(x, lv, begin, last, ring[0]);
+    for (u32 b = 0; b < PB && begin + b < end; ++b) prefetch_point(prefetch_base, ring[0], b, prefetch_write);
+    u32 k = 0;
+    for (u32 i0 = begin; i0 < end; i0 += PB, k ^= 1) {
+        const u32 n0 = end - i0 < PB ? end - i0 : PB;
+        const u32 i1 = i0 + PB;
+        const u32 n1 = i1 < end ? (end - i1 < PB ? end - i1 : PB) : 0;
+        if (n1) compute_cells(x, lv, i1, last, ring[k ^ 1]);
+        const CellBatch& cb = ring[k];
+        for (u32 b = 0; b < n0; ++b) {
+            if (b < n1) prefetch_point(prefetch_base, ring[k ^ 1], b, prefetch_write);  // PB points ahead
+            Cell cell;
+#pragma GCC unroll 16
+            for (int c = 0; c < C; ++c) {
+                cell.idx[c] = cb.idx[c][b];
+                cell.w[c] = cb.w[c][b];
+            }
+#pragma GCC unroll 4
+            for (int d = 0; d < D; ++d) cell.frac[d] = cb.frac[d][b];
+            body(i0 + b, cell);
         }
     }
 #else
@@ -311,9 +436,20 @@ HG_INLINE void for_points(const pos_t* __restrict__ x, const Level& lv, const pa
     for (u32 i = begin; i < end; ++i) {
         Cell cell;
         compute_cell(x + (u64)i * D, lv, cell);
+        if (!NEAREST) {
+            pos_t w0[D], w1[D], ds[D];
+            weight_pairs(cell.frac, w0, w1, ds);
+            corner_weights(w0, w1, cell.w);
+        }
         body(i, cell);
     }
 #endif
+}
+
+// p[0, n) = 0. zero_grad launches (the CPU backward: one thread per level, grad_params uninitialised) clear each
+// level's rows right before scattering into them, while they are cache-hot, instead of a separate pass over the table.
+HG_INLINE void zero_rows(param_t* __restrict__ p, u64 n) {
+    for (u64 i = 0; i < n; ++i) p[i] = from_acc<param_t>((pos_t)0);
 }
 
 HG_INLINE bool thread_range(u32 n_points, u32 points_per_thread, u32& begin, u32& end) {
@@ -346,9 +482,6 @@ extern "C" __global__ void hashgrid_forward(const POS_T* __restrict__ x, const P
         if (NEAREST) {
             res = load_row(params, cell.idx[0]);
         } else {
-            pos_t w0[D], w1[D], ds[D], w[C];
-            weight_pairs(cell.frac, w0, w1, ds);
-            corner_weights(w0, w1, w);
             pos_t acc[F];
 #pragma unroll
             for (int f = 0; f < F; ++f) acc[f] = (pos_t)0;
@@ -356,7 +489,7 @@ extern "C" __global__ void hashgrid_forward(const POS_T* __restrict__ x, const P
             for (int c = 0; c < C; ++c) {
                 const Row r = load_row(params, cell.idx[c]);
 #pragma unroll
-                for (int f = 0; f < F; ++f) acc[f] += w[c] * to_acc(r.v[f]);
+                for (int f = 0; f < F; ++f) acc[f] += cell.w[c] * to_acc(r.v[f]);
             }
 #pragma unroll
             for (int f = 0; f < F; ++f) res.v[f] = from_acc<param_t>(acc[f]);
@@ -378,14 +511,11 @@ HG_INLINE void backward_params_impl(const pos_t* __restrict__ x, const Level& lv
         if (NEAREST) {
             add_row<PLAIN>(grad_params, cell.idx[0], gv);
         } else {
-            pos_t w0[D], w1[D], ds[D], w[C];
-            weight_pairs(cell.frac, w0, w1, ds);
-            corner_weights(w0, w1, w);
 #pragma unroll
             for (int c = 0; c < C; ++c) {
                 pos_t v[F];
 #pragma unroll
-                for (int f = 0; f < F; ++f) v[f] = w[c] * gv[f];
+                for (int f = 0; f < F; ++f) v[f] = cell.w[c] * gv[f];
                 add_row<PLAIN>(grad_params, cell.idx[c], v);
             }
         }
@@ -393,15 +523,19 @@ HG_INLINE void backward_params_impl(const pos_t* __restrict__ x, const Level& lv
 }
 
 // grad_params (E, F) += dL/dtable for grad_out (N, L*F). Level-major; atomics (exclusive_y on the CPU).
+// zero_grad != 0 (the CPU launch: grid (1, L), one thread covering all points of its level, grad_params
+// uninitialised): each thread first zeroes its level's rows [offset, offset + size), then scatters into them.
 extern "C" __global__ void hashgrid_backward_params(const POS_T* __restrict__ x, const POS_T* __restrict__ scales,
                                                     const unsigned int* __restrict__ level_meta,
                                                     const PARAM_T* __restrict__ grad_out,
-                                                    PARAM_T* __restrict__ grad_params, const unsigned int n_points,
+                                                    PARAM_T* __restrict__ grad_params,
+                                                    const unsigned int zero_grad, const unsigned int n_points,
                                                     const unsigned int n_levels, const unsigned int points_per_thread) {
     u32 begin, end;
     if (!thread_range(n_points, points_per_thread, begin, end)) return;
     const u32 level = blockIdx.y;
     const Level lv = load_level(scales, level_meta, level);
+    if (zero_grad) zero_rows(grad_params + (u64)lv.offset * F, (u64)lv.size * F);
     if (plain_scatter()) {
         backward_params_impl<true>(x, lv, level, grad_out, grad_params, n_levels, begin, end);
     } else {

@@ -114,7 +114,12 @@ def _launch(
         ppt = 1
         grid, block = ((n + _GPU_BLOCK - 1) // _GPU_BLOCK, gy, 1), (_GPU_BLOCK, 1, 1)
     else:
-        ppt = min(_CPU_POINTS_PER_THREAD, max(1, math.ceil(n / _CPU_MIN_CHUNKS)))
+        if kernel == "hashgrid_backward_params":
+            # One emulated thread per level (it zeroes its level's gradient rows, then scatters every point into
+            # them); the 16 equally expensive levels are dealt out to the workers row by row (exclusive_y).
+            ppt = n
+        else:
+            ppt = min(_CPU_POINTS_PER_THREAD, max(1, math.ceil(n / _CPU_MIN_CHUNKS)))
         grid, block = ((n + ppt - 1) // ppt, gy, 1), (1, 1, 1)
     args = args + [np.uint32(n), np.uint32(n_levels), np.uint32(ppt)]
     mod = _module(spec, param_dtype)
@@ -140,11 +145,24 @@ def _forward(spec: _Spec, x: Tensor, params: Tensor) -> Tensor:
 
 
 def _backward_params(spec: _Spec, x: Tensor, grad_out: Tensor, like: Tensor) -> Tensor:
-    grad_params = torch.zeros(like.shape, dtype=like.dtype, device=like.device)
     n = x.shape[0]
-    if n:
-        scales, meta = _level_consts(spec.levels, like.device, x.dtype)
-        _launch(spec, like.dtype, "hashgrid_backward_params", n, [x, scales, meta, grad_out, grad_params], True, True)
+    if not n:
+        return torch.zeros(like.shape, dtype=like.dtype, device=like.device)
+    scales, meta = _level_consts(spec.levels, like.device, x.dtype)
+    # CPU: the kernel zeroes each level's rows itself right before scattering into them (cache-hot), instead of a
+    # separate torch.zeros pass over the whole table (tens of MB) that the scatter would then read back from memory.
+    zero_in_kernel = spec.target == "cpu"
+    alloc = torch.empty if zero_in_kernel else torch.zeros
+    grad_params = alloc(like.shape, dtype=like.dtype, device=like.device)
+    _launch(
+        spec,
+        like.dtype,
+        "hashgrid_backward_params",
+        n,
+        [x, scales, meta, grad_out, grad_params, np.uint32(zero_in_kernel)],
+        True,
+        True,
+    )
     return grad_params
 
 

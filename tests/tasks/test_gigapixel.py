@@ -200,3 +200,18 @@ def test_real_hdr_photo_from_shared_data(ngp, shared_data_dir, tmp_path):
     assert done["metrics"]["psnr"] >= 34.0
     rec = read_image(done["artifacts"]["reconstruction"])
     assert rec.shape == (1024, 1024, 4) and rec.dtype == np.float32
+
+
+def test_resume_may_switch_between_torch_and_kernel_backends(ngp, astronaut_crop, tmp_path):
+    """torch.optim.Adam and the kernels' tcnn Adam read each other's checkpoints (scalar vs per-entry step counts)."""
+    from ngp_cli.nn.backend import cpu_kernels_available
+
+    if not cpu_kernels_available():
+        pytest.skip("no host C++ compiler for the cpu backend")
+    first = fit(ngp, astronaut_crop, tmp_path / "r", "--steps", "2", "--backend", "torch").last("done")
+    for backend, steps in (("cpu", 4), ("torch", 6)):
+        res = ngp("fit-image", "--resume", first["run_dir"], "--backend", backend, "--steps", str(steps))
+        assert res.exit_code == 0, res.stderr
+        assert f"backend {backend} on cpu" in res.stderr and res.last("done")["metrics"]["steps"] == steps
+    ckpt = load_file(res.last("done")["artifacts"]["checkpoint"])
+    assert all(torch.isfinite(v).all() for k, v in ckpt.items() if k.startswith("model."))

@@ -1,0 +1,136 @@
+"""The production GPU compile path: NVRTC through CuPy, with the options the cuda target uses, no GPU needed.
+
+The compile tests skip unless CuPy and an NVRTC library are importable (the project's CI venv has no CuPy). With
+``pip install cupy-cuda12x nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12 nvidia-cuda-nvcc-cu12`` (the last one
+for the crt/ headers that mma.h includes; CUDA 13: ``cupy-cuda13x nvidia-cuda-nvrtc nvidia-cuda-runtime
+nvidia-cuda-crt``) they compile every shipped kernel module variant for sm_75 to sm_90. The include-dir selection
+tests run everywhere.
+"""
+
+from __future__ import annotations
+
+import itertools
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from ngp_cli.cuda import runtime
+from ngp_cli.cuda.hashgrid import INTERPOLATION_CODES, module_defines
+from ngp_cli.cuda.mlp import ACTIVATION_CODES, kernel_variant
+
+ARCHS = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90")
+
+HASHGRID = [
+    module_defines(dims, feats, dtype, "Linear")
+    for dtype, dims, feats in itertools.product((torch.float32, torch.float16, torch.float64), (2, 3, 4), (1, 2, 4, 8))
+] + [module_defines(3, 2, torch.float16, interp) for interp in INTERPOLATION_CODES if interp != "Linear"]
+
+MLP = [kernel_variant(w, n_in, n_out).defines for w in (16, 32, 64, 128) for n_in, n_out in ((32, 3), (3, 16), (64, 4))]
+MLP += [
+    kernel_variant(64, 32, 3, act, out).defines
+    for act, out in zip(ACTIVATION_CODES, reversed(ACTIVATION_CODES), strict=True)
+]
+MLP += [kernel_variant(16, 70, 20).defines, kernel_variant(128, 128, 16, "ReLU", "Sigmoid").defines]
+
+MODULES = [("adam.cu", {"ADAM_CHUNK": 1})] + [("hashgrid.cu", d) for d in HASHGRID] + [("fused_mlp.cu", d) for d in MLP]
+
+needs_nvrtc = pytest.mark.skipif(runtime.nvrtc_version() is None, reason="CuPy with an NVRTC library is not installed")
+
+
+def _check(job):
+    arch, (source, defines) = job
+    return runtime.nvrtc_compile_check(source, arch, defines)
+
+
+@needs_nvrtc
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_module_variant_compiles_with_nvrtc(arch):
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(_check, [(arch, m) for m in MODULES]))
+    for (source, defines), result in zip(MODULES, results, strict=True):
+        assert result["cubin_bytes"] > 0, (source, defines)
+        assert "warning" not in result["log"].lower(), f"{source} {defines}: {result['log']}"
+
+
+@needs_nvrtc
+def test_nvrtc_compile_check_reports_errors(kernels_dir):
+    with pytest.raises(runtime.KernelCompileError) as info:
+        runtime.nvrtc_compile_check(kernels_dir / "broken.cu", 80)
+    assert "broken.cu" in str(info.value) and "error" in info.value.log
+
+
+@needs_nvrtc
+def test_nvrtc_check_uses_the_load_options():
+    result = runtime.nvrtc_compile_check("adam.cu", "sm_80", {"ADAM_CHUNK": 1})
+    options = result["options"]
+    own = runtime.cuda_compile_options("adam.cu", {"ADAM_CHUNK": 1})
+    start = options.index(own[0])
+    assert options[start : start + len(own)] == own
+    assert "-arch=sm_80" in options
+    # Our CUDA header set comes before CuPy's include dirs.
+    cupy_dirs = [o for o in options[start + len(own) :] if o.startswith("-I")]
+    assert all(options.index(o) > start for o in cupy_dirs)
+
+
+# --- include-dir selection (no CuPy needed) ------------------------------------------------------------------------
+
+
+def _toolkit(root: Path, version: int, crt: bool = True) -> Path:
+    inc = root / "include"
+    (inc / "crt").mkdir(parents=True)
+    (inc / "mma.h").write_text('#include "crt/mma.h"\n')
+    (inc / "cuda_fp16.h").write_text("\n")
+    (inc / "cuda_runtime_api.h").write_text(f"#define CUDART_VERSION  {version}\n")
+    if crt:
+        (inc / "crt" / "mma.h").write_text("\n")
+    return inc
+
+
+def test_include_dirs_follow_nvrtc_major_version(tmp_path, monkeypatch):
+    cuda13 = _toolkit(tmp_path / "cuda13", 13000)
+    cuda12 = _toolkit(tmp_path / "cuda12", 12040)
+    cuda129 = _toolkit(tmp_path / "cuda129", 12090)
+    sets = [[cuda13], [cuda12], [cuda129]]
+    monkeypatch.setattr(runtime, "_cuda_header_sets", lambda: sets)
+    monkeypatch.setattr(runtime, "nvrtc_version", lambda: (12, 9))
+    assert runtime._cuda_include_dirs() == [str(cuda129)]
+    monkeypatch.setattr(runtime, "nvrtc_version", lambda: (12, 6))
+    assert runtime._cuda_include_dirs() == [str(cuda12)]  # same major, first found
+    monkeypatch.setattr(runtime, "nvrtc_version", lambda: (11, 8))
+    assert runtime._cuda_include_dirs() == [str(cuda13)]  # no match: any complete set
+    monkeypatch.setattr(runtime, "nvrtc_version", lambda: None)
+    assert runtime._cuda_include_dirs() == [str(cuda13)]
+
+
+def test_include_dirs_join_split_pip_wheels(tmp_path, monkeypatch):
+    # CUDA 12 pip wheels: cuda_fp16.h and mma.h in nvidia/cuda_runtime, crt/mma.h in nvidia/cuda_nvcc.
+    rt_inc = _toolkit(tmp_path / "cuda_runtime", 12090, crt=False)
+    nvcc_inc = tmp_path / "cuda_nvcc" / "include"
+    (nvcc_inc / "crt").mkdir(parents=True)
+    (nvcc_inc / "crt" / "mma.h").write_text("\n")
+    toolkit13 = _toolkit(tmp_path / "cuda13", 13000)
+    monkeypatch.setattr(runtime, "nvrtc_version", lambda: (12, 9))
+    monkeypatch.setattr(runtime, "_cuda_header_sets", lambda: [[rt_inc, nvcc_inc], [toolkit13]])
+    assert runtime._cuda_include_dirs() == [str(rt_inc), str(nvcc_inc)]
+    # Without the crt/ headers the runtime wheel is still named (the compile error then says what is missing),
+    # unless a complete set exists.
+    monkeypatch.setattr(runtime, "_cuda_header_sets", lambda: [[rt_inc, tmp_path / "missing"]])
+    assert runtime._cuda_include_dirs() == [str(rt_inc)]
+    monkeypatch.setattr(runtime, "_cuda_header_sets", lambda: [[rt_inc], [toolkit13]])
+    assert runtime._cuda_include_dirs() == [str(toolkit13)]
+
+
+def test_cuda_compile_options_order(monkeypatch):
+    monkeypatch.setattr(runtime, "_cuda_include_dirs", lambda: ["/cuda/include"])
+    options = runtime.cuda_compile_options("adam.cu", {"ADAM_CHUNK": 1, "B": True})
+    assert options == (
+        "-std=c++17",
+        "-I/cuda/include",
+        f"-I{runtime.CUDA_DIR}",
+        f"-I{runtime.CUDA_DIR}",
+        "-DADAM_CHUNK=1",
+        "-DB=1",
+    )
