@@ -902,21 +902,10 @@ inline void to_float(float* out, const T* x) {
 }
 }  // namespace detail
 
-template <typename T, typename S>
-inline void load_matrix_sync(fragment<matrix_a, 16, 16, 16, T, row_major>& f, const S* p, unsigned ldm) {
-    detail::load_tile(f.x, p, ldm, false);
-}
-template <typename T, typename S>
-inline void load_matrix_sync(fragment<matrix_a, 16, 16, 16, T, col_major>& f, const S* p, unsigned ldm) {
-    detail::load_tile(f.x, p, ldm, true);
-}
-template <typename T, typename S>
-inline void load_matrix_sync(fragment<matrix_b, 16, 16, 16, T, row_major>& f, const S* p, unsigned ldm) {
-    detail::load_tile(f.x, p, ldm, false);
-}
-template <typename T, typename S>
-inline void load_matrix_sync(fragment<matrix_b, 16, 16, 16, T, col_major>& f, const S* p, unsigned ldm) {
-    detail::load_tile(f.x, p, ldm, true);
+// matrix_a / matrix_b fragments, either layout (the accumulator overload below takes the layout at run time).
+template <typename Use, typename T, typename Layout, typename S>
+inline void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout>& f, const S* p, unsigned ldm) {
+    detail::load_tile(f.x, p, ldm, std::is_same<Layout, col_major>::value);
 }
 template <typename T, typename S>
 inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, T, void>& f, const S* p, unsigned ldm,
