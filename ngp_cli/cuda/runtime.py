@@ -1005,6 +1005,23 @@ def _clear_process_cache() -> None:
 
 
 @functools.lru_cache(maxsize=1)
+def cpu_target_problem() -> str | None:
+    """Why the cpu target cannot run, in one line, or None when it can: a host C++ compiler must exist and build the
+    launcher library (a real probe; the library is cached on disk, so after the first run the probe only loads it)."""
+    if host_compiler() is None:
+        return "no host C++ compiler (g++ or clang++ on PATH, or $CXX)"
+    try:
+        _pool_lib()
+    except (KernelCompileError, OSError) as exc:
+        return str(exc)
+    return None
+
+
+def cpu_target_available() -> bool:
+    """True when :func:`cpu_target_problem` finds none."""
+    return cpu_target_problem() is None
+
+
 def cuda_target_available() -> bool:
     """True when the cuda target can run: CuPy imports, torch sees a GPU, and a probe kernel compiles with NVRTC and
     runs (a real probe, cached per process)."""

@@ -80,10 +80,11 @@ def cuda_kernels_available() -> bool:
 
 
 def cpu_kernels_available() -> bool:
-    """True when the ``cpu`` backend can run: a host C++ compiler was found (``$CXX``, g++ or clang++)."""
-    from ngp_cli.cuda.runtime import host_compiler
+    """True when the ``cpu`` backend can run: a host C++ compiler (``$CXX``, g++ or clang++) builds the kernel launcher
+    (probed, never raising)."""
+    from ngp_cli.cuda.runtime import cpu_target_available
 
-    return host_compiler() is not None
+    return cpu_target_available()
 
 
 def resolve_backend(backend: str, device: str = "auto") -> Backend:
@@ -114,8 +115,10 @@ def resolve_backend(backend: str, device: str = "auto") -> Backend:
         if device not in ("auto", "cpu"):
             raise ConfigError(f"--backend cpu runs on the CPU, but device is '{device}'; drop the device setting")
         if not cpu_kernels_available():
-            raise ConfigError("--backend cpu needs a host C++ compiler (g++ or clang++ on PATH, or $CXX); "
-                              "--backend torch needs none")
+            from ngp_cli.cuda.runtime import cpu_target_problem
+
+            raise ConfigError(f"--backend cpu cannot build its kernels: {cpu_target_problem()}; "
+                              "--backend torch needs no compiler")
         return Backend("cpu", torch.device("cpu"))
     # auto
     dev = resolve_device(device)
