@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Everything a session with a lent GPU should run, in one command (the device machine's image already has torch,
+# CuPy, typer, rich, imageio, scikit-image, safetensors and pytest; nothing is installed, the checkout runs in place).
+#
+#   device run:  bash benchmarks/gpu_session.sh            (results under $OUT, or ./gpu-results without it)
+#
+# Writes: nvidia-smi.txt, pytest-gpu.txt (the GPU tests: CUDA launches against the reference and the CPU build),
+# bench.json (ngp bench on every backend there), fit-*.json (fit-image on the astronaut, cuda and torch backends).
+# Commit bench.json as docs/benchmarks/<date>-<gpu>-bench.json with a short write-up beside it.
+set -u
+cd "$(dirname "$0")/.."
+out="${OUT:-gpu-results}"
+mkdir -p "$out"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export NGP_CACHE_DIR="${NGP_CACHE_DIR:-/tmp/ngp-kernels}"
+py="${PYTHON:-python3}"
+
+nvidia-smi > "$out/nvidia-smi.txt" 2>&1
+"$py" -c "import torch, cupy; print(torch.__version__, cupy.__version__, torch.cuda.get_device_name())" \
+    >> "$out/nvidia-smi.txt" 2>&1
+# GPU tests first (marked gpu), then the CPU-target kernel tests again on this machine's CPU.
+"$py" -m pytest -q -m gpu tests/cuda -p no:cacheprovider > "$out/pytest-gpu.txt" 2>&1
+echo "pytest -m gpu exit $?" >> "$out/pytest-gpu.txt"
+"$py" -m ngp_cli bench --repeats 7 --output "$out/bench.json" > "$out/bench.jsonl" 2> "$out/bench.txt"
+for backend in cuda torch; do
+    "$py" -m ngp_cli -q fit-image --backend "$backend" --runs-dir /tmp/ngp-gpu-runs > "$out/fit-$backend.json" \
+        2> "$out/fit-$backend.err"
+done
+tail -n 3 "$out/pytest-gpu.txt" "$out/bench.txt" "$out"/fit-*.json
