@@ -79,6 +79,20 @@ class KernelCompileError(NgpError):
         self.log = log
 
 
+def _saved_log(message: str, log: str) -> KernelCompileError:
+    """A KernelCompileError whose one-line message names a file holding the full compiler log (best effort: the
+    message stands alone when the cache directory cannot be written)."""
+    try:
+        directory = cache_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "last-compile-error.log"
+        path.write_text(log, encoding="utf-8")
+        message = f"{message} (full log: {path})"
+    except OSError:
+        pass
+    return KernelCompileError(message, log)
+
+
 class KernelLaunchError(NgpError):
     """A CPU-target launch failed inside the kernel runtime (e.g. ``__syncthreads`` without ``sync_threads=True``,
     a barrier deadlock, ``__trap()``)."""
@@ -696,7 +710,7 @@ def _compile_cached(
         stats["cpu_compiles"] += 1
         if proc.returncode != 0:
             log = f"$ {' '.join(cmd)}\n{proc.stdout}{proc.stderr}"
-            raise KernelCompileError(f"{what} failed to compile for the cpu target: {_first_error(proc.stderr)}", log)
+            raise _saved_log(f"{what} failed to compile for the cpu target: {_first_error(proc.stderr)}", log)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
@@ -894,7 +908,7 @@ def _compile_error(path: Path, log: str, what: str) -> KernelCompileError:
     first = _first_error(log)
     if "cannot open source file" in log:
         first += _MISSING_HEADER_HINT
-    return KernelCompileError(f"{path.name} failed to compile {what}: {first}", log)
+    return _saved_log(f"{path.name} failed to compile {what}: {first}", log)
 
 
 def nvrtc_compile_check(

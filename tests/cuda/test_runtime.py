@@ -341,6 +341,9 @@ def test_load_module_errors(host_cxx, kernels_dir):
     assert "broken.cu failed to compile for the cpu target" in str(err) and "\n" not in str(err)
     assert "ngp_undefined_identifier" in err.log and "error" in err.log
     assert err.exit_code == EXIT_INTERNAL
+    # The one line names a file with the whole log, so a CLI user can read it.
+    log_path = str(err).rsplit("(full log: ", 1)[1].rstrip(")")
+    assert "ngp_undefined_identifier" in open(log_path, encoding="utf-8").read()
 
 
 def test_disk_cache_is_reused(basic, kernels_dir):
