@@ -720,6 +720,7 @@ def _compile_cached(
 
 _lock = threading.RLock()
 _modules: dict[tuple, KernelModule] = {}
+_fast_modules: dict[tuple, KernelModule] = {}
 _key_locks: dict[tuple, threading.Lock] = {}
 
 
@@ -981,18 +982,24 @@ def load_module(source: str | os.PathLike, target: str, defines: Mapping[str, ob
     """
     if target not in TARGETS:
         raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
-    path = _resolve_source(source)
     defs = _normalize_defines(defines)
+    device = _torch().cuda.current_device() if target == "cuda" else None
+    # Fast path: a module already loaded for exactly this request. Launch sites call load_module for every launch, and
+    # resolving the source and hashing its headers costs milliseconds; sources are taken as fixed for the life of a
+    # process once loaded (_clear_process_cache forgets them).
+    fast_key = (str(source), target, tuple(sorted(defs.items())), device, os.environ.get("NGP_CACHE_DIR"))
+    module = _fast_modules.get(fast_key)
+    if module is not None:
+        return module
+    path = _resolve_source(source)
     text = path.read_text(encoding="utf-8")
     deps = _headers(path, [CUDA_DIR / "cpu_emu.h"] if target == "cpu" else [])
     header_state = tuple((str(h), h.stat().st_mtime_ns, h.stat().st_size) for h in deps)
-    device = None
-    if target == "cuda":
-        device = _torch().cuda.current_device()
     key = (str(path), target, tuple(sorted(defs.items())), text, header_state, device, os.environ.get("NGP_CACHE_DIR"))
     with _lock:
         module = _modules.get(key)
         if module is not None:
+            _fast_modules[fast_key] = module
             return module
         key_lock = _key_locks.setdefault(key, threading.Lock())
     # Different modules compile concurrently (e.g. from a thread pool); the same module only once.
@@ -1008,6 +1015,7 @@ def load_module(source: str | os.PathLike, target: str, defines: Mapping[str, ob
         module = loader(path, text, defs, kernels)
         with _lock:
             _modules[key] = module
+            _fast_modules[fast_key] = module
         return module
 
 
@@ -1015,6 +1023,7 @@ def _clear_process_cache() -> None:
     """Forget the modules loaded in this process (tests: the next load_module goes to the disk caches)."""
     with _lock:
         _modules.clear()
+        _fast_modules.clear()
         _key_locks.clear()
 
 
