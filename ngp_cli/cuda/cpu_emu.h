@@ -604,8 +604,8 @@ inline void switch_to(BlockState& b, unsigned next) {
 #endif
 }
 
-[[noreturn]] inline void abort_block(BlockState& b, const char* msg) {
-    b.abort_msg = msg;
+// Leave the block's fibers for good and resume the launcher's context.
+[[noreturn]] inline void return_to_main(BlockState& b) {
     void* dummy;
     (void)dummy;
 #ifdef NGP_EMU_USE_UCONTEXT
@@ -614,6 +614,11 @@ inline void switch_to(BlockState& b, unsigned next) {
     ngp_emu_switch_ctx(&dummy, b.main_sp);
 #endif
     __builtin_unreachable();
+}
+
+[[noreturn]] inline void abort_block(BlockState& b, const char* msg) {
+    b.abort_msg = msg;
+    return_to_main(b);
 }
 
 // Give the CPU to the next live fiber; counts resumptions without progress to detect a deadlock.
@@ -640,16 +645,7 @@ inline void fiber_exit(BlockState& b) {
         b.warp_count[w] = 0;
         b.warp_gen[w]++;
     }
-    if (b.alive == 0) {
-        void* dummy;
-        (void)dummy;
-#ifdef NGP_EMU_USE_UCONTEXT
-        setcontext(&b.main_uc);
-#else
-        ngp_emu_switch_ctx(&dummy, b.main_sp);
-#endif
-        __builtin_unreachable();
-    }
+    if (b.alive == 0) return_to_main(b);
     Fiber& f = b.fibers[me];
     b.fibers[f.prev].next = f.next;
     b.fibers[f.next].prev = f.prev;
