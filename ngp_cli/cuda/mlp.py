@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ngp_cli.nn.mlp import K_ACT, activation_fn
+
 __all__ = [
     "ACTIVATION_CODES",
     "BATCH_GRANULARITY",
@@ -59,7 +61,6 @@ BATCH_GRANULARITY = 128  # the batch is padded to a multiple of this (every vari
 LOSS_SCALE = 128.0  # tcnn's default fp16 loss scale
 _SHARED_LIMIT = 48 * 1024  # bytes of dynamic shared memory a kernel gets without an opt-in on every GPU
 _WIDTHS = (16, 32, 64, 128)
-_K_ACT = 10.0
 
 
 def _round_up(n: int, m: int) -> int:
@@ -190,8 +191,9 @@ def _launch_backward(v: KernelVariant, target: str, lanes: int, dl_dout16: Tenso
               np.uint32(forward.shape[0] - 1)])
 
 
-def _output_activation_derivative(name: str, y: Tensor) -> Tensor:
-    """d out_act / d x through the output y (tcnn's activation_backward_output)."""
+def _activation_derivative(name: str, y: Tensor) -> Tensor:
+    """d act / d x through the activation's output y (tcnn's activation_backward_output), for hidden and output
+    activations alike."""
     if name == "None":
         return torch.ones_like(y)
     if name == "ReLU":
@@ -203,17 +205,13 @@ def _output_activation_derivative(name: str, y: Tensor) -> Tensor:
     if name == "Sigmoid":
         return y * (1.0 - y)
     if name == "Squareplus":
-        u = _K_ACT * y
+        u = K_ACT * y
         return u * u / (u * u + 1.0)
     if name == "Softplus":
-        return -torch.expm1(-_K_ACT * y)
+        return -torch.expm1(-K_ACT * y)
     if name == "Tanh":
         return 1.0 - y * y
-    raise ValueError(f"fused MLP kernel: output_activation {name!r} is not supported")
-
-
-def _hidden_activation_derivative(name: str, h: Tensor) -> Tensor:
-    return _output_activation_derivative(name, h)
+    raise ValueError(f"fused MLP kernel: activation {name!r} is not supported")
 
 
 class FusedMLPFunction(torch.autograd.Function):
@@ -245,7 +243,7 @@ class FusedMLPFunction(torch.autograd.Function):
 
         # dL/d(pre output activation), float32, padding rows/columns zero.
         dpre = torch.zeros(n_pad, v.out_width, dtype=torch.float32, device=out.device)
-        dpre[:n, :n_out] = grad_out.float() * _output_activation_derivative(ctx.output_activation,
+        dpre[:n, :n_out] = grad_out.float() * _activation_derivative(ctx.output_activation,
                                                                               out[:n, :n_out])
         wt_first = first.t().contiguous()
         wt_hidden = hidden_w.transpose(1, 2).contiguous() if hidden_w is not None else None
@@ -340,14 +338,12 @@ def fused_mlp(x: Tensor, weights: Sequence[Tensor], activation: str = "ReLU", ou
 
 # --- the CPU path ------------------------------------------------------------------------------------------------
 
-_ACT_FNS = {
-    "None": lambda h: h,
+# In-place versions of the reference activations, where torch has them (the CPU path owns its intermediates).
+_IN_PLACE_ACTS = {
     "ReLU": torch.relu_,
     "LeakyReLU": lambda h: torch.nn.functional.leaky_relu_(h, 0.01),
     "Exponential": torch.exp_,
     "Sigmoid": torch.sigmoid_,
-    "Squareplus": lambda h: 0.5 * (h * _K_ACT + torch.sqrt((h * _K_ACT) ** 2 + 4.0)) / _K_ACT,
-    "Softplus": lambda h: torch.nn.functional.softplus(h, beta=_K_ACT),
     "Tanh": torch.tanh_,
 }
 
@@ -364,7 +360,7 @@ class CPUMLPFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, activation, dtype, *weights):
-        act = _ACT_FNS[activation]
+        act = _IN_PLACE_ACTS.get(activation) or activation_fn(activation)
         wl = [w.detach().to(dtype) for w in weights]
         h = x.detach().to(dtype)
         saved = [h]
@@ -392,7 +388,7 @@ class CPUMLPFunction(torch.autograd.Function):
                 if ctx.activation == "ReLU":
                     g = torch.ops.aten.threshold_backward(g, acts[i], 0)
                 elif ctx.activation != "None":
-                    g = g * _hidden_activation_derivative(ctx.activation, acts[i].float()).to(g.dtype)
+                    g = g * _activation_derivative(ctx.activation, acts[i].float()).to(g.dtype)
         x_dtype, w_dtypes = ctx.dtypes
         dx = g.to(x_dtype) if ctx.needs_input_grad[0] else None
         return (dx, None, None, *(gr.to(dt) for gr, dt in zip(grads, w_dtypes, strict=True)))
@@ -414,8 +410,6 @@ def cpu_mlp(x: Tensor, weights: Sequence[Tensor], activation: str = "ReLU", outp
             dtype: torch.dtype | None = None) -> Tensor:
     """The CPU path (:class:`CPUMLPFunction`, in :func:`cpu_compute_dtype` unless ``dtype`` is given) plus the output
     activation in float32 torch autograd. Activations: those of :data:`ACTIVATION_CODES`."""
-    from ngp_cli.nn.mlp import activation_fn
-
     out = CPUMLPFunction.apply(x, activation, dtype or cpu_compute_dtype(), *weights)
     return activation_fn(output_activation)(out).to(weights[-1].dtype)
 

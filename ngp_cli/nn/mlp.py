@@ -18,11 +18,11 @@ from torch import Tensor, nn
 from ngp_cli.config import ACTIVATIONS, NETWORK_WIDTHS
 from ngp_cli.errors import ConfigError
 
-__all__ = ["ACTIVATIONS", "NETWORK_WIDTHS", "activation_fn", "FullyFusedMLP"]
+__all__ = ["ACTIVATIONS", "NETWORK_WIDTHS", "K_ACT", "activation_fn", "FullyFusedMLP"]
 
 
 # tcnn's K_ACT: sharpness of Squareplus and Softplus.
-_K_ACT = 10.0
+K_ACT = 10.0
 
 
 def _identity(x: Tensor) -> Tensor:
@@ -34,14 +34,14 @@ def _leaky_relu(x: Tensor) -> Tensor:
 
 
 def _squareplus(x: Tensor) -> Tensor:
-    kx = x * _K_ACT
-    return 0.5 * (kx + torch.sqrt(kx * kx + 4.0)) / _K_ACT
+    kx = x * K_ACT
+    return 0.5 * (kx + torch.sqrt(kx * kx + 4.0)) / K_ACT
 
 
 def _softplus(x: Tensor) -> Tensor:
     # tcnn: logf(expf(K x) + 1) / K, which overflows to inf for x > ~8.9 in float32; torch's softplus is the same
     # function evaluated stably (linear once K x > 20, where the two differ by < 1e-9).
-    return F.softplus(x, beta=_K_ACT)
+    return F.softplus(x, beta=K_ACT)
 
 
 _ACTIVATION_FNS: dict[str, Callable[[Tensor], Tensor]] = {

@@ -75,7 +75,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def _fp16_model(x, weights, activation, output_activation, grad_out, loss_scale):
     """The kernel's arithmetic in float64 torch: fp16 operands, hidden activations rounded to fp16 after the
     activation, the loss-scaled gradients rounded to fp16 after each layer. Returns (out, dx, [dW])."""
-    from ngp_cli.cuda.mlp import _hidden_activation_derivative
+    from ngp_cli.cuda.mlp import _activation_derivative
     from ngp_cli.nn.mlp import activation_fn
 
     def r16(t):
@@ -93,10 +93,10 @@ def _fp16_model(x, weights, activation, output_activation, grad_out, loss_scale)
     g = r16(dpre * loss_scale)
     grads = [None] * len(ws)
     grads[-1] = dpre.t() @ hs[-1]
-    g = r16((g @ ws[-1]) * _hidden_activation_derivative(activation, hs[-1]))
+    g = r16((g @ ws[-1]) * _activation_derivative(activation, hs[-1]))
     for i in range(len(ws) - 2, 0, -1):
         grads[i] = g.t() @ hs[i] / loss_scale
-        g = r16((g @ ws[i]) * _hidden_activation_derivative(activation, hs[i]))
+        g = r16((g @ ws[i]) * _activation_derivative(activation, hs[i]))
     grads[0] = g.t() @ hs[0] / loss_scale
     dx = g @ ws[0] / loss_scale
     return out.detach(), dx, grads
