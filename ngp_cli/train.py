@@ -164,11 +164,10 @@ def _load_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], model: n
             if key.startswith("optim."):
                 _, idx, name = key.split(".", 2)
                 state.setdefault(int(idx), {})[name] = value
-        if isinstance(optimizer, torch.optim.Adam):
-            for st in state.values():  # a checkpoint of the kernel backends' Adam (per-element step counts)
-                if "param_steps" in st:
-                    st["step"] = st.pop("param_steps").max().float().reshape(())
-                    st.pop("max_step", None)
+        if isinstance(optimizer, torch.optim.Adam):  # maybe a checkpoint of the kernel backends' Adam
+            from ngp_cli.nn.optim import torch_adam_state
+
+            state = {idx: torch_adam_state(st) for idx, st in state.items()}
         osd = optimizer.state_dict()
         osd["state"] = state
         optimizer.load_state_dict(osd)

@@ -25,7 +25,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["Adam", "adam_step_reference", "bias_correction_table"]
+__all__ = ["Adam", "adam_step_reference", "bias_correction_table", "torch_adam_state"]
 
 
 def bias_correction_table(beta1: float, beta2: float, max_step: int) -> Tensor:
@@ -119,27 +119,26 @@ class Adam(torch.optim.Optimizer):
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
             state["param_steps"] = torch.zeros(p.shape, dtype=torch.int32, device=p.device)
-        elif state["param_steps"].dtype != torch.int32 or state["param_steps"].shape != p.shape:
-            # A torch.optim.Adam checkpoint (one scalar step): every element has seen that many steps.
-            state["param_steps"] = torch.full(p.shape, int(state["param_steps"].max()), dtype=torch.int32,
-                                              device=p.device)
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
-        # Accept torch.optim.Adam states too (``step`` scalar instead of ``param_steps``; no ``skip_zero_grad``).
+        # Accept torch.optim.Adam states too (a scalar ``step`` instead of ``param_steps``; no ``skip_zero_grad``).
         for saved, current in zip(state_dict["param_groups"], self.param_groups, strict=False):
             saved.setdefault("skip_zero_grad", current["skip_zero_grad"])
-        for s in state_dict["state"].values():
-            if "param_steps" not in s and "step" in s:
-                s["param_steps"] = torch.as_tensor(s.pop("step")).reshape(1).to(torch.int32)
         super().load_state_dict(state_dict)
-        # torch casts every state tensor of a float parameter to the parameter's dtype: restore the counters.
-        for state in self.state.values():
-            steps = state.get("param_steps")
-            if steps is not None and steps.dtype != torch.int32:
-                state["param_steps"] = steps.round().to(torch.int32)
+        for p, state in self.state.items():
+            steps = state.pop("param_steps", None)
+            if steps is None:
+                steps = state.pop("step", None)
+            if steps is None:
+                continue
+            if steps.shape != p.shape:  # torch's one scalar step: every element has seen that many steps
+                steps = torch.full(p.shape, float(steps.max()), device=p.device)
+            # torch casts every state tensor of a float parameter to the parameter's dtype: restore the counters.
+            state["param_steps"] = steps.to(device=p.device).round().to(torch.int32)
             if "max_step" in state:
                 state["max_step"] = int(state["max_step"])
+
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102 (torch.optim.Optimizer API)
@@ -169,3 +168,13 @@ class Adam(torch.optim.Optimizer):
                 adam_step(p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["param_steps"], table,
                           target=self.target, **kwargs)
         return loss
+
+
+def torch_adam_state(state: dict) -> dict:
+    """One parameter's state of :class:`Adam` in ``torch.optim.Adam``'s form (a scalar ``step``: the largest
+    per-element count), for resuming a kernel-backend checkpoint on the torch backend. Other states pass unchanged."""
+    if "param_steps" not in state:
+        return state
+    out = {k: v for k, v in state.items() if k not in ("param_steps", "max_step")}
+    out["step"] = state["param_steps"].max().float().reshape(())
+    return out
