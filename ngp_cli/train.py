@@ -123,6 +123,12 @@ class EMA:
                     p.copy_(s)
 
 
+def sampling_generator(cfg: RunConfig) -> torch.Generator:
+    """The generator every random draw of a training step uses: on the CPU, so that runs on any device draw the same
+    batches, and seeded apart from the initialisation (``seed + 1``)."""
+    return torch.Generator().manual_seed(cfg.seed + 1)
+
+
 def train_step(problem: Problem, optimizer: torch.optim.Optimizer, loss_fn: Callable, generator: torch.Generator,
                batch_size: int) -> tuple[float, float]:
     """One optimisation step: draw a batch, backpropagate, update. Returns ``(loss, mse)`` as floats.
@@ -247,8 +253,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, cfg.optimizer)
         self.ema = EMA(list(self.model.parameters()), cfg.optimizer.ema_decay) if cfg.optimizer.ema_decay > 0 else None
         self.loss_fn = make_loss(cfg.loss)
-        # Sampling draws on the CPU generator so that runs on any device draw the same batches.
-        self.generator = torch.Generator().manual_seed(cfg.seed + 1)
+        self.generator = sampling_generator(cfg)
         self.state = TrainState()
 
     def restore(self) -> bool:

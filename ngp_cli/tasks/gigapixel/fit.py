@@ -20,7 +20,7 @@ from ngp_cli.nn.backend import Backend
 from ngp_cli.nn.model import NetworkWithInputEncoding
 from ngp_cli.tasks.gigapixel import ImageConfig, default_photo
 from ngp_cli.tasks.gigapixel.data import ImageTarget, pixel_centers
-from ngp_cli.train import Trainer, make_loss, make_optimizer, train_step
+from ngp_cli.train import Trainer, make_loss, make_optimizer, sampling_generator, train_step
 
 
 class ImageProblem:
@@ -117,6 +117,13 @@ def evaluate(problem: ImageProblem, photo: Path, render_scale: float, tile_pixel
     return metrics, {"reconstruction": str(rec_path), "error_map": str(err_path)}
 
 
+def record_max_resolution(cfg: ImageConfig, target: ImageTarget) -> None:
+    """Derive N_max from the photo (``image.max_resolution_factor`` · max(W, H)) when the grid's scale is left open,
+    and record it in ``cfg``, so config.yaml alone rebuilds the model (also on --resume)."""
+    if cfg.encoding.is_grid and cfg.encoding.per_level_scale is None and cfg.encoding.max_resolution is None:
+        cfg.encoding.max_resolution = target.natural_max_resolution(cfg.image.max_resolution_factor)
+
+
 def _load_photo(photo: Path) -> tuple[Path, np.ndarray]:
     image = read_image(photo)
     return photo.expanduser().resolve(), image
@@ -129,9 +136,7 @@ def fit_image(task, opts: TrainOptions, photo: Path | None) -> None:
     if prep.run is None:
         photo_path, image = _load_photo(photo if photo is not None else default_photo())
         cfg.image.path = str(photo_path)
-        if cfg.encoding.is_grid and cfg.encoding.per_level_scale is None and cfg.encoding.max_resolution is None:
-            # Derive N_max here, once, and record it so config.yaml alone rebuilds the model (also on --resume).
-            cfg.encoding.max_resolution = ImageTarget(image).natural_max_resolution(cfg.image.max_resolution_factor)
+        record_max_resolution(cfg, ImageTarget(image))
         run = create_run(task, opts, cfg, default_name=photo_path.stem)
     else:
         run = prep.run
@@ -178,11 +183,10 @@ def benchmark_step(backend: Backend, batch_size: int) -> Callable[[], Any]:
     from ngp_cli.config import resolve
 
     cfg = resolve(ImageConfig, "image", "image-cpu", ["encoding.log2_hashmap_size=19"], default_preset="image-cpu")
-    image = read_image(default_photo())
-    target = ImageTarget(image)
-    cfg.encoding.max_resolution = target.natural_max_resolution(cfg.image.max_resolution_factor)
+    target = ImageTarget(read_image(default_photo()))
+    record_max_resolution(cfg, target)
     problem = ImageProblem(target, cfg, backend)
     optimizer = make_optimizer(problem.model, cfg.optimizer)
     loss_fn = make_loss(cfg.loss)
-    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    generator = sampling_generator(cfg)
     return lambda: train_step(problem, optimizer, loss_fn, generator, batch_size)
