@@ -175,6 +175,45 @@ def build_app() -> typer.Typer:
 
         run_bench(tasks, backend, batch, dims, only, repeats, warmup, output)
 
+    def _run_task(run: Path, hook: str, what: str):
+        from ngp_cli.errors import DataError, UsageError
+        from ngp_cli.runs import RunDir
+
+        task_name = RunDir.open(run).read_config().get("task")
+        task = tasks.get(task_name)
+        if task is None:
+            raise DataError(f"{run}: its task '{task_name}' is not installed (installed: {', '.join(tasks)})")
+        if not hasattr(task, hook):
+            raise UsageError(f"'{task_name}' runs have no {what}")
+        return getattr(task, hook)
+
+    @app.command("eval")
+    def eval_cmd(
+        run: Annotated[Path, typer.Argument(help="A run directory (runs/<task>/<name>).")],
+        split: Annotated[str | None, typer.Option(
+            "--split", help="NeRF: the held-out split, val or test (default: the run's nerf.eval_split).")] = None,
+        backend: Annotated[str | None, typer.Option("--backend", help="Kernel backend: auto, cuda, cpu or torch.")] = None,
+    ) -> None:
+        """Evaluate a trained run; metrics go to a JSON file in the run and to the final {"event":"done"} line."""
+        _run_task(run, "evaluate_run", "'ngp eval'")(run, split=split, backend=backend)
+
+    @app.command("render")
+    def render_cmd(
+        run: Annotated[Path, typer.Argument(help="A run directory (runs/<task>/<name>).")],
+        camera_path: Annotated[Path | None, typer.Option(
+            "--camera-path", help="Camera path JSON: transforms.json-style frames or nerfstudio's camera_path.json.")] = None,
+        orbit: Annotated[int | None, typer.Option("--orbit", help="Render an N-frame orbit around the scene.")] = None,
+        resolution: Annotated[str | None, typer.Option(
+            "--resolution", help="WIDTHxHEIGHT (default: the training images').")] = None,
+        out: Annotated[Path | None, typer.Option(
+            "--out", help="video.mp4 (or .gif) or a folder for PNG frames (default: RUN/renders/orbit.mp4).")] = None,
+        fps: Annotated[int, typer.Option("--fps", min=1, help="Video frame rate.")] = 30,
+        backend: Annotated[str | None, typer.Option("--backend", help="Kernel backend: auto, cuda, cpu or torch.")] = None,
+    ) -> None:
+        """Render novel views of a trained run to a video or PNG frames."""
+        _run_task(run, "render_run", "'ngp render'")(run, camera_path=camera_path, orbit=orbit,
+                                                     resolution=resolution, out=out, fps=fps, backend=backend)
+
     for task in tasks.values():
         task.register(app)
     return app

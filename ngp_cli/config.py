@@ -123,7 +123,8 @@ class OptimizerConfig:
 class LossConfig:
     """Training loss, tiny-cuda-nn names."""
 
-    otype: Literal["L2", "L1", "RelativeL2", "RelativeL1"] = opt("L2", "loss function")
+    otype: Literal["L2", "L1", "RelativeL2", "RelativeL1", "Huber"] = opt(
+        "L2", "loss function (Huber: instant-ngp's NeRF loss, quadratic below |error| 0.1)")
 
 
 @dataclass
@@ -135,6 +136,10 @@ class TrainConfig:
     log_every: int = opt(10, "steps between metrics.jsonl lines", ge=1)
     checkpoint_every: int = opt(0, "steps between checkpoints; 0 writes one only at the end", ge=0)
     keep_checkpoints: int = opt(3, "number of most recent checkpoints kept", ge=1)
+    eval_every: int = opt(0, "steps between the task's held-out evaluations logged to metrics.jsonl (tasks that have "
+                             "one, e.g. NeRF's validation PSNR); 0: only the final evaluation", ge=0)
+    max_time_s: float = opt(0.0, "stop once this many seconds of training time have passed, before n_steps; "
+                                 "0: no limit", ge=0.0)
 
 
 @dataclass

@@ -44,11 +44,14 @@ class Problem(Protocol):
 
 def make_loss(cfg: LossConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Loss functions with tiny-cuda-nn's names (src/loss.cu): L2, L1, RelativeL2 = (p-t)²/(p²+0.01), RelativeL1 =
-    |p-t|/(|p|+0.01), both relative ones with the prediction's magnitude detached as in tcnn. Returns the mean."""
+    |p-t|/(|p|+0.01), both relative ones with the prediction's magnitude detached as in tcnn, and instant-ngp's NeRF
+    Huber loss (δ = 0.1: 0.5 d²/δ for |d| < δ, |d| - δ/2 beyond). Returns the mean."""
     if cfg.otype == "L2":
         return lambda p, t: (p - t).square().mean()
     if cfg.otype == "L1":
         return lambda p, t: (p - t).abs().mean()
+    if cfg.otype == "Huber":  # instant-ngp's huber_loss(diff, 0.1): 0.5 d²/0.1 below 0.1, |d| - 0.05 above
+        return lambda p, t: torch.nn.functional.huber_loss(p, t, delta=0.1) / 0.1
     if cfg.otype == "RelativeL2":
         return lambda p, t: ((p - t).square() / (p.detach().square() + 0.01)).mean()
     return lambda p, t: ((p - t).abs() / (p.detach().abs() + 0.01)).mean()
@@ -186,6 +189,30 @@ def _load_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], model: n
         raise DataError(f"checkpoint does not match this run's model/config: {' '.join(str(exc).split())}") from None
 
 
+def load_trained_weights(run: RunDir, model: nn.Module, cfg: RunConfig) -> dict[str, Any]:
+    """Load the newest checkpoint of ``run`` into ``model`` for evaluation: the EMA of the weights (bias-corrected)
+    when the run keeps one, else the weights. Returns the checkpoint's metadata (``step``, ...).
+
+    Raises:
+        DataError: the run has no checkpoint, or it does not match the model.
+    """
+    found = run.load_latest_checkpoint()
+    if found is None:
+        raise DataError(f"{run.path} has no checkpoint yet (train it first, or --resume it)")
+    tensors, meta = found
+    try:
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        steps = int(meta.get("ema_steps", 0))
+        if cfg.optimizer.ema_decay > 0 and steps > 0:
+            correction = 1.0 - cfg.optimizer.ema_decay ** steps
+            with torch.no_grad():
+                for i, p in enumerate(model.parameters()):
+                    p.copy_(tensors[f"ema.{i}"] / correction)
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise DataError(f"checkpoint of {run.path} does not match its config: {' '.join(str(exc).split())}") from None
+    return meta
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Progress display
 
@@ -304,11 +331,14 @@ class Trainer:
     def _loop(self, progress: _Progress, window_t0: float, window_steps: int,
               stop_requested: Callable[[], bool]) -> None:
         tc = self.cfg.train
-        while self.state.step < tc.n_steps:
+        before_step = getattr(self.problem, "before_step", None)
+        while self.state.step < tc.n_steps and not (tc.max_time_s and self.state.elapsed_s >= tc.max_time_s):
             t0 = time.perf_counter()
             lr = learning_rate(self.cfg.optimizer, self.state.step)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
+            if before_step is not None:
+                before_step(self.state.step, self.generator)
             loss_value, mse = train_step(self.problem, self.optimizer, self.loss_fn, self.generator, tc.batch_size)
             if not math.isfinite(loss_value):
                 raise DivergedError(f"loss is {loss_value} at step {self.state.step + 1}; "
@@ -331,10 +361,24 @@ class Trainer:
                     emit("step", **record)
                 window_t0, window_steps = now, 0
             progress.advance(self.state.step, record)
+            if tc.eval_every and self.state.step % tc.eval_every == 0 and hasattr(self.problem, "evaluate_held_out"):
+                self._evaluate_held_out()
+                window_t0 = time.perf_counter()  # the evaluation is not part of the training rate
             if tc.checkpoint_every and self.state.step % tc.checkpoint_every == 0 and self.state.step != tc.n_steps:
                 self.checkpoint()
             if stop_requested():
                 raise KeyboardInterrupt
+
+
+    def _evaluate_held_out(self) -> None:
+        with self.evaluation_weights():
+            metrics = self.problem.evaluate_held_out()
+        record = {"step": self.state.step, "elapsed_s": round(self.state.elapsed_s, 4), "eval": metrics}
+        self.run.append_metrics(record)
+        if self.json_events:
+            emit("eval", **record)
+        info(f"step {self.state.step}: held-out " + "  ".join(
+            f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))))
 
 
 @contextmanager

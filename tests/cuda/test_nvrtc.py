@@ -35,6 +35,7 @@ MLP += [
 MLP += [kernel_variant(16, 70, 20).defines, kernel_variant(128, 128, 16, "ReLU", "Sigmoid").defines]
 
 MODULES = [("adam.cu", {"ADAM_CHUNK": 1})] + [("hashgrid.cu", d) for d in HASHGRID] + [("fused_mlp.cu", d) for d in MLP]
+MODULES += [("nerf.cu", {})]
 
 needs_nvrtc = pytest.mark.skipif(runtime.nvrtc_version() is None, reason="CuPy with an NVRTC library is not installed")
 

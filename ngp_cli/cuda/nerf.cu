@@ -1,0 +1,336 @@
+// NeRF kernels: occupancy-grid ray marching, front-to-back compositing (forward and backward) and the occupancy-grid
+// update, after instant-ngp's src/testbed_nerf.cu. The torch references these kernels match are
+// ngp_cli/tasks/nerf/occupancy.py (march_rays_reference, OccupancyGrid.update) and ngp_cli/tasks/nerf/render.py
+// (composite_reference); the launches are in ngp_cli/cuda/nerf.py.
+//
+// Frame and grid (occupancy.py): the scene box is [lo, hi]^3 = [0.5 - s/2, 0.5 + s/2]^3 (s = aabb_scale); cascade k
+// of `cascades` covers [0.5 - 2^(k-1), 0.5 + 2^(k-1)]^3 with 128^3 cells, flat cell index
+// k*128^3 + x + 128*(y + 128*z).
+//
+// 1. Ray marching (generate_training_samples_nerf, advance_to_next_voxel, mip_from_pos, mip_from_dt), one thread per
+//    ray, two passes over the same device function (march<WRITE>):
+//      march_rays_count  -> counts[r] (int32), the host takes an exclusive cumsum to offsets (int64, R + 1);
+//      march_rays_write  -> positions (S,3), dts (S,), ts (S,), ray_index (S,) int64 at offsets[r] (a ray never
+//                           writes past offsets[r + 1], whatever happens).
+//    Per ray: slab test against the box (t_near, t_far); t = max(t_near, near_distance); no samples unless
+//    t_far > t; t += calc_dt(t) * jitter[r] (jitter may be null). Then, while pos = o + t*d is inside the box
+//    (inclusive) and fewer than max_samples were taken:
+//      dt = calc_dt(t) = clamp(t * cone_angle, min_dt, dt_max); mip = mip_from_dt(dt, pos); cell = cell(pos, mip);
+//      occupied: emit (pos, dt, t), t += dt;
+//      empty:    t_target = t + distance_to_next_voxel(pos, d, 1/d, mip); do t += calc_dt(t) while t < t_target.
+//    An empty-cell skip that cannot advance t (t so large that t + dt == t, where the torch reference loops
+//    forever) ends the ray. Products whose rounding matters (t*d, calc_dt*jitter) are rounded on their own (mul_rn,
+//    no FMA contraction) so both targets take the reference's float32 steps (the CPU build matches it bit for bit);
+//    every other product here is exact (powers of two) or not followed by an add.
+//
+// 2. Compositing forward (compute_loss_kernel_train_nerf / composite_kernel_nerf), one thread per ray:
+//      tau_j = sigma_j dt_j, alpha_j = 1 - exp(-tau_j), T_j = exp(-S_j) with S_j = sum_{k<j} tau_k kept as a
+//      compensated (Kahan) float sum, w_j = T_j alpha_j; the ray stops before the first sample with T_j < min_T
+//      (1e-4). colour = sum w_j c_j, opacity = sum w_j, n_used[r] = samples composited (saved for the backward).
+//
+// 3. Compositing backward, one thread per ray, recomputing T_j and w_j exactly as the forward:
+//      dL/dsigma_j = dt_j [g_C . (T_{j+1} c_j - sum_{k>j} w_k c_k) + g_O (T_{j+1} - sum_{k>j} w_k)],
+//      dL/drgb_j = w_j g_C, with T_{j+1} = T_j exp(-tau_j) and the suffix sums = saved totals - prefix sums;
+//      every sample of the ray is written (zeros from n_used on).
+//
+// 4. Occupancy-grid update (splat_grid_samples_nerf_max_nearest_neighbor, ema_grid_samples_nerf, grid_to_bitfield):
+//      occupancy_splat: splat[idx[i]] = max(splat[idx[i]], v_i), v = thickness with NaN -> 0, +-inf -> +-FLT_MAX
+//        (torch.nan_to_num); an atomicMax on the int bits of the floats: splat starts at +0 (bits 0), positive
+//        floats order like their bits as ints and every negative float (sign bit set) is a negative int, so
+//        negative values never win, like scatter_reduce("amax") into zeros. Indices outside [0, n) are skipped.
+//      occupancy_ema: density = density < 0 ? density : max(decay * density, splat) (NaN-propagating, like
+//        torch.maximum); -1 marks unseen cells that stay -1.
+//      (the host takes mean = mean(max(density[:128^3], 0)) with torch, kept on the device)
+//      occupancy_bits: occupancy = density > min(threshold, mean).
+//    The elementwise kernels handle `per_thread` consecutive elements per thread (1 on the GPU, thousands on the
+//    CPU).
+#include "common.cuh"
+
+#define NERF_GRID_SIZE 128
+#define NERF_GRID_CELLS (NERF_GRID_SIZE * NERF_GRID_SIZE * NERF_GRID_SIZE)
+#define NERF_FLT_MAX 3.402823466e+38f
+
+// a * b rounded on its own: never contracted into an FMA with a following add.
+__device__ __forceinline__ float mul_rn(float a, float b) {
+#ifdef NGP_CPU
+    float r = a * b;
+#if defined(__x86_64__) || defined(__i386__)
+    __asm__("" : "+x"(r));  // opaque to the optimiser: the product is materialised in a register
+#elif defined(__aarch64__)
+    __asm__("" : "+w"(r));
+#else
+    volatile float v = r;
+    r = v;
+#endif
+    return r;
+#else
+    return __fmul_rn(a, b);
+#endif
+}
+
+__device__ __forceinline__ float calc_dt(float t, float cone_angle, float min_dt, float dt_max) {
+    return fminf(fmaxf(t * cone_angle, min_dt), dt_max);
+}
+
+__device__ __forceinline__ int frexp_exponent(float x) {
+    int e;
+    frexpf(x, &e);
+    return e;
+}
+
+// Cascade of a step: at least the cascade holding pos (smallest k with max|pos - 0.5| < 2^(k-1)), and coarse
+// enough that a step spans at most about two cells; at most max_cascade.
+__device__ __forceinline__ int mip_from_dt(float dt, float px, float py, float pz, int max_cascade) {
+    const float maxval = fmaxf(fmaxf(fabsf(px - 0.5f), fabsf(py - 0.5f)), fabsf(pz - 0.5f));
+    const int mip = min(max(frexp_exponent(maxval) + 1, 0), max_cascade);
+    const float scaled = dt * (float)(2 * NERF_GRID_SIZE);
+    if (scaled < 1.0f) return mip;
+    return min(max_cascade, max(frexp_exponent(scaled), mip));
+}
+
+// Flat cell index of pos in cascade mip, or -1 outside that cascade.
+__device__ __forceinline__ int cell_index(float px, float py, float pz, int mip) {
+    const float scale = ldexpf(1.0f, -mip);
+    const float fx = floorf(((px - 0.5f) * scale + 0.5f) * (float)NERF_GRID_SIZE);
+    const float fy = floorf(((py - 0.5f) * scale + 0.5f) * (float)NERF_GRID_SIZE);
+    const float fz = floorf(((pz - 0.5f) * scale + 0.5f) * (float)NERF_GRID_SIZE);
+    const float hi = (float)NERF_GRID_SIZE;
+    if (!(fx >= 0.0f && fx < hi && fy >= 0.0f && fy < hi && fz >= 0.0f && fz < hi)) return -1;
+    return mip * NERF_GRID_CELLS + (int)fx + NERF_GRID_SIZE * ((int)fy + NERF_GRID_SIZE * (int)fz);
+}
+
+// torch.sign, as the reference uses (0 for +-0). instant-ngp's sign() is copysignf(1, x): for a zero direction
+// component its DDA distance ignores that axis, where torch.sign can make it -inf and the skip 0 (one step instead).
+// instant-ngp's sign(): copysign, so a zero component (+0 or -0) still points to a cell face.
+__device__ __forceinline__ float sign_of(float x) { return copysignf(1.0f, x); }
+
+// Distance along the ray from pos to the far face of its cell of cascade mip (DDA step), >= 0.
+__device__ __forceinline__ float distance_to_next_voxel(float px, float py, float pz, float dx, float dy, float dz,
+                                                        float ix, float iy, float iz, int mip) {
+    const float res = ldexpf((float)NERF_GRID_SIZE, -mip);
+    const float qx = res * (px - 0.5f), qy = res * (py - 0.5f), qz = res * (pz - 0.5f);
+    const float tx = (floorf(qx + 0.5f + 0.5f * sign_of(dx)) - qx) * ix;
+    const float ty = (floorf(qy + 0.5f + 0.5f * sign_of(dy)) - qy) * iy;
+    const float tz = (floorf(qz + 0.5f + 0.5f * sign_of(dz)) - qz) * iz;
+    const float t = fminf(fminf(tx, ty), tz) / res;
+    return t != t ? t : fmaxf(t, 0.0f);  // torch.clamp_min keeps NaN
+}
+
+// Marches ray r; returns its sample count. WRITE: also stores the samples from out_begin, at most `capacity`.
+template <bool WRITE>
+__device__ __forceinline__ int march(const float* __restrict__ origins, const float* __restrict__ directions,
+                                     const float* __restrict__ jitter, const unsigned char* __restrict__ occupancy,
+                                     unsigned int r, int max_cascade, float lo, float hi, float cone_angle,
+                                     float near_distance, float min_dt, float dt_max, int max_samples,
+                                     long long out_begin, long long capacity, float* __restrict__ positions,
+                                     float* __restrict__ dts, float* __restrict__ ts,
+                                     long long* __restrict__ ray_index) {
+    const float ox = origins[3 * r], oy = origins[3 * r + 1], oz = origins[3 * r + 2];
+    const float dx = directions[3 * r], dy = directions[3 * r + 1], dz = directions[3 * r + 2];
+    const float ix = 1.0f / dx, iy = 1.0f / dy, iz = 1.0f / dz;
+    // Slab test; fminf/fmaxf skip the NaNs of 0 * inf (zero direction components), as torch.fmin/fmax do.
+    const float ax = (lo - ox) * ix, bx = (hi - ox) * ix;
+    const float ay = (lo - oy) * iy, by = (hi - oy) * iy;
+    const float az = (lo - oz) * iz, bz = (hi - oz) * iz;
+    const float t_near = fmaxf(fmaxf(fminf(ax, bx), fminf(ay, by)), fminf(az, bz));
+    const float t_far = fminf(fminf(fmaxf(ax, bx), fmaxf(ay, by)), fmaxf(az, bz));
+    float t = t_near != t_near ? t_near : fmaxf(t_near, near_distance);  // torch.clamp_min keeps NaN
+    if (!(t_far > t)) return 0;
+    if (jitter) t = t + mul_rn(calc_dt(t, cone_angle, min_dt, dt_max), jitter[r]);
+    int n = 0;
+    while (n < max_samples) {
+        const float px = ox + mul_rn(t, dx), py = oy + mul_rn(t, dy), pz = oz + mul_rn(t, dz);
+        if (!(px >= lo && px <= hi && py >= lo && py <= hi && pz >= lo && pz <= hi)) break;
+        const float dt = calc_dt(t, cone_angle, min_dt, dt_max);
+        const int mip = mip_from_dt(dt, px, py, pz, max_cascade);
+        const int cell = cell_index(px, py, pz, mip);
+        if (cell >= 0 && occupancy[cell]) {
+            if (WRITE) {
+                if (n >= capacity) break;
+                const long long s = out_begin + n;
+                positions[3 * s] = px;
+                positions[3 * s + 1] = py;
+                positions[3 * s + 2] = pz;
+                dts[s] = dt;
+                ts[s] = t;
+                ray_index[s] = (long long)r;
+            }
+            ++n;
+            t += dt;  // (were t + dt == t, the ray ends at max_samples, as in the reference)
+            continue;
+        }
+        // Empty cell: steps on the dt lattice until past the cell's far face (the first one is dt itself).
+        const float t_target = t + distance_to_next_voxel(px, py, pz, dx, dy, dz, ix, iy, iz, mip);
+        bool stuck = false;
+        do {
+            const float next = t + calc_dt(t, cone_angle, min_dt, dt_max);
+            if (!(next > t)) {
+                stuck = true;
+                break;
+            }
+            t = next;
+        } while (t < t_target);
+        if (stuck) break;
+    }
+    return n;
+}
+
+extern "C" __global__ void march_rays_count(const float* __restrict__ origins, const float* __restrict__ directions,
+                                            const float* __restrict__ jitter,
+                                            const unsigned char* __restrict__ occupancy, const unsigned int n_rays,
+                                            const int cascades, const float lo, const float hi,
+                                            const float cone_angle, const float near_distance, const float min_dt,
+                                            const float dt_max, const int max_samples, int* __restrict__ counts) {
+    const unsigned int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= n_rays) return;
+    counts[r] = march<false>(origins, directions, jitter, occupancy, r, cascades - 1, lo, hi, cone_angle,
+                             near_distance, min_dt, dt_max, max_samples, 0, 0, nullptr, nullptr, nullptr, nullptr);
+}
+
+extern "C" __global__ void march_rays_write(const float* __restrict__ origins, const float* __restrict__ directions,
+                                            const float* __restrict__ jitter,
+                                            const unsigned char* __restrict__ occupancy, const unsigned int n_rays,
+                                            const int cascades, const float lo, const float hi,
+                                            const float cone_angle, const float near_distance, const float min_dt,
+                                            const float dt_max, const int max_samples,
+                                            const long long* __restrict__ offsets, float* __restrict__ positions,
+                                            float* __restrict__ dts, float* __restrict__ ts,
+                                            long long* __restrict__ ray_index) {
+    const unsigned int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= n_rays) return;
+    const long long begin = offsets[r];
+    const long long capacity = offsets[r + 1] - begin;
+    if (capacity <= 0) return;
+    march<true>(origins, directions, jitter, occupancy, r, cascades - 1, lo, hi, cone_angle, near_distance, min_dt,
+                dt_max, max_samples, begin, capacity, positions, dts, ts, ray_index);
+}
+
+// Samples [begin, end) of ray r, clamped to [0, n_samples): malformed offsets never index out of bounds.
+__device__ __forceinline__ void ray_range(const long long* __restrict__ offsets, unsigned int r, long long n_samples,
+                                          long long& begin, long long& end) {
+    begin = min(max(offsets[r], 0LL), n_samples);
+    end = min(max(offsets[r + 1], begin), n_samples);
+}
+
+// Kahan summation step: sum + x with the rounding error carried in comp.
+__device__ __forceinline__ void kahan_add(float& sum, float& comp, float x) {
+    const float y = x - comp;
+    const float s = sum + y;
+    comp = (s - sum) - y;
+    sum = s;
+}
+
+extern "C" __global__ void composite_forward(const float* __restrict__ sigma, const float* __restrict__ rgb,
+                                             const float* __restrict__ dts, const long long* __restrict__ offsets,
+                                             const unsigned int n_rays, const long long n_samples,
+                                             const float min_transmittance,
+                                             float* __restrict__ colour, float* __restrict__ opacity,
+                                             int* __restrict__ n_used) {
+    const unsigned int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= n_rays) return;
+    long long begin, end;
+    ray_range(offsets, r, n_samples, begin, end);
+    float sum = 0.0f, comp = 0.0f;  // sum_{k<j} tau_k
+    float cr = 0.0f, cg = 0.0f, cb = 0.0f, op = 0.0f;
+    long long j = begin;
+    for (; j < end; ++j) {
+        const float T = expf(-sum);
+        if (!(T >= min_transmittance)) break;
+        const float tau = mul_rn(sigma[j], dts[j]);
+        const float w = T * (1.0f - expf(-tau));
+        cr += w * rgb[3 * j];
+        cg += w * rgb[3 * j + 1];
+        cb += w * rgb[3 * j + 2];
+        op += w;
+        kahan_add(sum, comp, tau);
+    }
+    colour[3 * r] = cr;
+    colour[3 * r + 1] = cg;
+    colour[3 * r + 2] = cb;
+    opacity[r] = op;
+    n_used[r] = (int)(j - begin);
+}
+
+extern "C" __global__ void composite_backward(const float* __restrict__ sigma, const float* __restrict__ rgb,
+                                              const float* __restrict__ dts, const long long* __restrict__ offsets,
+                                              const int* __restrict__ n_used, const float* __restrict__ colour,
+                                              const float* __restrict__ opacity,
+                                              const float* __restrict__ grad_colour,
+                                              const float* __restrict__ grad_opacity, const unsigned int n_rays,
+                                              const long long n_samples, float* __restrict__ grad_sigma,
+                                              float* __restrict__ grad_rgb) {
+    const unsigned int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= n_rays) return;
+    long long begin, end;
+    ray_range(offsets, r, n_samples, begin, end);
+    const long long used_end = min(begin + (long long)n_used[r], end);
+    const float gr = grad_colour[3 * r], gg = grad_colour[3 * r + 1], gb = grad_colour[3 * r + 2];
+    const float go = grad_opacity[r];
+    const float Cr = colour[3 * r], Cg = colour[3 * r + 1], Cb = colour[3 * r + 2], O = opacity[r];
+    float sum = 0.0f, comp = 0.0f;
+    float pr = 0.0f, pg = 0.0f, pb = 0.0f, po = 0.0f;  // prefix sums of w c and w, up to and including j
+    long long j = begin;
+    for (; j < used_end; ++j) {
+        const float T = expf(-sum);
+        const float tau = mul_rn(sigma[j], dts[j]);
+        const float e = expf(-tau);
+        const float w = T * (1.0f - e);
+        const float c0 = rgb[3 * j], c1 = rgb[3 * j + 1], c2 = rgb[3 * j + 2];
+        pr += w * c0;
+        pg += w * c1;
+        pb += w * c2;
+        po += w;
+        const float T_next = T * e;
+        const float dtau = gr * (T_next * c0 - (Cr - pr)) + gg * (T_next * c1 - (Cg - pg)) +
+                           gb * (T_next * c2 - (Cb - pb)) + go * (T_next - (O - po));
+        grad_sigma[j] = dtau * dts[j];
+        grad_rgb[3 * j] = w * gr;
+        grad_rgb[3 * j + 1] = w * gg;
+        grad_rgb[3 * j + 2] = w * gb;
+        kahan_add(sum, comp, tau);
+    }
+    for (; j < end; ++j) {
+        grad_sigma[j] = 0.0f;
+        grad_rgb[3 * j] = 0.0f;
+        grad_rgb[3 * j + 1] = 0.0f;
+        grad_rgb[3 * j + 2] = 0.0f;
+    }
+}
+
+extern "C" __global__ void occupancy_splat(const long long* __restrict__ idx, const float* __restrict__ thickness,
+                                           const unsigned int n_samples, const unsigned int n_cells,
+                                           const unsigned int per_thread, float* __restrict__ splat) {
+    const unsigned long long first = (unsigned long long)(blockIdx.x * blockDim.x + threadIdx.x) * per_thread;
+    const unsigned long long last = first + per_thread < n_samples ? first + per_thread : n_samples;
+    for (unsigned long long i = first; i < last; ++i) {
+        const long long cell = idx[i];
+        if (cell < 0 || cell >= (long long)n_cells) continue;
+        float v = thickness[i];
+        v = v != v ? 0.0f : fminf(fmaxf(v, -NERF_FLT_MAX), NERF_FLT_MAX);
+        atomicMax(reinterpret_cast<int*>(splat + cell), __float_as_int(v));
+    }
+}
+
+extern "C" __global__ void occupancy_ema(float* __restrict__ density, const float* __restrict__ splat,
+                                         const unsigned int n_cells, const unsigned int per_thread,
+                                         const float decay) {
+    const unsigned long long first = (unsigned long long)(blockIdx.x * blockDim.x + threadIdx.x) * per_thread;
+    const unsigned long long last = first + per_thread < n_cells ? first + per_thread : n_cells;
+    for (unsigned long long i = first; i < last; ++i) {
+        const float old = density[i];
+        const float decayed = old * decay;
+        const float s = splat[i];
+        // torch.maximum propagates NaN; splat never holds NaN.
+        const float updated = decayed != decayed ? decayed : fmaxf(decayed, s);
+        density[i] = old < 0.0f ? old : updated;
+    }
+}
+
+extern "C" __global__ void occupancy_bits(const float* __restrict__ density, const float* __restrict__ mean,
+                                          const unsigned int n_cells, const unsigned int per_thread,
+                                          const float threshold, unsigned char* __restrict__ occupancy) {
+    const unsigned long long first = (unsigned long long)(blockIdx.x * blockDim.x + threadIdx.x) * per_thread;
+    const unsigned long long last = first + per_thread < n_cells ? first + per_thread : n_cells;
+    const float thr = fminf(threshold, mean[0]);  // Python's min(threshold, nan) is threshold, as fminf
+    for (unsigned long long i = first; i < last; ++i) occupancy[i] = density[i] > thr ? 1 : 0;
+}

@@ -1,0 +1,214 @@
+"""Evaluation and rendering of NeRF runs: held-out PSNR/SSIM per view (``ngp eval``), the final evaluation of
+``ngp train-nerf``, and novel-view videos or frames (``ngp render``).
+
+Metrics are computed on 8-bit-range float images in [0, 1]: PSNR = -10 log10(MSE) per view, averaged over views (the
+NeRF papers' convention), and SSIM with an 11×11 Gaussian window, σ = 1.5 (scikit-image, as the NeRF evaluation
+code). Views with alpha (NeRF-synthetic) are composited on white, the rendering on the same white background.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ngp_cli.config import build
+from ngp_cli.console import emit, info
+from ngp_cli.errors import DataError, OutputError, UsageError
+from ngp_cli.images import write_image
+from ngp_cli.metrics import mse_to_psnr
+from ngp_cli.runs import RunDir, atomic_write_text
+from ngp_cli.tasks.nerf.data import NerfDataset
+from ngp_cli.tasks.nerf.render import render_rays
+
+
+def _ssim(pred: np.ndarray, target: np.ndarray) -> float:
+    from skimage.metrics import structural_similarity
+
+    return float(structural_similarity(pred, target, channel_axis=2, data_range=1.0, gaussian_weights=True,
+                                       sigma=1.5, use_sample_covariance=False))
+
+
+def render_view(problem, origins: torch.Tensor, directions: torch.Tensor, height: int, width: int,
+                background: tuple[float, float, float] | None) -> np.ndarray:
+    """Render (H·W) rays of one view with ``problem``'s model and occupancy grid → (H, W, 3) float32 in [0, 1]."""
+    dev = problem.device
+    bg = torch.tensor(background, dtype=torch.float32, device=dev) if background is not None else None
+    rgb = render_rays(problem.field, origins.to(dev), directions.to(dev), problem.model.grid.occupancy,
+                      problem.aabb_scale, cone_angle=problem.cone_angle, near_distance=problem.cfg.nerf.near_distance,
+                      background=bg, chunk_rays=problem.cfg.nerf.eval_chunk_rays,
+                      kernel_target=problem.kernel_target)
+    return rgb.clamp(0.0, 1.0).reshape(height, width, 3).cpu().numpy()
+
+
+def evaluate_views(problem, dataset: NerfDataset, views: Iterable[int], *, with_ssim: bool = True,
+                   renders_dir: Path | None = None, n_renders: int = 0) -> dict[str, Any]:
+    """PSNR (and SSIM) of the rendering of each view in ``views`` against its photo.
+
+    Views with alpha are compared on white. The first ``n_renders`` renderings are written to ``renders_dir`` as
+    ``<split>_<name>.png``. Returns ``{"psnr": mean, "ssim": mean or None, "views": [...], "eval_s": seconds}``.
+    """
+    t0 = time.perf_counter()
+    background = (1.0, 1.0, 1.0) if dataset.white_background else (0.0, 0.0, 0.0)
+    rows = []
+    for k, i in enumerate(views):
+        origins, directions = dataset.image_rays(i)
+        pred = render_view(problem, origins, directions, dataset.height, dataset.width, background)
+        target = dataset.image_float(i, background).numpy()
+        mse = float(np.mean((pred - target) ** 2))
+        row = {"view": i, "name": dataset.file_paths[i].stem, "psnr": mse_to_psnr(mse), "mse": mse}
+        if with_ssim:
+            row["ssim"] = _ssim(pred, target)
+        rows.append(row)
+        if renders_dir is not None and k < n_renders:
+            write_image(renders_dir / f"{dataset.split}_{dataset.file_paths[i].stem}.png",
+                        (pred * 255.0 + 0.5).astype(np.uint8))
+    psnr = float(np.mean([r["psnr"] for r in rows])) if rows else math.nan
+    ssim = float(np.mean([r["ssim"] for r in rows])) if rows and with_ssim else None
+    return {"psnr": psnr, "ssim": ssim, "views": rows, "eval_s": round(time.perf_counter() - t0, 3)}
+
+
+def _write_eval_json(run: RunDir, split: str, result: dict[str, Any], step: int) -> Path:
+    path = run.path / f"eval_{split}.json"
+    data = {"split": split, "step": step, "n_views": len(result["views"]), "psnr": result["psnr"],
+            "ssim": result["ssim"], "eval_s": result["eval_s"], "views": result["views"]}
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+    return path
+
+
+def final_evaluation(problem, run: RunDir, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Evaluate every view of the run's held-out split, write eval_<split>.json and renders of the first
+    ``nerf.render_views`` views. Returns ``(metrics, artifacts)``; without held-out views, metrics are NaN."""
+    from ngp_cli.tasks.nerf.fit import load_split
+
+    cfg = problem.cfg
+    split = cfg.nerf.eval_split
+    try:
+        dataset = load_split(cfg, split)
+    except DataError as err:
+        info(f"no held-out evaluation: {err}")
+        return {"psnr": math.nan, "ssim": math.nan, "n_views": 0, "split": split}, {}
+    result = evaluate_views(problem, dataset, range(len(dataset)), renders_dir=run.renders_dir,
+                            n_renders=cfg.nerf.render_views)
+    path = _write_eval_json(run, split, result, step)
+    metrics = {"psnr": result["psnr"], "ssim": result["ssim"], "n_views": len(result["views"]), "split": split,
+               "eval_s": result["eval_s"]}
+    return metrics, {"eval": str(path), "renders": str(run.renders_dir)}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loading a trained run
+
+
+def load_run(task, run_path: Path, backend: str | None):
+    """Rebuild a NeRF run's problem (dataset of its training split, model with its newest checkpoint's weights, the
+    EMA applied when the run kept one). Raises DataError (not a NeRF run, no checkpoint), ConfigError, NoGPUError."""
+    from ngp_cli.nn.backend import resolve_backend
+    from ngp_cli.tasks.nerf.fit import NerfProblem, load_split, scene_aabb_scale
+    from ngp_cli.train import load_trained_weights
+
+    run = RunDir.open(run_path)
+    raw = run.read_config()
+    if raw.get("task") != task.name:
+        raise DataError(f"{run.path} is a '{raw.get('task')}' run, not a NeRF run")
+    cfg = build(task.config_class(), raw)
+    if backend is not None:
+        cfg.backend = backend
+    prepared = resolve_backend(cfg.backend, cfg.device)
+    train_set = load_split(cfg, "train")
+    problem = NerfProblem(train_set, cfg, prepared, scene_aabb_scale(cfg, train_set))
+    meta = load_trained_weights(run, problem.model, cfg)
+    return run, problem, int(meta["step"])
+
+
+def eval_command(task, run_path: Path, *, split: str | None = None, backend: str | None = None) -> None:
+    """``ngp eval RUN [--split val|test]``: PSNR and SSIM per view and their means, written to
+    ``RUN/eval_<split>.json`` and emitted as the ``done`` line."""
+    from ngp_cli.tasks.nerf.fit import load_split
+
+    run, problem, step = load_run(task, run_path, backend)
+    split = split or problem.cfg.nerf.eval_split
+    if split not in ("val", "test", "train"):
+        raise UsageError(f"--split must be val, test or train, got '{split}'")
+    dataset = load_split(problem.cfg, split)
+    info(f"evaluating {run.path} (step {step}) on {len(dataset)} {split} views")
+    with torch.no_grad():
+        result = evaluate_views(problem, dataset, range(len(dataset)))
+    path = _write_eval_json(run, split, result, step)
+    for row in result["views"]:
+        emit("view", split=split, **row)
+    info(f"{split}: PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f} over {len(result['views'])} views "
+         f"({result['eval_s']:.1f} s); {path}")
+    emit("done", run_dir=str(run.path), step=step, split=split,
+         metrics={"psnr": result["psnr"], "ssim": result["ssim"], "n_views": len(result["views"]),
+                  "eval_s": result["eval_s"]}, artifacts={"eval": str(path)})
+
+
+def _parse_resolution(text: str | None, default: tuple[int, int]) -> tuple[int, int]:
+    if text is None:
+        return default
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--resolution must be WIDTHxHEIGHT, e.g. 800x600, got '{text}'") from None
+    if not (1 <= w <= 16384 and 1 <= h <= 16384):
+        raise UsageError(f"--resolution {text} is out of range (1..16384 per side)")
+    return w, h
+
+
+def render_command(task, run_path: Path, *, camera_path: Path | None = None, orbit: int | None = None,
+                   resolution: str | None = None, out: Path | None = None, fps: int = 30,
+                   backend: str | None = None) -> None:
+    """``ngp render RUN (--camera-path FILE | --orbit N) [--resolution WxH] [--out video.mp4|frames/]``."""
+    from ngp_cli.tasks.nerf.camera_path import load_camera_path, orbit_path
+    from ngp_cli.tasks.nerf.cameras import generate_rays, nerf_matrix_to_ngp, pixel_grid
+    from ngp_cli.tasks.nerf.video import FrameWriter
+
+    if (camera_path is None) == (orbit is None):
+        raise UsageError("give exactly one of --camera-path FILE or --orbit N")
+    if orbit is not None and orbit < 1:
+        raise UsageError(f"--orbit must be at least 1 frame, got {orbit}")
+    run, problem, step = load_run(task, run_path, backend)
+    ds = problem.dataset
+    if orbit is not None:
+        width, height = _parse_resolution(resolution, (ds.width, ds.height))
+        c2w = torch.as_tensor(orbit_path(ds.c2w, orbit), dtype=torch.float32)
+        focals = None
+    else:
+        path = load_camera_path(camera_path)
+        width, height = _parse_resolution(resolution, (path.width or ds.width, path.height or ds.height))
+        c2w = nerf_matrix_to_ngp(torch.as_tensor(path.c2w, dtype=torch.float64), ds.scale,
+                                 torch.tensor(ds.offset, dtype=torch.float64))
+        focals = path.focal_lengths(width, height)
+        fps = int(path.fps or fps)
+    # Without a focal length in the path: the first training camera's, scaled to the output width.
+    fx_default = float(ds.intrinsics[0, 0]) * width / ds.width
+    out = out if out is not None else run.renders_dir / ("orbit.mp4" if orbit is not None else "camera_path.mp4")
+    pixels = pixel_grid(width, height)
+    background = (1.0, 1.0, 1.0) if ds.white_background else (0.0, 0.0, 0.0)
+    info(f"rendering {c2w.shape[0]} frames at {width}x{height} from {run.path} (step {step}) to {out}")
+    t0 = time.perf_counter()
+    try:
+        with FrameWriter(out, fps=fps) as writer:
+            for k in range(c2w.shape[0]):
+                fx = fx_default if focals is None else float(focals[k])
+                intr = torch.tensor([[fx, fx, width / 2.0, height / 2.0]], dtype=torch.float32).expand(pixels.shape[0], 4)
+                origins, directions = generate_rays(c2w[k:k + 1].expand(pixels.shape[0], 3, 4), intr, pixels, None)
+                frame = render_view(problem, origins, directions, height, width, background)
+                writer.write(frame)
+    except OSError as err:
+        raise OutputError(f"{out}: {err.strerror or err}") from None
+    seconds = time.perf_counter() - t0
+    info(f"wrote {out} ({c2w.shape[0]} frames, {seconds:.1f} s)")
+    emit("done", run_dir=str(run.path), step=step,
+         metrics={"frames": int(c2w.shape[0]), "width": width, "height": height, "render_s": round(seconds, 3)},
+         artifacts={"out": str(out)})
+
+
+__all__ = ["eval_command", "evaluate_views", "final_evaluation", "load_run", "render_command", "render_view"]

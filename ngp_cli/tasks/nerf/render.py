@@ -1,0 +1,104 @@
+"""Volume rendering of packed ray samples: front-to-back alpha compositing with early termination (NeRF eq. 3 as in
+instant-ngp's ``compute_loss_kernel_train_nerf`` / ``composite_kernel_nerf``), and the dispatch between the torch
+reference and the kernels of ``ngp_cli/cuda/nerf.cu``.
+
+Compositing, per ray with samples ``j = 0 .. n-1`` (front to back): ``τ_j = σ_j Δt_j``, ``α_j = 1 - exp(-τ_j)``,
+transmittance ``T_j = exp(-Σ_{k<j} τ_k)``, weight ``w_j = T_j α_j``; colour ``C = Σ w_j c_j`` and opacity
+``O = Σ w_j``, summed only over samples reached with ``T_j ≥ 1e-4`` (instant-ngp stops a ray there). A background
+``b`` is added by the caller as ``C + (1 - O) b``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from ngp_cli.tasks.nerf.occupancy import RaySamples, march_rays_reference
+
+MIN_TRANSMITTANCE = 1e-4  # instant-ngp's EPSILON for early ray termination
+
+__all__ = ["MIN_TRANSMITTANCE", "composite", "composite_reference", "march_rays", "render_rays"]
+
+
+def composite_reference(sigma: Tensor, rgb: Tensor, dts: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor]:
+    """Torch reference of the compositing kernels (differentiable through autograd).
+
+    Args:
+        sigma: (S,) float32 densities σ ≥ 0 (after the exp activation), per unit length of the ngp frame.
+        rgb: (S, 3) float32 sample colours.
+        dts: (S,) float32 step lengths.
+        offsets: (R + 1,) int64 packed-ray offsets (:class:`~ngp_cli.tasks.nerf.occupancy.RaySamples`).
+
+    Returns:
+        ``(colour (R, 3), opacity (R,))`` float32.
+    """
+    n_rays = offsets.numel() - 1
+    counts = offsets[1:] - offsets[:-1]
+    ray_index = torch.repeat_interleave(torch.arange(n_rays, device=sigma.device), counts)
+    # τ ≥ 30 already ends the ray (T < 1e-4 after it); the clamp keeps an infinite σ from turning the packed
+    # cumulative sum into NaN for every later ray.
+    tau = (sigma * dts).double().clamp(max=30.0)
+    inclusive = torch.cumsum(tau, 0)
+    start = torch.cat([inclusive.new_zeros(1), inclusive])[offsets[:-1]]
+    exclusive = inclusive - tau - start[ray_index]  # Σ_{k<j} τ_k within the ray
+    transmittance = torch.exp(-exclusive).float()
+    alive = (transmittance >= MIN_TRANSMITTANCE).float()
+    weights = transmittance * (1.0 - torch.exp(-sigma * dts)) * alive
+    colour = torch.zeros(n_rays, 3, device=sigma.device, dtype=rgb.dtype).index_add_(0, ray_index,
+                                                                                     weights.unsqueeze(-1) * rgb)
+    opacity = torch.zeros(n_rays, device=sigma.device, dtype=weights.dtype).index_add_(0, ray_index, weights)
+    return colour, opacity
+
+
+def composite(sigma: Tensor, rgb: Tensor, dts: Tensor, offsets: Tensor,
+              kernel_target: str | None = None) -> tuple[Tensor, Tensor]:
+    """Front-to-back compositing (see the module docstring) on the ``cpu``/``cuda`` kernels or the torch reference
+    (``kernel_target=None``). Same arguments and results as :func:`composite_reference`; differentiable in ``sigma``
+    and ``rgb``."""
+    if kernel_target is None:
+        return composite_reference(sigma, rgb, dts, offsets)
+    from ngp_cli.cuda.nerf import composite as composite_kernel
+
+    return composite_kernel(sigma, rgb, dts, offsets, kernel_target)
+
+
+def march_rays(origins: Tensor, directions: Tensor, occupancy: Tensor, aabb_scale: int, *, cone_angle: float,
+               near_distance: float, jitter: Tensor | None = None, max_samples: int = 1024,
+               kernel_target: str | None = None) -> RaySamples:
+    """Occupancy-grid ray marching on the kernels or the torch reference; arguments and result as
+    :func:`~ngp_cli.tasks.nerf.occupancy.march_rays_reference`."""
+    if kernel_target is None:
+        return march_rays_reference(origins, directions, occupancy, aabb_scale, cone_angle=cone_angle,
+                                    near_distance=near_distance, jitter=jitter, max_samples=max_samples)
+    from ngp_cli.cuda.nerf import march_rays as march_kernel
+
+    return RaySamples(*march_kernel(origins, directions, occupancy, aabb_scale, cone_angle=cone_angle,
+                                    near_distance=near_distance, jitter=jitter, max_samples=max_samples,
+                                    target=kernel_target))
+
+
+@torch.no_grad()
+def render_rays(field: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], origins: Tensor, directions: Tensor,
+                occupancy: Tensor, aabb_scale: int, *, cone_angle: float, near_distance: float,
+                background: Tensor | None, chunk_rays: int = 4096, kernel_target: str | None = None) -> Tensor:
+    """Render rays for evaluation: march, query ``field(positions (S,3), directions (S,3)) -> (σ (S,), rgb (S,3))``,
+    composite, add ``background`` ((3,) or (R, 3), or None for black). ``chunk_rays`` rays at a time, so memory stays
+    bounded. Returns (R, 3) float32."""
+    out = torch.empty(origins.shape[0], 3, device=origins.device)
+    for s in range(0, origins.shape[0], chunk_rays):
+        o, d = origins[s:s + chunk_rays], directions[s:s + chunk_rays]
+        samples = march_rays(o, d, occupancy, aabb_scale, cone_angle=cone_angle, near_distance=near_distance,
+                             kernel_target=kernel_target)
+        if samples.n_samples:
+            sigma, rgb = field(samples.positions, d[samples.ray_index])
+            colour, opacity = composite(sigma, rgb, samples.dts, samples.offsets, kernel_target)
+        else:
+            colour = torch.zeros(o.shape[0], 3, device=o.device)
+            opacity = torch.zeros(o.shape[0], device=o.device)
+        if background is not None:
+            bg = background if background.dim() == 1 else background[s:s + chunk_rays]
+            colour = colour + (1.0 - opacity).unsqueeze(-1) * bg
+        out[s:s + chunk_rays] = colour
+    return out
