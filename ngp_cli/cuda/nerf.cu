@@ -119,8 +119,8 @@ __device__ __forceinline__ float distance_to_next_voxel(float px, float py, floa
 // Marches ray r; returns its sample count. WRITE: also stores the samples from out_begin, at most `capacity`.
 template <bool WRITE>
 __device__ __forceinline__ int march(const float* __restrict__ origins, const float* __restrict__ directions,
-                                     const float* __restrict__ jitter, const unsigned char* __restrict__ occupancy,
-                                     unsigned int r, int max_cascade, float lo, float hi, float cone_angle,
+                                     const float* __restrict__ jitter, const float* __restrict__ t_start,
+                                     const unsigned char* __restrict__ occupancy, unsigned int r, int max_cascade, float lo, float hi, float cone_angle,
                                      float near_distance, float min_dt, float dt_max, int max_samples,
                                      long long out_begin, long long capacity, float* __restrict__ positions,
                                      float* __restrict__ dts, float* __restrict__ ts,
@@ -135,6 +135,7 @@ __device__ __forceinline__ int march(const float* __restrict__ origins, const fl
     const float t_near = fmaxf(fmaxf(fminf(ax, bx), fminf(ay, by)), fminf(az, bz));
     const float t_far = fminf(fminf(fmaxf(ax, bx), fmaxf(ay, by)), fmaxf(az, bz));
     float t = t_near != t_near ? t_near : fmaxf(t_near, near_distance);  // torch.clamp_min keeps NaN
+    if (t_start) t = t != t ? t : fmaxf(t, t_start[r]);  // resuming a ray: continue where the last round stopped
     if (!(t_far > t)) return 0;
     if (jitter) t = t + mul_rn(calc_dt(t, cone_angle, min_dt, dt_max), jitter[r]);
     int n = 0;
@@ -176,19 +177,19 @@ __device__ __forceinline__ int march(const float* __restrict__ origins, const fl
 }
 
 extern "C" __global__ void march_rays_count(const float* __restrict__ origins, const float* __restrict__ directions,
-                                            const float* __restrict__ jitter,
+                                            const float* __restrict__ jitter, const float* __restrict__ t_start,
                                             const unsigned char* __restrict__ occupancy, const unsigned int n_rays,
                                             const int cascades, const float lo, const float hi,
                                             const float cone_angle, const float near_distance, const float min_dt,
                                             const float dt_max, const int max_samples, int* __restrict__ counts) {
     const unsigned int r = blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= n_rays) return;
-    counts[r] = march<false>(origins, directions, jitter, occupancy, r, cascades - 1, lo, hi, cone_angle,
+    counts[r] = march<false>(origins, directions, jitter, t_start, occupancy, r, cascades - 1, lo, hi, cone_angle,
                              near_distance, min_dt, dt_max, max_samples, 0, 0, nullptr, nullptr, nullptr, nullptr);
 }
 
 extern "C" __global__ void march_rays_write(const float* __restrict__ origins, const float* __restrict__ directions,
-                                            const float* __restrict__ jitter,
+                                            const float* __restrict__ jitter, const float* __restrict__ t_start,
                                             const unsigned char* __restrict__ occupancy, const unsigned int n_rays,
                                             const int cascades, const float lo, const float hi,
                                             const float cone_angle, const float near_distance, const float min_dt,
@@ -201,7 +202,7 @@ extern "C" __global__ void march_rays_write(const float* __restrict__ origins, c
     const long long begin = offsets[r];
     const long long capacity = offsets[r + 1] - begin;
     if (capacity <= 0) return;
-    march<true>(origins, directions, jitter, occupancy, r, cascades - 1, lo, hi, cone_angle, near_distance, min_dt,
+    march<true>(origins, directions, jitter, t_start, occupancy, r, cascades - 1, lo, hi, cone_angle, near_distance, min_dt,
                 dt_max, max_samples, begin, capacity, positions, dts, ts, ray_index);
 }
 

@@ -79,8 +79,8 @@ def _f32(t: Tensor) -> Tensor:
 
 
 def march_rays(origins: Tensor, directions: Tensor, occupancy: Tensor, aabb_scale: int, *, cone_angle: float,
-               near_distance: float, jitter: Tensor | None = None, max_samples: int = N_STEPS,
-               target: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+               near_distance: float, jitter: Tensor | None = None, t_start: Tensor | None = None,
+               max_samples: int = N_STEPS, target: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Occupancy-grid ray marching with the ``march_rays_count`` / ``march_rays_write`` kernels (instant-ngp
     ``generate_training_samples_nerf``, ``advance_to_next_voxel``, ``mip_from_dt``); the algorithm of
     :func:`ngp_cli.tasks.nerf.occupancy.march_rays_reference`, one GPU thread per ray, in two passes (count, then
@@ -95,6 +95,8 @@ def march_rays(origins: Tensor, directions: Tensor, occupancy: Tensor, aabb_scal
         cone_angle: step growth (Δt = clamp(t · cone_angle, √3/1024, Δt_max)); 0 for constant steps.
         near_distance: marching starts at ``max(t_entry, near_distance)``.
         jitter: (R,) start offsets in [0, 1) in units of the first step, or None (no offset).
+        t_start: (R,) per-ray lower bound of the start distance (applied before the jitter), or None; resuming a ray
+            at its last sample's ``t + Δt`` continues it on the same step lattice.
         max_samples: at most this many samples per ray (≥ 0).
         target: "cpu" or "cuda"; every tensor on that device.
 
@@ -106,13 +108,15 @@ def march_rays(origins: Tensor, directions: Tensor, occupancy: Tensor, aabb_scal
     Raises:
         ValueError: bad shapes, aabb_scale, max_samples, target or device.
     """
-    _check_target(target, origins, directions, occupancy, *(() if jitter is None else (jitter,)))
+    _check_target(target, origins, directions, occupancy, *(t for t in (jitter, t_start) if t is not None))
     if origins.dim() != 2 or origins.shape[1] != 3 or directions.shape != origins.shape:
         raise ValueError(f"march_rays expects origins and directions of shape (R, 3), got {tuple(origins.shape)} "
                          f"and {tuple(directions.shape)}")
     n_rays = origins.shape[0]
     if jitter is not None and tuple(jitter.shape) != (n_rays,):
         raise ValueError(f"march_rays expects jitter of shape ({n_rays},), got {tuple(jitter.shape)}")
+    if t_start is not None and tuple(t_start.shape) != (n_rays,):
+        raise ValueError(f"march_rays expects t_start of shape ({n_rays},), got {tuple(t_start.shape)}")
     if occupancy.dtype not in (torch.uint8, torch.bool) or occupancy.numel() == 0 or occupancy.numel() % GRID_CELLS:
         raise ValueError(f"march_rays expects uint8/bool occupancy of cascades·{GRID_CELLS} cells, got "
                          f"{occupancy.dtype} with {occupancy.numel()} elements")
@@ -134,7 +138,8 @@ def march_rays(origins: Tensor, directions: Tensor, occupancy: Tensor, aabb_scal
     occ = occupancy.contiguous()
     lo, hi = 0.5 - 0.5 * aabb_scale, 0.5 + 0.5 * aabb_scale
     dt_max = MIN_CONE_STEPSIZE * (1 << (cascades - 1)) * N_STEPS / GRID_SIZE
-    common = [o, d, jit, occ, np.uint32(n_rays), np.int32(cascades), np.float32(lo), np.float32(hi),
+    t0 = None if t_start is None else _f32(t_start)
+    common = [o, d, jit, t0, occ, np.uint32(n_rays), np.int32(cascades), np.float32(lo), np.float32(hi),
               np.float32(cone_angle), np.float32(near_distance), np.float32(MIN_CONE_STEPSIZE), np.float32(dt_max),
               np.int32(max_samples)]
     mod = _module(target)

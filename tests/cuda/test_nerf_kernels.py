@@ -154,6 +154,31 @@ def test_march_truncates_at_max_samples_and_near_distance(cpu_target, poison):
     assert int(out[3].diff().max()) > 7
 
 
+@pytest.mark.parametrize("aabb_scale, cone_angle", [(1, 0.0), (4, 1 / 256)])
+def test_march_resumed_rays_match_reference_and_continue_the_lattice(cpu_target, poison, aabb_scale, cone_angle):
+    seed = _seed()
+    g = torch.Generator().manual_seed(seed)
+    grid = _grid("sphere", aabb_scale, g)
+    origins, directions = _rays(aabb_scale, 384, g)
+    first = march_rays_reference(origins, directions, grid, aabb_scale, cone_angle=cone_angle, near_distance=0.05,
+                                 max_samples=5)
+    counts = first.offsets.diff()
+    last = (first.offsets[1:] - 1).clamp_min(0)
+    # Rays that filled the round resume after their last sample; the others start beyond the box (no samples).
+    t_start = torch.where(counts == 5, first.ts[last] + first.dts[last], torch.full_like(counts, 1e4, dtype=torch.float32))
+    ref = march_rays_reference(origins, directions, grid, aabb_scale, cone_angle=cone_angle, near_distance=0.05,
+                               t_start=t_start)
+    out = nerf.march_rays(origins, directions, grid, aabb_scale, cone_angle=cone_angle, near_distance=0.05,
+                          t_start=t_start, target=cpu_target)
+    _compare_samples(out, ref, seed)
+    # The two rounds together are exactly the single-pass marching.
+    whole = march_rays_reference(origins, directions, grid, aabb_scale, cone_angle=cone_angle, near_distance=0.05)
+    assert torch.equal(counts + ref.offsets.diff(), whole.offsets.diff())
+    resumed = torch.cat([first.ts.reshape(-1), ref.ts])[torch.argsort(torch.cat([first.ray_index, ref.ray_index]),
+                                                                       stable=True)]
+    torch.testing.assert_close(resumed, whole.ts, rtol=0, atol=1e-6)
+
+
 def test_march_edge_cases(cpu_target):
     grid = torch.ones(GRID_CELLS, dtype=torch.uint8)
     # No rays.

@@ -148,7 +148,7 @@ def ray_aabb(origins: Tensor, directions: Tensor, lo: float, hi: float) -> tuple
 
 def march_rays_reference(origins: Tensor, directions: Tensor, occupancy: Tensor, aabb_scale: int, *,
                          cone_angle: float, near_distance: float, jitter: Tensor | None = None,
-                         max_samples: int = N_STEPS) -> RaySamples:
+                         t_start: Tensor | None = None, max_samples: int = N_STEPS) -> RaySamples:
     """Occupancy-grid ray marching, torch reference of the ``march_rays`` kernel (instant-ngp
     ``generate_training_samples_nerf`` / ``advance_to_next_voxel``).
 
@@ -160,6 +160,8 @@ def march_rays_reference(origins: Tensor, directions: Tensor, occupancy: Tensor,
         cone_angle: 0 for constant steps √3/1024; instant-ngp uses 1/256 when aabb_scale > 1.
         near_distance: marching starts at ``max(t_entry, near_distance)``.
         jitter: (R,) float32 in [0, 1): start offset in units of the first step (training), or None (0).
+        t_start: (R,) float32 lower bound of each ray's start, or None: a ray resumed at its last sample's
+            ``t + Δt`` continues on the same step lattice (rendering in rounds).
         max_samples: at most this many samples per ray (NERF_STEPS).
 
     Returns:
@@ -176,6 +178,8 @@ def march_rays_reference(origins: Tensor, directions: Tensor, occupancy: Tensor,
     inv_d = 1.0 / d
     t_near, t_far = ray_aabb(o, d, lo, hi)
     t = torch.clamp_min(t_near, near_distance)
+    if t_start is not None:
+        t = torch.maximum(t, t_start.float())
     hit = t_far > t
     if jitter is not None:
         t = t + calc_dt(t, cone_angle, dt_max) * jitter.float()

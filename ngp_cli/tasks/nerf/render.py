@@ -65,40 +65,58 @@ def composite(sigma: Tensor, rgb: Tensor, dts: Tensor, offsets: Tensor,
 
 
 def march_rays(origins: Tensor, directions: Tensor, occupancy: Tensor, aabb_scale: int, *, cone_angle: float,
-               near_distance: float, jitter: Tensor | None = None, max_samples: int = 1024,
-               kernel_target: str | None = None) -> RaySamples:
+               near_distance: float, jitter: Tensor | None = None, t_start: Tensor | None = None,
+               max_samples: int = 1024, kernel_target: str | None = None) -> RaySamples:
     """Occupancy-grid ray marching on the kernels or the torch reference; arguments and result as
     :func:`~ngp_cli.tasks.nerf.occupancy.march_rays_reference`."""
     if kernel_target is None:
         return march_rays_reference(origins, directions, occupancy, aabb_scale, cone_angle=cone_angle,
-                                    near_distance=near_distance, jitter=jitter, max_samples=max_samples)
+                                    near_distance=near_distance, jitter=jitter, t_start=t_start,
+                                    max_samples=max_samples)
     from ngp_cli.cuda.nerf import march_rays as march_kernel
 
     return RaySamples(*march_kernel(origins, directions, occupancy, aabb_scale, cone_angle=cone_angle,
-                                    near_distance=near_distance, jitter=jitter, max_samples=max_samples,
-                                    target=kernel_target))
+                                    near_distance=near_distance, jitter=jitter, t_start=t_start,
+                                    max_samples=max_samples, target=kernel_target))
 
 
 @torch.no_grad()
 def render_rays(field: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], origins: Tensor, directions: Tensor,
                 occupancy: Tensor, aabb_scale: int, *, cone_angle: float, near_distance: float,
-                background: Tensor | None, chunk_rays: int = 4096, kernel_target: str | None = None) -> Tensor:
+                background: Tensor | None, chunk_rays: int = 4096, samples_per_round: int = 64,
+                kernel_target: str | None = None) -> Tensor:
     """Render rays for evaluation: march, query ``field(positions (S,3), directions (S,3)) -> (σ (S,), rgb (S,3))``,
-    composite, add ``background`` ((3,) or (R, 3), or None for black). ``chunk_rays`` rays at a time, so memory stays
-    bounded. Returns (R, 3) float32."""
+    composite, add ``background`` ((3,) or (R, 3), or None for black). Returns (R, 3) float32.
+
+    Rays are marched in rounds of at most ``samples_per_round`` samples, each round resuming where the last stopped
+    (same step lattice), and a ray stops once its transmittance falls below 1e-4, so opaque surfaces hide what lies
+    behind them from the network (instant-ngp's inference marching does the same with compaction). ``chunk_rays``
+    rays at a time, so memory stays bounded.
+    """
     out = torch.empty(origins.shape[0], 3, device=origins.device)
     for s in range(0, origins.shape[0], chunk_rays):
         o, d = origins[s:s + chunk_rays], directions[s:s + chunk_rays]
-        samples = march_rays(o, d, occupancy, aabb_scale, cone_angle=cone_angle, near_distance=near_distance,
-                             kernel_target=kernel_target)
-        if samples.n_samples:
-            sigma, rgb = field(samples.positions, d[samples.ray_index])
-            colour, opacity = composite(sigma, rgb, samples.dts, samples.offsets, kernel_target)
-        else:
-            colour = torch.zeros(o.shape[0], 3, device=o.device)
-            opacity = torch.zeros(o.shape[0], device=o.device)
+        colour = torch.zeros(o.shape[0], 3, device=o.device)
+        transmittance = torch.ones(o.shape[0], device=o.device)
+        active = torch.arange(o.shape[0], device=o.device)
+        t_start = None
+        while active.numel():
+            samples = march_rays(o[active], d[active], occupancy, aabb_scale, cone_angle=cone_angle,
+                                 near_distance=near_distance, t_start=t_start, max_samples=samples_per_round,
+                                 kernel_target=kernel_target)
+            if not samples.n_samples:
+                break
+            sigma, rgb = field(samples.positions, d[active][samples.ray_index])
+            c, opacity = composite(sigma, rgb, samples.dts, samples.offsets, kernel_target)
+            colour[active] += transmittance[active].unsqueeze(-1) * c
+            transmittance[active] *= 1.0 - opacity
+            counts = samples.offsets[1:] - samples.offsets[:-1]
+            going = (counts == samples_per_round) & (transmittance[active] >= MIN_TRANSMITTANCE)
+            last = (samples.offsets[1:] - 1).clamp_min(0)[going]
+            t_start = samples.ts[last] + samples.dts[last]
+            active = active[going]
         if background is not None:
             bg = background if background.dim() == 1 else background[s:s + chunk_rays]
-            colour = colour + (1.0 - opacity).unsqueeze(-1) * bg
+            colour = colour + transmittance.unsqueeze(-1) * bg
         out[s:s + chunk_rays] = colour
     return out
