@@ -49,6 +49,7 @@ from .errors import DataError, OutputError
 __all__ = [
     "SUPPORTED_SUFFIXES",
     "ImageWriter",
+    "TempFileOutput",
     "colormap",
     "from_float",
     "read_image",
@@ -643,7 +644,47 @@ def _read_exr(name: str) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class ImageWriter:
+class TempFileOutput:
+    """The lifecycle of an output written to a temporary file beside its destination and renamed onto it by
+    ``close()``, so an earlier file is never destroyed by a failed write: used as a context manager it closes on
+    success and ``abort()``s (removing the temporary file) on an exception, and a writer dropped unfinished aborts.
+
+    Subclasses implement ``close()`` and ``abort()`` and keep ``_tmp`` (the temporary path or None) and
+    ``_finished`` (True once closed or aborted).
+    """
+
+    _tmp: Path | None = None
+    _finished: bool = True
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def _remove_temp(self) -> None:
+        if self._tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._tmp)
+            self._tmp = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def __del__(self) -> None:
+        # Last resort for writers dropped without close/abort: never leave a stray temporary file behind.
+        if not getattr(self, "_finished", True):
+            with contextlib.suppress(Exception):
+                self.abort()
+
+
+class ImageWriter(TempFileOutput):
     """Write an ``(H, W, C)`` image tile by tile, then publish it atomically.
 
     ``with ImageWriter(path, h, w, c, dtype) as out: out[r0:r1] = tile`` — tiles are ``(r1 - r0, W, C)`` arrays in
@@ -672,7 +713,7 @@ class ImageWriter:
         self._tmp: Path | None = None
         self._buf: np.ndarray | None = None
         self._memmap = None
-        self._done = False
+        self._finished = False
         suffix = self.path.suffix.lower()
         self._suffix = suffix
         if self.path.is_dir():
@@ -736,7 +777,7 @@ class ImageWriter:
 
     def __setitem__(self, rows: slice | int, tile: np.ndarray) -> None:
         """Store rows ``rows`` (a step-1 slice, or an int for one row) from ``tile`` of shape (n, W, C) in ``dtype``."""
-        if self._done or self._buf is None:
+        if self._finished or self._buf is None:
             raise ValueError(f"{self.path}: writer is already closed")
         if isinstance(rows, (int, np.integer)):
             rows = slice(int(rows), int(rows) + 1)
@@ -757,7 +798,7 @@ class ImageWriter:
 
     def close(self) -> None:
         """Encode (PNG/EXR), flush (TIFF) and atomically move the file into place. Idempotent."""
-        if self._done:
+        if self._finished:
             return
         try:
             self._finalise()
@@ -771,7 +812,7 @@ class ImageWriter:
         except BaseException:
             self.abort()
             raise
-        self._done = True
+        self._finished = True
         self._buf = self._memmap = None
 
     def _finalise(self) -> None:
@@ -806,30 +847,10 @@ class ImageWriter:
 
     def abort(self) -> None:
         """Discard the output: remove the temporary file, keep whatever was at ``path``. Idempotent."""
-        self._done = True
+        self._finished = True
         self._buf = self._memmap = None
         self._remove_temp()
 
-    def _remove_temp(self) -> None:
-        if self._tmp is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._tmp)
-            self._tmp = None
-
-    def __enter__(self) -> ImageWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
-    def __del__(self) -> None:
-        # Last resort for writers dropped without close/abort: never leave a stray temporary file behind.
-        if not getattr(self, "_done", True):
-            with contextlib.suppress(Exception):
-                self.abort()
 
 
 def _reserve_disk_space(path: Path) -> None:

@@ -309,6 +309,19 @@ def test_resume_continues_from_the_checkpoint(trained, ngp):
     assert steps == [45] and result.last("done")["step"] == 45
 
 
+def test_a_dataset_without_held_out_views_trains_and_says_so(ngp, scene, tmp_path):
+    import shutil
+
+    single = tmp_path / "single"
+    shutil.copytree(scene / "train", single / "train")
+    shutil.copy(scene / "transforms_train.json", single / "transforms.json")
+    result = ngp("train-nerf", single, "--steps", "10", "--runs-dir", tmp_path / "runs", *_FAST, "--set", "nerf.holdout_every=0", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert result.last("eval")["eval"]["n_views"] == 0 and result.last("done")["metrics"]["n_views"] == 0
+    assert result.last("done")["metrics"]["psnr"] is None  # NaN → null on stdout
+    assert "no held-out evaluation" in result.stderr
+
+
 def test_train_nerf_without_dataset_uses_the_builtin_scene(ngp, tmp_path):
     result = ngp("train-nerf", "--steps", "2", "--runs-dir", tmp_path, *_FAST, "--set", "nerf.render_views=0")
     assert result.exit_code == 0, result.stderr

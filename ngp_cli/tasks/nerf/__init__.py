@@ -41,6 +41,9 @@ class NerfSection:
     allow_outside_root: bool = opt(False, "accept file_path entries that resolve outside the dataset folder")
     cone_angle: float | None = opt(None, "step growth t·cone_angle; null: 0 for aabb_scale 1, 1/256 otherwise "
                                          "(instant-ngp)", ge=0.0, le=0.1)
+    snap_to_pixel_centers: bool = opt(False, "train on rays through pixel centres only; false (instant-ngp's "
+                                             "default): through a uniform random point of each drawn pixel, so "
+                                             "the field is constrained between the training rays")
     near_distance: float = opt(0.1, "rays start this far from the camera (ngp-frame units)", ge=0.0)
     n_rays_initial: int = opt(4096, "rays in the first batch; later batches adapt so that a batch holds about "
                                     "train.batch_size samples (instant-ngp)", ge=64)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -259,29 +258,9 @@ class CameraPath:
 
 
 def _read_json(path: Path) -> Any:
-    name = str(path)
-    try:
-        st = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        raise DataError(f"{name}: file does not exist") from None
-    except OSError as e:
-        raise DataError(f"{name}: cannot access file: {e.strerror or e}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise DataError(f"{name}: is a directory, expected a camera path JSON file")
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{name}: not UTF-8 text (byte {e.start}), expected a camera path JSON file") from None
-    except OSError as e:
-        raise DataError(f"{name}: cannot read file: {e.strerror or e}") from None
-    if not text.strip():
-        raise DataError(f"{name}: file is empty, expected a camera path JSON file")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{name}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    except RecursionError:
-        raise DataError(f"{name}: malformed JSON: nested too deeply") from None
+    from ngp_cli.tasks.nerf.data import read_json
+
+    return read_json(path, "a camera path JSON file")
 
 
 def _number(name: str, where: str, value: Any, *, positive: bool = True, below: float | None = None) -> float:

@@ -23,6 +23,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -180,23 +181,37 @@ def _number(json_path: Path, where: str, key: str, value) -> float:
     return v
 
 
-def _read_json(json_path: Path) -> dict:
+def read_json(json_path: Path, what: str) -> Any:
+    """Parse a JSON file (UTF-8, optional BOM) the datasets and camera paths of this task read.
+
+    Raises:
+        DataError: one line starting with the path: missing, a directory, unreadable, empty, not UTF-8, or
+            malformed JSON (with line and column); ``what`` (e.g. "a transforms JSON file") completes the message.
+    """
     try:
         text = json_path.read_bytes()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise DataError(f"{json_path}: file does not exist") from None
     except IsADirectoryError:
-        raise DataError(f"{json_path}: is a directory, expected a transforms JSON file") from None
+        raise DataError(f"{json_path}: is a directory, expected {what}") from None
     except OSError as e:
-        raise DataError(f"{json_path}: cannot read file: {e.strerror or e}") from e
+        raise DataError(f"{json_path}: cannot read file: {e.strerror or e}") from None
     try:
-        doc = json.loads(text.decode("utf-8-sig"))
+        decoded = text.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise DataError(f"{json_path}: not UTF-8 text (byte {e.start}): not a transforms JSON file") from None
+        raise DataError(f"{json_path}: not UTF-8 text (byte {e.start}), expected {what}") from None
+    if not decoded.strip():
+        raise DataError(f"{json_path}: file is empty, expected {what}")
+    try:
+        return json.loads(decoded)
     except json.JSONDecodeError as e:
         raise DataError(f"{json_path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
     except RecursionError:
         raise DataError(f"{json_path}: malformed JSON: nested too deeply") from None
+
+
+def _read_json(json_path: Path) -> dict:
+    doc = read_json(json_path, "a transforms JSON file")
     if not isinstance(doc, dict):
         raise DataError(f"{json_path}: expected a JSON object at the top level, got {type(doc).__name__}")
     return doc

@@ -8,7 +8,6 @@ code). Views with alpha (NeRF-synthetic) are composited on white, the rendering 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterable
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 from ngp_cli.config import build
-from ngp_cli.console import emit, info
+from ngp_cli.console import emit, info, to_json
 from ngp_cli.errors import DataError, OutputError, UsageError
 from ngp_cli.images import write_image
 from ngp_cli.metrics import mse_to_psnr
@@ -78,7 +77,7 @@ def _write_eval_json(run: RunDir, split: str, result: dict[str, Any], step: int)
     path = run.path / f"eval_{split}.json"
     data = {"split": split, "step": step, "n_views": len(result["views"]), "psnr": result["psnr"],
             "ssim": result["ssim"], "eval_s": result["eval_s"], "views": result["views"]}
-    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+    atomic_write_text(path, to_json(data) + "\n")  # NaN/inf (a perfect view) become null
     return path
 
 

@@ -47,7 +47,8 @@ def load_split(cfg: NerfConfig, split: str) -> NerfDataset:
 class NerfProblem:
     """Random training rays of ``dataset`` against :class:`NerfNetwork` (paper §5.4).
 
-    A batch draws ``n_rays`` random pixels of random training views, marches their rays through the occupancy grid,
+    A batch draws ``n_rays`` random pixels of random training views (a ray through a uniform random point of each,
+    unless ``nerf.snap_to_pixel_centers``), marches their rays through the occupancy grid,
     composites the network's samples onto a random background colour per ray (the target's alpha is composited onto
     the same colour, so transparent pixels teach empty space), and adapts ``n_rays`` so a batch holds about
     ``train.batch_size`` samples (instant-ngp's ``n_rays_per_batch`` rule).
@@ -63,7 +64,7 @@ class NerfProblem:
         self.model.register_buffer("n_rays", torch.tensor(cfg.nerf.n_rays_initial, dtype=torch.int64))
         self.aabb_scale = aabb_scale
         self.cone_angle = cone_angle(cfg, aabb_scale)
-        self.eval_set: NerfDataset | None = None
+        self.eval_set: NerfDataset | bool | None = None  # False: the dataset has no held-out views
         self.last_samples = 0
 
     def prepare_grid(self) -> int:
@@ -83,6 +84,8 @@ class NerfProblem:
                    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, float]:
         n_rays = int(self.model.n_rays)
         image, pixels, colour = self.dataset.sample(n_rays, generator)
+        if not self.cfg.nerf.snap_to_pixel_centers:  # a random point of the pixel, its colour (instant-ngp)
+            pixels = pixels + torch.rand(n_rays, 2, generator=generator) - 0.5
         origins, directions = self.dataset.rays(image, pixels)
         jitter = torch.rand(n_rays, generator=generator)
         background = torch.rand(n_rays, 3, generator=generator)
@@ -117,11 +120,18 @@ class NerfProblem:
         """PSNR on the first ``nerf.eval_views`` views of the held-out split (the periodic evaluation)."""
         from ngp_cli.tasks.nerf.evaluate import evaluate_views
 
+        split = self.cfg.nerf.eval_split
         if self.eval_set is None:
-            self.eval_set = load_split(self.cfg, self.cfg.nerf.eval_split)
+            try:
+                self.eval_set = load_split(self.cfg, split)
+            except DataError as err:  # no held-out views (e.g. nerf.holdout_every=0): nothing to evaluate
+                info(f"no periodic evaluation: {err}")
+                self.eval_set = False
+        if self.eval_set is False:
+            return {"split": split, "n_views": 0}
         n = min(self.cfg.nerf.eval_views, len(self.eval_set))
         result = evaluate_views(self, self.eval_set, range(n), with_ssim=False)
-        return {"split": self.cfg.nerf.eval_split, "n_views": n, "psnr": result["psnr"], "eval_s": result["eval_s"]}
+        return {"split": split, "n_views": n, "psnr": result["psnr"], "eval_s": result["eval_s"]}
 
     def field(self, positions: torch.Tensor, directions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model(positions, directions)

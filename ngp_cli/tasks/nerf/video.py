@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ngp_cli.errors import OutputError
-from ngp_cli.images import from_float, write_image
+from ngp_cli.images import TempFileOutput, from_float, write_image
 
 __all__ = ["VIDEO_SUFFIXES", "FrameWriter"]
 
@@ -39,7 +39,7 @@ def _reason(exc: BaseException) -> str:
     return line if len(line) <= 200 else line[:197] + "..."
 
 
-class FrameWriter:
+class FrameWriter(TempFileOutput):
     """Context manager writing RGB frames to a video file or a directory of PNGs.
 
     Args:
@@ -71,7 +71,7 @@ class FrameWriter:
         self._size: tuple[int, int] | None = None
         self._tmp: Path | None = None
         self._writer = None
-        self._closed = False
+        self._finished = False
         if self.is_video:
             self._open_video()
         else:
@@ -150,7 +150,7 @@ class FrameWriter:
 
         All frames must have the same size. Raises OutputError when writing fails, ValueError for a bad frame.
         """
-        if self._closed:
+        if self._finished:
             raise ValueError(f"{self.out}: frame writer is already closed")
         a = self._as_uint8(frame)
         if not self.is_video:
@@ -171,10 +171,10 @@ class FrameWriter:
     # -- finishing -----------------------------------------------------------------------------------------------------
     def close(self) -> None:
         """Finish: encode and move the video into place, or prune stale PNG frames. Idempotent."""
-        if self._closed:
+        if self._finished:
             return
         if not self.is_video:
-            self._closed = True
+            self._finished = True
             self._prune_stale_frames()
             return
         if self.count == 0:
@@ -188,7 +188,7 @@ class FrameWriter:
             self.abort()
             raise OutputError(f"{self.out}: cannot write video: {_reason(e)}") from None
         self._tmp = None
-        self._closed = True
+        self._finished = True
         self.paths.append(self.out)
 
     def _prune_stale_frames(self) -> None:
@@ -201,30 +201,9 @@ class FrameWriter:
 
     def abort(self) -> None:
         """Discard an unfinished video (the temporary file; ``out`` is untouched). PNG frames stay. Idempotent."""
-        self._closed = True
+        self._finished = True
         writer, self._writer = self._writer, None
         if writer is not None:
             with contextlib.suppress(Exception):
                 writer.close()
         self._remove_temp()
-
-    def _remove_temp(self) -> None:
-        if self._tmp is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._tmp)
-            self._tmp = None
-
-    def __enter__(self) -> FrameWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
-    def __del__(self) -> None:
-        # A writer dropped without close/abort never leaves a stray temporary video behind.
-        if not getattr(self, "_closed", True):
-            with contextlib.suppress(Exception):
-                self.abort()
