@@ -138,10 +138,15 @@ __device__ __forceinline__ int march(const float* __restrict__ origins, const fl
     if (t_start) t = t != t ? t : fmaxf(t, t_start[r]);  // resuming a ray: continue where the last round stopped
     if (!(t_far > t)) return 0;
     if (jitter) t = t + mul_rn(calc_dt(t, cone_angle, min_dt, dt_max), jitter[r]);
+    const float margin = 1e-5f * (hi - lo);
     int n = 0;
     while (n < max_samples) {
         const float px = ox + mul_rn(t, dx), py = oy + mul_rn(t, dy), pz = oz + mul_rn(t, dz);
-        if (!(px >= lo && px <= hi && py >= lo && py <= hi && pz >= lo && pz <= hi)) break;
+        // The box test has a margin of 1e-5 box sizes: the entry point o + t_near·d rounds to either side of the
+        // face, and a ray whose first position fell just outside would otherwise end before its first sample.
+        if (!(px >= lo - margin && px <= hi + margin && py >= lo - margin && py <= hi + margin && pz >= lo - margin &&
+              pz <= hi + margin))
+            break;
         const float dt = calc_dt(t, cone_angle, min_dt, dt_max);
         const int mip = mip_from_dt(dt, px, py, pz, max_cascade);
         const int cell = cell_index(px, py, pz, mip);

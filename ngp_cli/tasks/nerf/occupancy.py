@@ -173,6 +173,7 @@ def march_rays_reference(origins: Tensor, directions: Tensor, occupancy: Tensor,
     max_cascade = cascades - 1
     dt_max = max_cone_stepsize(cascades)
     lo, hi = aabb_bounds(aabb_scale)
+    margin = 1e-5 * (hi - lo)
     o = origins.float()
     d = directions.float()
     inv_d = 1.0 / d
@@ -191,7 +192,8 @@ def march_rays_reference(origins: Tensor, directions: Tensor, occupancy: Tensor,
     while rays.numel():
         o_r, d_r = o[rays], d[rays]
         pos = o_r + t.unsqueeze(-1) * d_r
-        inside = ((pos >= lo) & (pos <= hi)).all(dim=-1) & (count[rays] < max_samples)
+        # Margin of 1e-5 box sizes: the entry point rounds to either side of the face (see nerf.cu).
+        inside = ((pos >= lo - margin) & (pos <= hi + margin)).all(dim=-1) & (count[rays] < max_samples)
         rays, t, pos, o_r, d_r = rays[inside], t[inside], pos[inside], o_r[inside], d_r[inside]
         if not rays.numel():
             break
