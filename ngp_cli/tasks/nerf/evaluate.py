@@ -83,7 +83,7 @@ def _write_eval_json(run: RunDir, split: str, result: dict[str, Any], step: int)
 
 def final_evaluation(problem, run: RunDir, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """Evaluate every view of the run's held-out split, write eval_<split>.json and renders of the first
-    ``nerf.render_views`` views. Returns ``(metrics, artifacts)``; without held-out views, metrics are NaN."""
+    ``nerf.render_views`` views. Returns ``(metrics, artifacts)``; without held-out views, psnr and ssim are None."""
     from ngp_cli.tasks.nerf.fit import load_split
 
     cfg = problem.cfg
@@ -92,7 +92,7 @@ def final_evaluation(problem, run: RunDir, step: int) -> tuple[dict[str, Any], d
         dataset = load_split(cfg, split)
     except DataError as err:
         info(f"no held-out evaluation: {err}")
-        return {"psnr": math.nan, "ssim": math.nan, "n_views": 0, "split": split}, {}
+        return {"psnr": None, "ssim": None, "n_views": 0, "split": split}, {}
     result = evaluate_views(problem, dataset, range(len(dataset)), renders_dir=run.renders_dir,
                             n_renders=cfg.nerf.render_views)
     path = _write_eval_json(run, split, result, step)

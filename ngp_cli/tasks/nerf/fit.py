@@ -197,6 +197,9 @@ def train_nerf(task, opts: TrainOptions, dataset: Path | None) -> None:
                "train_s": round(state.elapsed_s, 3), "occupied_fraction": problem.model.grid.occupied_fraction()}
     checkpoints = run.checkpoints()
     artifacts["checkpoint"] = str(checkpoints[-1][1].with_suffix(".safetensors")) if checkpoints else None
-    info(f"{cfg.nerf.eval_split} PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f} over "
-         f"{metrics['n_views']} views after {state.step} steps ({metrics['train_s']:.1f} s training)")
+    if metrics["n_views"]:
+        info(f"{cfg.nerf.eval_split} PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f} over "
+             f"{metrics['n_views']} views after {state.step} steps ({metrics['train_s']:.1f} s training)")
+    else:
+        info(f"trained {state.step} steps ({metrics['train_s']:.1f} s); no held-out views to evaluate")
     finish(run, state.step, metrics, artifacts)
