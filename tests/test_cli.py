@@ -21,12 +21,13 @@ def test_help_imports_neither_torch_nor_cupy():
     assert "fit-image" in proc.stdout and "presets" in proc.stdout
 
 
-def test_tasks_lists_the_image_task(ngp):
+def test_tasks_lists_the_builtin_tasks(ngp):
     res = ngp("tasks")
     assert res.exit_code == 0
-    task = res.last("task")
-    assert task["name"] == "image" and task["commands"] == ["fit-image"]
-    assert "image" in res.stderr  # the human table
+    tasks = {e["name"]: e for e in res.events if e["event"] == "task"}
+    assert tasks["image"]["commands"] == ["fit-image"]
+    assert tasks["nerf"]["commands"] == ["train-nerf", "eval", "render"]
+    assert "image" in res.stderr and "nerf" in res.stderr  # the human table
 
 
 def test_presets_list_and_show(ngp):
