@@ -5,7 +5,8 @@
 #   device run:  bash benchmarks/gpu_session.sh            (results under $OUT, or ./gpu-results without it)
 #
 # Writes: nvidia-smi.txt, pytest-gpu.txt (the GPU tests: CUDA launches against the reference and the CPU build),
-# bench.json (ngp bench on every backend there), fit-*.json (fit-image on the astronaut, cuda and torch backends).
+# bench.json (ngp bench on every backend there), fit-*.json (fit-image on the astronaut, cuda and torch backends),
+# sdf-1min.json and mesh-queries.json (when the armadillo is reachable).
 # Commit bench.json as docs/benchmarks/<date>-<gpu>-bench.json with a short write-up beside it.
 set -u
 cd "$(dirname "$0")/.."
@@ -26,4 +27,11 @@ for backend in cuda torch; do
     "$py" -m ngp_cli -q fit-image --backend "$backend" --runs-dir /tmp/ngp-gpu-runs > "$out/fit-$backend.json" \
         2> "$out/fit-$backend.err"
 done
+# SDF (issue 5): the IoU after one minute of training on the armadillo, and the mesh-query kernels' throughput.
+mesh="${SDF_MESH:-../shared/data/sdf/armadillo/armadillo.obj}"
+if [ -f "$mesh" ]; then
+    "$py" -m ngp_cli -q train-sdf "$mesh" --preset sdf --set train.max_time_s=60 --runs-dir /tmp/ngp-gpu-runs \
+        > "$out/sdf-1min.json" 2> "$out/sdf-1min.err"
+    "$py" benchmarks/mesh_queries.py "$mesh" --output "$out/mesh-queries.json" > /dev/null 2>> "$out/sdf-1min.err"
+fi
 tail -n 3 "$out/pytest-gpu.txt" "$out/bench.txt" "$out"/fit-*.json

@@ -214,6 +214,29 @@ def build_app() -> typer.Typer:
         _run_task(run, "render_run", "'ngp render'")(run, camera_path=camera_path, orbit=orbit,
                                                      resolution=resolution, out=out, fps=fps, backend=backend)
 
+    @app.command("extract-mesh")
+    def extract_mesh_cmd(
+        run: Annotated[Path, typer.Argument(help="A run directory (runs/<task>/<name>): an SDF or NeRF run.")],
+        resolution: Annotated[int, typer.Option(
+            "--resolution", min=16, max=2048, help="Marching-cubes grid nodes per axis (256..1024 typical).")] = 256,
+        level: Annotated[float, typer.Option(
+            "--level", help="SDF: the iso-level, in unit-cube units (0: the surface).")] = 0.0,
+        threshold: Annotated[float, typer.Option(
+            "--threshold", help="NeRF: the density iso-level (instant-ngp's default 2.5).")] = 2.5,
+        out: Annotated[Path | None, typer.Option(
+            "--out", help="mesh.ply, .obj, .glb, .stl or .off (default: RUN/meshes/mesh_<resolution>.ply).")] = None,
+        normals: Annotated[bool, typer.Option(
+            "--normals/--no-normals", help="Vertex normals from the field's gradient.")] = True,
+        colors: Annotated[bool, typer.Option(
+            "--colors/--no-colors", help="NeRF: vertex colours from the colour network, viewed along the normal.")] = True,
+        backend: Annotated[str | None, typer.Option("--backend", help="Kernel backend: auto, cuda, cpu or torch.")] = None,
+    ) -> None:
+        """Extract a triangle mesh (marching cubes) from a trained run, in the input's coordinate frame, with shaded
+        renders in RUN/renders/ and, for SDF runs, its Chamfer distance to the input mesh."""
+        _run_task(run, "extract_mesh_run", "'ngp extract-mesh'")(
+            run, resolution=resolution, level=level, threshold=threshold, out=out, normals=normals, colors=colors,
+            backend=backend)
+
     for task in tasks.values():
         task.register(app)
     return app

@@ -125,3 +125,45 @@ def finish(run: RunDir, step: int, metrics: dict[str, Any], artifacts: dict[str,
     summary = {"run_dir": str(run.path), "step": step, "metrics": metrics, "artifacts": artifacts}
     run.write_summary(summary)
     emit("done", **summary)
+
+
+def resumed_input(run: RunDir, given: Path | None, recorded: str, key: str, what: str) -> Path:
+    """The input file of a run being resumed: ``recorded`` (the config's ``key``). Raises UsageError when the command
+    names another ``what`` than the run's, DataError when the config records none."""
+    from ngp_cli.errors import DataError
+
+    if given is not None and given.expanduser().resolve() != Path(recorded):
+        raise UsageError(f"--resume continues the run on {recorded}; do not pass another {what}")
+    if not recorded:
+        raise DataError(f"{run.config_path}: {key} is empty")
+    return Path(recorded)
+
+
+def restore(trainer: Any, prep: Prepared) -> bool:
+    """For ``--resume``: load the run's newest checkpoint into ``trainer`` and keep the run's earlier summary when it is
+    extended. Returns True when a checkpoint was loaded (False for a new run, or a run without one)."""
+    if prep.run is None:
+        return False
+    resumed = trainer.restore()
+    info(f"resuming {prep.run.path} from step {trainer.state.step}" if resumed
+         else f"{prep.run.path} has no checkpoint yet: training from step 0")
+    if trainer.state.step < trainer.cfg.train.n_steps:
+        prep.run.archive_summary()
+    return resumed
+
+
+def open_run(task: Task, run_path: Path, backend: str | None) -> tuple[RunDir, Any, Backend]:
+    """Open a trained run of ``task`` for ``eval``/``render``/``extract-mesh``: its directory, its config (with
+    ``--backend`` applied) and the resolved backend. Raises DataError (not a run, or another task's), ConfigError,
+    NoGPUError."""
+    from ngp_cli.errors import DataError
+    from ngp_cli.nn.backend import resolve_backend
+
+    run = RunDir.open(run_path)
+    raw = run.read_config()
+    if raw.get("task") != task.name:
+        raise DataError(f"{run.path} is a '{raw.get('task')}' run, not a '{task.name}' run")
+    cfg = build(task.config_class(), raw)
+    if backend is not None:
+        cfg.backend = backend
+    return run, cfg, resolve_backend(cfg.backend, cfg.device)

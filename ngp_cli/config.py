@@ -123,8 +123,9 @@ class OptimizerConfig:
 class LossConfig:
     """Training loss, tiny-cuda-nn names."""
 
-    otype: Literal["L2", "L1", "RelativeL2", "RelativeL1", "Huber"] = opt(
-        "L2", "loss function (Huber: instant-ngp's NeRF loss, quadratic below |error| 0.1)")
+    otype: Literal["L2", "L1", "RelativeL2", "RelativeL1", "RelativeL2Luminance", "MAPE", "Huber"] = opt(
+        "L2", "loss function (Huber: instant-ngp's NeRF loss, quadratic below |error| 0.1; MAPE: |p-t|/(|t|+0.01), "
+              "the SDF loss; RelativeL2Luminance: (p-t)^2/(lum(p)^2+0.01), the radiance-cache loss)")
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Image quality metrics: PSNR, computed exactly over images too large to hold as float.
+"""Image quality metrics: PSNR, computed exactly over images too large to hold as float; and the process's peak memory
+(:func:`peak_rss_mib`, for the memory figures of the benchmarks).
 
 PSNR = 10 * log10(peak^2 / MSE), with the MSE taken over every element (pixels x channels), as instant-ngp reports it
 for normalised [0, 1] values (peak 1). Squared errors are summed in float64 so that a billion-pixel image accumulated
@@ -14,7 +15,7 @@ import math
 
 import numpy as np
 
-__all__ = ["PSNRAccumulator", "mse_to_psnr", "psnr"]
+__all__ = ["PSNRAccumulator", "mse_to_psnr", "peak_rss_mib", "psnr"]
 
 # Flattened numpy inputs are reduced in chunks of this many elements to bound the float64 temporaries.
 _CHUNK = 1 << 22
@@ -102,3 +103,12 @@ def psnr(pred, target, peak: float = 1.0) -> float:
     acc = PSNRAccumulator(peak)
     acc.update(pred, target)
     return acc.psnr
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size in MiB (``getrusage``: Linux reports KiB, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024

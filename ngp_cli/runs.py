@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,12 +29,14 @@ from ngp_cli.errors import ConfigError, DataError, OutputError
 _CKPT_RE = re.compile(r"^step-(\d{8,})\.json$")
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path`` and move it into place; OutputError on failure."""
+def atomic_write(path: Path, write: Callable[[str], None], suffix: str = ".tmp") -> None:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path`` (ending in ``suffix``, created with mode 0o666 so
+    the final file gets the usual umask-derived permissions, not mkstemp's 0o600), fsync it and move it into place
+    with ``os.replace``: readers see the old file or the new one, never a partial one. Raises OutputError."""
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}")
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -49,7 +51,7 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (temporary file + ``os.replace``). Raises OutputError."""
-    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def _safe_name(name: str) -> str:
@@ -192,7 +194,7 @@ class RunDir:
         stem = self.checkpoints_dir / f"step-{step:08d}"
         weights = stem.with_suffix(".safetensors")
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        _atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata={"format": "ngp-checkpoint-v1"}))
+        atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata={"format": "ngp-checkpoint-v1"}))
         atomic_write_text(stem.with_suffix(".json"), json.dumps({"step": step, **meta}, indent=2) + "\n")
         for _, old in self.checkpoints()[:-keep]:
             old.unlink(missing_ok=True)

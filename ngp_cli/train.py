@@ -44,14 +44,24 @@ class Problem(Protocol):
 
 def make_loss(cfg: LossConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Loss functions with tiny-cuda-nn's names (src/loss.cu): L2, L1, RelativeL2 = (p-t)²/(p²+0.01), RelativeL1 =
-    |p-t|/(|p|+0.01), both relative ones with the prediction's magnitude detached as in tcnn, and instant-ngp's NeRF
-    Huber loss (δ = 0.1: 0.5 d²/δ for |d| < δ, |d| - δ/2 beyond). Returns the mean."""
+    |p-t|/(|p|+0.01), both relative ones with the prediction's magnitude detached as in tcnn, MAPE = |p-t|/(|t|+0.01)
+    (tcnn's mean absolute percentage error, the paper's SDF loss §5.2), RelativeL2Luminance = (p-t)²/(lum(p)²+0.01)
+    with the prediction's Rec. 709 luminance detached (tcnn; the radiance-cache loss of Müller et al. 2021), and
+    instant-ngp's NeRF Huber loss (δ = 0.1: 0.5 d²/δ for |d| < δ, |d| - δ/2 beyond). Returns the mean."""
     if cfg.otype == "L2":
         return lambda p, t: (p - t).square().mean()
     if cfg.otype == "L1":
         return lambda p, t: (p - t).abs().mean()
     if cfg.otype == "Huber":  # instant-ngp's huber_loss(diff, 0.1): 0.5 d²/0.1 below 0.1, |d| - 0.05 above
         return lambda p, t: torch.nn.functional.huber_loss(p, t, delta=0.1) / 0.1
+    if cfg.otype == "RelativeL2Luminance":
+        def relative_l2_luminance(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            lum = p.detach()[:, :3] @ torch.tensor([0.2126, 0.7152, 0.0722], dtype=p.dtype, device=p.device)
+            return ((p - t).square() / (lum.square().unsqueeze(1) + 0.01)).mean()
+
+        return relative_l2_luminance
+    if cfg.otype == "MAPE":
+        return lambda p, t: ((p - t).abs() / (t.abs() + 0.01)).mean()
     if cfg.otype == "RelativeL2":
         return lambda p, t: ((p - t).square() / (p.detach().square() + 0.01)).mean()
     return lambda p, t: ((p - t).abs() / (p.detach().abs() + 0.01)).mean()

@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ngp_cli.cuda.runtime import load_module
+from ngp_cli.cuda.runtime import output_buffer as _out
 
 __all__ = ["GRID_CELLS", "GRID_SIZE", "MIN_CONE_STEPSIZE", "MIN_TRANSMITTANCE", "composite", "march_rays",
            "occupancy_update"]
@@ -35,18 +36,6 @@ MIN_TRANSMITTANCE = 1e-4  # instant-ngp's early ray termination threshold
 _GPU_BLOCK = 128
 _CPU_RAY_BLOCK = 32  # rays per emulated block (each ray is a long serial loop; small blocks balance the workers)
 _CPU_PER_THREAD = 8192  # elements per emulated thread in the elementwise occupancy kernels (1 on the GPU)
-
-# Test hook: when True, every output buffer a kernel is supposed to write in full is filled with NaN (float) or -1
-# (integer) first, so a test can check that nothing was left unwritten.
-_POISON_OUTPUTS = False
-
-
-def _out(shape, dtype: torch.dtype, device: torch.device) -> Tensor:
-    t = torch.empty(shape, dtype=dtype, device=device)
-    if _POISON_OUTPUTS:
-        t.fill_(float("nan") if dtype.is_floating_point else -1)
-    return t
-
 
 def _check_target(target: str, *tensors: Tensor) -> None:
     if target not in ("cpu", "cuda"):

@@ -1027,6 +1027,19 @@ def _clear_process_cache() -> None:
         _key_locks.clear()
 
 
+# Test hook shared by the kernel bindings (nerf.py, mesh.py): when True, :func:`output_buffer` fills every output a
+# kernel is supposed to write in full with NaN (float) or -1 (integer), so a test can check nothing was left unwritten.
+POISON_OUTPUTS = False
+
+
+def output_buffer(shape, dtype, device):
+    """``torch.empty(shape, dtype, device)`` for a kernel output, poisoned when :data:`POISON_OUTPUTS` is set."""
+    t = _torch().empty(shape, dtype=dtype, device=device)
+    if POISON_OUTPUTS:
+        t.fill_(float("nan") if dtype.is_floating_point else -1)
+    return t
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_target_problem() -> str | None:
     """Why the cpu target cannot run, in one line, or None when it can: a host C++ compiler must exist and build the

@@ -43,7 +43,26 @@ def build_encoding(cfg: EncodingConfig, n_input_dims: int, *, natural_max_resolu
     raise ConfigError(f"encoding.otype '{cfg.otype}' is not supported")
 
 
-class NetworkWithInputEncoding(nn.Module):
+class KernelTargetMixin:
+    """A module whose ``kernel_target`` ("cpu"/"cuda"/None) is handed on to its submodules named in
+    ``_kernel_modules`` (those that have one: the grid encodings and the fully fused MLPs), whenever it is set."""
+
+    _kernel_modules: tuple[str, ...] = ()
+
+    @property
+    def kernel_target(self) -> str | None:
+        return self._kernel_target
+
+    @kernel_target.setter
+    def kernel_target(self, target: str | None) -> None:
+        self._kernel_target = target
+        for name in self._kernel_modules:
+            module = getattr(self, name)
+            if hasattr(module, "kernel_target"):
+                module.kernel_target = target
+
+
+class NetworkWithInputEncoding(KernelTargetMixin, nn.Module):
     """x (N, n_input_dims) float32 in [0,1]^D → encoding → FullyFusedMLP → (N, n_output_dims) float32.
 
     Parameters live in ``encoding`` (the grid tables) and ``network`` (MLP weights); :meth:`param_groups` separates them
@@ -63,11 +82,10 @@ class NetworkWithInputEncoding(nn.Module):
             output_activation=network.output_activation, generator=generator, device=device)
         self.n_input_dims = n_input_dims
         self.n_output_dims = n_output_dims
-        self.kernel_target = kernel_target
         # The hash grid and the MLP run as kernels on the "cpu"/"cuda" backends (other encodings stay in torch).
-        for module in (self.encoding, self.network):
-            if hasattr(module, "kernel_target"):
-                module.kernel_target = kernel_target
+        self.kernel_target = kernel_target
+
+    _kernel_modules = ("encoding", "network")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(self.encoding(x))

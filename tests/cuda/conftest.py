@@ -13,6 +13,20 @@ from pathlib import Path
 import pytest
 
 KERNELS = Path(__file__).resolve().parent / "kernels"
+ARCHS = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90")  # the GPU architectures every kernel must compile for
+
+
+def nvcc_reports(source: str) -> dict[str, dict]:
+    """``nvcc_compile_check`` of ``source`` for every architecture in :data:`ARCHS` (two compilations at a time),
+    as ``{arch: {kernel: report}}``; skips the calling test when nvcc is absent."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ngp_cli.cuda import runtime
+
+    if runtime.nvcc_path() is None:
+        pytest.skip("nvcc not found")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip(ARCHS, pool.map(lambda a: runtime.nvcc_compile_check(source, a), ARCHS), strict=True))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,7 +9,6 @@ Inputs are drawn fresh every run; the seed is in every failure message.
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -18,8 +17,8 @@ from ngp_cli.cuda import nerf, runtime
 from ngp_cli.tasks.nerf import occupancy as occ_ref
 from ngp_cli.tasks.nerf.occupancy import GRID_CELLS, GRID_SIZE, march_rays_reference, n_cascades
 from ngp_cli.tasks.nerf.render import MIN_TRANSMITTANCE, composite_reference
+from tests.cuda.conftest import ARCHS, nvcc_reports
 
-ARCHS = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90")
 KERNELS = {"march_rays_count", "march_rays_write", "composite_forward", "composite_backward", "occupancy_splat",
            "occupancy_ema", "occupancy_bits"}
 
@@ -31,7 +30,7 @@ def _seed() -> int:
 @pytest.fixture
 def poison(monkeypatch):
     """Outputs the kernels must write in full start as NaN / -1."""
-    monkeypatch.setattr(nerf, "_POISON_OUTPUTS", True)
+    monkeypatch.setattr(runtime, "POISON_OUTPUTS", True)
 
 
 def test_constants_match_the_reference():
@@ -367,16 +366,13 @@ def test_occupancy_update_edge_cases(cpu_target):
 
 
 @pytest.fixture(scope="module")
-def nvcc_reports():
-    if runtime.nvcc_path() is None:
-        pytest.skip("nvcc not found")
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(zip(ARCHS, pool.map(lambda a: runtime.nvcc_compile_check("nerf.cu", a), ARCHS), strict=True))
+def reports():
+    return nvcc_reports("nerf.cu")
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_nvcc_compiles_without_spills(nvcc_reports, arch):
-    report = nvcc_reports[arch]
+def test_nvcc_compiles_without_spills(reports, arch):
+    report = reports[arch]
     assert set(report) == KERNELS
     for name, info in report.items():
         assert info["spill_stores"] == 0 and info["spill_loads"] == 0, (arch, name, info)

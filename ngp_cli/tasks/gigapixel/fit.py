@@ -11,9 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ngp_cli.commands import TrainOptions, create_run, finish, prepare
+from ngp_cli.commands import TrainOptions, create_run, finish, prepare, restore, resumed_input
 from ngp_cli.console import info, is_quiet
-from ngp_cli.errors import DataError, UsageError
 from ngp_cli.images import ImageWriter, colormap, from_float, read_image
 from ngp_cli.metrics import PSNRAccumulator
 from ngp_cli.nn.backend import Backend
@@ -140,11 +139,7 @@ def fit_image(task, opts: TrainOptions, photo: Path | None) -> None:
         run = create_run(task, opts, cfg, default_name=photo_path.stem)
     else:
         run = prep.run
-        if photo is not None and photo.expanduser().resolve() != Path(cfg.image.path):
-            raise UsageError(f"--resume continues the run on {cfg.image.path}; do not pass another photo")
-        if not cfg.image.path:
-            raise DataError(f"{run.config_path}: image.path is empty")
-        photo_path, image = _load_photo(Path(cfg.image.path))
+        photo_path, image = _load_photo(resumed_input(run, photo, cfg.image.path, "image.path", "photo"))
 
     target = ImageTarget(image)
     problem = ImageProblem(target, cfg, prep.backend)
@@ -153,13 +148,7 @@ def fit_image(task, opts: TrainOptions, photo: Path | None) -> None:
          f"{image.dtype}; backend {prep.backend.name} on {prep.backend.device}; {n_params:,} parameters")
 
     trainer = Trainer(problem, cfg, run, json_events=opts.json, quiet=is_quiet())
-    if prep.run is not None:
-        if trainer.restore():
-            info(f"resuming {run.path} from step {trainer.state.step}")
-        else:
-            info(f"{run.path} has no checkpoint yet: training from step 0")
-        if trainer.state.step < cfg.train.n_steps:
-            run.archive_summary()
+    restore(trainer, prep)
     state = trainer.fit()
 
     last_mse = 10 ** (-(state.last or {}).get("psnr", 20.0) / 10) if state.last else 0.01

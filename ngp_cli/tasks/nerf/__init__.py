@@ -73,7 +73,7 @@ class NerfConfig(RunConfig):
 class NerfTask(Task):
     name = "nerf"
     summary = "Neural radiance field from posed photos, occupancy-grid ray marching (paper §5.4)"
-    commands = ("train-nerf", "eval", "render")
+    commands = ("train-nerf", "eval", "render", "extract-mesh")
     default_preset = "nerf"
     default_preset_cpu = "nerf-cpu"
 
@@ -85,6 +85,12 @@ class NerfTask(Task):
         from ngp_cli.tasks.nerf.evaluate import eval_command
 
         eval_command(self, run_path, **options)
+
+    def extract_mesh_run(self, run_path: Path, **options: Any) -> None:
+        """``ngp extract-mesh RUN`` for a NeRF run (density threshold, vertex normals and colours)."""
+        from ngp_cli.tasks.nerf.evaluate import extract_mesh_command
+
+        extract_mesh_command(self, run_path, **options)
 
     def render_run(self, run_path: Path, **options: Any) -> None:
         """``ngp render RUN`` for a NeRF run (options: camera_path, orbit, resolution, out, fps, backend)."""

@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ngp_cli.config import build
+from ngp_cli.commands import open_run
 from ngp_cli.console import emit, info, to_json
 from ngp_cli.errors import DataError, OutputError, UsageError
 from ngp_cli.images import write_image
-from ngp_cli.metrics import mse_to_psnr
+from ngp_cli.metrics import mse_to_psnr, peak_rss_mib
 from ngp_cli.runs import RunDir, atomic_write_text
 from ngp_cli.tasks.nerf.data import NerfDataset
 from ngp_cli.tasks.nerf.render import render_rays
@@ -108,18 +108,10 @@ def final_evaluation(problem, run: RunDir, step: int) -> tuple[dict[str, Any], d
 def load_run(task, run_path: Path, backend: str | None):
     """Rebuild a NeRF run's problem (dataset of its training split, model with its newest checkpoint's weights, the
     EMA applied when the run kept one). Raises DataError (not a NeRF run, no checkpoint), ConfigError, NoGPUError."""
-    from ngp_cli.nn.backend import resolve_backend
     from ngp_cli.tasks.nerf.fit import NerfProblem, load_split, scene_aabb_scale
     from ngp_cli.train import load_trained_weights
 
-    run = RunDir.open(run_path)
-    raw = run.read_config()
-    if raw.get("task") != task.name:
-        raise DataError(f"{run.path} is a '{raw.get('task')}' run, not a NeRF run")
-    cfg = build(task.config_class(), raw)
-    if backend is not None:
-        cfg.backend = backend
-    prepared = resolve_backend(cfg.backend, cfg.device)
+    run, cfg, prepared = open_run(task, run_path, backend)
     train_set = load_split(cfg, "train")
     problem = NerfProblem(train_set, cfg, prepared, scene_aabb_scale(cfg, train_set))
     meta = load_trained_weights(run, problem.model, cfg)
@@ -210,4 +202,62 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None, orb
          artifacts={"out": str(out)})
 
 
-__all__ = ["eval_command", "evaluate_views", "final_evaluation", "load_run", "render_command", "render_view"]
+def extract_mesh_command(task, run_path: Path, *, resolution: int = 256, level: float = 0.0, threshold: float = 2.5,
+                         out: Path | None = None, normals: bool = True, colors: bool = True,
+                         backend: str | None = None) -> None:
+    """``ngp extract-mesh RUN`` for a NeRF run: marching cubes of the density σ = ``threshold`` (instant-ngp's 2.5)
+    over the scene box, σ taken as 0 in cells the occupancy grid marks empty (as ray marching does: the network is
+    never trained there, so its density is arbitrary), written in the dataset's world frame, with vertex normals −∇σ and vertex colours from the
+    colour network seen head-on (view direction −normal), and shaded renders in ``renders/``."""
+    from ngp_cli.mesh.bvh import MeshBVH
+    from ngp_cli.mesh.extract import extract_isosurface, field_gradients, unit_normals
+    from ngp_cli.mesh.io import check_output_path, write_mesh
+    from ngp_cli.mesh.shade import render_views
+
+    if level != 0.0:
+        raise UsageError("--level is for SDF runs; a NeRF mesh is the density level set --threshold")
+    if not threshold > 0.0:
+        raise UsageError(f"--threshold must be a positive density, got {threshold}")
+    if out is not None:
+        out = check_output_path(out)
+    run, problem, step = load_run(task, run_path, backend)
+    model, device = problem.model, problem.device
+    ds = problem.dataset
+    lo = np.full(3, model.aabb_lo)
+    hi = lo + model.aabb_size
+    out = out if out is not None else run.path / "meshes" / f"mesh_{resolution}.ply"
+    out.parent.mkdir(exist_ok=True)
+    info(f"extracting the σ = {threshold:g} surface of {run.path} (step {step}) at {resolution}³ over "
+         f"[{lo[0]:g}, {hi[0]:g}]³")
+
+    def field(x: torch.Tensor) -> torch.Tensor:  # negative inside; what rendering sees: σ = 0 in empty cells
+        return threshold - model.density(x) * model.grid.occupied(x)
+
+    t0 = time.perf_counter()
+    verts, faces, stats = extract_isosurface(field, resolution, lo, hi, device=device,
+                                             chunk=problem.cfg.nerf.eval_chunk_rays * 32)
+    if not len(faces):
+        raise DataError(f"the density of {run.path} never crosses {threshold:g}: nothing to extract")
+    vnormals = unit_normals(field_gradients(field, verts.astype(np.float32), device=device)) \
+        if normals or colors else None
+    vcolors = None
+    if colors:
+        vcolors = np.empty((len(verts), 3), dtype=np.float32)
+        chunk = 1 << 16
+        with torch.no_grad():
+            for s in range(0, len(verts), chunk):
+                x = torch.from_numpy(verts[s:s + chunk].astype(np.float32)).to(device)
+                d = -torch.from_numpy(vnormals[s:s + chunk]).to(device)
+                vcolors[s:s + chunk] = model(x, d)[1].clamp(0, 1).cpu().numpy()
+    stats["extract_s"] = round(time.perf_counter() - t0, 3)
+    world = (verts - np.asarray(ds.offset, dtype=np.float64)) / ds.scale
+    path = write_mesh(out, world, faces, vnormals if normals else None, vcolors)
+    bvh = MeshBVH(world, faces, device=device)
+    renders = render_views(bvh, world, run.renders_dir, f"mesh_{resolution}", up=np.array([0.0, 0.0, 1.0]))
+    metrics = {"vertices": len(verts), "faces": len(faces), "resolution": resolution, "threshold": threshold,
+               **stats, "peak_rss_mib": round(peak_rss_mib(), 1)}
+    info(f"wrote {path}: {len(verts):,} vertices, {len(faces):,} triangles ({stats['extract_s']:.1f} s)")
+    emit("done", run_dir=str(run.path), step=step, metrics=metrics, artifacts={"mesh": str(path), "renders": renders})
+
+
+__all__ = ["eval_command", "evaluate_views", "extract_mesh_command", "final_evaluation", "load_run", "render_command", "render_view"]

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from ngp_cli.commands import TrainOptions, create_run, finish, prepare
+from ngp_cli.commands import TrainOptions, create_run, finish, prepare, restore, resumed_input
 from ngp_cli.console import info, is_quiet
-from ngp_cli.errors import ConfigError, DataError, UsageError
+from ngp_cli.errors import ConfigError, DataError
 from ngp_cli.nn.backend import Backend
 from ngp_cli.tasks.nerf import NerfConfig
 from ngp_cli.tasks.nerf.data import NerfDataset, load_dataset
@@ -165,10 +165,7 @@ def train_nerf(task, opts: TrainOptions, dataset: Path | None) -> None:
         run = None
     else:
         run = prep.run
-        if dataset is not None and dataset.expanduser().resolve() != Path(cfg.nerf.path):
-            raise UsageError(f"--resume continues the run on {cfg.nerf.path}; do not pass another dataset")
-        if not cfg.nerf.path:
-            raise DataError(f"{run.config_path}: nerf.path is empty")
+        resumed_input(run, dataset, cfg.nerf.path, "nerf.path", "dataset")
         train_set = load_split(cfg, "train")
         aabb_scale = scene_aabb_scale(cfg, train_set)
     problem = NerfProblem(train_set, cfg, prep.backend, aabb_scale)
@@ -179,14 +176,7 @@ def train_nerf(task, opts: TrainOptions, dataset: Path | None) -> None:
          f"aabb_scale {aabb_scale}; backend {prep.backend.name} on {prep.backend.device}; {n_params:,} parameters")
 
     trainer = Trainer(problem, cfg, run, json_events=opts.json, quiet=is_quiet())
-    resumed = False
-    if prep.run is not None:
-        resumed = trainer.restore()
-        info(f"resuming {run.path} from step {trainer.state.step}" if resumed
-             else f"{run.path} has no checkpoint yet: training from step 0")
-        if trainer.state.step < cfg.train.n_steps:
-            run.archive_summary()
-    if not resumed:
+    if not restore(trainer, prep):
         marked = problem.prepare_grid()
         info(f"occupancy grid: {problem.model.grid.cascades} cascade(s) of 128³, {marked:,} cells unseen by any "
              "training camera")

@@ -9,14 +9,14 @@ import torch
 from torch import Tensor, nn
 
 from ngp_cli.nn.mlp import FullyFusedMLP
-from ngp_cli.nn.model import build_encoding
+from ngp_cli.nn.model import KernelTargetMixin, build_encoding
 from ngp_cli.tasks.nerf.occupancy import OccupancyGrid, aabb_bounds
 
 # exp of the log-density is clamped here (torch-ngp's trunc_exp idea) so an early large activation cannot overflow.
 _MAX_LOG_DENSITY = 15.0
 
 
-class NerfNetwork(nn.Module):
+class NerfNetwork(KernelTargetMixin, nn.Module):
     """(positions (N, 3) float32 ngp frame, unit view directions (N, 3)) → (σ (N,) float32 ≥ 0 per unit length,
     rgb (N, 3) float32 in [0, 1]).
 
@@ -57,16 +57,7 @@ class NerfNetwork(nn.Module):
         self.grid = OccupancyGrid(self.aabb_scale)
         self.kernel_target = kernel_target
 
-    @property
-    def kernel_target(self) -> str | None:
-        return self._kernel_target
-
-    @kernel_target.setter
-    def kernel_target(self, target: str | None) -> None:
-        self._kernel_target = target
-        for module in (self.encoding, self.density_network, self.rgb_network):
-            if hasattr(module, "kernel_target"):
-                module.kernel_target = target
+    _kernel_modules = ("encoding", "density_network", "rgb_network")
 
     def _features(self, positions: Tensor) -> Tensor:
         x = ((positions - self.aabb_lo) / self.aabb_size).clamp(0.0, 1.0)

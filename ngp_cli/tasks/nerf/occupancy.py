@@ -344,6 +344,12 @@ class OccupancyGrid(nn.Module):
         mean = float(self.density[:GRID_CELLS].clamp_min(0).mean())
         self.occupancy.copy_((self.density > min(threshold, mean)).to(torch.uint8))
 
+    def occupied(self, positions: Tensor) -> Tensor:
+        """(N,) bool: whether the cell of each (N, 3) ngp-frame position, in the finest cascade that contains it
+        (:func:`mip_from_pos`), is occupied; False outside the outermost cascade."""
+        idx = cell_index(positions, mip_from_pos(positions, self.cascades - 1))
+        return (idx >= 0) & (self.occupancy[idx.clamp_min(0)] > 0)
+
     def occupied_fraction(self) -> float:
         """Fraction of occupied cells over all cascades."""
         return float(self.occupancy.float().mean())

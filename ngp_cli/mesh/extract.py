@@ -1,0 +1,138 @@
+"""Marching cubes on a neural field, slab by slab so memory stays bounded at any resolution.
+
+The field is sampled on the nodes of a ``resolution³`` grid spanning a box, in slabs of ``slab`` cell layers along
+x; scikit-image's Lewiner marching cubes runs on each slab and the slabs are stitched by merging the vertices they
+share on their common node planes (identical values give identical vertices). With ``sparse_block`` (signed distance
+fields only) the field is first sampled at the centres of blocks of that many cells, and only blocks whose centre is
+within 2 half-diagonals of the surface are sampled in full; the others are filled with their centre's sign. At
+resolution 1024 on the armadillo this samples about 3 % of the 10^9 nodes.
+
+Convention: the field is negative inside and the surface is its zero set (callers subtract the level, or negate a
+density); output triangles are counter-clockwise seen from outside.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+Field = Callable[[Tensor], Tensor]  # (N, 3) float32 positions -> (N,) float32 values
+
+
+def _evaluate(field: Field, points: np.ndarray, chunk: int, device: torch.device) -> np.ndarray:
+    out = np.empty(len(points), dtype=np.float32)
+    with torch.no_grad():
+        for s in range(0, len(points), chunk):
+            x = torch.from_numpy(points[s:s + chunk]).to(device)
+            out[s:s + chunk] = field(x).float().cpu().numpy()
+    return out
+
+
+def extract_isosurface(field: Field, resolution: int, lo: np.ndarray, hi: np.ndarray, *, device: torch.device,
+                       chunk: int = 1 << 18, slab: int = 32, sparse_block: int | None = None,
+                       progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Triangle mesh of the zero set of ``field`` inside the box [lo, hi].
+
+    Args:
+        field: (N, 3) float32 positions on ``device`` → (N,) values, negative inside.
+        resolution: grid nodes per axis (≥ 2); node i of an axis sits at lo + (hi - lo) · i / (resolution - 1).
+        lo, hi: (3,) box corners.
+        chunk: positions per field evaluation.
+        slab: cell layers per marching-cubes slab (memory: (slab + 1) · resolution² float32).
+        sparse_block: cells per block side for the sparse evaluation of a signed distance field, or None to sample
+            every node (any field, e.g. a NeRF density).
+        progress: called as progress(done_slabs, total_slabs).
+
+    Returns:
+        ``(vertices (V, 3) float64 in the box's frame, faces (F, 3) int64, stats)``; stats has ``evaluated`` (field
+        evaluations) and ``nodes``. An empty mesh (no zero crossing) has V = F = 0.
+
+    Raises:
+        ValueError: resolution < 2 or a non-finite field value on a sampled node.
+    """
+    from skimage.measure import marching_cubes
+
+    if resolution < 2:
+        raise ValueError(f"resolution must be at least 2, got {resolution}")
+    lo = np.asarray(lo, dtype=np.float64)
+    hi = np.asarray(hi, dtype=np.float64)
+    step = (hi - lo) / (resolution - 1)
+    axis = [lo[k] + step[k] * np.arange(resolution) for k in range(3)]
+    evaluated = 0
+    active = None
+    if sparse_block:
+        nb = -(-(resolution - 1) // sparse_block)
+        centres = [lo[k] + step[k] * np.minimum((np.arange(nb) + 0.5) * sparse_block, (resolution - 1))
+                   for k in range(3)]
+        grid = np.stack(np.meshgrid(*centres, indexing="ij"), axis=-1).reshape(-1, 3).astype(np.float32)
+        coarse = _evaluate(field, grid, chunk, device).reshape(nb, nb, nb)
+        evaluated += grid.shape[0]
+        reach = 2.0 * 0.5 * sparse_block * float(np.linalg.norm(step))
+        active = np.abs(coarse) <= reach
+        fill = np.where(coarse < 0, -reach, reach).astype(np.float32)
+        block_of = np.minimum(np.arange(resolution) // sparse_block, nb - 1)
+
+    verts_parts, faces_parts = [], []
+    n_vertices = 0
+    starts = list(range(0, resolution - 1, slab))
+    for k, i0 in enumerate(starts):
+        i1 = min(i0 + slab, resolution - 1)  # node planes i0..i1 inclusive
+        xs = axis[0][i0:i1 + 1]
+        if active is None:
+            pts = np.stack(np.meshgrid(xs, axis[1], axis[2], indexing="ij"), axis=-1).reshape(-1, 3)
+            values = _evaluate(field, pts.astype(np.float32), chunk, device)
+            evaluated += values.size
+            values = values.reshape(len(xs), resolution, resolution)
+        else:
+            bx = block_of[i0:i1 + 1]
+            mask = active[bx][:, block_of][:, :, block_of]
+            values = fill[bx][:, block_of][:, :, block_of].copy()
+            idx = np.nonzero(mask)
+            if idx[0].size:
+                pts = np.stack([xs[idx[0]], axis[1][idx[1]], axis[2][idx[2]]], axis=-1).astype(np.float32)
+                values[idx] = _evaluate(field, pts, chunk, device)
+                evaluated += pts.shape[0]
+        if not np.isfinite(values).all():
+            raise ValueError("the field has non-finite values; cannot extract a surface")
+        if values.min() < 0.0 < values.max():
+            v, f, _, _ = marching_cubes(values, level=0.0, spacing=tuple(step), gradient_direction="descent",
+                                        allow_degenerate=False)
+            v[:, 0] += lo[0] + i0 * step[0]
+            v[:, 1] += lo[1]
+            v[:, 2] += lo[2]
+            verts_parts.append(v.astype(np.float64))
+            faces_parts.append(f.astype(np.int64) + n_vertices)
+            n_vertices += len(v)
+        if progress is not None:
+            progress(k + 1, len(starts))
+    stats = {"evaluated": int(evaluated), "nodes": int(resolution) ** 3}
+    if not verts_parts:
+        return np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64), stats
+    verts = np.concatenate(verts_parts)
+    faces = np.concatenate(faces_parts)
+    # Slabs share their boundary node planes: merge the identical vertices computed there.
+    unique, inverse = np.unique(verts, axis=0, return_inverse=True)
+    faces = inverse.reshape(-1)[faces]
+    keep = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])
+    return unique, faces[keep], stats
+
+
+def field_gradients(field: Field, points: np.ndarray, *, device: torch.device, chunk: int = 1 << 16) -> np.ndarray:
+    """∇field at (N, 3) points by backpropagation to the input, as (N, 3) float32 (rows of zeros stay zero)."""
+    out = np.empty((len(points), 3), dtype=np.float32)
+    for s in range(0, len(points), chunk):
+        x = torch.from_numpy(np.ascontiguousarray(points[s:s + chunk], dtype=np.float32)).to(device)
+        x.requires_grad_(True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(field(x).float().sum(), x)
+        out[s:s + chunk] = grad.cpu().numpy()
+    return out
+
+
+def unit_normals(gradients: np.ndarray) -> np.ndarray:
+    """Normalised (N, 3) vectors; zero vectors stay zero."""
+    n = np.linalg.norm(gradients, axis=1, keepdims=True)
+    return np.where(n > 0, gradients / np.maximum(n, 1e-30), 0.0).astype(np.float32)

@@ -1,0 +1,170 @@
+"""Meshes and metrics of SDF runs: the final evaluation of ``ngp train-sdf``, ``ngp extract-mesh`` and ``ngp eval``.
+
+Metrics (:mod:`ngp_cli.mesh.metrics`) are computed in the unit-cube frame the network was trained in: the IoU of the
+network's inside (SDF < 0) at ``sdf.iou_points`` uniform points (the paper's metric), and the Chamfer distance and
+normal consistency between the extracted mesh and the input. Meshes are written in the input mesh's own frame.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ngp_cli.commands import open_run
+from ngp_cli.console import emit, info, to_json
+from ngp_cli.errors import DataError
+from ngp_cli.mesh.extract import extract_isosurface, field_gradients, unit_normals
+from ngp_cli.mesh.io import UnitFrame, check_output_path, write_mesh
+from ngp_cli.metrics import peak_rss_mib
+from ngp_cli.runs import RunDir, atomic_write_text
+
+SPARSE_BLOCK = 8  # cells per block side of the sparse marching-cubes evaluation
+
+
+def _up_vector(up: str) -> np.ndarray:
+    v = np.zeros(3)
+    v["xyz".index(up[1])] = 1.0 if up[0] == "+" else -1.0
+    return v
+
+
+def extract(problem, resolution: int, level: float = 0.0, normals: bool = True) -> dict[str, Any]:
+    """Marching cubes on the network's SDF − ``level`` over the unit cube (sparse, bounded memory).
+
+    Returns ``{"unit_vertices", "vertices" (input frame), "faces", "normals" or None, "stats"}``.
+    """
+    t0 = time.perf_counter()
+    device = problem.device
+
+    def field(x: torch.Tensor) -> torch.Tensor:
+        return problem.field(x) - level
+
+    verts, faces, stats = extract_isosurface(field, resolution, np.zeros(3), np.ones(3), device=device,
+                                             chunk=problem.cfg.sdf.query_chunk, sparse_block=SPARSE_BLOCK)
+    vnormals = None
+    if normals and len(verts):
+        vnormals = unit_normals(field_gradients(problem.field, verts.astype(np.float32), device=device))
+    stats = {**stats, "extract_s": round(time.perf_counter() - t0, 3)}
+    return {"unit_vertices": verts, "vertices": problem.frame.from_unit(verts), "faces": faces, "normals": vnormals,
+            "stats": stats}
+
+
+def mesh_report(problem, mesh: dict[str, Any], renders_dir: Path, prefix: str) -> tuple[dict[str, Any], list[str]]:
+    """Chamfer distance and normal consistency of an extracted mesh against the input, and its shaded renders.
+    Returns ``(metrics, render paths)``."""
+    from ngp_cli.mesh.bvh import MeshBVH
+    from ngp_cli.mesh.metrics import surface_metrics
+    from ngp_cli.mesh.shade import render_views
+
+    sc = problem.cfg.sdf
+    sampler = problem.sampler
+    t0 = time.perf_counter()
+    metrics = surface_metrics(mesh["unit_vertices"], mesh["faces"], sampler.bvh, sampler.vertices, sampler.faces,
+                              n_points=sc.chamfer_points)
+    metrics["chamfer_s"] = round(time.perf_counter() - t0, 3)
+    renders: list[str] = []
+    if sc.render_views and len(mesh["faces"]):
+        bvh = MeshBVH(mesh["vertices"], mesh["faces"], device=problem.device)
+        renders = render_views(bvh, mesh["vertices"], renders_dir, prefix, up=_up_vector(sc.up),
+                               n_views=sc.render_views, size=sc.render_size)
+    return metrics, renders
+
+
+def final_evaluation(problem, run: RunDir) -> tuple[dict[str, Any], dict[str, Any]]:
+    """After training: IoU at ``sdf.iou_points``, the mesh at ``sdf.mesh_resolution`` written to
+    ``meshes/mesh_<res>.ply`` with its Chamfer distance and renders. Returns ``(metrics, artifacts)``."""
+    sc = problem.cfg.sdf
+    t0 = time.perf_counter()
+    metrics: dict[str, Any] = {"iou": problem.iou(sc.iou_points), "iou_points": sc.iou_points}
+    metrics["iou_s"] = round(time.perf_counter() - t0, 3)
+    mesh = extract(problem, sc.mesh_resolution)
+    path = write_mesh(_meshes_dir(run) / f"mesh_{sc.mesh_resolution}.ply", mesh["vertices"], mesh["faces"],
+                      mesh["normals"])
+    report, renders = mesh_report(problem, mesh, run.renders_dir, f"mesh_{sc.mesh_resolution}")
+    metrics.update(report)
+    metrics.update({"mesh_resolution": sc.mesh_resolution, "mesh_vertices": len(mesh["vertices"]),
+                    "mesh_faces": len(mesh["faces"])})
+    return metrics, {"mesh": str(path), "renders": renders}
+
+
+def _meshes_dir(run: RunDir) -> Path:
+    d = run.path / "meshes"
+    d.mkdir(exist_ok=True)
+    return d
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loading a trained run
+
+
+def load_run(task, run_path: Path, backend: str | None):
+    """Rebuild an SDF run's problem (input mesh, model with the newest checkpoint's weights, EMA applied). Raises
+    DataError (not an SDF run, no checkpoint, input mesh gone), ConfigError, NoGPUError."""
+    from ngp_cli.tasks.sdf.fit import SdfProblem, load_input
+    from ngp_cli.train import load_trained_weights
+
+    run, cfg, prepared = open_run(task, run_path, backend)
+    mesh = load_input(cfg)
+    problem = SdfProblem(mesh, cfg, prepared)
+    meta = load_trained_weights(run, problem.model, cfg)
+    saved = UnitFrame(tuple(float(c) for c in problem.model.frame_centre), float(problem.model.frame_scale[0]))
+    if not np.allclose(saved.centre, problem.frame.centre, rtol=0, atol=1e-9 / saved.scale) or \
+            not np.isclose(saved.scale, problem.frame.scale, rtol=1e-9):
+        raise DataError(f"{cfg.sdf.path} has changed since {run.path} was trained (its bounding box differs)")
+    return run, problem, meta
+
+
+def eval_command(task, run_path: Path, *, split: str | None = None, backend: str | None = None) -> None:
+    """``ngp eval RUN`` for an SDF run: IoU at ``sdf.iou_points`` points, then the mesh at ``sdf.mesh_resolution``
+    and its Chamfer distance and normal consistency; written to ``RUN/eval.json`` and the ``done`` line."""
+    from ngp_cli.errors import UsageError
+
+    if split is not None:
+        raise UsageError("--split is for NeRF runs; an SDF run is evaluated against its input mesh")
+    run, problem, meta = load_run(task, run_path, backend)
+    sc = problem.cfg.sdf
+    step = int(meta["step"])
+    info(f"evaluating {run.path} (step {step}) against {sc.path}")
+    t0 = time.perf_counter()
+    metrics: dict[str, Any] = {"iou": problem.iou(sc.iou_points), "iou_points": sc.iou_points}
+    metrics["iou_s"] = round(time.perf_counter() - t0, 3)
+    mesh = extract(problem, sc.mesh_resolution, normals=False)
+    report, _ = mesh_report(problem, mesh, run.renders_dir, f"mesh_{sc.mesh_resolution}")
+    metrics.update(report)
+    metrics.update({"mesh_resolution": sc.mesh_resolution, "mesh_faces": len(mesh["faces"]),
+                    "train_s": float(meta.get("elapsed_s", 0.0))})
+    path = run.path / "eval.json"
+    atomic_write_text(path, to_json({"step": step, **metrics}) + "\n")
+    info(f"IoU {metrics['iou']:.5f}, Chamfer {metrics['chamfer']:.3e}, normal consistency "
+         f"{metrics['normal_consistency']:.4f} at step {step} ({metrics['train_s']:.1f} s of training); {path}")
+    emit("done", run_dir=str(run.path), step=step, metrics=metrics, artifacts={"eval": str(path)})
+
+
+def extract_mesh_command(task, run_path: Path, *, resolution: int = 256, level: float = 0.0, threshold: float = 2.5,
+                         out: Path | None = None, normals: bool = True, colors: bool = True,
+                         backend: str | None = None) -> None:
+    """``ngp extract-mesh RUN`` for an SDF run: marching cubes of SDF = ``level``, written in the input's frame, with
+    its Chamfer distance to the input and shaded renders (``threshold`` and ``colors`` are NeRF options)."""
+    if out is not None:
+        out = check_output_path(out)
+    run, problem, meta = load_run(task, run_path, backend)
+    out = out if out is not None else _meshes_dir(run) / f"mesh_{resolution}.ply"
+    info(f"extracting the SDF = {level:g} surface of {run.path} (step {meta['step']}) at {resolution}³")
+    mesh = extract(problem, resolution, level, normals)
+    if not len(mesh["faces"]):
+        raise DataError(f"the SDF of {run.path} has no zero crossing at level {level:g}: nothing to extract")
+    path = write_mesh(out, mesh["vertices"], mesh["faces"], mesh["normals"])
+    report, renders = mesh_report(problem, mesh, run.renders_dir, f"mesh_{resolution}")
+    metrics = {"vertices": len(mesh["vertices"]), "faces": len(mesh["faces"]), "resolution": resolution,
+               "level": level, **mesh["stats"], **report, "peak_rss_mib": round(peak_rss_mib(), 1)}
+    info(f"wrote {path}: {metrics['vertices']:,} vertices, {metrics['faces']:,} triangles "
+         f"({metrics['extract_s']:.1f} s); Chamfer {report['chamfer']:.3e}, normal consistency "
+         f"{report['normal_consistency']:.4f}")
+    emit("done", run_dir=str(run.path), step=int(meta["step"]), metrics=metrics,
+         artifacts={"mesh": str(path), "renders": renders})
+
+
+__all__ = ["eval_command", "extract", "extract_mesh_command", "final_evaluation", "load_run", "mesh_report"]
