@@ -352,22 +352,29 @@ def presets_dir() -> Path:
         return Path(__file__).resolve().parent.parent / "presets"
 
 
-def read_layer_file(path: Path) -> dict[str, Any]:
-    """The top-level mapping of one YAML/JSON config file, unmerged. Raises ConfigError."""
+def read_mapping_file(path: Path, error: type[Exception] = ConfigError, what: str = "config file") -> dict[str, Any]:
+    """The top-level mapping of a YAML or JSON file (JSON when the suffix is .json). Raises ``error`` with one line
+    for an unreadable file, malformed YAML/JSON (the parser's position included) or a top level that is not a
+    mapping; an empty file is an empty mapping."""
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: cannot read {what}: {getattr(exc, 'strerror', None) or exc}") from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         detail = " ".join(str(exc).split())
-        raise ConfigError(f"{path}: malformed {'JSON' if path.suffix == '.json' else 'YAML'}: {detail}") from None
+        raise error(f"{path}: malformed {'JSON' if path.suffix == '.json' else 'YAML'}: {detail}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config file must hold a mapping at the top level, got {type(data).__name__}")
+        raise error(f"{path}: a {what} must hold a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def read_layer_file(path: Path) -> dict[str, Any]:
+    """The top-level mapping of one YAML/JSON config file, unmerged. Raises ConfigError."""
+    return read_mapping_file(path)
 
 
 def list_presets() -> list[dict[str, Any]]:

@@ -63,7 +63,7 @@ def test_broken_plugins_warn_instead_of_crashing(monkeypatch):
                                      "echo": "fake_ngp_plugin:EchoTask", "zdup": "fake_ngp_plugin:Duplicate"})
     warnings: list[str] = []
     tasks = discover_tasks(warn=warnings.append)
-    assert set(tasks) == {"image", "nerf", "sdf", "echo"}
+    assert set(tasks) == {"image", "nerf", "nrc", "sdf", "echo"}
     assert len(warnings) == 3
     assert any("'broken'" in w and "failed to load" in w for w in warnings)
     assert any("'plain'" in w and "not an ngp_cli.tasks.Task" in w for w in warnings)

@@ -1,0 +1,210 @@
+"""``ngp train-nrc``: progressive rendering with a radiance cache trained online, then path tracing at equal time,
+both measured against a converged reference.
+
+Per frame (Müller et al. 2021, §5): ``nrc.train_paths`` training paths from random pixels (a fraction
+``nrc.unbiased_fraction`` of them unbiased, the rest ending in the cache ``nrc.suffix`` vertices past the spread
+threshold), ``nrc.train_steps`` optimizer steps on all their vertices (loss: relative L2 normalised by luminance),
+then a frame at ``nrc.spp`` samples per pixel whose paths end in the cache. The NRC image is the mean of the frames
+after ``nrc.warmup_frames``; the path tracer then runs frames at the same spp for the same total wall time (training
+included), and both are compared with the reference (``nrc.reference_spp``, cached on disk).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ngp_cli.commands import TrainOptions, create_run, finish, prepare
+from ngp_cli.console import emit, info
+from ngp_cli.images import write_image
+from ngp_cli.tasks.nrc import NrcConfig
+from ngp_cli.tasks.nrc.cache import NeuralRadianceCache
+from ngp_cli.tasks.nrc.scene import Scene, cornell_box, load_scene
+from ngp_cli.tasks.nrc.tracer import Camera, SceneTensors, luminance, render_image, trace
+from ngp_cli.train import EMA, make_loss, make_optimizer
+
+
+def relmse(image: torch.Tensor, reference: torch.Tensor) -> float:
+    """Relative MSE, mean over pixels and channels of (I − R)² / (R² + 0.01) (the NRC paper's metric)."""
+    return float(((image - reference).square() / (reference.square() + 0.01)).double().mean())
+
+
+def mse(image: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((image - reference).square().double().mean())
+
+
+def tonemap(image: torch.Tensor) -> np.ndarray:
+    """Linear (H, W, 3) → 8-bit sRGB-ish (clamp to [0, 1], gamma 2.2)."""
+    return (image.clamp(0, 1).pow(1 / 2.2).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("NGP_CACHE_DIR")
+    return (Path(root) if root else Path.home() / ".cache" / "ngp") / "nrc-references"
+
+
+def reference_image(st: SceneTensors, camera: Camera, spp: int, chunk: int) -> tuple[torch.Tensor, float, bool]:
+    """The converged reference: ``spp`` samples per pixel of plain path tracing, cached on disk per scene, image size
+    and spp (``$NGP_CACHE_DIR/nrc-references``). Returns ``(image (H, W, 3), seconds to render, from cache)``."""
+    path = _cache_dir() / f"{st.scene.fingerprint()}-{camera.width}x{camera.height}-{spp}spp.npy"
+    if path.is_file():
+        try:
+            return torch.from_numpy(np.load(path, allow_pickle=False)).to(st.device), 0.0, True
+        except (OSError, ValueError):
+            pass  # a corrupt cache entry: render again
+    info(f"rendering the reference: {camera.width}x{camera.height} at {spp} spp (cached for later runs)")
+    t0 = time.perf_counter()
+    image, _ = render_image(st, camera, spp, torch.Generator().manual_seed(12345), chunk=chunk)
+    seconds = time.perf_counter() - t0
+    try:
+        from ngp_cli.runs import atomic_write
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: np.save(open(tmp, "wb"), image.cpu().numpy()), suffix=".npy")
+    except Exception as exc:  # the cache is an optimisation: a read-only home must not fail the run
+        info(f"could not cache the reference ({exc})")
+    return image, seconds, False
+
+
+def _load(scene_path: Path | None) -> tuple[Scene, str]:
+    if scene_path is None:
+        return cornell_box(), ""
+    path = scene_path.expanduser().resolve()
+    return load_scene(path), str(path)
+
+
+def _side_by_side(images: list[torch.Tensor]) -> np.ndarray:
+    gap = torch.ones(images[0].shape[0], 4, 3, device=images[0].device)
+    row = [images[0]]
+    for im in images[1:]:
+        row += [gap, im]
+    return tonemap(torch.cat(row, dim=1))
+
+
+def train_nrc(task, opts: TrainOptions, scene_path: Path | None) -> None:
+    """The ``ngp train-nrc`` command body. Raises NgpError subclasses on bad input."""
+    prep = prepare(task, opts)
+    cfg: NrcConfig = prep.cfg
+    nc = cfg.nrc
+    scene, recorded = _load(scene_path)
+    cfg.nrc.scene = recorded
+    device = prep.backend.device
+    st = SceneTensors(scene, device)
+    camera = Camera.from_scene(scene, nc.width, nc.height, device)
+    reference, reference_s, cached = reference_image(st, camera, nc.reference_spp, nc.chunk)
+    run = create_run(task, opts, cfg, default_name=scene.name)
+    info(f"scene {scene.name}: {len(scene.faces):,} triangles, {st.light_faces.numel()} emissive; "
+         f"{nc.width}x{nc.height}, {nc.frames} frames at {nc.spp} spp; backend {prep.backend.name} on {device}; "
+         f"reference {nc.reference_spp} spp " + ("(cached)" if cached else f"({reference_s:.1f} s)"))
+
+    init = torch.Generator().manual_seed(cfg.seed)
+    model = NeuralRadianceCache(cfg, st.lo, st.size, generator=init,
+                                kernel_target=prep.backend.kernel_target).to(device)
+    optimizer = make_optimizer(model, cfg.optimizer)
+    # The paper renders with an exponential moving average of the weights, which steadies the cache between frames.
+    ema = EMA(list(model.parameters()), cfg.optimizer.ema_decay) if cfg.optimizer.ema_decay > 0 else None
+    loss_fn = make_loss(cfg.loss)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    frames_dir = run.path / "frames"
+    frames_dir.mkdir(exist_ok=True)
+
+    accumulated = torch.zeros_like(reference)
+    cached_sum = torch.zeros_like(reference)
+    n_acc = 0
+    nrc_time = 0.0
+    frame_times, render_times, train_times = [], [], []
+    loss_value = float("nan")
+    for frame in range(nc.frames):
+        t0 = time.perf_counter()
+        pixels = torch.randint(0, nc.width * nc.height, (nc.train_paths,), generator=gen).to(device)
+        o, d = camera.rays(pixels, torch.rand(nc.train_paths, 2, generator=gen).to(device))
+        unbiased = (torch.rand(nc.train_paths, generator=gen) < nc.unbiased_fraction).to(device)
+        model.eval()
+        result = trace(st, o, d, gen, max_depth=nc.max_depth, rr_depth=nc.rr_depth, cache=model,
+                       spread_c=nc.spread_c, train=True, suffix=nc.suffix, unbiased=unbiased)
+        records = result.records
+        model.train()
+        n_records = records.features.shape[0]
+        if n_records:
+            order = torch.randperm(n_records, generator=gen).to(device)
+            for batch in order.chunk(nc.train_steps):
+                pred = model(records.features[batch])
+                loss = loss_fn(pred, records.targets[batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if ema is not None:
+                    ema.update()
+                loss_value = float(loss.detach())
+        t1 = time.perf_counter()
+        model.eval()
+        with torch.no_grad(), (ema.applied() if ema is not None else contextlib.nullcontext()):
+            image, from_cache = render_image(st, camera, nc.spp, gen, chunk=nc.chunk, max_depth=nc.max_depth,
+                                             rr_depth=nc.rr_depth, cache=model, spread_c=nc.spread_c)
+        t2 = time.perf_counter()
+        nrc_time += t2 - t0
+        frame_times.append(t2 - t0)
+        train_times.append(t1 - t0)
+        render_times.append(t2 - t1)
+        if frame >= nc.warmup_frames:
+            accumulated += image
+            cached_sum += from_cache
+            n_acc += 1
+        share = float(luminance(from_cache).sum() / luminance(image).sum().clamp_min(1e-12))
+        record = {"frame": frame + 1, "frame_s": round(t2 - t0, 4), "train_s": round(t1 - t0, 4),
+                  "render_s": round(t2 - t1, 4), "train_vertices": n_records, "loss": loss_value,
+                  "relmse_frame": relmse(image, reference), "cache_share": share}
+        run.append_metrics(record)
+        if opts.json:
+            emit("frame", **record)
+        write_image(frames_dir / f"frame_{frame + 1:04d}.png", tonemap(image))
+        info(f"frame {frame + 1}/{nc.frames}: {record['frame_s'] * 1000:.0f} ms (train {record['train_s'] * 1000:.0f}, "
+             f"render {record['render_s'] * 1000:.0f}); relMSE {record['relmse_frame']:.4f}; cache share {share:.2f}")
+    nrc_image = accumulated / max(n_acc, 1)
+
+    # Path tracing at equal time: frames at the same spp until it has used the NRC run's whole time.
+    pt_sum = torch.zeros_like(reference)
+    pt_frames, pt_time = 0, 0.0
+    while pt_time < nrc_time or pt_frames == 0:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            image, _ = render_image(st, camera, nc.spp, gen, chunk=nc.chunk, max_depth=nc.max_depth,
+                                    rr_depth=nc.rr_depth)
+        pt_sum += image
+        pt_frames += 1
+        pt_time += time.perf_counter() - t0
+    pt_image = pt_sum / pt_frames
+
+    renders = run.renders_dir
+    write_image(renders / "nrc.exr", nrc_image.cpu().numpy().astype(np.float32))
+    write_image(renders / "pt_equal_time.exr", pt_image.cpu().numpy().astype(np.float32))
+    write_image(renders / "reference.exr", reference.cpu().numpy().astype(np.float32))
+    side = renders / "side_by_side.png"
+    write_image(side, _side_by_side([pt_image, nrc_image, reference]))
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    ckpt = run.save_checkpoint(nc.frames, tensors, {"task": cfg.task, "frames": nc.frames, "nrc_time_s": nrc_time},
+                               keep=cfg.train.keep_checkpoints)
+    metrics: dict[str, Any] = {
+        "relmse_nrc": relmse(nrc_image, reference), "relmse_pt_equal_time": relmse(pt_image, reference),
+        "mse_nrc": mse(nrc_image, reference), "mse_pt_equal_time": mse(pt_image, reference),
+        "nrc_frames_accumulated": n_acc, "nrc_time_s": round(nrc_time, 3),
+        "nrc_frame_ms": round(1000 * float(np.mean(frame_times)), 2),
+        "nrc_train_ms": round(1000 * float(np.mean(train_times)), 2),
+        "nrc_render_ms": round(1000 * float(np.mean(render_times)), 2),
+        "pt_frames": pt_frames, "pt_time_s": round(pt_time, 3), "pt_frame_ms": round(1000 * pt_time / pt_frames, 2),
+        "cache_share": float(luminance(cached_sum).sum() / luminance(accumulated).sum().clamp_min(1e-12)),
+        "spp_per_frame": nc.spp, "reference_spp": nc.reference_spp, "reference_s": round(reference_s, 3),
+        "width": nc.width, "height": nc.height}
+    info(f"relMSE against the {nc.reference_spp}-spp reference: NRC {metrics['relmse_nrc']:.4f} "
+         f"({nc.frames} frames, {nrc_time:.1f} s), path tracing at equal time {metrics['relmse_pt_equal_time']:.4f} "
+         f"({pt_frames} frames); {side}")
+    artifacts = {"side_by_side": str(side), "nrc": str(renders / "nrc.exr"),
+                 "pt_equal_time": str(renders / "pt_equal_time.exr"), "reference": str(renders / "reference.exr"),
+                 "frames": str(frames_dir), "checkpoint": str(ckpt)}
+    finish(run, nc.frames, metrics, artifacts)
