@@ -167,3 +167,16 @@ def open_run(task: Task, run_path: Path, backend: str | None) -> tuple[RunDir, A
     if backend is not None:
         cfg.backend = backend
     return run, cfg, resolve_backend(cfg.backend, cfg.device)
+
+
+def parse_resolution(text: str | None, default: tuple[int, int]) -> tuple[int, int]:
+    """``--resolution WIDTHxHEIGHT`` as ``(width, height)``, or ``default`` when not given. Raises UsageError."""
+    if text is None:
+        return default
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--resolution must be WIDTHxHEIGHT, e.g. 800x600, got '{text}'") from None
+    if not (1 <= w <= 16384 and 1 <= h <= 16384):
+        raise UsageError(f"--resolution {text} is out of range (1..16384 per side)")
+    return w, h

@@ -27,7 +27,8 @@ def test_tasks_lists_the_builtin_tasks(ngp):
     tasks = {e["name"]: e for e in res.events if e["event"] == "task"}
     assert tasks["image"]["commands"] == ["fit-image"]
     assert tasks["nerf"]["commands"] == ["train-nerf", "eval", "render", "extract-mesh"]
-    assert tasks["sdf"]["commands"] == ["train-sdf", "extract-mesh", "eval"]
+    assert tasks["sdf"]["commands"] == ["train-sdf", "extract-mesh", "eval", "render"]
+    assert tasks["nrc"]["commands"] == ["train-nrc"]
     assert "image" in res.stderr and "nerf" in res.stderr  # the human table
 
 

@@ -18,7 +18,7 @@ from ngp_cli.tasks.nerf.synthetic import (
     ensure_synthetic_scene,
     make_synthetic_scene,
 )
-from ngp_cli.tasks.nerf.video import FrameWriter
+from ngp_cli.video import FrameWriter
 
 # -- the synthetic scene ----------------------------------------------------------------------------------------------
 

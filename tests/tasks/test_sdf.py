@@ -354,6 +354,21 @@ def test_eval_sdf_run(trained, ngp):
     assert bad.exit_code == 2 and "NeRF" in bad.stderr
 
 
+def test_render_sdf_run_orbit(trained, ngp, tmp_path):
+    import imageio.v3 as iio
+
+    run = trained.last("done")["run_dir"]
+    res = ngp("render", run, "--orbit", "3", "--resolution", "40x30", "--out", tmp_path / "frames")
+    assert res.exit_code == 0, res.stderr
+    assert res.last("done")["metrics"]["frames"] == 3
+    frames = sorted((tmp_path / "frames").iterdir())
+    assert [p.name for p in frames] == ["frame_00000.png", "frame_00001.png", "frame_00002.png"]
+    img = iio.imread(frames[0])
+    assert img.shape == (30, 40, 3) and (img < 250).any() and (img[0, 0] == 255).all()  # the mesh, white corners
+    bad = ngp("render", run, "--camera-path", tmp_path / "path.json")
+    assert bad.exit_code == 2 and "--orbit" in bad.stderr
+
+
 @pytest.mark.parametrize("args, code, message", [
     (["missing.obj"], 4, "no such file"),
     (["{bad}"], 4, "degenerate"),

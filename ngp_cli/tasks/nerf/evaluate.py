@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ngp_cli.commands import open_run
+from ngp_cli.commands import open_run, parse_resolution
 from ngp_cli.console import emit, info, to_json
 from ngp_cli.errors import DataError, OutputError, UsageError
 from ngp_cli.images import write_image
@@ -141,25 +141,13 @@ def eval_command(task, run_path: Path, *, split: str | None = None, backend: str
                   "eval_s": result["eval_s"]}, artifacts={"eval": str(path)})
 
 
-def _parse_resolution(text: str | None, default: tuple[int, int]) -> tuple[int, int]:
-    if text is None:
-        return default
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise UsageError(f"--resolution must be WIDTHxHEIGHT, e.g. 800x600, got '{text}'") from None
-    if not (1 <= w <= 16384 and 1 <= h <= 16384):
-        raise UsageError(f"--resolution {text} is out of range (1..16384 per side)")
-    return w, h
-
-
 def render_command(task, run_path: Path, *, camera_path: Path | None = None, orbit: int | None = None,
                    resolution: str | None = None, out: Path | None = None, fps: int = 30,
                    backend: str | None = None) -> None:
     """``ngp render RUN (--camera-path FILE | --orbit N) [--resolution WxH] [--out video.mp4|frames/]``."""
     from ngp_cli.tasks.nerf.camera_path import load_camera_path, orbit_path
     from ngp_cli.tasks.nerf.cameras import generate_rays, nerf_matrix_to_ngp, pixel_grid
-    from ngp_cli.tasks.nerf.video import FrameWriter
+    from ngp_cli.video import FrameWriter
 
     if (camera_path is None) == (orbit is None):
         raise UsageError("give exactly one of --camera-path FILE or --orbit N")
@@ -168,12 +156,12 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None, orb
     run, problem, step = load_run(task, run_path, backend)
     ds = problem.dataset
     if orbit is not None:
-        width, height = _parse_resolution(resolution, (ds.width, ds.height))
+        width, height = parse_resolution(resolution, (ds.width, ds.height))
         c2w = torch.as_tensor(orbit_path(ds.c2w, orbit), dtype=torch.float32)
         focals = None
     else:
         path = load_camera_path(camera_path)
-        width, height = _parse_resolution(resolution, (path.width or ds.width, path.height or ds.height))
+        width, height = parse_resolution(resolution, (path.width or ds.width, path.height or ds.height))
         c2w = nerf_matrix_to_ngp(torch.as_tensor(path.c2w, dtype=torch.float64), ds.scale,
                                  torch.tensor(ds.offset, dtype=torch.float64))
         focals = path.focal_lengths(width, height)

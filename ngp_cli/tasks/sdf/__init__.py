@@ -67,7 +67,7 @@ class SdfConfig(RunConfig):
 class SdfTask(Task):
     name = "sdf"
     summary = "Signed distance function of a triangle mesh, marching-cubes meshes, IoU and Chamfer (paper §5.2)"
-    commands = ("train-sdf", "extract-mesh", "eval")
+    commands = ("train-sdf", "extract-mesh", "eval", "render")
     default_preset = "sdf"
     default_preset_cpu = "sdf-cpu"
 
@@ -85,6 +85,12 @@ class SdfTask(Task):
         from ngp_cli.tasks.sdf.evaluate import extract_mesh_command
 
         extract_mesh_command(self, run_path, **options)
+
+    def render_run(self, run_path: Path, **options: Any) -> None:
+        """``ngp render RUN --orbit N`` for an SDF run: an orbit around its shaded mesh."""
+        from ngp_cli.tasks.sdf.evaluate import render_command
+
+        render_command(self, run_path, **options)
 
     def register(self, app: typer.Typer) -> None:
         task = self

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ngp_cli.commands import open_run
+from ngp_cli.commands import open_run, parse_resolution
 from ngp_cli.console import emit, info, to_json
 from ngp_cli.errors import DataError
 from ngp_cli.mesh.extract import extract_isosurface, field_gradients, unit_normals
@@ -167,4 +167,47 @@ def extract_mesh_command(task, run_path: Path, *, resolution: int = 256, level: 
          artifacts={"mesh": str(path), "renders": renders})
 
 
-__all__ = ["eval_command", "extract", "extract_mesh_command", "final_evaluation", "load_run", "mesh_report"]
+def render_command(task, run_path: Path, *, camera_path: Path | None = None, orbit: int | None = None,
+                   resolution: str | None = None, out: Path | None = None, fps: int = 30,
+                   backend: str | None = None) -> None:
+    """``ngp render RUN --orbit N [--resolution WxH] [--out video.mp4|frames/]`` for an SDF run: the mesh at
+    ``sdf.mesh_resolution``, shaded and ray cast from N cameras on a circle around it (20° above its equator, up axis
+    ``sdf.up``). Camera paths are for NeRF runs."""
+    from ngp_cli.errors import OutputError, UsageError
+    from ngp_cli.mesh.bvh import MeshBVH
+    from ngp_cli.mesh.shade import orbit_cameras, render_mesh
+    from ngp_cli.video import FrameWriter
+
+    if camera_path is not None:
+        raise UsageError("an SDF run renders an --orbit N; --camera-path is for NeRF runs")
+    if orbit is None or orbit < 1:
+        raise UsageError("give --orbit N (N >= 1 frames)")
+    width, height = parse_resolution(resolution, (512, 512))
+    run, problem, meta = load_run(task, run_path, backend)
+    mesh = extract(problem, problem.cfg.sdf.mesh_resolution, normals=False)
+    if not len(mesh["faces"]):
+        raise DataError(f"the SDF of {run.path} has no zero crossing: nothing to render")
+    verts = mesh["vertices"]
+    bvh = MeshBVH(verts, mesh["faces"], device=problem.device)
+    lo, hi = verts.min(axis=0), verts.max(axis=0)
+    cameras = orbit_cameras(0.5 * (lo + hi), max(float(np.linalg.norm(hi - lo)) * 0.5, 1e-6),
+                            _up_vector(problem.cfg.sdf.up), orbit)
+    out = out if out is not None else run.renders_dir / "orbit.mp4"
+    info(f"rendering {orbit} frames at {width}x{height} of the {problem.cfg.sdf.mesh_resolution}³ mesh of "
+         f"{run.path} (step {meta['step']}) to {out}")
+    t0 = time.perf_counter()
+    try:
+        with FrameWriter(out, fps=fps) as writer:
+            for origin, rotation in cameras:
+                writer.write(render_mesh(bvh, origin, rotation, width, height))
+    except OSError as err:
+        raise OutputError(f"{out}: {err.strerror or err}") from None
+    seconds = time.perf_counter() - t0
+    info(f"wrote {out} ({orbit} frames, {seconds:.1f} s)")
+    emit("done", run_dir=str(run.path), step=int(meta["step"]),
+         metrics={"frames": orbit, "width": width, "height": height, "render_s": round(seconds, 3)},
+         artifacts={"out": str(out)})
+
+
+__all__ = ["eval_command", "extract", "extract_mesh_command", "final_evaluation", "load_run", "mesh_report",
+           "render_command"]
