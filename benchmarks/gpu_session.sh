@@ -6,7 +6,7 @@
 #
 # Writes: nvidia-smi.txt, pytest-gpu.txt (the GPU tests: CUDA launches against the reference and the CPU build),
 # bench.json (ngp bench on every backend there), fit-*.json (fit-image on the astronaut, cuda and torch backends),
-# sdf-1min.json and mesh-queries.json (when the armadillo is reachable).
+# sdf-1min.json and mesh-queries.json (when the armadillo is reachable), nrc.json (train-nrc on the Cornell box).
 # Commit bench.json as docs/benchmarks/<date>-<gpu>-bench.json with a short write-up beside it.
 set -u
 cd "$(dirname "$0")/.."
@@ -34,4 +34,6 @@ if [ -f "$mesh" ]; then
         > "$out/sdf-1min.json" 2> "$out/sdf-1min.err"
     "$py" benchmarks/mesh_queries.py "$mesh" --output "$out/mesh-queries.json" > /dev/null 2>> "$out/sdf-1min.err"
 fi
+# NRC (issue 6): the Cornell box at equal time, path tracer and cache on the GPU.
+"$py" -m ngp_cli -q train-nrc --runs-dir /tmp/ngp-gpu-runs > "$out/nrc.json" 2> "$out/nrc.err"
 tail -n 3 "$out/pytest-gpu.txt" "$out/bench.txt" "$out"/fit-*.json
