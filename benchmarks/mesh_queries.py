@@ -4,7 +4,8 @@ class, on every kernel target available here (``cpu``, and ``cuda`` with a GPU),
 
     python benchmarks/mesh_queries.py ../shared/data/sdf/armadillo/armadillo.obj --output result.json
 
-Query classes, in the unit-cube frame of the SDF task: "uniform" (uniform in [0, 1]^3, the 1/8 of a batch),
+``signed`` is the whole signed distance (closest point + pseudonormal sign on a closed mesh, + winding number on an
+open one). Query classes, in the unit-cube frame of the SDF task: "uniform" (uniform in [0, 1]^3, the 1/8 of a batch),
 "near" (surface + N(0, (1/1024)^2), the 3/8) and "rays" (from outside through the mesh's centre region).
 Prints one JSON line on stdout (and writes it to --output).
 """
@@ -71,6 +72,7 @@ def main() -> None:
             q = q.to(device)
             row[f"closest_{name}_us"] = _time(lambda b=bvh, q=q: b.closest_point(q), args.repeats) / n * 1e6
             row[f"winding_{name}_us"] = _time(lambda b=bvh, q=q: b.winding_number(q), args.repeats) / n * 1e6
+            row[f"signed_{name}_us"] = _time(lambda b=bvh, q=q: b.signed_distance(q), args.repeats) / n * 1e6
         o, d = origins.to(device), directions.to(device)
         row["raycast_us"] = _time(lambda b=bvh, o=o, d=d: b.raycast(o, d), args.repeats) / n * 1e6
         result["targets"][bvh.target] = {k: round(v, 4) for k, v in row.items()}

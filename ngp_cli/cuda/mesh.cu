@@ -13,8 +13,9 @@
 // 1. mesh_closest_point, one thread per query (Ericson, "Real-Time Collision Detection" §5.1.5, ClosestPtPointTriangle):
 //    depth-first, nearer child first, a node is skipped when its box is no nearer than the best squared distance
 //    found so far (initially max_distance^2). Writes distance (sqrt of the best squared distance, or max_distance),
-//    face (the caller's index, or -1 when nothing is within max_distance) and the closest point (the query itself
-//    when no face is found).
+//    face (the caller's index, or -1 when nothing is within max_distance), the closest point (the query itself
+//    when no face is found) and the closest feature of that face (0 interior, 1-3 vertex a/b/c, 4-6 edge ab/ac/bc,
+//    -1 without a face), from which the caller takes the sign through angle-weighted pseudonormals (closed meshes).
 // 2. mesh_winding_number, one thread per query (Barill et al. 2018, "Fast Winding Numbers for Soups and Clouds",
 //    first-order far field): w(p) = sum over nodes of the cut: a node whose centre is farther than beta * radius
 //    contributes its dipole (c - p) . N / (4 pi |c - p|^3); a leaf that is near is summed exactly with the solid angle
@@ -52,26 +53,35 @@ __device__ __forceinline__ float box_distance2(const float* __restrict__ lo, con
     return dx * dx + dy * dy + dz * dz;
 }
 
-// Closest point to p on triangle (a, b, c), by Voronoi region (Ericson §5.1.5).
-__device__ __forceinline__ mesh_v3 closest_on_triangle(mesh_v3 p, mesh_v3 a, mesh_v3 b, mesh_v3 c) {
+// Closest point to p on triangle (a, b, c), by Voronoi region (Ericson §5.1.5). `feature` receives the region: 0 the
+// face's interior, 1/2/3 the vertex a/b/c, 4/5/6 the edge ab/ac/bc (a degenerate triangle reports vertex a).
+__device__ __forceinline__ mesh_v3 closest_on_triangle(mesh_v3 p, mesh_v3 a, mesh_v3 b, mesh_v3 c, int& feature) {
     const mesh_v3 ab = v3_sub(b, a), ac = v3_sub(c, a), ap = v3_sub(p, a);
     const float d1 = v3_dot(ab, ap), d2 = v3_dot(ac, ap);
+    feature = 1;
     if (d1 <= 0.0f && d2 <= 0.0f) return a;
     const mesh_v3 bp = v3_sub(p, b);
     const float d3 = v3_dot(ab, bp), d4 = v3_dot(ac, bp);
+    feature = 2;
     if (d3 >= 0.0f && d4 <= d3) return b;
     const float vc = d1 * d4 - d3 * d2;
+    feature = 4;
     if (vc <= 0.0f && d1 >= 0.0f && d3 <= 0.0f) return v3_add(a, v3_scale(ab, d1 / (d1 - d3)));
     const mesh_v3 cp = v3_sub(p, c);
     const float d5 = v3_dot(ab, cp), d6 = v3_dot(ac, cp);
+    feature = 3;
     if (d6 >= 0.0f && d5 <= d6) return c;
     const float vb = d5 * d2 - d1 * d6;
+    feature = 5;
     if (vb <= 0.0f && d2 >= 0.0f && d6 <= 0.0f) return v3_add(a, v3_scale(ac, d2 / (d2 - d6)));
     const float va = d3 * d6 - d5 * d4;
+    feature = 6;
     if (va <= 0.0f && (d4 - d3) >= 0.0f && (d5 - d6) >= 0.0f)
         return v3_add(b, v3_scale(v3_sub(c, b), (d4 - d3) / ((d4 - d3) + (d5 - d6))));
     const float sum = va + vb + vc;
+    feature = 1;
     if (!(sum > 0.0f)) return a;  // degenerate (zero-area) triangle: its edges were handled above
+    feature = 0;
     const float denom = 1.0f / sum;
     return v3_add(a, v3_add(v3_scale(ab, vb * denom), v3_scale(ac, vc * denom)));
 }
@@ -81,12 +91,13 @@ extern "C" __global__ void mesh_closest_point(const float* __restrict__ queries,
                                               const int* __restrict__ leaf_first, const float* __restrict__ tris,
                                               const int* __restrict__ tri_ids, const int n_leaves,
                                               const float max_distance, float* __restrict__ distance,
-                                              int* __restrict__ face, float* __restrict__ closest) {
+                                              int* __restrict__ face, float* __restrict__ closest,
+                                              int* __restrict__ feature) {
     const unsigned int q = blockIdx.x * blockDim.x + threadIdx.x;
     if (q >= n_queries) return;
     const mesh_v3 p = v3_load(queries + 3 * (size_t)q);
     float best2 = max_distance * max_distance;
-    int best_tri = -1;
+    int best_tri = -1, best_feature = -1;
     mesh_v3 best_point = p;
     int stack[MESH_STACK];
     float stack_d2[MESH_STACK];
@@ -106,12 +117,14 @@ extern "C" __global__ void mesh_closest_point(const float* __restrict__ queries,
             const int leaf = node - first_leaf;
             for (int t = leaf_first[leaf]; t < leaf_first[leaf + 1]; ++t) {
                 const float* v = tris + 9 * (size_t)t;
-                const mesh_v3 c = closest_on_triangle(p, v3_load(v), v3_load(v + 3), v3_load(v + 6));
+                int region;
+                const mesh_v3 c = closest_on_triangle(p, v3_load(v), v3_load(v + 3), v3_load(v + 6), region);
                 const mesh_v3 d = v3_sub(c, p);
                 const float d2 = v3_dot(d, d);
                 if (d2 < best2) {
                     best2 = d2;
                     best_tri = t;
+                    best_feature = region;
                     best_point = c;
                 }
             }
@@ -136,6 +149,7 @@ extern "C" __global__ void mesh_closest_point(const float* __restrict__ queries,
     }
     distance[q] = best_tri >= 0 ? sqrtf(best2) : max_distance;
     face[q] = best_tri >= 0 ? tri_ids[best_tri] : -1;
+    feature[q] = best_feature;
     closest[3 * (size_t)q] = best_point.x;
     closest[3 * (size_t)q + 1] = best_point.y;
     closest[3 * (size_t)q + 2] = best_point.z;

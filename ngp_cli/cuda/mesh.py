@@ -39,7 +39,7 @@ def _points(x: Tensor, what: str, device: torch.device) -> Tensor:
 
 
 def closest_point(bvh: dict[str, Tensor], queries: Tensor, max_distance: float, target: str
-                  ) -> tuple[Tensor, Tensor, Tensor]:
+                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Closest point on the mesh to each query (``mesh_closest_point``).
 
     Args:
@@ -49,7 +49,9 @@ def closest_point(bvh: dict[str, Tensor], queries: Tensor, max_distance: float, 
         target: "cpu" or "cuda".
 
     Returns:
-        ``(distance (N,) float32, face (N,) int64 — -1 when none is within max_distance —, point (N, 3) float32)``.
+        ``(distance (N,) float32, face (N,) int64 — -1 when none is within max_distance —, point (N, 3) float32,
+        feature (N,) int64 — the closest feature of the face: 0 interior, 1/2/3 vertex 0/1/2, 4/5/6 edge 01/02/12,
+        -1 without a face)``.
     """
     device = bvh["tris"].device
     q = _points(queries, "queries", device)
@@ -57,12 +59,13 @@ def closest_point(bvh: dict[str, Tensor], queries: Tensor, max_distance: float, 
     distance = _out(n, torch.float32, device)
     face = _out(n, torch.int32, device)
     point = _out((n, 3), torch.float32, device)
+    feature = _out(n, torch.int32, device)
     if n:
         grid, block = _launch(target, n)
         load_module("mesh.cu", target).launch("mesh_closest_point", grid, block, [
             q, np.uint32(n), bvh["box_lo"], bvh["box_hi"], bvh["leaf_first"], bvh["tris"], bvh["tri_ids"],
-            np.int32(bvh["leaf_first"].numel() - 1), np.float32(max_distance), distance, face, point])
-    return distance, face.to(torch.int64), point
+            np.int32(bvh["leaf_first"].numel() - 1), np.float32(max_distance), distance, face, point, feature])
+    return distance, face.to(torch.int64), point, feature.to(torch.int64)
 
 
 def winding_number(bvh: dict[str, Tensor], queries: Tensor, beta: float, target: str) -> Tensor:

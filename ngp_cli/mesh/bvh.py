@@ -78,6 +78,8 @@ class MeshBVH:
         self.n_faces = f.shape[0]
         self.triangles = torch.from_numpy(tris.astype(np.float32)).to(self.device)
         self.arrays = {k: torch.from_numpy(a).to(self.device) for k, a in _build(tris).items()}
+        self._mesh = (v, f)  # for the pseudonormals, built at the first signed_distance
+        self._pseudonormals: Tensor | None | bool = False  # False: not decided yet
 
     # ---- queries ------------------------------------------------------------------------------------------------
 
@@ -88,7 +90,7 @@ class MeshBVH:
             return closest_point_reference(self.triangles, points, max_distance)
         from ngp_cli.cuda.mesh import closest_point
 
-        return closest_point(self.arrays, points, max_distance, self.target)
+        return closest_point(self.arrays, points, max_distance, self.target)[:3]
 
     def winding_number(self, points: Tensor, beta: float = WINDING_BETA) -> Tensor:
         """(N, 3) points → (N,) float32 generalized winding numbers (1 inside, 0 outside a closed mesh)."""
@@ -102,10 +104,33 @@ class MeshBVH:
         """(N, 3) points → (N,) bool, winding number > 1/2."""
         return self.winding_number(points) > 0.5
 
+    @property
+    def pseudonormals(self) -> Tensor | None:
+        """(F, 7, 3) float32 angle-weighted pseudonormals (:func:`_pseudonormals`) when the mesh is closed and
+        consistently oriented and a kernel target runs the queries, else None; computed at first use (a second or so
+        per 10^5 faces, and memory for an edge table: meshes only rendered or measured never pay it)."""
+        if self._pseudonormals is False:
+            v, f = self._mesh
+            closed = self.target is not None and _closed_and_oriented(f)
+            self._pseudonormals = torch.from_numpy(_pseudonormals(v, f)).to(self.device) if closed else None
+        return self._pseudonormals
+
     def signed_distance(self, points: Tensor) -> Tensor:
-        """(N, 3) points → (N,) float32 exact distance to the surface, negative inside (:meth:`contains`)."""
-        distance, _, _ = self.closest_point(points)
-        return torch.where(self.contains(points), -distance, distance)
+        """(N, 3) points → (N,) float32 exact distance to the surface, negative inside.
+
+        Closed, consistently oriented meshes (every edge shared by exactly two faces, in opposite directions) take the
+        sign from the angle-weighted pseudonormal of the closest feature (Bærentzen & Aanæs 2005: face, edge or
+        vertex), which is exact for them; other meshes from the winding number (:meth:`contains`).
+        """
+        if self.pseudonormals is None:
+            distance, _, _ = self.closest_point(points)
+            return torch.where(self.contains(points), -distance, distance)
+        from ngp_cli.cuda.mesh import closest_point
+
+        distance, face, closest, feature = closest_point(self.arrays, points, math.inf, self.target)
+        normal = self.pseudonormals[face.clamp_min(0), feature.clamp_min(0)]
+        inside = ((points.to(closest) - closest) * normal).sum(1) < 0
+        return torch.where(inside, -distance, distance)
 
     def raycast(self, origins: Tensor, directions: Tensor, t_min: float = 0.0, t_max: float = math.inf
                 ) -> tuple[Tensor, Tensor]:
@@ -115,6 +140,46 @@ class MeshBVH:
         from ngp_cli.cuda.mesh import raycast
 
         return raycast(self.arrays, origins, directions, t_min, t_max, self.target)
+
+
+def _closed_and_oriented(faces: np.ndarray) -> bool:
+    """Whether every directed edge occurs exactly once and its reverse also occurs: a closed 2-manifold whose faces
+    agree on their orientation."""
+    directed = faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)
+    n = int(faces.max()) + 1
+    keys = directed[:, 0] * n + directed[:, 1]
+    unique = np.unique(keys)
+    if unique.size != keys.size:
+        return False
+    reverse = directed[:, 1] * n + directed[:, 0]
+    return bool(np.isin(reverse, unique, assume_unique=False).all())
+
+
+def _pseudonormals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """(F, 7, 3) float32 angle-weighted pseudonormals per face, indexed by the closest-feature code of
+    ``mesh_closest_point``: 0 the face normal, 1/2/3 its vertices' (Σ incident angle × face normal), 4/5/6 its edges
+    01/02/12 (the sum of the two adjacent face normals). Flipped when the mesh is inside out (negative volume)."""
+    tri = vertices[faces]
+    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    fn = cross / np.maximum(np.linalg.norm(cross, axis=1, keepdims=True), 1e-300)
+    out = np.zeros((len(faces), 7, 3))
+    out[:, 0] = fn
+    vn = np.zeros_like(vertices)
+    for k in range(3):
+        e1 = tri[:, (k + 1) % 3] - tri[:, k]
+        e2 = tri[:, (k + 2) % 3] - tri[:, k]
+        cos = (e1 * e2).sum(1) / np.maximum(np.linalg.norm(e1, axis=1) * np.linalg.norm(e2, axis=1), 1e-300)
+        np.add.at(vn, faces[:, k], np.arccos(np.clip(cos, -1.0, 1.0))[:, None] * fn)
+    out[:, 1:4] = vn[faces]
+    pairs = ((0, 1), (0, 2), (1, 2))
+    edges = np.concatenate([np.sort(faces[:, list(p)], axis=1) for p in pairs])  # (3F, 2)
+    _, inverse = np.unique(edges, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    en = np.zeros((inverse.max() + 1, 3))
+    np.add.at(en, inverse, np.tile(fn, (3, 1)))
+    out[:, 4:7] = en[inverse].reshape(3, len(faces), 3).transpose(1, 0, 2)
+    volume = np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])).sum()
+    return (out * (-1.0 if volume < 0 else 1.0)).astype(np.float32)
 
 
 def _build(tris: np.ndarray) -> dict[str, np.ndarray]:

@@ -189,6 +189,63 @@ def test_cpu_inside_outside_of_a_closed_mesh(cpu_target):
     assert torch.equal((sdf < 0)[clear], (ref > 0.5)[clear]), seed
 
 
+def test_cpu_closest_feature_codes(cpu_target, poison):
+    """The closest feature of the unit triangle (0,0,0), (1,0,0), (0,1,0) from points in each Voronoi region: 0 the
+    interior, 1/2/3 the vertices, 4/5/6 the edges 01/02/12; -1 beyond max_distance."""
+    from ngp_cli.cuda.mesh import closest_point
+
+    bvh = MeshBVH(np.array([[0.0, 0, 0], [1, 0, 0], [0, 1, 0]]), np.array([[0, 1, 2]]), target=cpu_target)
+    q = torch.tensor([[0.2, 0.2, 0.3], [-0.5, -0.5, 0.1], [1.5, -0.2, 0.0], [-0.2, 1.5, -0.1], [0.5, -0.5, 0.2],
+                      [-0.5, 0.5, 0.0], [0.8, 0.8, 0.1], [9.0, 9.0, 9.0]])
+    _, face, _, feature = closest_point(bvh.arrays, q, 5.0, cpu_target)
+    assert feature.tolist() == [0, 1, 2, 3, 4, 5, 6, -1] and face.tolist() == [0] * 7 + [-1]
+
+
+@pytest.mark.parametrize("mesh", ["blob", "armadillo"])
+def test_cpu_signed_distance_pseudonormal_signs_match_the_winding_number(cpu_target, mesh, shared_data_dir):
+    """On closed meshes the sign comes from the closest feature's pseudonormal: it must agree with the exact winding
+    number for every point off the surface, including points near edges and vertices."""
+    seed = _seed()
+    if mesh == "blob":
+        v, f = _blob(seed)
+    else:
+        from ngp_cli.mesh.io import UnitFrame, load_mesh
+
+        m = load_mesh(shared_data_dir / "sdf" / "armadillo" / "armadillo.obj")
+        v, f = UnitFrame.fit(m.vertices).to_unit(m.vertices), m.faces
+    bvh = MeshBVH(v, f, target=cpu_target)
+    assert bvh.pseudonormals is not None
+    g = torch.Generator().manual_seed(seed)
+    t = bvh.triangles
+    idx = torch.randint(0, t.shape[0], (3000,), generator=g)
+    corner = torch.randint(0, 3, (1000,), generator=g)
+    near = torch.cat([t[idx[:1000], corner],  # at vertices
+                      0.5 * (t[idx[1000:2000], 0] + t[idx[1000:2000], 1]),  # on edges
+                      t[idx[2000:]].mean(1)])  # inside faces
+    q = torch.cat([near + 2e-3 * torch.randn(3000, 3, generator=g), torch.rand(1000, 3, generator=g)])
+    sdf = bvh.signed_distance(q)
+    if mesh == "blob":  # brute-force references (10^5 triangles would take minutes)
+        distance = closest_point_reference(bvh.triangles, q)[0]
+        winding = winding_number_reference(bvh.triangles, q)
+    else:  # the kernels, each checked against the references above
+        distance = bvh.closest_point(q)[0]
+        winding = bvh.winding_number(q)
+    clear = (distance > 1e-5) & ((winding - 0.5).abs() > 0.1)
+    assert clear.float().mean() > 0.95, seed
+    torch.testing.assert_close(sdf.abs(), distance, rtol=1e-5, atol=2e-6)
+    assert torch.equal((sdf < 0)[clear], (winding > 0.5)[clear]), seed
+
+
+def test_open_meshes_keep_the_winding_number(cpu_target):
+    v, f = _open_blob(1)
+    assert MeshBVH(v, f, target=cpu_target).pseudonormals is None
+    v, f = _blob(1)
+    assert MeshBVH(v, f[:, ::-1].copy(), target=cpu_target).pseudonormals is not None  # inside out: still closed
+    flipped = f.copy()
+    flipped[0] = flipped[0, ::-1]
+    assert MeshBVH(v, flipped, target=cpu_target).pseudonormals is None  # inconsistent orientation
+
+
 def _rays(seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     o = torch.rand(n, 3, generator=g) * 3 - 1

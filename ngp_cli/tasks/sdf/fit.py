@@ -6,7 +6,7 @@ target 0), ``sdf.perturbed_fraction`` surface points moved by a Gaussian of stan
 and uniform points in the unit cube; the targets of the last two are exact signed distances from the mesh's BVH
 (negative inside, the generalized winding number deciding the sign). The loss is MAPE, |p − t| / (|t| + 0.01).
 
-Exact distances cost 4 to 15 µs per point on a 2-core CPU (docs/benchmarks), as much as the training step itself
+Exact distances cost 4 to 9 µs per point on a 2-core CPU (docs/benchmarks), more than the training step itself
 at 2^16 points: ``sdf.sample_bank`` draws the off-surface points from a bank computed once at the start instead,
 ``sdf.bank_refresh`` of which are replaced by fresh ones every step (the ``sdf-cpu`` preset). On a GPU every batch
 gets fresh exact distances.
