@@ -175,7 +175,7 @@ def build_app() -> typer.Typer:
 
         run_bench(tasks, backend, batch, dims, only, repeats, warmup, output)
 
-    def _run_task(run: Path, hook: str, what: str):
+    def _run_task(run: Path, command: str):
         from ngp_cli.errors import DataError, UsageError
         from ngp_cli.runs import RunDir
 
@@ -183,9 +183,10 @@ def build_app() -> typer.Typer:
         task = tasks.get(task_name)
         if task is None:
             raise DataError(f"{run}: its task '{task_name}' is not installed (installed: {', '.join(tasks)})")
-        if not hasattr(task, hook):
-            raise UsageError(f"'{task_name}' runs have no {what}")
-        return getattr(task, hook)
+        fn = task.run_command(command)
+        if fn is None:
+            raise UsageError(f"'{task_name}' runs have no 'ngp {command}'")
+        return fn
 
     @app.command("eval")
     def eval_cmd(
@@ -195,7 +196,7 @@ def build_app() -> typer.Typer:
         backend: Annotated[str | None, typer.Option("--backend", help="Kernel backend: auto, cuda, cpu or torch.")] = None,
     ) -> None:
         """Evaluate a trained run; metrics go to a JSON file in the run and to the final {"event":"done"} line."""
-        _run_task(run, "evaluate_run", "'ngp eval'")(run, split=split, backend=backend)
+        _run_task(run, "eval")(run, split=split, backend=backend)
 
     @app.command("render")
     def render_cmd(
@@ -211,7 +212,7 @@ def build_app() -> typer.Typer:
         backend: Annotated[str | None, typer.Option("--backend", help="Kernel backend: auto, cuda, cpu or torch.")] = None,
     ) -> None:
         """Render novel views of a trained run to a video or PNG frames."""
-        _run_task(run, "render_run", "'ngp render'")(run, camera_path=camera_path, orbit=orbit,
+        _run_task(run, "render")(run, camera_path=camera_path, orbit=orbit,
                                                      resolution=resolution, out=out, fps=fps, backend=backend)
 
     @app.command("extract-mesh")
@@ -233,7 +234,7 @@ def build_app() -> typer.Typer:
     ) -> None:
         """Extract a triangle mesh (marching cubes) from a trained run, in the input's coordinate frame, with shaded
         renders in RUN/renders/ and, for SDF runs, its Chamfer distance to the input mesh."""
-        _run_task(run, "extract_mesh_run", "'ngp extract-mesh'")(
+        _run_task(run, "extract-mesh")(
             run, resolution=resolution, level=level, threshold=threshold, out=out, normals=normals, colors=colors,
             backend=backend)
 

@@ -37,6 +37,23 @@ class Task:
     default_preset: ClassVar[str] = ""
     default_preset_cpu: ClassVar[str] = ""
 
+    #: Module whose ``eval_command`` / ``render_command`` / ``extract_mesh_command`` (each called as
+    #: ``fn(task, run_path, **options)``) serve ``ngp eval`` / ``ngp render`` / ``ngp extract-mesh`` on this task's
+    #: runs; imported only when one of those commands runs. Empty: none of them.
+    run_commands_module: ClassVar[str] = ""
+
+    def run_command(self, command: str):
+        """The function serving ``ngp <command>`` ("eval", "render" or "extract-mesh") on this task's runs, with the
+        task bound as its first argument, or None when the task has none."""
+        import functools
+        import importlib
+
+        if not self.run_commands_module:
+            return None
+        name = command.replace("-", "_") + "_command"
+        fn = getattr(importlib.import_module(self.run_commands_module), name, None)
+        return None if fn is None else functools.partial(fn, self)
+
     def config_class(self) -> type:
         """The task's config dataclass (a :class:`ngp_cli.config.RunConfig` subclass with the task's own section)."""
         from ngp_cli.config import RunConfig

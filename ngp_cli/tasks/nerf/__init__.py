@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -76,27 +76,10 @@ class NerfTask(Task):
     commands = ("train-nerf", "eval", "render", "extract-mesh")
     default_preset = "nerf"
     default_preset_cpu = "nerf-cpu"
+    run_commands_module = "ngp_cli.tasks.nerf.evaluate"
 
     def config_class(self) -> type:
         return NerfConfig
-
-    def evaluate_run(self, run_path: Path, **options: Any) -> None:
-        """``ngp eval RUN`` for a NeRF run (options: ``split``, ``backend``)."""
-        from ngp_cli.tasks.nerf.evaluate import eval_command
-
-        eval_command(self, run_path, **options)
-
-    def extract_mesh_run(self, run_path: Path, **options: Any) -> None:
-        """``ngp extract-mesh RUN`` for a NeRF run (density threshold, vertex normals and colours)."""
-        from ngp_cli.tasks.nerf.evaluate import extract_mesh_command
-
-        extract_mesh_command(self, run_path, **options)
-
-    def render_run(self, run_path: Path, **options: Any) -> None:
-        """``ngp render RUN`` for a NeRF run (options: camera_path, orbit, resolution, out, fps, backend)."""
-        from ngp_cli.tasks.nerf.evaluate import render_command
-
-        render_command(self, run_path, **options)
 
     def register(self, app: typer.Typer) -> None:
         task = self

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -70,27 +70,10 @@ class SdfTask(Task):
     commands = ("train-sdf", "extract-mesh", "eval", "render")
     default_preset = "sdf"
     default_preset_cpu = "sdf-cpu"
+    run_commands_module = "ngp_cli.tasks.sdf.evaluate"
 
     def config_class(self) -> type:
         return SdfConfig
-
-    def evaluate_run(self, run_path: Path, **options: Any) -> None:
-        """``ngp eval RUN`` for an SDF run: IoU, Chamfer distance, normal consistency (options: ``backend``)."""
-        from ngp_cli.tasks.sdf.evaluate import eval_command
-
-        eval_command(self, run_path, **options)
-
-    def extract_mesh_run(self, run_path: Path, **options: Any) -> None:
-        """``ngp extract-mesh RUN`` for an SDF run."""
-        from ngp_cli.tasks.sdf.evaluate import extract_mesh_command
-
-        extract_mesh_command(self, run_path, **options)
-
-    def render_run(self, run_path: Path, **options: Any) -> None:
-        """``ngp render RUN --orbit N`` for an SDF run: an orbit around its shaded mesh."""
-        from ngp_cli.tasks.sdf.evaluate import render_command
-
-        render_command(self, run_path, **options)
 
     def register(self, app: typer.Typer) -> None:
         task = self
