@@ -82,7 +82,7 @@ class SdfTask(Task):
         def train_sdf(
             mesh: Annotated[Path | None, typer.Argument(
                 help="Triangle mesh: OBJ, PLY, STL, GLB/GLTF or OFF (multi-part scenes are merged). "
-                     "Default: a built-in torus knot (trimesh).", show_default=False)] = None,
+                     "Default: a built-in torus (trimesh).", show_default=False)] = None,
             preset: PresetOpt = None,
             set_: SetOpt = None,
             runs_dir: RunsDirOpt = Path("runs"),
