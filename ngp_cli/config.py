@@ -388,9 +388,11 @@ def list_presets() -> list[dict[str, Any]]:
 
 
 def find_preset(name_or_path: str) -> Path:
-    """Map ``--preset NAME|PATH`` to a file: an existing path wins, else a built-in name. Raises ConfigError."""
+    """Map ``--preset NAME|PATH`` to a file: an existing file wins, else a built-in name. A bare name (no preset
+    suffix, no ``/``) that is only a folder of the working directory is a built-in name: a project folder called
+    ``nerf`` must not shadow the ``nerf`` preset (or a preset's ``extends: nerf``). Raises ConfigError."""
     as_path = Path(name_or_path).expanduser()
-    if as_path.suffix in PRESET_SUFFIXES or "/" in name_or_path or as_path.exists():
+    if as_path.suffix in PRESET_SUFFIXES or "/" in name_or_path or as_path.is_file():
         if as_path.is_file():
             return as_path
         if as_path.is_dir():

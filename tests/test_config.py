@@ -116,6 +116,18 @@ def test_max_resolution_and_per_level_scale_exclude_each_other():
     assert cfg["encoding"] == {"per_level_scale": None, "max_resolution": 4096}
 
 
+def test_a_folder_named_like_a_preset_does_not_shadow_it(tmp_path, monkeypatch):
+    """Working in a folder that holds, say, a ``image/`` or ``defaults/`` directory: the built-in presets (and their
+    ``extends:`` chain) still resolve; a folder named with a path is refused."""
+    for name in ("image", "image-cpu", "defaults"):
+        (tmp_path / name).mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = image("image-cpu")
+    assert cfg.encoding.log2_hashmap_size == 21 and cfg.optimizer.beta2 == 0.99
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_preset("./image")
+
+
 def test_preset_for_other_task_is_rejected(tmp_path):
     other = tmp_path / "sdf.yaml"
     other.write_text("task: sdf\n")
