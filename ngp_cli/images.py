@@ -34,7 +34,6 @@ import errno
 import io
 import math
 import os
-import secrets
 import stat
 import struct
 import sys
@@ -739,15 +738,12 @@ class ImageWriter(TempFileOutput):
             raise
 
     def _create_temp(self, parent: Path) -> Path:
-        # Same directory so os.replace stays atomic; the real suffix last because some encoders look at it;
-        # mode 0o666 (not mkstemp's 0o600) so the final file gets the usual umask-derived permissions.
-        tmp = parent / f".{self.path.name}.{secrets.token_hex(4)}.tmp{self._suffix}"
+        from ngp_cli.runs import create_temp_beside
+
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            return create_temp_beside(self.path, self._suffix)  # the real suffix last: some encoders look at it
         except OSError as e:
             raise OutputError(f"{self.path}: cannot write to directory {parent}: {e.strerror or e}") from e
-        os.close(fd)
-        return tmp
 
     def _open_buffer(self) -> None:
         shape = (self.height, self.width, self.channels)

@@ -15,7 +15,9 @@ import math
 
 import numpy as np
 
-__all__ = ["PSNRAccumulator", "mse_to_psnr", "peak_rss_mib", "psnr"]
+__all__ = ["LUMINANCE", "PSNRAccumulator", "luminance", "mse_to_psnr", "peak_rss_mib", "psnr"]
+
+LUMINANCE = (0.2126, 0.7152, 0.0722)  # Rec. 709 / sRGB weights of linear R, G, B
 
 # Flattened numpy inputs are reduced in chunks of this many elements to bound the float64 temporaries.
 _CHUNK = 1 << 22
@@ -112,3 +114,9 @@ def peak_rss_mib() -> float:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+
+
+def luminance(rgb):
+    """Rec. 709 luminance of linear RGB: (..., 3+) numpy array or torch tensor → (...), same type, dtype and device
+    (channels beyond the third are ignored)."""
+    return LUMINANCE[0] * rgb[..., 0] + LUMINANCE[1] * rgb[..., 1] + LUMINANCE[2] * rgb[..., 2]

@@ -29,14 +29,30 @@ from ngp_cli.errors import ConfigError, DataError, OutputError
 _CKPT_RE = re.compile(r"^step-(\d{8,})\.json$")
 
 
-def atomic_write(path: Path, write: Callable[[str], None], suffix: str = ".tmp") -> None:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path`` (ending in ``suffix``, created with mode 0o666 so
-    the final file gets the usual umask-derived permissions, not mkstemp's 0o600), fsync it and move it into place
-    with ``os.replace``: readers see the old file or the new one, never a partial one. Raises OutputError."""
+def cache_dir(name: str) -> Path:
+    """Folder ``name`` of ngp's cache (generated demo scenes and meshes, rendered references):
+    ``$NGP_CACHE_DIR/<name>``, else ``~/.cache/ngp/<name>``. Not created here."""
+    root = os.environ.get("NGP_CACHE_DIR")
+    return (Path(root) if root else Path.home() / ".cache" / "ngp") / name
+
+
+def create_temp_beside(path: Path, suffix: str = "") -> Path:
+    """Create an empty temporary file ``.<name>.<random>.tmp<suffix>`` in ``path``'s folder, for writing and then
+    ``os.replace``-ing onto ``path`` (same folder: the rename is atomic). Mode 0o666 (not mkstemp's 0o600), so the
+    final file gets the usual umask-derived permissions; ``suffix`` keeps the real extension last for writers that
+    look at it. Raises OSError."""
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp{suffix}"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    return tmp
+
+
+def atomic_write(path: Path, write: Callable[[str], None], suffix: str = "") -> None:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path`` (:func:`create_temp_beside`, ending in
+    ``suffix``), fsync it and move it into place with ``os.replace``: readers see the old file or the new one, never a
+    partial one. Raises OutputError."""
     tmp = None
     try:
-        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}")
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        tmp = str(create_temp_beside(path, suffix))
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -81,6 +97,16 @@ class RunDir:
     @property
     def renders_dir(self) -> Path:
         return self.path / "renders"
+
+    def mesh_path(self, resolution: int) -> Path:
+        """Where ``ngp extract-mesh`` puts a mesh extracted at ``resolution`` by default: ``meshes/mesh_<res>.ply``
+        (the folder is created). Raises OutputError."""
+        folder = self.path / "meshes"
+        try:
+            folder.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{folder}: cannot create: {exc.strerror or exc}") from None
+        return folder / f"mesh_{resolution}.ply"
 
     @property
     def summary_path(self) -> Path:

@@ -22,7 +22,7 @@ from torch import nn
 from ngp_cli.config import LossConfig, OptimizerConfig, RunConfig
 from ngp_cli.console import emit, info, stderr_console
 from ngp_cli.errors import DataError, DivergedError, Interrupted
-from ngp_cli.metrics import mse_to_psnr
+from ngp_cli.metrics import luminance, mse_to_psnr
 from ngp_cli.nn.encodings import tune_cpu_allocator
 from ngp_cli.runs import RunDir
 
@@ -56,8 +56,7 @@ def make_loss(cfg: LossConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.T
         return lambda p, t: torch.nn.functional.huber_loss(p, t, delta=0.1) / 0.1
     if cfg.otype == "RelativeL2Luminance":
         def relative_l2_luminance(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            lum = p.detach()[:, :3] @ torch.tensor([0.2126, 0.7152, 0.0722], dtype=p.dtype, device=p.device)
-            return ((p - t).square() / (lum.square().unsqueeze(1) + 0.01)).mean()
+            return ((p - t).square() / (luminance(p.detach()).square().unsqueeze(1) + 0.01)).mean()
 
         return relative_l2_luminance
     if cfg.otype == "MAPE":

@@ -16,15 +16,15 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 from pathlib import Path
 
 import numpy as np
 
 from ngp_cli.errors import OutputError
 from ngp_cli.images import TempFileOutput, from_float, write_image
+from ngp_cli.runs import create_temp_beside
 
-__all__ = ["VIDEO_SUFFIXES", "FrameWriter"]
+__all__ = ["VIDEO_SUFFIXES", "FrameWriter", "write_frames"]
 
 VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".mov", ".mkv", ".gif")
 _FRAME_RE = re.compile(r"^frame_(\d{5,})\.png$")
@@ -86,14 +86,10 @@ class FrameWriter(TempFileOutput):
             parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise OutputError(f"{self.out}: cannot create directory {parent}: {e.strerror or e}") from None
-        # Same directory (atomic rename), real suffix last (imageio picks the format from it), mode 0o666 & umask.
-        tmp = parent / f".{self.out.name}.{secrets.token_hex(4)}.tmp{self.out.suffix.lower()}"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:  # the real suffix last: imageio picks the format from it
+            self._tmp = tmp = create_temp_beside(self.out, self.out.suffix.lower())
         except OSError as e:
             raise OutputError(f"{self.out}: cannot write to directory {parent}: {e.strerror or e}") from None
-        os.close(fd)
-        self._tmp = tmp
         import imageio
 
         try:
@@ -207,3 +203,15 @@ class FrameWriter(TempFileOutput):
             with contextlib.suppress(Exception):
                 writer.close()
         self._remove_temp()
+
+
+def write_frames(out: str | os.PathLike, frames, fps: int = 30) -> int:
+    """Write every frame of the iterable ``frames`` (rendered lazily, one at a time) through :class:`FrameWriter` and
+    return how many were written. Raises OutputError, also for an OSError while the frames are produced or written."""
+    try:
+        with FrameWriter(out, fps=fps) as writer:
+            for frame in frames:
+                writer.write(frame)
+            return writer.count
+    except OSError as err:
+        raise OutputError(f"{out}: {err.strerror or err}") from None

@@ -65,14 +65,18 @@ def render_mesh(bvh: MeshBVH, origin: np.ndarray, rotation: np.ndarray, width: i
     return (image.reshape(height, width, 3).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
 
 
+def mesh_orbit(vertices: np.ndarray, up: np.ndarray, n_views: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`orbit_cameras` framing the sphere around the bounding box of (V, 3) ``vertices``."""
+    lo, hi = vertices.min(axis=0), vertices.max(axis=0)
+    radius = float(np.linalg.norm(hi - lo)) * 0.5
+    return orbit_cameras(0.5 * (lo + hi), max(radius, 1e-6), up, n_views)
+
+
 def render_views(bvh: MeshBVH, vertices: np.ndarray, out_dir: Path, prefix: str, *, up: np.ndarray,
                  n_views: int = 4, size: int = 512) -> list[str]:
     """Write ``n_views`` shaded views of the mesh to ``out_dir/<prefix>_<k>.png``; returns the paths."""
-    lo, hi = vertices.min(axis=0), vertices.max(axis=0)
-    centre = 0.5 * (lo + hi)
-    radius = float(np.linalg.norm(hi - lo)) * 0.5
     paths = []
-    for k, (origin, rotation) in enumerate(orbit_cameras(centre, max(radius, 1e-6), up, n_views)):
+    for k, (origin, rotation) in enumerate(mesh_orbit(vertices, up, n_views)):
         path = Path(out_dir) / f"{prefix}_{k}.png"
         write_image(path, render_mesh(bvh, origin, rotation, size, size))
         paths.append(str(path))

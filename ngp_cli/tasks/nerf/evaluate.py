@@ -19,7 +19,7 @@ import torch
 
 from ngp_cli.commands import open_run, parse_resolution
 from ngp_cli.console import emit, info, to_json
-from ngp_cli.errors import DataError, OutputError, UsageError
+from ngp_cli.errors import DataError, UsageError
 from ngp_cli.images import write_image
 from ngp_cli.metrics import mse_to_psnr, peak_rss_mib
 from ngp_cli.runs import RunDir, atomic_write_text
@@ -147,7 +147,7 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None, orb
     """``ngp render RUN (--camera-path FILE | --orbit N) [--resolution WxH] [--out video.mp4|frames/]``."""
     from ngp_cli.tasks.nerf.camera_path import load_camera_path, orbit_path
     from ngp_cli.tasks.nerf.cameras import generate_rays, nerf_matrix_to_ngp, pixel_grid
-    from ngp_cli.video import FrameWriter
+    from ngp_cli.video import write_frames
 
     if (camera_path is None) == (orbit is None):
         raise UsageError("give exactly one of --camera-path FILE or --orbit N")
@@ -172,17 +172,16 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None, orb
     pixels = pixel_grid(width, height)
     background = (1.0, 1.0, 1.0) if ds.white_background else (0.0, 0.0, 0.0)
     info(f"rendering {c2w.shape[0]} frames at {width}x{height} from {run.path} (step {step}) to {out}")
+
+    def frames():
+        for k in range(c2w.shape[0]):
+            fx = fx_default if focals is None else float(focals[k])
+            intr = torch.tensor([[fx, fx, width / 2.0, height / 2.0]], dtype=torch.float32).expand(pixels.shape[0], 4)
+            origins, directions = generate_rays(c2w[k:k + 1].expand(pixels.shape[0], 3, 4), intr, pixels, None)
+            yield render_view(problem, origins, directions, height, width, background)
+
     t0 = time.perf_counter()
-    try:
-        with FrameWriter(out, fps=fps) as writer:
-            for k in range(c2w.shape[0]):
-                fx = fx_default if focals is None else float(focals[k])
-                intr = torch.tensor([[fx, fx, width / 2.0, height / 2.0]], dtype=torch.float32).expand(pixels.shape[0], 4)
-                origins, directions = generate_rays(c2w[k:k + 1].expand(pixels.shape[0], 3, 4), intr, pixels, None)
-                frame = render_view(problem, origins, directions, height, width, background)
-                writer.write(frame)
-    except OSError as err:
-        raise OutputError(f"{out}: {err.strerror or err}") from None
+    write_frames(out, frames(), fps)
     seconds = time.perf_counter() - t0
     info(f"wrote {out} ({c2w.shape[0]} frames, {seconds:.1f} s)")
     emit("done", run_dir=str(run.path), step=step,
@@ -195,8 +194,9 @@ def extract_mesh_command(task, run_path: Path, *, resolution: int = 256, level: 
                          backend: str | None = None) -> None:
     """``ngp extract-mesh RUN`` for a NeRF run: marching cubes of the density σ = ``threshold`` (instant-ngp's 2.5)
     over the scene box, σ taken as 0 in cells the occupancy grid marks empty (as ray marching does: the network is
-    never trained there, so its density is arbitrary), written in the dataset's world frame, with vertex normals −∇σ and vertex colours from the
-    colour network seen head-on (view direction −normal), and shaded renders in ``renders/``."""
+    never trained there, so its density is arbitrary), written in the dataset's world frame, with vertex normals −∇σ
+    and vertex colours from the colour network seen head-on (view direction −normal), and shaded renders in
+    ``renders/``."""
     from ngp_cli.mesh.bvh import MeshBVH
     from ngp_cli.mesh.extract import extract_isosurface, field_gradients, unit_normals
     from ngp_cli.mesh.io import check_output_path, write_mesh
@@ -213,8 +213,7 @@ def extract_mesh_command(task, run_path: Path, *, resolution: int = 256, level: 
     ds = problem.dataset
     lo = np.full(3, model.aabb_lo)
     hi = lo + model.aabb_size
-    out = out if out is not None else run.path / "meshes" / f"mesh_{resolution}.ply"
-    out.parent.mkdir(exist_ok=True)
+    out = out if out is not None else run.mesh_path(resolution)
     info(f"extracting the σ = {threshold:g} surface of {run.path} (step {step}) at {resolution}³ over "
          f"[{lo[0]:g}, {hi[0]:g}]³")
 
@@ -248,4 +247,5 @@ def extract_mesh_command(task, run_path: Path, *, resolution: int = 256, level: 
     emit("done", run_dir=str(run.path), step=step, metrics=metrics, artifacts={"mesh": str(path), "renders": renders})
 
 
-__all__ = ["eval_command", "evaluate_views", "extract_mesh_command", "final_evaluation", "load_run", "render_command", "render_view"]
+__all__ = ["eval_command", "evaluate_views", "extract_mesh_command", "final_evaluation", "load_run", "render_command",
+           "render_view"]

@@ -83,9 +83,9 @@ _SUBPIXEL_OFFSETS = (0.25, 0.75)  # 2x2 supersampling
 
 def default_scene_dir() -> Path:
     """Where the demo scene is cached: ``$NGP_CACHE_DIR/scenes/synthetic-v1``, else ``~/.cache/ngp/scenes/synthetic-v1``."""
-    root = os.environ.get("NGP_CACHE_DIR")
-    base = Path(root) if root else Path.home() / ".cache" / "ngp"
-    return base / "scenes" / SCENE_NAME
+    from ngp_cli.runs import cache_dir
+
+    return cache_dir("scenes") / SCENE_NAME
 
 
 def _is_complete(scene_dir: Path) -> bool:

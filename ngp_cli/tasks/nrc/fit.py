@@ -12,7 +12,6 @@ included), and both are compared with the reference (``nrc.reference_spp``, cach
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -23,10 +22,12 @@ import torch
 from ngp_cli.commands import TrainOptions, create_run, finish, prepare
 from ngp_cli.console import emit, info
 from ngp_cli.images import write_image
+from ngp_cli.metrics import luminance
+from ngp_cli.runs import atomic_write, cache_dir
 from ngp_cli.tasks.nrc import NrcConfig
 from ngp_cli.tasks.nrc.cache import NeuralRadianceCache
 from ngp_cli.tasks.nrc.scene import Scene, cornell_box, load_scene
-from ngp_cli.tasks.nrc.tracer import Camera, SceneTensors, luminance, render_image, trace
+from ngp_cli.tasks.nrc.tracer import Camera, SceneTensors, render_image, trace
 from ngp_cli.train import EMA, make_loss, make_optimizer
 
 
@@ -44,15 +45,13 @@ def tonemap(image: torch.Tensor) -> np.ndarray:
     return (image.clamp(0, 1).pow(1 / 2.2).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("NGP_CACHE_DIR")
-    return (Path(root) if root else Path.home() / ".cache" / "ngp") / "nrc-references"
-
-
-def reference_image(st: SceneTensors, camera: Camera, spp: int, chunk: int) -> tuple[torch.Tensor, float, bool]:
-    """The converged reference: ``spp`` samples per pixel of plain path tracing, cached on disk per scene, image size
-    and spp (``$NGP_CACHE_DIR/nrc-references``). Returns ``(image (H, W, 3), seconds to render, from cache)``."""
-    path = _cache_dir() / f"{st.scene.fingerprint()}-{camera.width}x{camera.height}-{spp}spp.npy"
+def reference_image(st: SceneTensors, camera: Camera, spp: int, **trace_kwargs) -> tuple[torch.Tensor, float, bool]:
+    """The converged reference: ``spp`` samples per pixel of plain path tracing with the run's tracer settings
+    (``trace_kwargs`` of :func:`render_image`), cached on disk per scene, image size, spp and settings
+    (``$NGP_CACHE_DIR/nrc-references``). Returns ``(image (H, W, 3), seconds to render, from cache)``."""
+    settings = "-".join(f"{k}{v}" for k, v in sorted(trace_kwargs.items()) if k != "chunk")
+    path = cache_dir("nrc-references") / (f"{st.scene.fingerprint()}-{camera.width}x{camera.height}-{spp}spp-"
+                                         f"{settings}.npy")
     if path.is_file():
         try:
             return torch.from_numpy(np.load(path, allow_pickle=False)).to(st.device), 0.0, True
@@ -60,13 +59,11 @@ def reference_image(st: SceneTensors, camera: Camera, spp: int, chunk: int) -> t
             pass  # a corrupt cache entry: render again
     info(f"rendering the reference: {camera.width}x{camera.height} at {spp} spp (cached for later runs)")
     t0 = time.perf_counter()
-    image, _ = render_image(st, camera, spp, torch.Generator().manual_seed(12345), chunk=chunk)
+    image, _ = render_image(st, camera, spp, torch.Generator().manual_seed(12345), **trace_kwargs)
     seconds = time.perf_counter() - t0
     try:
-        from ngp_cli.runs import atomic_write
-
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: np.save(open(tmp, "wb"), image.cpu().numpy()), suffix=".npy")
+        atomic_write(path, lambda tmp: np.save(tmp, image.cpu().numpy()), suffix=".npy")
     except Exception as exc:  # the cache is an optimisation: a read-only home must not fail the run
         info(f"could not cache the reference ({exc})")
     return image, seconds, False
@@ -97,7 +94,8 @@ def train_nrc(task, opts: TrainOptions, scene_path: Path | None) -> None:
     device = prep.backend.device
     st = SceneTensors(scene, device)
     camera = Camera.from_scene(scene, nc.width, nc.height, device)
-    reference, reference_s, cached = reference_image(st, camera, nc.reference_spp, nc.chunk)
+    tracing = {"chunk": nc.chunk, "max_depth": nc.max_depth, "rr_depth": nc.rr_depth}
+    reference, reference_s, cached = reference_image(st, camera, nc.reference_spp, **tracing)
     run = create_run(task, opts, cfg, default_name=scene.name)
     info(f"scene {scene.name}: {len(scene.faces):,} triangles, {st.light_faces.numel()} emissive; "
          f"{nc.width}x{nc.height}, {nc.frames} frames at {nc.spp} spp; backend {prep.backend.name} on {device}; "
@@ -145,8 +143,8 @@ def train_nrc(task, opts: TrainOptions, scene_path: Path | None) -> None:
         t1 = time.perf_counter()
         model.eval()
         with torch.no_grad(), (ema.applied() if ema is not None else contextlib.nullcontext()):
-            image, from_cache = render_image(st, camera, nc.spp, gen, chunk=nc.chunk, max_depth=nc.max_depth,
-                                             rr_depth=nc.rr_depth, cache=model, spread_c=nc.spread_c)
+            image, from_cache = render_image(st, camera, nc.spp, gen, cache=model, spread_c=nc.spread_c,
+                                             **tracing)
         t2 = time.perf_counter()
         nrc_time += t2 - t0
         frame_times.append(t2 - t0)
@@ -174,8 +172,7 @@ def train_nrc(task, opts: TrainOptions, scene_path: Path | None) -> None:
     while pt_time < nrc_time or pt_frames == 0:
         t0 = time.perf_counter()
         with torch.no_grad():
-            image, _ = render_image(st, camera, nc.spp, gen, chunk=nc.chunk, max_depth=nc.max_depth,
-                                    rr_depth=nc.rr_depth)
+            image, _ = render_image(st, camera, nc.spp, gen, **tracing)
         pt_sum += image
         pt_frames += 1
         pt_time += time.perf_counter() - t0

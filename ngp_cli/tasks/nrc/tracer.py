@@ -28,9 +28,9 @@ import torch
 from torch import Tensor
 
 from ngp_cli.mesh.bvh import MeshBVH
+from ngp_cli.metrics import luminance
 from ngp_cli.tasks.nrc.scene import Scene
 
-LUMINANCE = (0.2126, 0.7152, 0.0722)
 FEATURES = 16  # cache inputs per vertex: position 3, ω_o 3, normal 3, roughness 1, k_d 3, k_s 3
 
 
@@ -38,10 +38,6 @@ class RadianceCache(Protocol):
     def __call__(self, features: Tensor) -> Tensor:
         """(N, 16) vertex features → (N, 3) scattered radiance."""
         ...
-
-
-def luminance(rgb: Tensor) -> Tensor:
-    return rgb @ torch.tensor(LUMINANCE, dtype=rgb.dtype, device=rgb.device)
 
 
 class SceneTensors:

@@ -73,27 +73,25 @@ def mesh_report(problem, mesh: dict[str, Any], renders_dir: Path, prefix: str) -
     return metrics, renders
 
 
+def iou_metrics(problem) -> dict[str, Any]:
+    """``iou`` at ``sdf.iou_points`` fixed uniform points (the paper's metric), ``iou_points`` and ``iou_s``."""
+    t0 = time.perf_counter()
+    n = problem.cfg.sdf.iou_points
+    return {"iou": problem.iou(n), "iou_points": n, "iou_s": round(time.perf_counter() - t0, 3)}
+
+
 def final_evaluation(problem, run: RunDir) -> tuple[dict[str, Any], dict[str, Any]]:
     """After training: IoU at ``sdf.iou_points``, the mesh at ``sdf.mesh_resolution`` written to
     ``meshes/mesh_<res>.ply`` with its Chamfer distance and renders. Returns ``(metrics, artifacts)``."""
     sc = problem.cfg.sdf
-    t0 = time.perf_counter()
-    metrics: dict[str, Any] = {"iou": problem.iou(sc.iou_points), "iou_points": sc.iou_points}
-    metrics["iou_s"] = round(time.perf_counter() - t0, 3)
+    metrics = iou_metrics(problem)
     mesh = extract(problem, sc.mesh_resolution)
-    path = write_mesh(_meshes_dir(run) / f"mesh_{sc.mesh_resolution}.ply", mesh["vertices"], mesh["faces"],
-                      mesh["normals"])
+    path = write_mesh(run.mesh_path(sc.mesh_resolution), mesh["vertices"], mesh["faces"], mesh["normals"])
     report, renders = mesh_report(problem, mesh, run.renders_dir, f"mesh_{sc.mesh_resolution}")
     metrics.update(report)
     metrics.update({"mesh_resolution": sc.mesh_resolution, "mesh_vertices": len(mesh["vertices"]),
                     "mesh_faces": len(mesh["faces"])})
     return metrics, {"mesh": str(path), "renders": renders}
-
-
-def _meshes_dir(run: RunDir) -> Path:
-    d = run.path / "meshes"
-    d.mkdir(exist_ok=True)
-    return d
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -128,9 +126,7 @@ def eval_command(task, run_path: Path, *, split: str | None = None, backend: str
     sc = problem.cfg.sdf
     step = int(meta["step"])
     info(f"evaluating {run.path} (step {step}) against {sc.path}")
-    t0 = time.perf_counter()
-    metrics: dict[str, Any] = {"iou": problem.iou(sc.iou_points), "iou_points": sc.iou_points}
-    metrics["iou_s"] = round(time.perf_counter() - t0, 3)
+    metrics = iou_metrics(problem)
     mesh = extract(problem, sc.mesh_resolution, normals=False)
     report, _ = mesh_report(problem, mesh, run.renders_dir, f"mesh_{sc.mesh_resolution}")
     metrics.update(report)
@@ -151,7 +147,7 @@ def extract_mesh_command(task, run_path: Path, *, resolution: int = 256, level: 
     if out is not None:
         out = check_output_path(out)
     run, problem, meta = load_run(task, run_path, backend)
-    out = out if out is not None else _meshes_dir(run) / f"mesh_{resolution}.ply"
+    out = out if out is not None else run.mesh_path(resolution)
     info(f"extracting the SDF = {level:g} surface of {run.path} (step {meta['step']}) at {resolution}³")
     mesh = extract(problem, resolution, level, normals)
     if not len(mesh["faces"]):
@@ -173,10 +169,10 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None, orb
     """``ngp render RUN --orbit N [--resolution WxH] [--out video.mp4|frames/]`` for an SDF run: the mesh at
     ``sdf.mesh_resolution``, shaded and ray cast from N cameras on a circle around it (20° above its equator, up axis
     ``sdf.up``). Camera paths are for NeRF runs."""
-    from ngp_cli.errors import OutputError, UsageError
+    from ngp_cli.errors import UsageError
     from ngp_cli.mesh.bvh import MeshBVH
-    from ngp_cli.mesh.shade import orbit_cameras, render_mesh
-    from ngp_cli.video import FrameWriter
+    from ngp_cli.mesh.shade import mesh_orbit, render_mesh
+    from ngp_cli.video import write_frames
 
     if camera_path is not None:
         raise UsageError("an SDF run renders an --orbit N; --camera-path is for NeRF runs")
@@ -187,21 +183,13 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None, orb
     mesh = extract(problem, problem.cfg.sdf.mesh_resolution, normals=False)
     if not len(mesh["faces"]):
         raise DataError(f"the SDF of {run.path} has no zero crossing: nothing to render")
-    verts = mesh["vertices"]
-    bvh = MeshBVH(verts, mesh["faces"], device=problem.device)
-    lo, hi = verts.min(axis=0), verts.max(axis=0)
-    cameras = orbit_cameras(0.5 * (lo + hi), max(float(np.linalg.norm(hi - lo)) * 0.5, 1e-6),
-                            _up_vector(problem.cfg.sdf.up), orbit)
+    bvh = MeshBVH(mesh["vertices"], mesh["faces"], device=problem.device)
+    cameras = mesh_orbit(mesh["vertices"], _up_vector(problem.cfg.sdf.up), orbit)
     out = out if out is not None else run.renders_dir / "orbit.mp4"
     info(f"rendering {orbit} frames at {width}x{height} of the {problem.cfg.sdf.mesh_resolution}³ mesh of "
          f"{run.path} (step {meta['step']}) to {out}")
     t0 = time.perf_counter()
-    try:
-        with FrameWriter(out, fps=fps) as writer:
-            for origin, rotation in cameras:
-                writer.write(render_mesh(bvh, origin, rotation, width, height))
-    except OSError as err:
-        raise OutputError(f"{out}: {err.strerror or err}") from None
+    write_frames(out, (render_mesh(bvh, origin, rotation, width, height) for origin, rotation in cameras), fps)
     seconds = time.perf_counter() - t0
     info(f"wrote {out} ({orbit} frames, {seconds:.1f} s)")
     emit("done", run_dir=str(run.path), step=int(meta["step"]),
@@ -209,5 +197,6 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None, orb
          artifacts={"out": str(out)})
 
 
-__all__ = ["eval_command", "extract", "extract_mesh_command", "final_evaluation", "load_run", "mesh_report",
+__all__ = ["eval_command", "extract", "extract_mesh_command", "final_evaluation", "iou_metrics", "load_run",
+           "mesh_report",
            "render_command"]

@@ -186,14 +186,12 @@ class SdfProblem:
 def default_mesh() -> Path:
     """The no-argument demo mesh: a torus (trimesh), written once to ``$NGP_CACHE_DIR/meshes/torus.ply`` (else
     ``~/.cache/ngp/meshes``). Raises OutputError when the cache cannot be written."""
-    import os
-
     import trimesh
 
     from ngp_cli.mesh.io import write_mesh
+    from ngp_cli.runs import cache_dir
 
-    root = os.environ.get("NGP_CACHE_DIR")
-    path = (Path(root) if root else Path.home() / ".cache" / "ngp") / "meshes" / "torus.ply"
+    path = cache_dir("meshes") / "torus.ply"
     if not path.is_file():
         from ngp_cli.errors import OutputError
 
