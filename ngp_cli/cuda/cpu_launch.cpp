@@ -1,11 +1,17 @@
 // Worker pool of the CPU kernel target (ngp_cli/cuda/runtime.py compiles this once into its own shared library).
 //
 // ngp_pool_run(nthreads, nitems, chunk, fn, arg) calls fn(arg, worker, begin, end) over [0, nitems) in chunks of
-// `chunk` items, handed out dynamically to `nthreads` workers: the calling thread is worker 0, the others are
-// persistent std::threads created on first use (no OpenMP: torch ships its own libgomp). The kernel modules hold the
-// block runners (cpu_emu.h); they get this function's address through their LaunchDesc. One launch runs at a time;
-// concurrent callers are serialised; a forked child gets a fresh pool. Returns 0, or nonzero when a worker thread
-// could not be started.
+// `chunk` items, handed out dynamically to `nthreads` workers; the calling thread is worker 0. The kernel modules hold
+// the block runners (cpu_emu.h); they get this function's address through their LaunchDesc. Returns 0, or nonzero
+// when a worker thread could not be started.
+//
+// Two builds (runtime.py tries the first, falls back to the second):
+// - with -fopenmp (_OPENMP): the workers are an OpenMP team. Loaded after torch, the library binds to the libgomp
+//   torch already loaded (same soname), so kernels run on torch's own intra-op threads. A second pool would fight
+//   them for the cores: after every torch op libgomp's idle threads spin for milliseconds (GOMP_SPINCOUNT), and on
+//   the 2-core CI machine that took 2-4 ms from every hash-grid forward+backward;
+// - without: persistent std::threads created on first use. One launch runs at a time; concurrent callers are
+//   serialised; a forked child gets a fresh pool.
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -13,6 +19,9 @@
 #include <pthread.h>
 #include <thread>
 #include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace {
 
@@ -110,5 +119,29 @@ extern "C" __attribute__((visibility("default"))) int ngp_pool_run(int nthreads,
         fn(arg, 0, 0, nitems);
         return 0;
     }
+#ifdef _OPENMP
+    const long long step = std::max(1LL, chunk);
+    std::atomic<long long> next{0};
+#pragma omp parallel num_threads(nthreads)
+    {
+        const int worker = omp_get_thread_num();
+        for (;;) {
+            const long long b = next.fetch_add(step, std::memory_order_relaxed);
+            if (b >= nitems) break;
+            fn(arg, worker, b, std::min(nitems, b + step));
+        }
+    }
+    return 0;
+#else
     return pool().run(nthreads, nitems, chunk, fn, arg);
+#endif
+}
+
+// 1 when this build runs launches on an OpenMP team (torch's, once torch is loaded), 0 for the std::thread pool.
+extern "C" __attribute__((visibility("default"))) int ngp_pool_openmp() {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
 }

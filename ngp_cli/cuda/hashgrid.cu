@@ -218,6 +218,16 @@ HG_INLINE Row load_row(const param_t* __restrict__ params, u32 idx) {
 // call, which measured 2x slower for the backward), chosen once per thread by the scatter kernels.
 template <bool PLAIN>
 HG_INLINE void add_row_to(float* dst, const pos_t v[F]) {
+#ifdef NGP_CPU
+    if constexpr (PLAIN && F >= 2) {  // the row as one vector: one load and one store instead of F of each
+        typedef float row_vec __attribute__((vector_size(F * sizeof(float)), aligned(ROW_ALIGN)));
+        row_vec add;
+#pragma GCC unroll 8
+        for (int f = 0; f < F; ++f) add[f] = (float)v[f];
+        *reinterpret_cast<row_vec*>(dst) += add;
+        return;
+    }
+#endif
 #pragma unroll
     for (int f = 0; f < F; ++f) {
         if constexpr (PLAIN) {
@@ -274,6 +284,9 @@ HG_INLINE bool plain_scatter() {
 // floor, conversions, hashes and dense indices of PB points in a few SIMD instructions), the table rows of the next
 // batch are prefetched (the hashed rows of a level miss L2) while the current one is consumed point by point.
 // The arithmetic per point is exactly compute_cell's. On the GPU, one point per thread, no pipeline.
+// `stream` (optional) is the point's own row in a strided per-point array (the forward's output, the backward's grad_out:
+// 8 bytes every 128 for L=16, F=2), prefetched 2*PB points ahead; with the vector row add this took the cpu
+// backend's 2-D/3-D forward+backward at 2^16 points from 13.9/20.6 to 13.0/18.9 ms (A/B in one process).
 #ifdef NGP_CPU
 constexpr u32 PB = 16;
 
@@ -288,10 +301,15 @@ HG_INLINE void compute_cells(const pos_t* __restrict__ x, const Level& lv, u32 f
     u32 pg[D][PB];
     pos_t xs[D][PB];
     if (first + PB - 1 <= last) {
+        // De-interleave with whole-vector loads and permutes: PB scalar stores read back as one vector would stall
+        // on store forwarding (measured ~10 % of the backward).
         const pos_t* __restrict__ xp = x + (u64)first * D;
-        for (u32 b = 0; b < PB; ++b) {
+        pos_t flat[D * PB];
+        __builtin_memcpy(flat, xp, sizeof(flat));
 #pragma GCC unroll 4
-            for (int d = 0; d < D; ++d) xs[d][b] = xp[b * D + d];
+        for (int d = 0; d < D; ++d) {
+#pragma GCC ivdep
+            for (u32 b = 0; b < PB; ++b) xs[d][b] = flat[b * D + d];
         }
     } else {
         for (u32 b = 0; b < PB; ++b) {
@@ -403,7 +421,8 @@ HG_INLINE void prefetch_point(const param_t* p, const CellBatch& cb, u32 b, bool
 
 template <typename Body>
 HG_INLINE void for_points(const pos_t* __restrict__ x, const Level& lv, const param_t* prefetch_base,
-                          bool prefetch_write, u32 begin, u32 end, Body body) {
+                          bool prefetch_write, u32 begin, u32 end, Body body, const param_t* stream = nullptr,
+                          u64 stream_stride = 0, bool stream_write = false) {
 #ifdef NGP_CPU
     if (begin >= end) return;
     CellBatch ring[2];
@@ -419,6 +438,14 @@ HG_INLINE void for_points(const pos_t* __restrict__ x, const Level& lv, const pa
         const CellBatch& cb = ring[k];
         for (u32 b = 0; b < n0; ++b) {
             if (b < n1) prefetch_point(prefetch_base, ring[k ^ 1], b, prefetch_write);  // PB points ahead
+            if (stream && i0 + b + 2 * PB < end) {
+                const void* a = stream + (u64)(i0 + b + 2 * PB) * stream_stride;
+                if (stream_write) {
+                    __builtin_prefetch(a, 1, 3);
+                } else {
+                    __builtin_prefetch(a, 0, 3);
+                }
+            }
             Cell cell;
 #pragma GCC unroll 16
             for (int c = 0; c < C; ++c) {
@@ -433,6 +460,9 @@ HG_INLINE void for_points(const pos_t* __restrict__ x, const Level& lv, const pa
 #else
     (void)prefetch_base;
     (void)prefetch_write;
+    (void)stream;
+    (void)stream_stride;
+    (void)stream_write;
     for (u32 i = begin; i < end; ++i) {
         Cell cell;
         compute_cell(x + (u64)i * D, lv, cell);
@@ -495,7 +525,7 @@ extern "C" __global__ void hashgrid_forward(const POS_T* __restrict__ x, const P
             for (int f = 0; f < F; ++f) res.v[f] = from_acc<param_t>(acc[f]);
         }
         *reinterpret_cast<Row*>(out + i * out_stride + (u64)level * F) = res;
-    });
+    }, out + (u64)level * F, out_stride, true);
 }
 
 template <bool PLAIN>
@@ -519,7 +549,7 @@ HG_INLINE void backward_params_impl(const pos_t* __restrict__ x, const Level& lv
                 add_row<PLAIN>(grad_params, cell.idx[c], v);
             }
         }
-    });
+    }, grad_out + (u64)level * F, out_stride, false);
 }
 
 // grad_params (E, F) += dL/dtable for grad_out (N, L*F). Level-major; atomics (exclusive_y on the CPU).

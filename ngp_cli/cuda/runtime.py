@@ -27,6 +27,7 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Mapping, Sequence
@@ -730,9 +731,25 @@ def _pool_lib() -> ctypes.CDLL:
     if cxx is None:
         raise KernelCompileError("no host C++ compiler found for the cpu kernel target (set $CXX or install g++)")
     src = CUDA_DIR / "cpu_launch.cpp"
-    key = [_CACHE_VERSION, src.read_bytes(), cxx, _compiler_version(cxx), " ".join(_LAUNCHER_FLAGS)]
-    lib = _compile_cached("cpu_launch", key, [cxx, *_LAUNCHER_FLAGS], src, "cpu_launch.cpp")
-    return ctypes.CDLL(str(lib))
+    variants = [_LAUNCHER_FLAGS]
+    if _torch_uses_openmp():
+        # The workers become torch's own OpenMP threads (see cpu_launch.cpp); plain threads if -fopenmp fails.
+        variants.insert(0, (*_LAUNCHER_FLAGS, "-fopenmp"))
+    for i, flags in enumerate(variants):
+        key = [_CACHE_VERSION, src.read_bytes(), cxx, _compiler_version(cxx), " ".join(flags)]
+        try:
+            lib = _compile_cached("cpu_launch", key, [cxx, *flags], src, "cpu_launch.cpp")
+        except KernelCompileError:
+            if i + 1 == len(variants):
+                raise
+            continue
+        return ctypes.CDLL(str(lib))
+    raise AssertionError("unreachable")
+
+
+def _torch_uses_openmp() -> bool:
+    """Whether torch runs its CPU ops on libgomp threads (Linux wheels), so the launcher can share that team."""
+    return "parallel backend: OpenMP" in _torch().__config__.parallel_info() and sys.platform.startswith("linux")
 
 
 def _pool_run_address() -> int:

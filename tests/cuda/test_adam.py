@@ -38,6 +38,33 @@ def test_kernel_matches_reference(cpu_target, skip, l2):
         torch.testing.assert_close(ours, theirs, rtol=2e-6, atol=1e-7, msg=lambda s: f"seed {seed}: {s}")
 
 
+@pytest.mark.parametrize("l2", [0.0, 1e-6])
+def test_kernel_shared_step_count_matches_per_element_counts(cpu_target, l2):
+    """Dense steps with one 0-dim count (the uniform_step path) equal the per-element path at equal counts."""
+    from ngp_cli.cuda.adam import adam_step
+
+    seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    n = 10_007
+    w, grad, m, v, _ = _case(seed, n)
+    t0 = int(torch.randint(0, 40, ()).item())
+    per_element = [w.clone(), m.clone(), v.clone(), torch.full((n,), t0, dtype=torch.int32)]
+    ref = [w.clone(), m.clone(), v.clone(), torch.full((n,), t0, dtype=torch.int32)]
+    shared = [w.clone(), m.clone(), v.clone(), torch.tensor(t0, dtype=torch.int32)]
+    table = bias_correction_table(0.9, 0.99, 1023)
+    kw = dict(lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-15, l2_reg=l2, skip_zero_grad=False)
+    adam_step(shared[0], grad, shared[1], shared[2], shared[3], table, target="cpu", **kw)
+    adam_step(per_element[0], grad, per_element[1], per_element[2], per_element[3], table, target="cpu", **kw)
+    adam_step_reference(ref[0], grad, ref[1], ref[2], ref[3], **kw)
+    assert int(shared[3]) == t0 + 1
+    for a, b, r in zip(shared[:3], per_element[:3], ref[:3], strict=True):
+        # the two loops may contract multiply-adds differently (rounding-level differences)
+        torch.testing.assert_close(a, b, rtol=2e-6, atol=1e-7, msg=lambda s: f"seed {seed}: {s}")
+        torch.testing.assert_close(a, r, rtol=2e-6, atol=1e-7, msg=lambda s: f"seed {seed}: {s}")
+    with pytest.raises(ValueError, match="per-element"):
+        adam_step(shared[0], grad, shared[1], shared[2], shared[3], table, target="cpu",
+                  **{**kw, "skip_zero_grad": True})
+
+
 def test_optimizer_on_the_kernel_follows_the_reference(cpu_target):
     g = torch.Generator().manual_seed(3)
     init = torch.randn(300, 2, generator=g)

@@ -44,6 +44,23 @@ def two_threads():
     torch.set_num_threads(old)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_cpu_workers_are_torchs_own_openmp_threads(basic, two_threads):
+    """Where torch runs on libgomp, launches run on its OpenMP team: one libgomp in the process, not a second pool
+    whose threads would fight torch's spinning ones for the cores (and a launch still splits over both workers)."""
+    if not runtime._torch_uses_openmp():
+        pytest.skip("torch does not use OpenMP here")
+    lib = runtime._pool_lib()
+    assert lib.ngp_pool_openmp() == 1
+    with open("/proc/self/maps") as f:
+        gomp = {line.split()[-1] for line in f if "libgomp" in line}
+    assert len(gomp) == 1, f"more than one OpenMP runtime loaded: {sorted(gomp)}"
+    n = 1 << 16
+    out = torch.zeros(n)
+    basic.launch("saxpy", (n + 127) // 128, 128, [out, torch.ones(n), np.float32(3.0), u32(n)])
+    assert torch.equal(out, torch.full((n,), 3.0))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Indexing, atomics, __half, math
 # ---------------------------------------------------------------------------------------------------------------

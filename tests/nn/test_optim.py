@@ -32,7 +32,8 @@ def test_dense_steps_match_torch_adam():
         ref.step()
         ours.step()
     torch.testing.assert_close(p_ours.data, p_ref.data, rtol=1e-5, atol=1e-6)
-    assert (ours.state[p_ours]["param_steps"] == 5).all()
+    # a dense group keeps one shared count, as torch does
+    assert "param_steps" not in ours.state[p_ours] and int(ours.state[p_ours]["step"]) == 5
 
 
 def test_zero_gradient_entries_are_skipped_with_their_moments():
@@ -75,7 +76,12 @@ def test_loads_a_torch_adam_state():
     ours.load_state_dict(ref.state_dict())
     p.grad = torch.randn(3, 4)
     ours.step()
-    assert (ours.state[p]["param_steps"] == 2).all()
+    assert int(ours.state[p]["step"]) == 2
+    sparse = Adam([{"params": [p], "skip_zero_grad": True}], lr=1e-2)
+    sparse.load_state_dict(ref.state_dict())  # torch's one count becomes every element's count
+    p.grad = torch.tensor([[1.0, 0.0, 1.0, 0.0]] * 3)
+    sparse.step()
+    assert sparse.state[p]["param_steps"].tolist() == [[2, 1, 2, 1]] * 3
 
 
 def test_rejects_bad_arguments():
@@ -94,3 +100,28 @@ def test_state_dict_round_trip_keeps_per_element_step_counts():
     fresh.load_state_dict(opt.state_dict())  # torch casts state of float params to float32; Adam restores int32
     steps = fresh.state[p]["param_steps"]
     assert steps.dtype == torch.int32 and steps.tolist() == [1, 0] * 5
+
+
+def test_dense_state_round_trips_through_per_element_and_torch_forms():
+    """Dense groups store one count; older checkpoints (per-element counts, all equal) load into it, and
+    torch_adam_state hands torch.optim.Adam a float scalar it can continue from."""
+    from ngp_cli.nn.optim import torch_adam_state
+
+    p = torch.nn.Parameter(torch.randn(6))
+    opt = Adam([p], lr=1e-2)
+    for _ in range(3):
+        p.grad = torch.randn(6)
+        opt.step()
+    saved = opt.state_dict()
+    old_form = {**saved, "state": {0: {**saved["state"][0], "param_steps": torch.full((6,), 3.0)}}}
+    del old_form["state"][0]["step"]
+    fresh = Adam([p], lr=1e-2)
+    fresh.load_state_dict(old_form)
+    assert "param_steps" not in fresh.state[p] and int(fresh.state[p]["step"]) == 3
+    as_torch = torch_adam_state(dict(fresh.state[p]))
+    assert as_torch["step"].dtype == torch.float32 and float(as_torch["step"]) == 3.0
+    ref = torch.optim.Adam([p], lr=1e-2)
+    ref.load_state_dict({"state": {0: as_torch}, "param_groups": [{**ref.state_dict()["param_groups"][0]}]})
+    p.grad = torch.randn(6)
+    ref.step()
+    assert float(ref.state[p]["step"]) == 4.0

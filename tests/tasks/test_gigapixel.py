@@ -25,18 +25,45 @@ FAST = ["--set", "encoding.n_levels=4", "--set", "encoding.log2_hashmap_size=12"
 
 # -- the sampler -------------------------------------------------------------------------------------------------------
 
+def _sample(t: ImageTarget, uv: np.ndarray) -> np.ndarray:
+    return t.sample(torch.from_numpy(uv)).numpy()
+
+
 def test_bilinear_lookup_hits_texels_at_centres_and_blends_between():
     rng = np.random.default_rng()
     img = rng.integers(0, 65535, (7, 5, 3), dtype=np.uint16)
     t = ImageTarget(img)
     uv = pixel_centers(7, 5, 0, 7)
-    np.testing.assert_allclose(t.sample(uv), img.reshape(-1, 3) / 65535.0, atol=2e-6)
+    np.testing.assert_allclose(_sample(t, uv), img.reshape(-1, 3) / 65535.0, atol=2e-6)
     # halfway between columns 1 and 2 of row 3: the mean of the two texels
     mid = np.array([[2.0 / 5, 3.5 / 7]], dtype=np.float32)
-    np.testing.assert_allclose(t.sample(mid)[0], (img[3, 1].astype(np.float64) + img[3, 2]) / 2 / 65535, atol=2e-6)
+    np.testing.assert_allclose(_sample(t, mid)[0], (img[3, 1].astype(np.float64) + img[3, 2]) / 2 / 65535, atol=2e-6)
     # the border texels extend outwards
     corner = np.array([[0.0, 0.0], [1.0, 1.0]], dtype=np.float32)
-    np.testing.assert_allclose(t.sample(corner), np.stack([img[0, 0], img[-1, -1]]) / 65535.0, atol=2e-6)
+    np.testing.assert_allclose(_sample(t, corner), np.stack([img[0, 0], img[-1, -1]]) / 65535.0, atol=2e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float16, np.float32])
+def test_bilinear_lookup_matches_a_float64_reference_for_every_texel_dtype(dtype):
+    rng = np.random.default_rng()
+    h, w = 9, 13
+    if np.dtype(dtype).kind == "u":
+        img = rng.integers(0, np.iinfo(dtype).max + 1, (h, w, 3)).astype(dtype)  # the top values too (uint16 sign bit)
+        scale = float(np.iinfo(dtype).max)
+    else:
+        img = rng.uniform(-0.5, 4.0, (h, w, 3)).astype(dtype)  # HDR values above 1 are kept
+        scale = 1.0
+    uv = rng.uniform(-0.1, 1.1, (500, 2)).astype(np.float32)
+    px = np.clip(uv[:, 0].astype(np.float64) * w - 0.5, 0, w - 1)  # clamping the position = extending the border
+    py = np.clip(uv[:, 1].astype(np.float64) * h - 0.5, 0, h - 1)
+    x0, y0 = np.floor(px).astype(int), np.floor(py).astype(int)
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    fx, fy = (px - x0)[:, None], (py - y0)[:, None]
+    ref = img.astype(np.float64) / scale
+    want = ((ref[y0, x0] * (1 - fx) + ref[y0, x1] * fx) * (1 - fy) + (ref[y1, x0] * (1 - fx) + ref[y1, x1] * fx) * fy)
+    got = _sample(ImageTarget(img), uv)
+    assert got.dtype == np.float32 and got.shape == (500, 3)
+    np.testing.assert_allclose(got, want, atol=5e-6 * max(1.0, np.abs(ref).max()))
 
 
 def test_sampler_keeps_the_stored_dtype_and_matches_rows():

@@ -37,7 +37,7 @@ class ImageProblem:
     def batch_loss(self, batch_size: int, generator: torch.Generator,
                    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, float]:
         uv = torch.rand(batch_size, 2, generator=generator)
-        target = torch.from_numpy(self.target.sample(uv.numpy())).to(self.device, non_blocking=True)
+        target = self.target.sample(uv).to(self.device, non_blocking=True)
         pred = self.model(uv.to(self.device, non_blocking=True))
         loss = loss_fn(pred, target)
         if self.l2_loss:
@@ -108,7 +108,7 @@ def evaluate(problem: ImageProblem, photo: Path, render_scale: float, tile_pixel
                 y1 = min(out_h, y0 + out_rows)
                 uv = pixel_centers(out_h, out_w, y0, y1)
                 pred = problem.predict(uv, tile_pixels)
-                ref = target.sample(uv)
+                ref = target.sample(torch.from_numpy(uv)).numpy()
                 rec[y0:y1] = from_float(pred.reshape(y1 - y0, out_w, c), dtype)
                 err[y0:y1] = colormap(np.abs(pred - ref).mean(axis=1).reshape(y1 - y0, out_w), vmax=error_vmax)
     metrics = {"psnr": psnr.psnr, "mse": psnr.mse, "eval_s": round(time.perf_counter() - t0, 3),
