@@ -12,11 +12,14 @@
 //   the 2-core CI machine that took 2-4 ms from every hash-grid forward+backward;
 // - without: persistent std::threads created on first use. One launch runs at a time; concurrent callers are
 //   serialised; a forked child gets a fresh pool.
+// A forked child of the process that loaded the library uses the std::thread pool in both builds: libgomp's team
+// threads do not survive fork(), and a parallel region in the child would wait for them forever.
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
 #include <pthread.h>
+#include <unistd.h>
 #include <thread>
 #include <vector>
 #ifdef _OPENMP
@@ -96,6 +99,7 @@ struct Pool {
 };
 
 Pool* g_pool = nullptr;
+const pid_t g_load_pid = getpid();  // the process that loaded the library (and whose OpenMP team exists)
 std::once_flag g_once;
 
 // A forked child has none of the parent's worker threads: it starts over with a fresh pool (the old one is leaked,
@@ -120,6 +124,7 @@ extern "C" __attribute__((visibility("default"))) int ngp_pool_run(int nthreads,
         return 0;
     }
 #ifdef _OPENMP
+    if (getpid() != g_load_pid) return pool().run(nthreads, nitems, chunk, fn, arg);
     const long long step = std::max(1LL, chunk);
     std::atomic<long long> next{0};
 #pragma omp parallel num_threads(nthreads)

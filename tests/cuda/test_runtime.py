@@ -7,6 +7,7 @@ Each toy module is compiled once per session (module-scoped fixtures; the disk c
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -59,6 +60,38 @@ def test_cpu_workers_are_torchs_own_openmp_threads(basic, two_threads):
     out = torch.zeros(n)
     basic.launch("saxpy", (n + 127) // 128, 128, [out, torch.ones(n), np.float32(3.0), u32(n)])
     assert torch.equal(out, torch.full((n,), 3.0))
+
+
+def _launch_in_child(module, queue):
+    # numpy-backed tensors: torch's own parallel ops hang in a child forked after its OpenMP team ran (libgomp is not
+    # fork-safe), which is torch's limitation, not the launcher's
+    n = 1 << 16
+    out, ones = np.zeros(n, dtype=np.float32), np.ones(n, dtype=np.float32)
+    module.launch("saxpy", (n + 127) // 128, 128, [torch.from_numpy(out), torch.from_numpy(ones), np.float32(2.0),
+                                                   u32(n)])
+    queue.put(float(out.sum()))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_launches_on_its_own_workers(basic, two_threads):
+    """After the parent's workers ran (an OpenMP team or the thread pool), a fork()ed child's launch still completes:
+    neither kind of worker survives fork, and the child must not wait for them."""
+    import multiprocessing
+
+    n = 1 << 16
+    out = torch.zeros(n)
+    basic.launch("saxpy", (n + 127) // 128, 128, [out, torch.ones(n), np.float32(1.0), u32(n)])
+    assert float(out.sum()) == n
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_launch_in_child, args=(basic, queue))
+    child.start()
+    child.join(120)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child's launch hung")
+    assert child.exitcode == 0
+    assert queue.get(timeout=5) == 2.0 * n
 
 
 # ---------------------------------------------------------------------------------------------------------------
