@@ -103,3 +103,12 @@ def test_gpu_kernel_matches_reference_and_cpu():
     torch.cuda.synchronize()
     for a, b in zip(cpu, gpu, strict=True):
         torch.testing.assert_close(b.cpu(), a, rtol=2e-6, atol=1e-7)
+    # dense steps with one shared count (the uniform_step path)
+    dense = {**kw, "skip_zero_grad": False}
+    shared_cpu, shared_gpu = torch.tensor(5, dtype=torch.int32), torch.tensor(5, dtype=torch.int32)
+    adam_step(cpu[0], cpu[1], cpu[2], cpu[3], shared_cpu, table, target="cpu", **dense)
+    adam_step(gpu[0], gpu[1], gpu[2], gpu[3], shared_gpu, table.cuda(), target="cuda", **dense)
+    torch.cuda.synchronize()
+    assert int(shared_cpu) == int(shared_gpu) == 6
+    for a, b in zip(cpu[:4], gpu[:4], strict=True):
+        torch.testing.assert_close(b.cpu(), a, rtol=2e-6, atol=1e-7)

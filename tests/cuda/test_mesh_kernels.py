@@ -168,7 +168,11 @@ def test_cpu_winding_number_matches_reference(cpu_target, poison, mesh):
     q = _queries(seed, 3000, surface_of=bvh)
     ref = winding_number_reference(bvh.triangles, q)
     exact = bvh.winding_number(q, beta=math.inf)
-    torch.testing.assert_close(exact, ref, rtol=0, atol=2e-5, msg=lambda m: f"seed {seed}: {m}")
+    # float32 solid angles lose digits for triangles within 0.01 of a query; the soup's 300 large, overlapping
+    # triangles put many of them near every query. Worst kernel error over 60 seeds: blob 5.2e-6, open 5.1e-6,
+    # soup 3.1e-5 (a wrong kernel is off by 1e-2 or more).
+    atol = 1e-4 if mesh == "soup" else 2e-5
+    torch.testing.assert_close(exact, ref, rtol=0, atol=atol, msg=lambda m: f"seed {seed}: {m}")
     fast = bvh.winding_number(q)  # beta = 2: first-order far field
     assert torch.isfinite(fast).all(), seed
     assert float((fast - ref).abs().max()) < 0.05, seed
