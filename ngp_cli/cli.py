@@ -233,13 +233,17 @@ def build_app() -> typer.Typer:
             "--normals/--no-normals", help="Vertex normals from the field's gradient.")] = True,
         colors: Annotated[bool, typer.Option(
             "--colors/--no-colors", help="NeRF: vertex colours from the colour network, viewed along the normal.")] = True,
+        min_component: Annotated[float, typer.Option(
+            "--min-component", min=0.0, max=1.0,
+            help="Drop connected pieces with fewer triangles than this fraction of the largest piece's (NeRF "
+                 "floaters; e.g. 0.05). 0 keeps every piece.")] = 0.0,
         backend: Annotated[str | None, typer.Option("--backend", help="Kernel backend: auto, cuda, cpu or torch.")] = None,
     ) -> None:
         """Extract a triangle mesh (marching cubes) from a trained run, in the input's coordinate frame, with shaded
         renders in RUN/renders/ and, for SDF runs, its Chamfer distance to the input mesh."""
         _run_task(run, "extract-mesh")(
             run, resolution=resolution, level=level, threshold=threshold, out=out, normals=normals, colors=colors,
-            backend=backend)
+            min_component=min_component, backend=backend)
 
     for task in tasks.values():
         task.register(app)

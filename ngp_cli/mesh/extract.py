@@ -136,3 +136,47 @@ def unit_normals(gradients: np.ndarray) -> np.ndarray:
     """Normalised (N, 3) vectors; zero vectors stay zero."""
     n = np.linalg.norm(gradients, axis=1, keepdims=True)
     return np.where(n > 0, gradients / np.maximum(n, 1e-30), 0.0).astype(np.float32)
+
+
+def drop_small_components(faces: np.ndarray, n_vertices: int, min_fraction: float) -> tuple[np.ndarray, np.ndarray,
+                                                                                             dict[str, int]]:
+    """Remove the connected pieces of a triangle mesh that have fewer than ``min_fraction`` × the largest piece's
+    triangles: the floaters a density threshold leaves around a NeRF (pieces connect through shared vertices, as
+    marching cubes and the slab stitching produce them).
+
+    Args:
+        faces: (F, 3) int vertex indices into ``n_vertices`` vertices.
+        min_fraction: in [0, 1]; 0 keeps everything (and returns the input's indexing unchanged).
+
+    Returns:
+        ``(kept_vertices, faces, stats)``: (V',) int64 indices of the surviving vertices in the input (index vertex
+        attributes with it), the surviving faces re-indexed into them, and ``{"components_dropped",
+        "faces_dropped"}`` (plus ``"components"``, the number of pieces, when ``min_fraction`` > 0).
+
+    Raises:
+        ValueError: ``min_fraction`` outside [0, 1].
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if not 0.0 <= min_fraction <= 1.0:
+        raise ValueError(f"min_fraction must lie in [0, 1], got {min_fraction}")
+    faces = np.asarray(faces, dtype=np.int64)
+    everything = np.arange(n_vertices, dtype=np.int64)
+    if min_fraction == 0.0 or not len(faces):
+        return everything, faces, {"components_dropped": 0, "faces_dropped": 0}
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]]])
+    graph = coo_matrix((np.ones(len(edges), dtype=np.int8), (edges[:, 0], edges[:, 1])), shape=(n_vertices,) * 2)
+    n_components, labels = connected_components(graph, directed=False)
+    face_label = labels[faces[:, 0]]
+    sizes = np.bincount(face_label, minlength=n_components)
+    pieces = int((sizes > 0).sum())  # vertices no face uses are components of their own; they are not pieces
+    keep_label = sizes >= min_fraction * sizes.max()
+    keep_label &= sizes > 0
+    if keep_label[face_label].all():
+        return everything, faces, {"components": pieces, "components_dropped": 0, "faces_dropped": 0}
+    kept_faces = faces[keep_label[face_label]]
+    kept_vertices, new_faces = np.unique(kept_faces, return_inverse=True)
+    stats = {"components": pieces, "components_dropped": pieces - int(keep_label.sum()),
+             "faces_dropped": len(faces) - len(kept_faces)}
+    return kept_vertices, new_faces.reshape(-1, 3), stats

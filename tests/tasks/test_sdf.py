@@ -15,7 +15,7 @@ import trimesh
 
 from ngp_cli.errors import DataError
 from ngp_cli.mesh.bvh import MeshBVH, winding_number_reference
-from ngp_cli.mesh.extract import extract_isosurface, field_gradients, unit_normals
+from ngp_cli.mesh.extract import drop_small_components, extract_isosurface, field_gradients, unit_normals
 from ngp_cli.mesh.io import UNIT_MARGIN, UnitFrame, load_mesh, write_mesh
 from ngp_cli.mesh.metrics import iou, sample_surface, surface_metrics
 
@@ -171,6 +171,34 @@ def test_extract_isosurface_of_a_sphere(sparse):
     normals = unit_normals(field_gradients(field, verts.astype(np.float32), device=torch.device("cpu")))
     np.testing.assert_allclose(normals, (verts - 0.5) / np.linalg.norm(verts - 0.5, axis=1, keepdims=True),
                                atol=1e-4)
+
+
+def test_small_pieces_are_dropped_by_their_share_of_the_largest():
+    """A big sphere plus two floaters (a small sphere in another slab, a tiny one in the same slab): the filter keeps
+    what the fraction says, and the surviving faces index the same positions as before."""
+    spheres = torch.tensor([[0.4, 0.5, 0.5, 0.25], [0.85, 0.2, 0.2, 0.07], [0.85, 0.8, 0.8, 0.035]])
+
+    def field(x):
+        return ((x[:, None] - spheres[None, :, :3]).norm(dim=2) - spheres[None, :, 3]).min(dim=1).values
+
+    verts, faces, _ = extract_isosurface(field, 64, np.zeros(3), np.ones(3), device=torch.device("cpu"), slab=8)
+    per_piece = trimesh.Trimesh(verts, faces, process=False).split(only_watertight=False)
+    sizes = sorted(len(m.faces) for m in per_piece)
+    assert len(sizes) == 3 and sizes[0] < sizes[1] < 0.2 * sizes[2]
+    keep, kept_faces, stats = drop_small_components(faces, len(verts), 0.0)
+    assert np.array_equal(keep, np.arange(len(verts))) and np.array_equal(kept_faces, faces)
+    assert stats == {"components_dropped": 0, "faces_dropped": 0}
+    between = (sizes[0] + sizes[1]) / 2 / sizes[2]  # drops the tiny sphere only
+    for fraction, kept in ((between, sizes[1:]), (0.5, sizes[2:]), (1.0, sizes[2:])):
+        keep, kept_faces, stats = drop_small_components(faces, len(verts), fraction)
+        assert stats["components"] == 3 and stats["components_dropped"] == 3 - len(kept)
+        assert len(kept_faces) == sum(kept) and stats["faces_dropped"] == len(faces) - sum(kept)
+        # the same triangles as before, re-indexed: every surviving face is one of the input's faces
+        before = {tuple(sorted(map(tuple, t))) for t in np.round(verts[faces], 6)}
+        after = {tuple(sorted(map(tuple, t))) for t in np.round(verts[keep][kept_faces], 6)}
+        assert after <= before and len(np.unique(kept_faces)) == len(keep)
+    with pytest.raises(ValueError, match="min_fraction"):
+        drop_small_components(faces, len(verts), 1.5)
 
 
 def test_sparse_extraction_matches_dense():
@@ -415,3 +443,12 @@ def test_extract_mesh_from_a_nerf_run(tmp_path, ngp):
     assert colors.shape == (len(mesh.vertices), 4) and colors[:, :3].std() > 0
     assert len(res.last("done")["artifacts"]["renders"]) == 4
     assert ngp("extract-mesh", run, "--level", "0.1").exit_code == 2
+    # --min-component 1 keeps only the largest piece: never more triangles, and the drop is accounted for
+    largest = ngp("extract-mesh", run, "--resolution", "48", "--threshold", "1", "--min-component", "1",
+                  "--no-colors", "--out", tmp_path / "largest.ply")
+    assert largest.exit_code == 0, largest.stderr
+    m = largest.last("done")["metrics"]
+    assert m["faces"] + m["faces_dropped"] == len(mesh.faces) and m["components"] > m["components_dropped"] >= 0
+    assert len(trimesh.load(tmp_path / "largest.ply", process=False).faces) == m["faces"]
+    bad = ngp("extract-mesh", run, "--min-component", "1.5")
+    assert bad.exit_code == 2 and "--min-component" in bad.stderr

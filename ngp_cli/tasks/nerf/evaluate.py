@@ -191,14 +191,14 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None, orb
 
 def extract_mesh_command(task, run_path: Path, *, resolution: int = 256, level: float = 0.0, threshold: float = 2.5,
                          out: Path | None = None, normals: bool = True, colors: bool = True,
-                         backend: str | None = None) -> None:
+                         min_component: float = 0.0, backend: str | None = None) -> None:
     """``ngp extract-mesh RUN`` for a NeRF run: marching cubes of the density σ = ``threshold`` (instant-ngp's 2.5)
     over the scene box, σ taken as 0 in cells the occupancy grid marks empty (as ray marching does: the network is
     never trained there, so its density is arbitrary), written in the dataset's world frame, with vertex normals −∇σ
     and vertex colours from the colour network seen head-on (view direction −normal), and shaded renders in
     ``renders/``."""
     from ngp_cli.mesh.bvh import MeshBVH
-    from ngp_cli.mesh.extract import extract_isosurface, field_gradients, unit_normals
+    from ngp_cli.mesh.extract import drop_small_components, extract_isosurface, field_gradients, unit_normals
     from ngp_cli.mesh.io import check_output_path, write_mesh
     from ngp_cli.mesh.shade import render_views
 
@@ -225,6 +225,8 @@ def extract_mesh_command(task, run_path: Path, *, resolution: int = 256, level: 
                                              chunk=problem.cfg.nerf.eval_chunk_rays * 32)
     if not len(faces):
         raise DataError(f"the density of {run.path} never crosses {threshold:g}: nothing to extract")
+    keep, faces, pieces = drop_small_components(faces, len(verts), min_component)
+    verts, stats = verts[keep], {**stats, **pieces}
     vnormals = unit_normals(field_gradients(field, verts.astype(np.float32), device=device)) \
         if normals or colors else None
     vcolors = None

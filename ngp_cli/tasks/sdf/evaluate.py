@@ -17,7 +17,7 @@ import torch
 from ngp_cli.commands import open_run, parse_resolution
 from ngp_cli.console import emit, info, to_json
 from ngp_cli.errors import DataError
-from ngp_cli.mesh.extract import extract_isosurface, field_gradients, unit_normals
+from ngp_cli.mesh.extract import drop_small_components, extract_isosurface, field_gradients, unit_normals
 from ngp_cli.mesh.io import UnitFrame, check_output_path, write_mesh
 from ngp_cli.metrics import peak_rss_mib
 from ngp_cli.runs import RunDir, atomic_write_text
@@ -31,8 +31,10 @@ def _up_vector(up: str) -> np.ndarray:
     return v
 
 
-def extract(problem, resolution: int, level: float = 0.0, normals: bool = True) -> dict[str, Any]:
-    """Marching cubes on the network's SDF − ``level`` over the unit cube (sparse, bounded memory).
+def extract(problem, resolution: int, level: float = 0.0, normals: bool = True,
+            min_component: float = 0.0) -> dict[str, Any]:
+    """Marching cubes on the network's SDF − ``level`` over the unit cube (sparse, bounded memory), without the
+    pieces smaller than ``min_component`` × the largest (:func:`ngp_cli.mesh.extract.drop_small_components`).
 
     Returns ``{"unit_vertices", "vertices" (input frame), "faces", "normals" or None, "stats"}``.
     """
@@ -44,6 +46,8 @@ def extract(problem, resolution: int, level: float = 0.0, normals: bool = True) 
 
     verts, faces, stats = extract_isosurface(field, resolution, np.zeros(3), np.ones(3), device=device,
                                              chunk=problem.cfg.sdf.query_chunk, sparse_block=SPARSE_BLOCK)
+    keep, faces, pieces = drop_small_components(faces, len(verts), min_component)
+    verts, stats = verts[keep], {**stats, **pieces}
     vnormals = None
     if normals and len(verts):
         vnormals = unit_normals(field_gradients(problem.field, verts.astype(np.float32), device=device))
@@ -141,15 +145,16 @@ def eval_command(task, run_path: Path, *, split: str | None = None, backend: str
 
 def extract_mesh_command(task, run_path: Path, *, resolution: int = 256, level: float = 0.0, threshold: float = 2.5,
                          out: Path | None = None, normals: bool = True, colors: bool = True,
-                         backend: str | None = None) -> None:
+                         min_component: float = 0.0, backend: str | None = None) -> None:
     """``ngp extract-mesh RUN`` for an SDF run: marching cubes of SDF = ``level``, written in the input's frame, with
-    its Chamfer distance to the input and shaded renders (``threshold`` and ``colors`` are NeRF options)."""
+    its Chamfer distance to the input and shaded renders (``threshold`` and ``colors`` are NeRF options); pieces
+    under ``min_component`` × the largest are dropped."""
     if out is not None:
         out = check_output_path(out)
     run, problem, meta = load_run(task, run_path, backend)
     out = out if out is not None else run.mesh_path(resolution)
     info(f"extracting the SDF = {level:g} surface of {run.path} (step {meta['step']}) at {resolution}³")
-    mesh = extract(problem, resolution, level, normals)
+    mesh = extract(problem, resolution, level, normals, min_component)
     if not len(mesh["faces"]):
         raise DataError(f"the SDF of {run.path} has no zero crossing at level {level:g}: nothing to extract")
     path = write_mesh(out, mesh["vertices"], mesh["faces"], mesh["normals"])
