@@ -86,6 +86,51 @@ __device__ __forceinline__ mesh_v3 closest_on_triangle(mesh_v3 p, mesh_v3 a, mes
     return v3_add(a, v3_add(v3_scale(ab, vb * denom), v3_scale(ac, vc * denom)));
 }
 
+// Nearest-first depth-first traversal of the implicit BVH, shared by the closest-point and ray-cast kernels.
+// key(node) is the node box's lower bound on what it can hold (squared distance to the query, slab entry t of the
+// ray), +inf when nothing; visit(t) tests triangle t and may lower `best` (a reference the visitor also updates).
+// A node is pushed, and examined when popped, only while its key is below `best`; of two children the nearer is
+// popped first.
+template <typename Key, typename Visit>
+__device__ __forceinline__ void bvh_nearest_first(const int* __restrict__ leaf_first, const int n_leaves,
+                                                  const float& best, Key key, Visit visit) {
+    int stack[MESH_STACK];
+    float stack_key[MESH_STACK];
+    int top = 0;
+    const float root_key = key(0);
+    if (root_key < best) {
+        stack[0] = 0;
+        stack_key[0] = root_key;
+        top = 1;
+    }
+    const int first_leaf = n_leaves - 1;
+    while (top > 0) {
+        --top;
+        const int node = stack[top];
+        if (!(stack_key[top] < best)) continue;
+        if (node >= first_leaf) {
+            const int leaf = node - first_leaf;
+            for (int t = leaf_first[leaf]; t < leaf_first[leaf + 1]; ++t) visit(t);
+            continue;
+        }
+        const int l = 2 * node + 1, r = 2 * node + 2;
+        const float kl = key(l), kr = key(r);
+        const bool left_first = kl <= kr;
+        const int near = left_first ? l : r, far = left_first ? r : l;
+        const float kn = left_first ? kl : kr, kf = left_first ? kr : kl;
+        if (kf < best) {  // pushed first, popped after the nearer child
+            stack[top] = far;
+            stack_key[top] = kf;
+            ++top;
+        }
+        if (kn < best) {
+            stack[top] = near;
+            stack_key[top] = kn;
+            ++top;
+        }
+    }
+}
+
 extern "C" __global__ void mesh_closest_point(const float* __restrict__ queries, const unsigned int n_queries,
                                               const float* __restrict__ box_lo, const float* __restrict__ box_hi,
                                               const int* __restrict__ leaf_first, const float* __restrict__ tris,
@@ -99,54 +144,22 @@ extern "C" __global__ void mesh_closest_point(const float* __restrict__ queries,
     float best2 = max_distance * max_distance;
     int best_tri = -1, best_feature = -1;
     mesh_v3 best_point = p;
-    int stack[MESH_STACK];
-    float stack_d2[MESH_STACK];
-    int top = 0;
-    const float root_d2 = box_distance2(box_lo, box_hi, p);
-    if (root_d2 < best2) {
-        stack[0] = 0;
-        stack_d2[0] = root_d2;
-        top = 1;
-    }
-    const int first_leaf = n_leaves - 1;
-    while (top > 0) {
-        --top;
-        const int node = stack[top];
-        if (!(stack_d2[top] < best2)) continue;
-        if (node >= first_leaf) {
-            const int leaf = node - first_leaf;
-            for (int t = leaf_first[leaf]; t < leaf_first[leaf + 1]; ++t) {
-                const float* v = tris + 9 * (size_t)t;
-                int region;
-                const mesh_v3 c = closest_on_triangle(p, v3_load(v), v3_load(v + 3), v3_load(v + 6), region);
-                const mesh_v3 d = v3_sub(c, p);
-                const float d2 = v3_dot(d, d);
-                if (d2 < best2) {
-                    best2 = d2;
-                    best_tri = t;
-                    best_feature = region;
-                    best_point = c;
-                }
+    bvh_nearest_first(
+        leaf_first, n_leaves, best2,
+        [&](int node) { return box_distance2(box_lo + 3 * (size_t)node, box_hi + 3 * (size_t)node, p); },
+        [&](int t) {
+            const float* v = tris + 9 * (size_t)t;
+            int region;
+            const mesh_v3 c = closest_on_triangle(p, v3_load(v), v3_load(v + 3), v3_load(v + 6), region);
+            const mesh_v3 d = v3_sub(c, p);
+            const float d2 = v3_dot(d, d);
+            if (d2 < best2) {
+                best2 = d2;
+                best_tri = t;
+                best_feature = region;
+                best_point = c;
             }
-            continue;
-        }
-        const int l = 2 * node + 1, r = 2 * node + 2;
-        const float dl = box_distance2(box_lo + 3 * (size_t)l, box_hi + 3 * (size_t)l, p);
-        const float dr = box_distance2(box_lo + 3 * (size_t)r, box_hi + 3 * (size_t)r, p);
-        const bool left_first = dl <= dr;
-        const int near = left_first ? l : r, far = left_first ? r : l;
-        const float dn = left_first ? dl : dr, df = left_first ? dr : dl;
-        if (df < best2) {  // pushed first, popped after the nearer child
-            stack[top] = far;
-            stack_d2[top] = df;
-            ++top;
-        }
-        if (dn < best2) {
-            stack[top] = near;
-            stack_d2[top] = dn;
-            ++top;
-        }
-    }
+        });
     distance[q] = best_tri >= 0 ? sqrtf(best2) : max_distance;
     face[q] = best_tri >= 0 ? tri_ids[best_tri] : -1;
     feature[q] = best_feature;
@@ -235,61 +248,31 @@ extern "C" __global__ void mesh_raycast(const float* __restrict__ origins, const
     const mesh_v3 inv_d = mesh_v3{1.0f / d.x, 1.0f / d.y, 1.0f / d.z};  // +-inf for zero components: slabs still work
     float best = t_max;
     int best_tri = -1;
-    int stack[MESH_STACK];
-    float stack_t[MESH_STACK];
-    int top = 0;
-    const float root_t = box_entry(box_lo, box_hi, o, inv_d, t_min, best);
-    if (root_t < best) {
-        stack[0] = 0;
-        stack_t[0] = root_t;
-        top = 1;
-    }
-    const int first_leaf = n_leaves - 1;
-    while (top > 0) {
-        --top;
-        const int node = stack[top];
-        if (!(stack_t[top] < best)) continue;
-        if (node >= first_leaf) {
-            const int leaf = node - first_leaf;
-            for (int t = leaf_first[leaf]; t < leaf_first[leaf + 1]; ++t) {
-                const float* v = tris + 9 * (size_t)t;
-                const mesh_v3 a = v3_load(v);
-                const mesh_v3 e1 = v3_sub(v3_load(v + 3), a), e2 = v3_sub(v3_load(v + 6), a);
-                const mesh_v3 pv = v3_cross(d, e2);
-                const float det = v3_dot(e1, pv);
-                if (det == 0.0f) continue;
-                const float inv_det = 1.0f / det;
-                const mesh_v3 tv = v3_sub(o, a);
-                const float u = v3_dot(tv, pv) * inv_det;
-                if (u < 0.0f || u > 1.0f) continue;
-                const mesh_v3 qv = v3_cross(tv, e1);
-                const float w = v3_dot(d, qv) * inv_det;
-                if (w < 0.0f || u + w > 1.0f) continue;
-                const float th = v3_dot(e2, qv) * inv_det;
-                if (th > t_min && th < best) {
-                    best = th;
-                    best_tri = t;
-                }
+    bvh_nearest_first(
+        leaf_first, n_leaves, best,
+        [&](int node) {
+            return box_entry(box_lo + 3 * (size_t)node, box_hi + 3 * (size_t)node, o, inv_d, t_min, best);
+        },
+        [&](int t) {
+            const float* v = tris + 9 * (size_t)t;
+            const mesh_v3 a = v3_load(v);
+            const mesh_v3 e1 = v3_sub(v3_load(v + 3), a), e2 = v3_sub(v3_load(v + 6), a);
+            const mesh_v3 pv = v3_cross(d, e2);
+            const float det = v3_dot(e1, pv);
+            if (det == 0.0f) return;
+            const float inv_det = 1.0f / det;
+            const mesh_v3 tv = v3_sub(o, a);
+            const float u = v3_dot(tv, pv) * inv_det;
+            if (u < 0.0f || u > 1.0f) return;
+            const mesh_v3 qv = v3_cross(tv, e1);
+            const float w = v3_dot(d, qv) * inv_det;
+            if (w < 0.0f || u + w > 1.0f) return;
+            const float th = v3_dot(e2, qv) * inv_det;
+            if (th > t_min && th < best) {
+                best = th;
+                best_tri = t;
             }
-            continue;
-        }
-        const int l = 2 * node + 1, rr = 2 * node + 2;
-        const float tl = box_entry(box_lo + 3 * (size_t)l, box_hi + 3 * (size_t)l, o, inv_d, t_min, best);
-        const float tr = box_entry(box_lo + 3 * (size_t)rr, box_hi + 3 * (size_t)rr, o, inv_d, t_min, best);
-        const bool left_first = tl <= tr;
-        const int near = left_first ? l : rr, far = left_first ? rr : l;
-        const float tn = left_first ? tl : tr, tf = left_first ? tr : tl;
-        if (tf < best) {
-            stack[top] = far;
-            stack_t[top] = tf;
-            ++top;
-        }
-        if (tn < best) {
-            stack[top] = near;
-            stack_t[top] = tn;
-            ++top;
-        }
-    }
+        });
     t_hit[r] = best;
     face[r] = best_tri >= 0 ? tri_ids[best_tri] : -1;
 }
