@@ -30,6 +30,15 @@ namespace {
 
 typedef void (*item_fn)(void* arg, int worker, long long begin, long long end);
 
+// One worker's share of a launch: chunks of `chunk` items taken from `next` until none are left.
+void take_chunks(std::atomic<long long>& next, long long nitems, long long chunk, item_fn fn, void* arg, int worker) {
+    for (;;) {
+        const long long b = next.fetch_add(chunk, std::memory_order_relaxed);
+        if (b >= nitems) break;
+        fn(arg, worker, b, std::min(nitems, b + chunk));
+    }
+}
+
 struct Pool {
     std::mutex launch_mutex;  // one launch at a time
     std::mutex m;
@@ -43,13 +52,7 @@ struct Pool {
     long long nitems = 0, chunk = 1;
     std::atomic<long long> next{0};
 
-    void work(int worker) {
-        for (;;) {
-            long long b = next.fetch_add(chunk, std::memory_order_relaxed);
-            if (b >= nitems) break;
-            fn(arg, worker, b, std::min(nitems, b + chunk));
-        }
-    }
+    void work(int worker) { take_chunks(next, nitems, chunk, fn, arg, worker); }
 
     void thread_main(int worker) {
         unsigned long long seen = 0;
@@ -125,17 +128,9 @@ extern "C" __attribute__((visibility("default"))) int ngp_pool_run(int nthreads,
     }
 #ifdef _OPENMP
     if (getpid() != g_load_pid) return pool().run(nthreads, nitems, chunk, fn, arg);
-    const long long step = std::max(1LL, chunk);
     std::atomic<long long> next{0};
 #pragma omp parallel num_threads(nthreads)
-    {
-        const int worker = omp_get_thread_num();
-        for (;;) {
-            const long long b = next.fetch_add(step, std::memory_order_relaxed);
-            if (b >= nitems) break;
-            fn(arg, worker, b, std::min(nitems, b + step));
-        }
-    }
+    take_chunks(next, nitems, std::max(1LL, chunk), fn, arg, omp_get_thread_num());
     return 0;
 #else
     return pool().run(nthreads, nitems, chunk, fn, arg);
