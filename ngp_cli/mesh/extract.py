@@ -33,6 +33,7 @@ def _evaluate(field: Field, points: np.ndarray, chunk: int, device: torch.device
 
 def extract_isosurface(field: Field, resolution: int, lo: np.ndarray, hi: np.ndarray, *, device: torch.device,
                        chunk: int = 1 << 18, slab: int = 32, sparse_block: int | None = None,
+                       min_component: float = 0.0,
                        progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Triangle mesh of the zero set of ``field`` inside the box [lo, hi].
 
@@ -44,14 +45,17 @@ def extract_isosurface(field: Field, resolution: int, lo: np.ndarray, hi: np.nda
         slab: cell layers per marching-cubes slab (memory: (slab + 1) · resolution² float32).
         sparse_block: cells per block side for the sparse evaluation of a signed distance field, or None to sample
             every node (any field, e.g. a NeRF density).
+        min_component: drop the connected pieces with fewer triangles than this fraction of the largest piece's
+            (:func:`drop_small_components`; 0 keeps everything).
         progress: called as progress(done_slabs, total_slabs).
 
     Returns:
         ``(vertices (V, 3) float64 in the box's frame, faces (F, 3) int64, stats)``; stats has ``evaluated`` (field
-        evaluations) and ``nodes``. An empty mesh (no zero crossing) has V = F = 0.
+        evaluations), ``nodes`` and :func:`drop_small_components`'s counts. An empty mesh (no zero crossing) has
+        V = F = 0.
 
     Raises:
-        ValueError: resolution < 2 or a non-finite field value on a sampled node.
+        ValueError: resolution < 2, a non-finite field value on a sampled node, or ``min_component`` outside [0, 1].
     """
     from skimage.measure import marching_cubes
 
@@ -110,14 +114,16 @@ def extract_isosurface(field: Field, resolution: int, lo: np.ndarray, hi: np.nda
             progress(k + 1, len(starts))
     stats = {"evaluated": int(evaluated), "nodes": int(resolution) ** 3}
     if not verts_parts:
-        return np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64), stats
-    verts = np.concatenate(verts_parts)
-    faces = np.concatenate(faces_parts)
-    # Slabs share their boundary node planes: merge the identical vertices computed there.
-    unique, inverse = np.unique(verts, axis=0, return_inverse=True)
-    faces = inverse.reshape(-1)[faces]
-    keep = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])
-    return unique, faces[keep], stats
+        verts, faces = np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64)
+    else:
+        # Slabs share their boundary node planes: merge the identical vertices computed there.
+        verts, inverse = np.unique(np.concatenate(verts_parts), axis=0, return_inverse=True)
+        faces = inverse.reshape(-1)[np.concatenate(faces_parts)]
+        faces = faces[(faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])]
+    kept, faces, pieces = drop_small_components(faces, len(verts), min_component)
+    if len(kept) != len(verts):
+        verts = verts[kept]
+    return verts, faces, {**stats, **pieces}
 
 
 def field_gradients(field: Field, points: np.ndarray, *, device: torch.device, chunk: int = 1 << 16) -> np.ndarray:

@@ -198,7 +198,7 @@ def extract_mesh_command(task, run_path: Path, *, resolution: int = 256, level: 
     and vertex colours from the colour network seen head-on (view direction −normal), and shaded renders in
     ``renders/``."""
     from ngp_cli.mesh.bvh import MeshBVH
-    from ngp_cli.mesh.extract import drop_small_components, extract_isosurface, field_gradients, unit_normals
+    from ngp_cli.mesh.extract import extract_isosurface, field_gradients, unit_normals
     from ngp_cli.mesh.io import check_output_path, write_mesh
     from ngp_cli.mesh.shade import render_views
 
@@ -222,11 +222,9 @@ def extract_mesh_command(task, run_path: Path, *, resolution: int = 256, level: 
 
     t0 = time.perf_counter()
     verts, faces, stats = extract_isosurface(field, resolution, lo, hi, device=device,
-                                             chunk=problem.cfg.nerf.eval_chunk_rays * 32)
+                                             chunk=problem.cfg.nerf.eval_chunk_rays * 32, min_component=min_component)
     if not len(faces):
         raise DataError(f"the density of {run.path} never crosses {threshold:g}: nothing to extract")
-    keep, faces, pieces = drop_small_components(faces, len(verts), min_component)
-    verts, stats = verts[keep], {**stats, **pieces}
     vnormals = unit_normals(field_gradients(field, verts.astype(np.float32), device=device)) \
         if normals or colors else None
     vcolors = None

@@ -17,7 +17,7 @@ import torch
 from ngp_cli.commands import open_run, parse_resolution
 from ngp_cli.console import emit, info, to_json
 from ngp_cli.errors import DataError
-from ngp_cli.mesh.extract import drop_small_components, extract_isosurface, field_gradients, unit_normals
+from ngp_cli.mesh.extract import extract_isosurface, field_gradients, unit_normals
 from ngp_cli.mesh.io import UnitFrame, check_output_path, write_mesh
 from ngp_cli.metrics import peak_rss_mib
 from ngp_cli.runs import RunDir, atomic_write_text
@@ -45,9 +45,8 @@ def extract(problem, resolution: int, level: float = 0.0, normals: bool = True,
         return problem.field(x) - level
 
     verts, faces, stats = extract_isosurface(field, resolution, np.zeros(3), np.ones(3), device=device,
-                                             chunk=problem.cfg.sdf.query_chunk, sparse_block=SPARSE_BLOCK)
-    keep, faces, pieces = drop_small_components(faces, len(verts), min_component)
-    verts, stats = verts[keep], {**stats, **pieces}
+                                             chunk=problem.cfg.sdf.query_chunk, sparse_block=SPARSE_BLOCK,
+                                             min_component=min_component)
     vnormals = None
     if normals and len(verts):
         vnormals = unit_normals(field_gradients(problem.field, verts.astype(np.float32), device=device))
