@@ -139,7 +139,7 @@ def run_benchmarks(backends: list[Backend], batches: list[int], dims: list[int],
     ceilings: dict[str, dict[str, float]] = {}
     results: list[Result] = []
     if any(b.device.type == "cpu" for b in backends):
-        from ngp_cli.nn.encodings import tune_cpu_allocator
+        from ngp_cli.allocator import tune_cpu_allocator
 
         tune_cpu_allocator()  # as the training loop does on a CPU (NGP_NO_MALLOPT=1 opts out)
 

@@ -88,7 +88,7 @@ def build_app() -> typer.Typer:
                                               help="Print the version and exit.")] = False,
     ) -> None:
         set_quiet(quiet)
-        from ngp_cli.nn.encodings import tune_cpu_allocator
+        from ngp_cli.allocator import tune_cpu_allocator
 
         tune_cpu_allocator()  # before any model exists: its tables get the huge pages (NGP_NO_HUGEPAGES=1 opts out)
 

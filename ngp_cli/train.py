@@ -19,11 +19,11 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from ngp_cli.allocator import tune_cpu_allocator
 from ngp_cli.config import LossConfig, OptimizerConfig, RunConfig
 from ngp_cli.console import emit, info, stderr_console
 from ngp_cli.errors import DataError, DivergedError, Interrupted
 from ngp_cli.metrics import luminance, mse_to_psnr
-from ngp_cli.nn.encodings import tune_cpu_allocator
 from ngp_cli.runs import RunDir
 
 
