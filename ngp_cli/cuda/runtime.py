@@ -731,20 +731,17 @@ def _pool_lib() -> ctypes.CDLL:
     if cxx is None:
         raise KernelCompileError("no host C++ compiler found for the cpu kernel target (set $CXX or install g++)")
     src = CUDA_DIR / "cpu_launch.cpp"
-    variants = [_LAUNCHER_FLAGS]
-    if _torch_uses_openmp():
-        # The workers become torch's own OpenMP threads (see cpu_launch.cpp); plain threads if -fopenmp fails.
-        variants.insert(0, (*_LAUNCHER_FLAGS, "-fopenmp"))
-    for i, flags in enumerate(variants):
+
+    def build(flags: tuple[str, ...]) -> ctypes.CDLL:
         key = [_CACHE_VERSION, src.read_bytes(), cxx, _compiler_version(cxx), " ".join(flags)]
-        try:
-            lib = _compile_cached("cpu_launch", key, [cxx, *flags], src, "cpu_launch.cpp")
+        return ctypes.CDLL(str(_compile_cached("cpu_launch", key, [cxx, *flags], src, "cpu_launch.cpp")))
+
+    if _torch_uses_openmp():
+        try:  # the workers become torch's own OpenMP threads (see cpu_launch.cpp)
+            return build((*_LAUNCHER_FLAGS, "-fopenmp"))
         except KernelCompileError:
-            if i + 1 == len(variants):
-                raise
-            continue
-        return ctypes.CDLL(str(lib))
-    raise AssertionError("unreachable")
+            pass  # plain threads
+    return build(_LAUNCHER_FLAGS)
 
 
 def _torch_uses_openmp() -> bool:

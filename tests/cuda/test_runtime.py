@@ -62,6 +62,26 @@ def test_cpu_workers_are_torchs_own_openmp_threads(basic, two_threads):
     assert torch.equal(out, torch.full((n,), 3.0))
 
 
+def test_launcher_falls_back_to_plain_threads_when_openmp_does_not_build(host_cxx, monkeypatch):
+    if not runtime._torch_uses_openmp():
+        pytest.skip("torch does not use OpenMP here: the plain build is the only one")
+    real = runtime._compile_cached
+
+    def no_openmp(stem, key, cmd, *args):
+        if "-fopenmp" in cmd:
+            raise KernelCompileError("g++: error: unsupported option '-fopenmp'")
+        return real(stem, key, cmd, *args)
+
+    monkeypatch.setattr(runtime, "_compile_cached", no_openmp)
+    runtime._pool_lib.cache_clear()
+    try:
+        assert runtime._pool_lib().ngp_pool_openmp() == 0
+    finally:
+        monkeypatch.undo()
+        runtime._pool_lib.cache_clear()  # later launches load the OpenMP build again
+    assert runtime._pool_lib().ngp_pool_openmp() == 1
+
+
 def _launch_in_child(module, queue):
     # numpy-backed tensors: torch's own parallel ops hang in a child forked after its OpenMP team ran (libgomp is not
     # fork-safe), which is torch's limitation, not the launcher's
