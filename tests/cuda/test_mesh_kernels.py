@@ -140,12 +140,18 @@ def _check_closest(bvh: MeshBVH, q: torch.Tensor, got, seed: int, max_distance: 
     torch.testing.assert_close(per_face, d[hit][:64], rtol=1e-5, atol=2e-6)
 
 
-@pytest.mark.parametrize("mesh", ["blob", "open", "soup"])
-def test_cpu_closest_point_matches_reference(cpu_target, poison, mesh):
+def _mesh_case(mesh: str, target: str) -> tuple[int, MeshBVH, torch.Tensor]:
+    """A fresh seed, the BVH of a "blob", "open" blob or 300-triangle "soup" from it, and 3000 queries (half near
+    the surface)."""
     seed = _seed()
     v, f = {"blob": _blob, "open": _open_blob, "soup": lambda s: _soup(s, 300)}[mesh](seed)
-    bvh = MeshBVH(v, f, target=cpu_target)
-    q = _queries(seed, 3000, surface_of=bvh)
+    bvh = MeshBVH(v, f, target=target)
+    return seed, bvh, _queries(seed, 3000, surface_of=bvh)
+
+
+@pytest.mark.parametrize("mesh", ["blob", "open", "soup"])
+def test_cpu_closest_point_matches_reference(cpu_target, poison, mesh):
+    seed, bvh, q = _mesh_case(mesh, cpu_target)
     _check_closest(bvh, q, bvh.closest_point(q), seed)
 
 
@@ -163,10 +169,7 @@ def test_cpu_closest_point_respects_max_distance(cpu_target, poison):
 
 @pytest.mark.parametrize("mesh", ["blob", "open", "soup"])
 def test_cpu_winding_number_matches_reference(cpu_target, poison, mesh):
-    seed = _seed()
-    v, f = {"blob": _blob, "open": _open_blob, "soup": lambda s: _soup(s, 300)}[mesh](seed)
-    bvh = MeshBVH(v, f, target=cpu_target)
-    q = _queries(seed, 3000, surface_of=bvh)
+    seed, bvh, q = _mesh_case(mesh, cpu_target)
     ref = winding_number_reference(bvh.triangles, q)
     exact = bvh.winding_number(q, beta=math.inf)
     # float32 solid angles lose digits for triangles within 0.01 of a query; the soup's 300 large, overlapping
