@@ -139,6 +139,9 @@ class TrainConfig:
     keep_checkpoints: int = opt(3, "number of most recent checkpoints kept", ge=1)
     eval_every: int = opt(0, "steps between the task's held-out evaluations logged to metrics.jsonl (tasks that have "
                              "one, e.g. NeRF's validation PSNR); 0: only the final evaluation", ge=0)
+    final_eval_views: int | None = opt(
+        None, "held-out views the task's final evaluation after training renders (NeRF: val/test views); null: all, "
+              "0: skip it", ge=0)
     max_time_s: float = opt(0.0, "stop once this many seconds of training time have passed, before n_steps; "
                                  "0: no limit", ge=0.0)
 
