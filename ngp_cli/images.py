@@ -8,8 +8,9 @@ Formats (chosen by the file's signature bytes; the suffix must still be one of :
 
 * PNG (``.png``): 1/2/4/8-bit gray, gray+alpha, RGB, RGBA and palette images are decoded by Pillow (through imageio);
   palette images come back as RGB, or RGBA when they carry transparency (tRNS). 16-bit PNGs are decoded by a small
-  numpy decoder in this module because Pillow silently truncates 16-bit colour PNGs to 8 bits. Gamma/colour-profile
-  chunks are ignored (values are returned as stored).
+  numpy decoder in this module because Pillow silently truncates 16-bit colour PNGs to 8 bits (pypng would do, but
+  decodes ~5x slower in pure Python); it inflates at most the byte count the header's size implies, so image data
+  that inflates to more is refused. Gamma/colour-profile chunks are ignored (values are returned as stored).
 * JPEG (``.jpg``, ``.jpeg``): Pillow through imageio; gray stays 1 channel, CMYK/YCbCr are converted to RGB.
   EXIF orientation is *not* applied (like instant-ngp's stb_image loader): pixels come back as stored.
 * TIFF (``.tif``, ``.tiff``): tifffile, first series at full resolution, first page of a stack. Uncompressed contiguous
@@ -19,6 +20,11 @@ Formats (chosen by the file's signature bytes; the suffix must still be one of :
 * OpenEXR (``.exr``): OpenEXR 3.x bindings (``OpenEXR.File``), first part. Channels are ordered R,G,B[,A] or Y[,A]
   (a single channel of any name is read as gray); other channels (Z, AOVs) are ignored. Half channels come back as
   float16, float channels as float32 (mixed: float32). HDR values (> 1, negative) are kept as they are.
+
+Size limit: :func:`read_image` refuses an image whose *declared* width x height exceeds ``max_pixels`` (default
+:data:`DEFAULT_MAX_PIXELS`, 2^28; 0 = no limit) before decoding anything: PNG from IHDR, JPEG from Pillow's lazy open,
+TIFF from its first series' shape, EXR from its header's data window. A 200-byte file claiming 60000x60000 pixels is
+thus refused instead of allocating gigabytes. Pillow's own decompression-bomb guard is set to the same limit.
 
 Errors: every failure caused by the input file raises :class:`~ngp_cli.errors.DataError` (exit 4) and every failure to
 write raises :class:`~ngp_cli.errors.OutputError` (exit 6), each with a one-line message that starts with the path.
@@ -46,6 +52,7 @@ import numpy as np
 from .errors import DataError, OutputError
 
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
     "SUPPORTED_SUFFIXES",
     "ImageWriter",
     "TempFileOutput",
@@ -58,6 +65,10 @@ __all__ = [
 ]
 
 SUPPORTED_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr")
+
+DEFAULT_MAX_PIXELS = 1 << 28
+"""Largest width x height :func:`read_image` accepts by default (268,435,456 pixels: 16384 x 16384, ~800 MB as 8-bit
+RGB, ~2 GB as 16-bit RGBA); ``ngp fit-image --max-pixels N`` raises it (0 = no limit)."""
 
 _U8, _U16, _F16, _F32 = np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float16), np.dtype(np.float32)
 _STORED_DTYPES = (_U8, _U16, _F16, _F32)
@@ -137,8 +148,11 @@ def from_float(array_f32, dtype) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read an image file into an ``(H, W, C)`` array in its stored dtype.
+
+    ``max_pixels``: the largest declared width x height accepted (0 = no limit), checked from the file's header before
+    any pixel is decoded or allocated.
 
     Returns: uint8, uint16, float16 or float32 array with C in 1..4 (gray, gray+alpha, RGB, RGBA). 2-D gray data gets a
     trailing channel axis as a view. Uncompressed contiguous TIFFs come back as a read-only ``np.memmap``; PNG and
@@ -148,9 +162,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
     Raises :class:`DataError` (one line, starting with the path) when the file does not exist, is a directory or not a
     regular file, is empty, has an unsupported suffix (see :data:`SUPPORTED_SUFFIXES`), cannot be decoded (truncated,
-    corrupt, unsupported variant), has zero width or height, has an unsupported channel count or sample type, or
-    contains NaN/inf. See the module docstring for per-format notes.
+    corrupt, unsupported variant, compressed data inflating past the declared size), has zero width or height, declares
+    more than ``max_pixels`` pixels, has an unsupported channel count or sample type, or contains NaN/inf.
+    ``ValueError`` for a negative or non-integer ``max_pixels``. See the module docstring for per-format notes.
     """
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 0:
+        raise ValueError(f"max_pixels must be an integer >= 0 (0 = no limit), got {max_pixels!r}")
+    max_pixels = int(max_pixels)
     name = os.fsdecode(os.fspath(path))
     try:
         st = os.stat(name)
@@ -182,13 +200,14 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         )
     try:
         if kind == "png":
-            arr = _read_png(name, head)
+            arr = _read_png(name, head, max_pixels)
         elif kind == "jpeg":
-            arr = _read_pillow(name)
+            _check_size(name, *_jpeg_size(name), max_pixels)
+            arr = _read_pillow(name, max_pixels)
         elif kind == "tiff":
-            arr = _read_tiff(name, st.st_size)
+            arr = _read_tiff(name, st.st_size, max_pixels)
         else:
-            arr = _read_exr(name)
+            arr = _read_exr(name, max_pixels)
     except DataError:
         raise
     except MemoryError as e:
@@ -218,6 +237,17 @@ def _short_reason(exc: BaseException) -> str:
     return line if len(line) <= 200 else line[:197] + "..."
 
 
+def _check_size(name: str, width: int, height: int, max_pixels: int) -> None:
+    """Refuse a declared ``width`` x ``height`` that is empty or over ``max_pixels`` (0 = no limit): DataError."""
+    if width <= 0 or height <= 0:
+        raise DataError(f"{name}: image has zero size ({width}x{height})")
+    if max_pixels and width * height > max_pixels:
+        raise DataError(
+            f"{name}: image is {width}x{height} ({width * height:,} pixels), more than the limit of {max_pixels:,} "
+            "pixels (--max-pixels N raises it, 0 = no limit)"
+        )
+
+
 def _validate(name: str, arr: np.ndarray) -> np.ndarray:
     """Shape/dtype/finiteness checks shared by all formats; adds the channel axis to 2-D data (a view)."""
     if arr.ndim == 2:
@@ -242,16 +272,26 @@ def _validate(name: str, arr: np.ndarray) -> np.ndarray:
 # ---- PNG / JPEG ----------------------------------------------------------------------------------------------------
 
 
-def _read_png(name: str, head: bytes) -> np.ndarray:
+def _read_png(name: str, head: bytes, max_pixels: int) -> np.ndarray:
     if len(head) < 33 or head[12:16] != b"IHDR":
         raise ValueError("missing or malformed IHDR header chunk")
     width, height, depth = struct.unpack(">IIB", head[16:25])
-    if width == 0 or height == 0:
-        raise DataError(f"{name}: image has zero size ({width}x{height})")
+    _check_size(name, width, height, max_pixels)
     if depth == 16:
         with open(name, "rb") as fh:
             return _decode_png16(fh.read())
-    return _read_pillow(name)
+    return _read_pillow(name, max_pixels)
+
+
+def _jpeg_size(name: str) -> tuple[int, int]:
+    """(width, height) from a JPEG's frame header: Pillow's lazy open parses the markers and decodes nothing.
+
+    The plugin class is used directly because ``Image.open`` would first apply Pillow's own bomb check, whose message
+    names neither the size nor the option that raises the limit."""
+    from PIL import JpegImagePlugin
+
+    with JpegImagePlugin.JpegImageFile(name) as im:
+        return im.size
 
 
 # Pillow mode -> mode to convert to (None: keep). Modes not listed are rejected.
@@ -275,13 +315,14 @@ _PIL_MODES = {
 _PIL_TRANSPARENT = {"L": "LA", "1": "LA", "P": "RGBA", "RGB": "RGBA"}
 
 
-def _read_pillow(name: str) -> np.ndarray:
-    """8-bit PNG and JPEG through imageio's Pillow plugin."""
+def _read_pillow(name: str, max_pixels: int) -> np.ndarray:
+    """8-bit PNG and JPEG through imageio's Pillow plugin (the declared size is already checked)."""
     import imageio.v3 as iio
     from PIL import Image
 
-    # Why: gigapixel inputs are the point of this tool; Pillow's decompression-bomb guard would refuse them.
-    Image.MAX_IMAGE_PIXELS = None
+    # Pillow's decompression-bomb guard at our limit, as a second line behind _check_size: Pillow warns above it and
+    # refuses above twice it, so a size that passed _check_size triggers neither. Gigapixel inputs raise the limit.
+    Image.MAX_IMAGE_PIXELS = max_pixels or None
     with iio.imopen(name, "r", plugin="pillow") as f:
         meta = f.metadata(index=0, exclude_applied=False)
         mode = meta.get("mode")
@@ -338,10 +379,6 @@ def _decode_png16(data: bytes) -> np.ndarray:
             trns = body
     if not idat:
         raise ValueError("no image data (IDAT chunk)")
-    dec = zlib.decompressobj()
-    raw = dec.decompress(b"".join(idat))
-    if not dec.eof:
-        raise ValueError("compressed image data is truncated")
 
     if interlace == 0:
         passes = [(0, 0, 1, 1, width, height)]
@@ -352,6 +389,7 @@ def _decode_png16(data: bytes) -> np.ndarray:
             if pw > 0 and ph > 0:  # empty passes have no bytes at all, not even filter bytes
                 passes.append((x0, y0, dx, dy, pw, ph))
     expected = sum(ph * (1 + pw * bpp) for *_, pw, ph in passes)
+    raw = _inflate_bounded(idat, expected)
     if len(raw) < expected:
         raise ValueError(f"image data is too short ({len(raw)} of {expected} bytes)")
     buf = np.frombuffer(raw, dtype=np.uint8)
@@ -373,6 +411,24 @@ def _decode_png16(data: bytes) -> np.ndarray:
         alpha = np.where(opaque, np.uint16(65535), np.uint16(0)).astype(np.uint16)
         img = np.concatenate([img, alpha[..., None]], axis=-1)
     return img
+
+
+def _inflate_bounded(blocks: list[bytes], limit: int) -> bytearray:
+    """Inflate the zlib stream split over ``blocks`` (the IDAT bodies), producing at most ``limit`` bytes: a stream
+    that inflates to more (a decompression bomb behind a small declared size) raises ValueError after at most
+    ``limit + 1`` bytes of output, and so does a stream that ends early (no end-of-stream marker)."""
+    dec = zlib.decompressobj()
+    out = bytearray()
+    for body in blocks:
+        # max_length >= 1 here (0 would mean "unbounded"): out never exceeds limit past the check below.
+        out += dec.decompress(body, limit + 1 - len(out))
+        if len(out) > limit:
+            raise ValueError(f"image data inflates to more than the {limit} bytes its declared size needs")
+        if dec.eof:
+            break
+    if not dec.eof:
+        raise ValueError("compressed image data is truncated")
+    return out  # no bytes() copy: np.frombuffer reads a bytearray as it is
 
 
 def _png_unfilter(buf: np.ndarray, h: int, w: int, bpp: int) -> np.ndarray:
@@ -467,7 +523,7 @@ def _write_png(fh, img: np.ndarray) -> None:
 # ---- TIFF ----------------------------------------------------------------------------------------------------------
 
 
-def _read_tiff(name: str, file_size: int) -> np.ndarray:
+def _read_tiff(name: str, file_size: int, max_pixels: int) -> np.ndarray:
     import tifffile
 
     ph = tifffile.PHOTOMETRIC
@@ -475,6 +531,9 @@ def _read_tiff(name: str, file_size: int) -> np.ndarray:
         if not tf.series:
             raise ValueError("no image data in TIFF")
         series = tf.series[0]  # level 0 = full resolution for pyramids
+        dims = dict(zip(series.axes, series.shape, strict=False))
+        if "Y" in dims and "X" in dims:  # other layouts are refused below, after the header
+            _check_size(name, int(dims["X"]), int(dims["Y"]), max_pixels)
         page = series.keyframe
         photometric = int(page.photometric)
         compression = page.compression
@@ -579,7 +638,8 @@ def _native_reason(sink: list[str], name: str) -> str | None:
         return None
     lines.sort(key=lambda ln: "EXR_ERR" not in ln)  # the C library's coded error first
     line = lines[0]
-    return line[len(name) + 1 :].strip() if line.startswith(name + ":") else line
+    line = line[len(name) + 1 :].strip() if line.startswith(name + ":") else line
+    return line.replace(f"'{name}'", "the file")  # the error line starts with the path already
 
 
 def _exr_channel_order(names: list[str]) -> list[str] | None:
@@ -602,10 +662,18 @@ def _exr_channel_order(names: list[str]) -> list[str] | None:
     return None
 
 
-def _read_exr(name: str) -> np.ndarray:
+def _read_exr(name: str, max_pixels: int) -> np.ndarray:
     import OpenEXR
 
     sink: list[str] = []
+    try:
+        with _capture_native_output(sink):
+            window = OpenEXR.File(name, header_only=True).header()["dataWindow"]
+    except Exception as e:
+        raise ValueError(_native_reason(sink, name) or _short_reason(e)) from e
+    (x0, y0), (x1, y1) = (tuple(int(v) for v in corner) for corner in window)
+    _check_size(name, x1 - x0 + 1, y1 - y0 + 1, max_pixels)
+    sink = []
     try:
         with _capture_native_output(sink):
             exr = OpenEXR.File(name, separate_channels=True)

@@ -17,6 +17,7 @@ from PIL import Image
 
 from ngp_cli.errors import DataError, OutputError
 from ngp_cli.images import (
+    DEFAULT_MAX_PIXELS,
     SUPPORTED_SUFFIXES,
     ImageWriter,
     colormap,
@@ -405,6 +406,118 @@ def test_bad_inputs_raise_one_line_data_error(tmp_path, rng, capfd, make):
 
 def test_supported_suffixes_constant():
     assert SUPPORTED_SUFFIXES == (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr")
+
+
+# ---- size limits ---------------------------------------------------------------------------------------------------
+
+
+def _size_case(tmp, rng, fmt) -> Path:
+    """A 6x5 image (30 pixels) in format ``fmt``."""
+    if fmt == "png8":
+        Image.fromarray(_rand(rng, (5, 6, 3), np.uint8)).save(tmp / "a.png")
+        return tmp / "a.png"
+    if fmt == "png16":
+        (tmp / "b.png").write_bytes(_ref_png16(_rand(rng, (5, 6, 3), np.uint16), rng))
+        return tmp / "b.png"
+    if fmt == "jpeg":
+        iio.imwrite(tmp / "c.jpg", _smooth(5, 6, 3, rng))
+        return tmp / "c.jpg"
+    if fmt == "tiff":
+        tifffile.imwrite(tmp / "d.tif", _rand(rng, (5, 6), np.uint16))
+        return tmp / "d.tif"
+    _exr_write(tmp / "e.exr", {"Y": _rand(rng, (5, 6), np.float32)})
+    return tmp / "e.exr"
+
+
+@pytest.mark.parametrize("fmt", ["png8", "png16", "jpeg", "tiff", "exr"])
+def test_max_pixels_refuses_a_larger_declared_size_in_every_format(tmp_path, rng, fmt):
+    path = _size_case(tmp_path, rng, fmt)
+    with pytest.raises(DataError) as info:
+        read_image(path, max_pixels=29)
+    assert str(info.value) == (
+        f"{path}: image is 6x5 (30 pixels), more than the limit of 29 pixels (--max-pixels N raises it, 0 = no limit)"
+    )
+    assert read_image(path, max_pixels=30).shape[:2] == (5, 6)  # the limit itself is accepted
+    assert read_image(path, max_pixels=0).shape[:2] == (5, 6)  # 0 = no limit
+
+
+@pytest.mark.parametrize("fmt", ["png8", "png16", "jpeg", "tiff", "exr"])
+def test_the_size_is_checked_before_any_decoding(tmp_path, rng, fmt, monkeypatch):
+    """The decoders are never reached for an image over the limit (so a bomb allocates nothing)."""
+    import ngp_cli.images as images
+
+    path = _size_case(tmp_path, rng, fmt)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoder called for an image over the limit")
+
+    monkeypatch.setattr(images, "_read_pillow", no_decoding)
+    monkeypatch.setattr(images, "_decode_png16", no_decoding)
+    monkeypatch.setattr(tifffile.TiffPageSeries, "asarray", no_decoding)
+    monkeypatch.setattr(np, "memmap", no_decoding)
+    real_exr = OpenEXR.File
+
+    def exr_header_only(name, *args, header_only=False, **kwargs):
+        if not header_only:
+            raise AssertionError("EXR pixels read for an image over the limit")
+        return real_exr(name, *args, header_only=True, **kwargs)
+
+    monkeypatch.setattr(OpenEXR, "File", exr_header_only)
+    with pytest.raises(DataError, match="more than the limit of 10 pixels"):
+        read_image(path, max_pixels=10)
+
+
+def test_pillow_guard_follows_the_limit(tmp_path, rng):
+    path = _size_case(tmp_path, rng, "png8")
+    read_image(path)
+    assert Image.MAX_IMAGE_PIXELS == DEFAULT_MAX_PIXELS
+    read_image(path, max_pixels=1000)
+    assert Image.MAX_IMAGE_PIXELS == 1000
+    read_image(path, max_pixels=0)
+    assert Image.MAX_IMAGE_PIXELS is None
+    read_image(path)  # back to the default for whoever reads next
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, True, "100"])
+def test_max_pixels_must_be_a_non_negative_integer(tmp_path, rng, bad):
+    with pytest.raises(ValueError, match="max_pixels must be an integer >= 0"):
+        read_image(_size_case(tmp_path, rng, "png8"), max_pixels=bad)
+
+
+def test_default_limit_is_the_fit_image_default():
+    from ngp_cli.tasks.gigapixel import ImageSection
+
+    assert DEFAULT_MAX_PIXELS == 1 << 28 == ImageSection().max_pixels
+
+
+def test_png16_inflation_stops_at_the_declared_size(tmp_path, monkeypatch):
+    """A 4x4 gray 16-bit PNG needs 4 * (1 + 8) = 36 bytes; its IDAT inflates to 8 MiB: the decoder stops after at most
+    37 bytes of output and refuses the file."""
+    import ngp_cli.images as images
+
+    produced = []
+    real = zlib.decompressobj
+
+    class Counting:
+        def __init__(self):
+            self._d = real()
+
+        def decompress(self, data, max_length=0):
+            out = self._d.decompress(data, max_length)
+            produced.append(len(out))
+            return out
+
+        def __getattr__(self, name):
+            return getattr(self._d, name)
+
+    monkeypatch.setattr(images.zlib, "decompressobj", Counting)
+    ihdr = _chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 16, 0, 0, 0, 0))
+    bomb = zlib.compress(b"\0" * (8 << 20), 9)
+    path = tmp_path / "inflate.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + ihdr + _chunk(b"IDAT", bomb) + _chunk(b"IEND", b""))
+    with pytest.raises(DataError, match="inflates to more than the 36 bytes its declared size needs"):
+        read_image(path)
+    assert 0 < sum(produced) <= 37
 
 
 # ---- writing -------------------------------------------------------------------------------------------------------

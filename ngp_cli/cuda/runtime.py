@@ -4,9 +4,10 @@
   stream, tensors passed zero-copy as raw device pointers. CuPy caches the binaries on disk (``CUPY_CACHE_DIR``).
 - ``cpu``: the same source is compiled by the host C++ compiler (``$CXX``, else g++, else clang++) with
   ``cpu_emu.h`` force-included and ``NGP_CPU`` defined, into a shared library under ``$NGP_CACHE_DIR`` (default
-  ``~/.cache/ngp/kernels``), loaded with ctypes. Per kernel, a block runner is generated in the same translation
-  unit (``NGP_EMU_EXPORT_KERNEL``), so the kernel is inlined into the loop over a block's threads; blocks are spread
-  over ``torch.get_num_threads()`` workers by the pool in ``cpu_launch.cpp``.
+  ``~/.cache/ngp/kernels``; a private directory checked by :func:`kernel_cache_dir`), loaded with ctypes only when
+  its SHA-256 matches the manifest entry written when it was built. Per kernel, a block runner is generated in the
+  same translation unit (``NGP_EMU_EXPORT_KERNEL``), so the kernel is inlined into the loop over a block's threads;
+  blocks are spread over ``torch.get_num_threads()`` workers by the pool in ``cpu_launch.cpp``.
 
 Every kernel is ``extern "C" __global__ void name(...)`` with its parameter list written out; the runtime parses
 these signatures (with the module's ``defines`` substituted) and checks every launch argument on both targets:
@@ -26,17 +27,19 @@ import os
 import platform
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ngp_cli.errors import EXIT_INTERNAL, NgpError
+from ngp_cli.errors import EXIT_INTERNAL, NgpError, OutputError
 
 CUDA_DIR = Path(__file__).resolve().parent
 """Directory of the kernel sources and headers (``-I`` for both compilers)."""
@@ -60,10 +63,33 @@ CPU_FLAGS = (
 _LAUNCHER_FLAGS = ("-O2", "-std=c++17", "-fPIC", "-shared", "-pthread", "-fvisibility=hidden")
 _FLAG_FIBERS = 1
 _FLAG_EXCLUSIVE_Y = 2
-_CACHE_VERSION = "ngp-kernels-1"
+_CACHE_VERSION = "ngp-kernels-2"  # 2: libraries come with a SHA-256 manifest entry
 
 stats = {"cpu_compiles": 0, "cuda_loads": 0}
 """Counters for tests: host-compiler runs (cache misses) and CUDA module builds in this process."""
+
+_compile_time = [0.0]  # seconds; a list so the timers can add to it under _compile_time_lock
+_compile_time_lock = threading.Lock()
+
+
+def compile_seconds() -> float:
+    """Cumulative wall-clock seconds this process has spent compiling kernels: host-compiler runs of the CPU target
+    (cache misses in the kernel cache) and NVRTC/CuPy module builds of the cuda target (CuPy's disk-cache hits
+    included, as they are short). Concurrent compilations each add their own duration. Never decreases."""
+    with _compile_time_lock:
+        return _compile_time[0]
+
+
+class _CompileTimer:
+    """Adds the wall-clock time of its ``with`` block to :func:`compile_seconds` (also when the block raises)."""
+
+    def __enter__(self) -> None:
+        self._start = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        elapsed = time.perf_counter() - self._start
+        with _compile_time_lock:
+            _compile_time[0] += elapsed
 
 
 class KernelCompileError(NgpError):
@@ -84,12 +110,11 @@ def _saved_log(message: str, log: str) -> KernelCompileError:
     """A KernelCompileError whose one-line message names a file holding the full compiler log (best effort: the
     message stands alone when the cache directory cannot be written)."""
     try:
-        directory = cache_dir()
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / "last-compile-error.log"
-        path.write_text(log, encoding="utf-8")
+        path = kernel_cache_dir() / "last-compile-error.log"
+        # A new file renamed over the name: a symlink planted there is replaced, never written through.
+        _write_replacing(path, log.encode("utf-8", errors="replace"))
         message = f"{message} (full log: {path})"
-    except OSError:
+    except (OSError, OutputError):
         pass
     return KernelCompileError(message, log)
 
@@ -640,8 +665,140 @@ def _cpu_identity() -> str:
 
 
 def cache_dir() -> Path:
-    """Where CPU kernel libraries are cached: ``$NGP_CACHE_DIR`` or ``~/.cache/ngp/kernels``."""
+    """The configured CPU kernel cache: ``$NGP_CACHE_DIR`` or ``~/.cache/ngp/kernels``. Not created or checked here;
+    :func:`kernel_cache_dir` is the directory actually used."""
     return Path(os.environ.get("NGP_CACHE_DIR") or Path.home() / ".cache" / "ngp" / "kernels")
+
+
+_checked_dirs: dict[str, Path] = {}
+
+
+def _warn(message: str) -> None:
+    from ngp_cli.console import error_line
+
+    error_line(f"ngp: warning: {message}")
+
+
+def _make_private_dirs(path: Path) -> None:
+    """Create ``path`` and its missing parents with mode 0700 (existing ones are left as they are). Raises OSError."""
+    missing = []
+    p = path
+    while not os.path.lexists(p) and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            continue  # a concurrent process made it; _private_dir_problem checks what it is
+        os.chmod(d, 0o700)  # mkdir's mode is masked by the umask
+
+
+def _private_dir_problem(path: Path) -> str | None:
+    """Create ``path`` (0700) when missing and say why it must not hold loadable libraries, or None when it may: it
+    must be a directory (a symlink is followed) owned by the effective user and writable by nobody else."""
+    try:
+        _make_private_dirs(path)
+        st = os.stat(path)
+    except OSError as exc:
+        return f"cannot be created or read ({exc.strerror or exc})"
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a directory"
+    uid = os.geteuid() if hasattr(os, "geteuid") else None
+    if uid is not None and st.st_uid != uid:
+        return f"is owned by uid {st.st_uid}, not by this user (uid {uid})"
+    if st.st_mode & 0o022:
+        who = " and ".join(w for w, bit in (("group", 0o020), ("others", 0o002)) if st.st_mode & bit)
+        return f"is writable by {who} (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def kernel_cache_dir() -> Path:
+    """The directory CPU kernel libraries are built into and loaded from: :func:`cache_dir`, created with mode 0700
+    (with the parents ngp creates), when it is a directory owned by the current user and not group/world-writable.
+    Otherwise one warning line goes to stderr and a private directory is used instead:
+    ``<tempdir>/ngp-kernels-<uid>`` when it passes the same checks, else a fresh ``tempfile.mkdtemp``. Decided once
+    per process and configured path."""
+    configured = cache_dir()
+    key = str(configured)
+    with _lock:
+        found = _checked_dirs.get(key)
+        if found is None:
+            found = _checked_dirs[key] = _choose_cache_dir(configured)
+    return found
+
+
+def _choose_cache_dir(configured: Path) -> Path:
+    problem = _private_dir_problem(configured)
+    if problem is None:
+        return configured
+    uid = os.geteuid() if hasattr(os, "geteuid") else os.getpid()
+    fallback = Path(tempfile.gettempdir()) / f"ngp-kernels-{uid}"
+    if _private_dir_problem(fallback) is not None:
+        fallback = Path(tempfile.mkdtemp(prefix="ngp-kernels-"))  # 0700, ours, new: safe by construction
+    _warn(f"kernel cache {configured} {problem}; not used, kernels go to {fallback}")
+    return fallback
+
+
+def _write_replacing(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file beside ``path`` (``O_EXCL``: never an existing file or a symlink) and rename it
+    onto ``path``, replacing whatever is there (a symlink included) without following it. Raises OutputError."""
+    from ngp_cli.runs import atomic_write
+
+    def write(tmp: str) -> None:
+        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+
+    atomic_write(path, write)
+
+
+_MANIFEST_SUFFIX = ".sha256"
+_SHA256_RE = re.compile(r"^([0-9a-f]{64})  ")
+
+
+def _sha256_of(path: Path | str) -> str | None:
+    """Hex SHA-256 of the regular file at ``path`` (a symlink is not followed: None), or None when unreadable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            return None
+        digest = hashlib.sha256()
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+        return digest.hexdigest()
+
+
+def _manifest_entry(library: Path) -> str | None:
+    """The SHA-256 recorded for ``library`` in its manifest entry ``<library>.sha256`` (``sha256sum`` format), or
+    None when there is no readable, well-formed entry."""
+    try:
+        fd = os.open(str(library) + _MANIFEST_SUFFIX, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as fh:
+            text = fh.read(4096).decode("ascii", errors="replace")
+    except OSError:
+        return None
+    m = _SHA256_RE.match(text)
+    return m.group(1) if m else None
+
+
+def _library_problem(library: Path) -> str | None:
+    """Why the cached ``library`` must not be loaded ("absent" when there is nothing at that name), or None when its
+    SHA-256 matches its manifest entry."""
+    if not os.path.lexists(library):
+        return "absent"
+    expected = _manifest_entry(library)
+    if expected is None:
+        return "it has no manifest entry"
+    actual = _sha256_of(library)
+    if actual is None:
+        return "it is not a readable regular file"
+    if actual != expected:
+        return "its SHA-256 does not match its manifest entry"
+    return None
 
 
 _INCLUDE_RE = re.compile(r'^\s*#\s*include\s*["<]([^">]+)[">]', re.M)
@@ -692,27 +849,37 @@ def _compile_cached(
     for part in key_parts:
         h.update(part.encode() if isinstance(part, str) else part)
         h.update(b"\0")
-    directory = cache_dir()
+    directory = kernel_cache_dir()
     out = directory / f"{stem}-{h.hexdigest()[:24]}.so"
-    if out.exists():
+    # The name is predictable, so a file found there is loaded (its constructors run in this process) only when its
+    # content is what a build of ours recorded; anything else is rebuilt over.
+    problem = _library_problem(out)
+    if problem is None:
         return out
+    if problem != "absent":
+        _warn(f"kernel cache: {out} not loaded: {problem}; rebuilding it")
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{stem}-", suffix=".so.tmp", dir=directory)
     except OSError as exc:
-        raise KernelCompileError(f"cannot create the kernel cache directory {directory}: {exc}") from exc
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}-", suffix=".so.tmp", dir=directory)
+        raise KernelCompileError(f"cannot write to the kernel cache directory {directory}: {exc}") from exc
     os.close(fd)
     cmd = [*cmd_prefix, str(source_file), "-o", tmp]
     from ngp_cli.console import info
 
     info(f"compiling {what} for the CPU (first use; cached in {directory})")
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        with _CompileTimer():
+            proc = subprocess.run(cmd, capture_output=True, text=True)
         stats["cpu_compiles"] += 1
         if proc.returncode != 0:
             log = f"$ {' '.join(cmd)}\n{proc.stdout}{proc.stderr}"
             raise _saved_log(f"{what} failed to compile for the cpu target: {_first_error(proc.stderr)}", log)
+        digest = _sha256_of(tmp)
         os.replace(tmp, out)
+        try:
+            _write_replacing(Path(str(out) + _MANIFEST_SUFFIX), f"{digest}  {out.name}\n".encode())
+        except NgpError as exc:  # the library is sound; without its entry it is rebuilt next time
+            _warn(f"kernel cache: cannot record the SHA-256 of {out.name}: {exc}")
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -975,7 +1142,8 @@ def _load_cuda(path: Path, text: str, defines: dict[str, str], kernels: dict[str
     options = cuda_compile_options(path, defines)
     code = _cuda_code(path, text)
     try:
-        with cupy.cuda.Device(device_index):
+        # RawModule compiles lazily: the first get_function (in CudaKernelModule) runs NVRTC, so time both.
+        with cupy.cuda.Device(device_index), _CompileTimer():
             raw = cupy.RawModule(code=code, options=options, backend="nvrtc")
             module = CudaKernelModule(path, defines, kernels, raw, device_index)
     except cupy.cuda.compiler.CompileException as exc:

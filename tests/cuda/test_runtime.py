@@ -428,6 +428,24 @@ def test_disk_cache_is_reused(basic, kernels_dir):
     assert str(basic.library).startswith(str(runtime.cache_dir()))
 
 
+def test_compile_seconds_counts_compiler_runs_not_cache_hits(host_cxx, tmp_path):
+    source = tmp_path / "tiny.cu"
+    source.write_text('extern "C" __global__ void tiny(float* out) { out[threadIdx.x] = 2.0f; }\n')
+    before = runtime.compile_seconds()
+    compiles = runtime.stats["cpu_compiles"]
+    module = load_module(source, "cpu")
+    after_compile = runtime.compile_seconds()
+    assert runtime.stats["cpu_compiles"] == compiles + 1
+    # A host-compiler run of a kernel takes well over 10 ms (cpu_emu.h alone), and the counter only grows.
+    assert after_compile - before > 0.01
+    out = torch.zeros(4)
+    module.launch("tiny", 1, 4, [out])
+    assert torch.equal(out, torch.full((4,), 2.0))
+    runtime._clear_process_cache()
+    load_module(source, "cpu")  # a disk-cache hit: no compiler run, no compile time
+    assert runtime.compile_seconds() == after_compile
+
+
 def test_import_ngp_cli_cuda_is_light():
     code = "import sys, ngp_cli.cuda; print(sorted(m for m in ('torch', 'numpy', 'cupy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
