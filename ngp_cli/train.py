@@ -21,14 +21,19 @@ from torch import nn
 
 from ngp_cli.allocator import tune_cpu_allocator
 from ngp_cli.config import LossConfig, OptimizerConfig, RunConfig
-from ngp_cli.console import emit, info, stderr_console
+from ngp_cli.console import emit, error_line, info, stderr_console
 from ngp_cli.errors import DataError, DivergedError, Interrupted
 from ngp_cli.metrics import luminance, mse_to_psnr
-from ngp_cli.runs import RunDir
+from ngp_cli.runs import LoadedCheckpoint, RunDir
 
 
 class Problem(Protocol):
-    """What a task gives the loop."""
+    """What a task gives the loop.
+
+    A problem may also set ``progress_metric``: ``"psnr"`` (the default when absent: the batch PSNR computed from the
+    ``mse`` of :meth:`batch_loss` is shown in the progress line) or None (a PSNR means nothing for this task, e.g.
+    SDF distances under a MAPE loss: the progress line shows the loss only).
+    """
 
     model: nn.Module
 
@@ -182,6 +187,9 @@ def _load_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], model: n
             if key.startswith("optim."):
                 _, idx, name = key.split(".", 2)
                 state.setdefault(int(idx), {})[name] = value
+        if not state:
+            error_line(f"ngp: warning: the checkpoint of step {meta.get('step')} has no optimizer state (saved with "
+                       "--no-save-optimizer): Adam's moments restart from zero")
         if isinstance(optimizer, torch.optim.Adam):  # maybe a checkpoint of the kernel backends' Adam
             from ngp_cli.nn.optim import torch_adam_state
 
@@ -205,7 +213,7 @@ def load_trained_weights(run: RunDir, model: nn.Module, cfg: RunConfig) -> dict[
     Raises:
         DataError: the run has no checkpoint, or it does not match the model.
     """
-    found = run.load_latest_checkpoint()
+    found = run.load_latest_checkpoint()  # a corrupt newest one falls back to the newest intact one, with a warning
     if found is None:
         raise DataError(f"{run.path} has no checkpoint yet (train it first, or --resume it)")
     tensors, meta = found
@@ -227,18 +235,20 @@ def load_trained_weights(run: RunDir, model: nn.Module, cfg: RunConfig) -> dict[
 
 
 class _Progress:
-    """A rich progress bar on stderr when it is a terminal; plain log lines on stderr otherwise."""
+    """A rich progress bar on stderr when it is a terminal; plain log lines on stderr otherwise. The PSNR shown is
+    the training batch's (labelled so: it differs from a task's final full-input PSNR), and only with ``show_psnr``."""
 
-    def __init__(self, total: int, start: int, quiet: bool) -> None:
+    def __init__(self, total: int, start: int, quiet: bool, show_psnr: bool = True) -> None:
         self.total = total
+        self.show_psnr = show_psnr
         self.console = stderr_console()
         self.bar = None
         if not quiet and self.console.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+            psnr = "  batch PSNR {task.fields[psnr]} dB" if show_psnr else ""
             self.bar = Progress(TextColumn("step"), MofNCompleteColumn(), BarColumn(),
-                                TextColumn("{task.fields[rate]} it/s  loss {task.fields[loss]}  "
-                                           "PSNR {task.fields[psnr]} dB"),
+                                TextColumn("{task.fields[rate]} it/s  loss {task.fields[loss]}" + psnr),
                                 TimeRemainingColumn(), console=self.console, redirect_stdout=False,
                                 redirect_stderr=False, transient=False)
             self.task = self.bar.add_task("train", total=total, completed=start, rate="-", loss="-", psnr="-")
@@ -252,7 +262,8 @@ class _Progress:
                           "psnr": f"{record['psnr']:.2f}"}
             self.bar.update(self.task, completed=step, **fields)
         elif record is not None:
-            info(f"step {step}/{self.total}  loss {record['loss']:.4e}  psnr {record['psnr']:.2f} dB  "
+            psnr = f"  batch PSNR {record['psnr']:.2f} dB" if self.show_psnr else ""
+            info(f"step {step}/{self.total}  loss {record['loss']:.4e}{psnr}  "
                  f"{record['steps_per_s']:.2f} it/s  {record['samples_per_s']:.3g} samples/s")
 
     def close(self) -> None:
@@ -266,23 +277,48 @@ class _Progress:
 
 @dataclass
 class TrainState:
-    """Where training stands; ``elapsed_s`` counts training time only, summed over resumed sessions."""
+    """Where training stands. ``elapsed_s`` counts training time only, summed over resumed sessions, without the time
+    spent compiling kernels inside steps, which ``compile_s`` counts (summed the same way)."""
 
     step: int = 0
     elapsed_s: float = 0.0
     last: dict[str, Any] | None = None
+    compile_s: float = 0.0
+
+
+def compile_seconds() -> float:
+    """Cumulative wall seconds this process spent compiling kernels (:func:`ngp_cli.cuda.runtime.compile_seconds`),
+    0.0 where that is unavailable. The first step on a kernel backend compiles (seconds to minutes on a cold cache):
+    the loop keeps that out of the training time and the it/s."""
+    try:
+        from ngp_cli.cuda import runtime
+
+        return float(runtime.compile_seconds())
+    except (AttributeError, ImportError):
+        return 0.0
+
+
+_LOAD = object()  # Trainer.restore's "read the newest checkpoint yourself"
 
 
 class Trainer:
     """Runs ``cfg.train.n_steps`` optimisation steps of ``problem`` into ``run``, resumably."""
 
     def __init__(self, problem: Problem, cfg: RunConfig, run: RunDir, *, json_events: bool = False,
-                 quiet: bool = False) -> None:
+                 quiet: bool = False, save_optimizer: bool = True, progress_metric: str | None | object = _LOAD
+                 ) -> None:
+        """``save_optimizer``: whether the final checkpoint carries the Adam state (the periodic and Ctrl-C ones
+        always do, so a crash or an interruption resumes bit-exactly). ``progress_metric`` overrides the problem's
+        (see :class:`Problem`): ``"psnr"`` or None."""
         self.problem = problem
         self.cfg = cfg
         self.run = run
         self.json_events = json_events
         self.quiet = quiet
+        self.save_optimizer = save_optimizer
+        if progress_metric is _LOAD:
+            progress_metric = getattr(problem, "progress_metric", "psnr")
+        self.show_psnr = progress_metric == "psnr"
         self.model = problem.model
         if any(p.device.type == "cpu" for p in self.model.parameters()):
             tune_cpu_allocator()  # x1.3 per step on CPU: recycle the encoder's large temporaries (see its docstring)
@@ -292,26 +328,33 @@ class Trainer:
         self.generator = sampling_generator(cfg)
         self.state = TrainState()
 
-    def restore(self) -> bool:
-        """Load the run's newest checkpoint, if any, and drop metric lines logged after it (all of them when there is
-        none). Returns True when a checkpoint was loaded."""
-        found = self.run.load_latest_checkpoint()
-        if found is None:
+    def restore(self, checkpoint: LoadedCheckpoint | None | object = _LOAD) -> bool:
+        """Load ``checkpoint`` (by default the run's newest intact one, :meth:`RunDir.latest_checkpoint`; None: the
+        run has none), and drop metric lines logged after it (all of them when there is none). Returns True when a
+        checkpoint was loaded. Raises DataError (corrupt, or not this model's)."""
+        if checkpoint is _LOAD:
+            checkpoint = self.run.latest_checkpoint()
+        if checkpoint is None:
             self.run.truncate_metrics(0)
             return False
-        tensors, meta = found
-        _load_state(tensors, meta, self.model, self.optimizer, self.ema, self.generator)
-        self.state = TrainState(step=int(meta["step"]), elapsed_s=float(meta.get("elapsed_s", 0.0)),
-                                last=meta.get("last"))
+        meta = checkpoint.meta  # validated by RunDir.load_checkpoint
+        _load_state(checkpoint.tensors, meta, self.model, self.optimizer, self.ema, self.generator)
+        self.state = TrainState(step=checkpoint.step, elapsed_s=float(meta.get("elapsed_s", 0.0)),
+                                last=meta.get("last"), compile_s=float(meta.get("compile_s", 0.0)))
         self.run.truncate_metrics(self.state.step)
         return True
 
-    def checkpoint(self) -> str:
-        meta = {"elapsed_s": self.state.elapsed_s, "last": self.state.last, "task": self.cfg.task,
-                "ema_steps": self.ema.steps if self.ema else 0, "torch": torch.__version__}
-        path = self.run.save_checkpoint(self.state.step, _state_tensors(self.model, self.optimizer, self.ema,
-                                                                         self.generator),
-                                        meta, keep=self.cfg.train.keep_checkpoints)
+    def checkpoint(self, final: bool = False) -> str:
+        """Write a checkpoint of the current state; the ``final`` one leaves out the Adam state when
+        ``save_optimizer`` is off. Returns the weights' path. Raises OutputError."""
+        with_optimizer = self.save_optimizer or not final
+        meta = {"elapsed_s": self.state.elapsed_s, "compile_s": self.state.compile_s, "last": self.state.last,
+                "task": self.cfg.task, "ema_steps": self.ema.steps if self.ema else 0, "torch": torch.__version__,
+                "optimizer_state": with_optimizer}
+        tensors = _state_tensors(self.model, self.optimizer, self.ema, self.generator)
+        if not with_optimizer:
+            tensors = {k: v for k, v in tensors.items() if not k.startswith("optim.")}
+        path = self.run.save_checkpoint(self.state.step, tensors, meta, keep=self.cfg.train.keep_checkpoints)
         return str(path)
 
     def evaluation_weights(self):
@@ -322,7 +365,7 @@ class Trainer:
         """Train from ``state.step`` to ``n_steps``. On Ctrl-C a checkpoint is written, then Interrupted is raised;
         a non-finite loss raises DivergedError (no checkpoint of the diverged weights is written)."""
         tc = self.cfg.train
-        progress = _Progress(tc.n_steps, self.state.step, self.quiet)
+        progress = _Progress(tc.n_steps, self.state.step, self.quiet, self.show_psnr)
         window_t0, window_steps = time.perf_counter(), 0
         try:
             with _deferred_sigint() as stop_requested:
@@ -334,7 +377,7 @@ class Trainer:
             raise Interrupted(f"stopped at step {self.state.step}; checkpoint {path}; continue with "
                               f"--resume {self.run.path}") from None
         progress.close()
-        self.checkpoint()
+        self.checkpoint(final=True)
         return self.state
 
     def _loop(self, progress: _Progress, window_t0: float, window_steps: int,
@@ -346,6 +389,7 @@ class Trainer:
             lr = learning_rate(self.cfg.optimizer, self.state.step)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
+            compiled0 = compile_seconds()
             if before_step is not None:
                 before_step(self.state.step, self.generator)
             loss_value, mse = train_step(self.problem, self.optimizer, self.loss_fn, self.generator, tc.batch_size)
@@ -355,15 +399,22 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update()
             self.state.step += 1
-            self.state.elapsed_s += time.perf_counter() - t0
+            compiling = min(max(compile_seconds() - compiled0, 0.0), time.perf_counter() - t0)
+            self.state.compile_s += compiling
+            self.state.elapsed_s += time.perf_counter() - t0 - compiling
+            window_t0 += compiling  # compilation is not part of the training rate either
             window_steps += 1
             record = None
             if self.state.step % tc.log_every == 0 or self.state.step == tc.n_steps:
                 now = time.perf_counter()
                 steps_per_s = window_steps / max(now - window_t0, 1e-9)
-                record = {"step": self.state.step, "loss": loss_value, "psnr": mse_to_psnr(mse),
+                psnr = mse_to_psnr(mse)
+                # "psnr" stays for compatibility (it always was the batch's); "batch_psnr" only where it means something
+                record = {"step": self.state.step, "loss": loss_value, "psnr": psnr,
+                          **({"batch_psnr": psnr} if self.show_psnr else {}),
                           "samples_per_s": steps_per_s * tc.batch_size, "steps_per_s": steps_per_s,
-                          "elapsed_s": round(self.state.elapsed_s, 4), "lr": lr}
+                          "elapsed_s": round(self.state.elapsed_s, 4), "compile_s": round(self.state.compile_s, 4),
+                          "lr": lr}
                 self.state.last = record
                 self.run.append_metrics(record)
                 if self.json_events:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import stat
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,3 +84,83 @@ def test_metrics_truncate_drops_lines_after_checkpoint(tmp_path):
         fh.write('{"step": 4')  # cut by a crash
     run.truncate_metrics(20)
     assert [m["step"] for m in run.read_metrics()] == [10, 20]
+
+
+def test_archived_summary_never_takes_a_name_from_an_unvalidated_step_nor_overwrites(tmp_path):
+    run = RunDir.create(tmp_path, "image", "s")
+    run.write_summary({"step": 10})
+    (run.path / "summary-step10.json").write_text("older")
+    assert run.archive_summary().name == "summary-step10-2.json"
+    assert (run.path / "summary-step10.json").read_text() == "older"
+    (run.path / "summary-stepx").mkdir()
+    run.summary_path.write_text(json.dumps({"step": "x/../../victim"}))
+    assert run.archive_summary() == run.path / "summary-previous.json"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image"]  # nothing written beside the run
+    assert run.archive_summary() is None
+
+
+def test_stale_temporaries_older_than_the_process_are_removed(tmp_path):
+    run = RunDir.create(tmp_path, "image", "t")
+    (run.path / "meshes").mkdir()
+    old = 1e9  # from 2001: older than this (long-lived) test process
+    stale = [run.path / ".summary.json.0123abcd.tmp", run.checkpoints_dir / ".step-00000010.safetensors.deadbeef.tmp",
+             run.checkpoints_dir / ".tmpAb12Cd", run.renders_dir / ".reconstruction.png.00ff00ff.tmp.png",
+             run.path / "meshes" / ".mesh_256.ply.11111111.tmp.ply"]
+    young = run.checkpoints_dir / ".step-00000020.json.22222222.tmp"  # another process's write in progress
+    keep = [run.path / "notes.tmp", run.renders_dir / ".hidden", young]
+    for p in stale + keep:
+        p.write_text("x")
+    for p in stale + keep[:2]:
+        os.utime(p, (old, old))
+    os.utime(young, (time.time() + 60, time.time() + 60))
+    assert run.remove_stale_temporaries() == len(stale)
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in keep)
+
+
+def test_checkpoint_files_get_the_umask_mode_like_every_other_file(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        run = RunDir.create(tmp_path, "image", "mode")
+        weights = run.save_checkpoint(1, {"w": torch.ones(2)}, {}, keep=1)
+        run.write_summary({"step": 1})
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (weights, weights.with_suffix(".json"),
+                                                               run.summary_path)}
+    assert set(modes.values()) == {0o640}, {k: oct(v) for k, v in modes.items()}
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, capsys):
+    run = RunDir.create(tmp_path, "image", "fb")
+    for step in (10, 20, 30):
+        run.save_checkpoint(step, {"w": torch.full((2,), float(step))}, {}, keep=3)
+    (run.checkpoints_dir / "step-00000030.json").write_text('{"step": 31}')
+    path = run.checkpoints_dir / "step-00000020.safetensors"
+    path.write_bytes(path.read_bytes()[:20])
+    loaded = run.latest_checkpoint()
+    assert loaded.step == 10 and torch.equal(loaded.tensors["w"], torch.full((2,), 10.0))
+    assert [p.name for p in loaded.skipped] == ["step-00000030.json", "step-00000020.json"]
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln]
+    assert len(err) == 1 and "warning" in err[0] and "step 10" in err[0] and "step-00000030.json" in err[0]
+    run.set_aside(loaded.skipped)
+    assert [s for s, _ in run.checkpoints()] == [10]
+    assert (run.checkpoints_dir / "step-00000030.json.corrupt").is_file()
+    assert (run.checkpoints_dir / "step-00000020.safetensors.corrupt").is_file()
+
+
+def test_disk_full_in_safetensors_is_an_output_error_without_leftovers(tmp_path, monkeypatch):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\0" * 8)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    run = RunDir.create(tmp_path, "image", "full")
+    run.save_checkpoint(1, {"w": torch.ones(2)}, {}, keep=3)
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(OutputError, match="No space left on device"):
+        run.save_checkpoint(2, {"w": torch.ones(2)}, {}, keep=3)
+    assert sorted(p.name for p in run.checkpoints_dir.iterdir()) == ["step-00000001.json",
+                                                                      "step-00000001.safetensors"]

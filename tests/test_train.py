@@ -1,6 +1,10 @@
-"""The training loop's pieces: tcnn losses, the ExponentialDecay schedule, the EMA, optimizer parameter groups."""
+"""The training loop's pieces: tcnn losses, the ExponentialDecay schedule, the EMA, optimizer parameter groups; and
+what the loop does with a run: compile time, progress labels, the optimizer state, corrupt checkpoints, inputs."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,3 +111,147 @@ def test_ema_run_resumes_exactly(ngp, astronaut_crop, tmp_path):
     for key in ta:  # weights, Adam moments, EMA and the sampling generator's state
         assert torch.equal(ta[key], tb[key]), key
     assert a["metrics"]["psnr"] == b["metrics"]["psnr"]  # evaluated with the EMA weights in both
+
+
+class _ToyProblem:
+    """A tiny 2-D regression for the loop's own tests; ``on_step`` runs inside every batch."""
+
+    def __init__(self, on_step=None, **attrs) -> None:
+        self.model = NetworkWithInputEncoding(
+            2, 1, EncodingConfig(n_levels=2, log2_hashmap_size=8, per_level_scale=2.0), NetworkConfig(n_neurons=16),
+            generator=torch.Generator().manual_seed(0))
+        self.on_step = on_step
+        self.__dict__.update(attrs)
+
+    def batch_loss(self, batch_size, generator, loss_fn):
+        if self.on_step is not None:
+            self.on_step()
+        x = torch.rand(batch_size, 2, generator=generator)
+        loss = loss_fn(self.model(x), x[:, :1])
+        return loss, float(loss.detach())
+
+
+def _toy_trainer(tmp_path, problem, n_steps=3, **kwargs):
+    from ngp_cli.config import RunConfig
+    from ngp_cli.runs import RunDir
+    from ngp_cli.train import Trainer
+
+    cfg = RunConfig(task="image")
+    cfg.train.n_steps, cfg.train.batch_size, cfg.train.log_every = n_steps, 64, n_steps
+    return Trainer(problem, cfg, RunDir.create(tmp_path, "image", "toy"), **kwargs)
+
+
+def test_kernel_compile_time_is_kept_out_of_training_time_and_rate(tmp_path, monkeypatch):
+    import time
+
+    from ngp_cli.cuda import runtime
+
+    clock = [0.0]
+    monkeypatch.setattr(runtime, "compile_seconds", lambda: clock[0])
+
+    def first_step_compiles():
+        if clock[0] == 0.0:  # the first step "compiles" for 0.5 s
+            time.sleep(0.5)
+            clock[0] += 0.5
+
+    trainer = _toy_trainer(tmp_path, _ToyProblem(first_step_compiles))
+    state = trainer.fit()
+    assert state.compile_s == pytest.approx(0.5, abs=0.05)
+    assert state.elapsed_s < 0.4, state.elapsed_s  # three tiny steps, without the compile
+    (record,) = trainer.run.read_metrics()
+    assert record["compile_s"] == pytest.approx(0.5, abs=0.05)
+    assert record["steps_per_s"] > 3 / 0.4, record  # with the compile inside the window it would be < 6
+    _, meta = trainer.run.load_latest_checkpoint()
+    assert meta["compile_s"] == pytest.approx(state.compile_s)
+
+
+def test_progress_line_labels_the_batch_psnr_and_omits_it_where_meaningless(tmp_path, capsys):
+    _toy_trainer(tmp_path / "a", _ToyProblem()).fit()
+    line = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("step 3/3")][0]
+    assert "batch PSNR" in line and "psnr" not in line
+    trainer = _toy_trainer(tmp_path / "b", _ToyProblem(progress_metric=None))
+    trainer.fit()
+    line = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("step 3/3")][0]
+    assert "PSNR" not in line.upper() and "loss" in line
+    (record,) = trainer.run.read_metrics()
+    assert "psnr" in record and "batch_psnr" not in record  # the old key stays; the honest one only where it means
+
+
+def _fit(ngp, photo, runs, *extra):
+    fast = ["--set", "encoding.n_levels=4", "--set", "encoding.log2_hashmap_size=12", "--set", "network.n_neurons=16",
+            "--set", "train.batch_size=1024", "--backend", "torch"]
+    return ngp("fit-image", photo, "--runs-dir", runs, *fast, *extra)
+
+
+def test_no_save_optimizer_drops_adam_state_from_the_final_checkpoint_and_still_resumes(ngp, astronaut_crop,
+                                                                                        tmp_path):
+    from safetensors.torch import load_file
+
+    sizes = {}
+    for flag in ("--save-optimizer", "--no-save-optimizer"):
+        res = _fit(ngp, astronaut_crop, tmp_path / flag, "--steps", "4", flag)
+        assert res.exit_code == 0, res.stderr
+        ckpt = Path(res.last("done")["artifacts"]["checkpoint"])
+        sizes[flag] = ckpt.stat().st_size
+        has_optim = any(k.startswith("optim.") for k in load_file(ckpt))
+        assert has_optim is (flag == "--save-optimizer")
+    assert sizes["--no-save-optimizer"] < sizes["--save-optimizer"] / 2, sizes
+    res = ngp("fit-image", "--resume", Path(ckpt).parents[1], "--steps", "6")
+    assert res.exit_code == 0, res.stderr
+    assert "no optimizer state" in res.stderr and res.last("done")["step"] == 6
+
+
+def test_resume_falls_back_past_a_corrupt_checkpoint_and_clears_crash_leftovers(ngp, astronaut_crop, tmp_path):
+    import os
+
+    res = _fit(ngp, astronaut_crop, tmp_path, "--steps", "10", "--set", "train.checkpoint_every=5")
+    run = Path(res.last("done")["run_dir"])
+    newest = run / "checkpoints" / "step-00000010.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])  # torn by a crash
+    leftovers = [run / "checkpoints" / ".tmpXy12Ab", run / ".metrics.jsonl.abcdef01.tmp"]
+    for p in leftovers:
+        p.write_text("x")
+        os.utime(p, (1e9, 1e9))  # from 2001: older than this process (which runs the CLI in-process)
+    res = ngp("fit-image", "--resume", run, "--steps", "12")
+    assert res.exit_code == 0, res.stderr
+    warnings = [ln for ln in res.stderr.splitlines() if "warning" in ln]
+    assert len(warnings) == 1 and "newest intact checkpoint, step 5" in warnings[0], res.stderr
+    assert "removed 2 temporary file(s)" in res.stderr
+    assert not any(p.exists() for p in leftovers)
+    assert (run / "checkpoints" / "step-00000010.safetensors.corrupt").is_file()
+    assert res.last("done")["step"] == 12
+    steps = [m["step"] for m in json.loads("[" + ",".join((run / "metrics.jsonl").read_text().split()) + "]")]
+    assert steps == sorted(steps) and steps.count(10) == 1  # the lines after step 5 were logged again, once
+
+
+def test_allow_input_change_accepts_and_records_a_new_input(ngp, astronaut_crop, tmp_path):
+    res = _fit(ngp, astronaut_crop, tmp_path / "runs", "--steps", "2")
+    run = Path(res.last("done")["run_dir"])
+    pinned = json.loads((run / "input.json").read_text())["inputs"]["image.path"]
+    assert pinned["path"] == str(astronaut_crop.resolve()) and pinned["files"][""]["size"] > 0
+    other = tmp_path / "other.png"
+    other.write_bytes(astronaut_crop.read_bytes())
+    res = ngp("fit-image", "--resume", run, "--steps", "4", "--set", f"image.path={other}",
+              "--allow-input-change")
+    assert res.exit_code == 0, res.stderr
+    assert "warning: image.path changes from" in res.stderr
+    assert f"path: {other}" in (run / "config.yaml").read_text()
+    record = json.loads((run / "input.json").read_text())
+    assert record["inputs"]["image.path"]["path"] == str(other)
+    assert record["changes"][-1]["step"] == 2 and record["changes"][-1]["to"] == str(other)
+    with open(other, "ab") as fh:  # and a change on disk, accepted the same way
+        fh.write(b"\0")
+    res = ngp("fit-image", "--resume", run, "--steps", "6", "--allow-input-change")
+    assert res.exit_code == 0, res.stderr
+    assert "changed since the run was created" in res.stderr
+    assert json.loads((run / "input.json").read_text())["inputs"]["image.path"]["files"][""]["size"] == \
+        other.stat().st_size
+
+
+def test_a_run_made_before_inputs_were_pinned_resumes_as_before(ngp, astronaut_crop, tmp_path):
+    res = _fit(ngp, astronaut_crop, tmp_path / "runs", "--steps", "2")
+    run = Path(res.last("done")["run_dir"])
+    (run / "input.json").unlink()
+    res = ngp("fit-image", "--resume", run, "--steps", "3")
+    assert res.exit_code == 0, res.stderr
+    assert not (run / "input.json").exists() and "warning" not in res.stderr
