@@ -1,7 +1,8 @@
 """Output channels: JSON lines on stdout for machines, rich text on stderr for humans.
 
 The contract (docs/cli.md): stdout carries only JSON lines, so ``ngp ... | jq`` always works; every human-facing message,
-table and progress bar goes to stderr, and the progress bar only appears when stderr is a terminal.
+table and progress bar goes to stderr, and the progress bar only appears when stderr is a terminal (:func:`progress`
+prints plain lines with an ETA otherwise).
 Imports only rich and the standard library, so ``ngp --help`` stays fast.
 """
 
@@ -10,6 +11,9 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
@@ -42,6 +46,81 @@ def info(message: str) -> None:
 def error_line(message: str) -> None:
     """Print one plain error line on stderr; markup is not interpreted so paths with brackets survive."""
     stderr_console().print(message, markup=False)
+
+
+class _PlainProgress:
+    """``label i/N (p%), elapsed, ETA`` lines on stderr: the first and last item, then one line per tenth of the
+    work or per ``_PLAIN_EVERY_S`` seconds, whichever comes first (enough to see it move in a log, few enough to
+    read)."""
+
+    def __init__(self, total: int | None, label: str) -> None:
+        self.total = total
+        self.label = label
+        self.done = 0
+        self.t0 = time.perf_counter()
+        self.last_line = self.t0
+        self.last_tenth = -1
+
+    def __call__(self, n: int = 1, *, total: int | None = None) -> None:
+        if total is not None:
+            self.total = total
+        self.done += n
+        now = time.perf_counter()
+        tenth = self.done * 10 // self.total if self.total else -1
+        if not (self.done == n or self.done == self.total or tenth != self.last_tenth
+                or now - self.last_line >= _PLAIN_EVERY_S):
+            return
+        self.last_tenth, self.last_line = tenth, now
+        elapsed = now - self.t0
+        if self.total:
+            eta = elapsed / self.done * (self.total - self.done)
+            info(f"{self.label} {self.done}/{self.total} ({100 * self.done // self.total}%), {elapsed:.1f} s, "
+                 f"ETA {eta:.1f} s")
+        else:
+            info(f"{self.label} {self.done}, {elapsed:.1f} s")
+
+
+_PLAIN_EVERY_S = 10.0
+
+
+@contextmanager
+def progress(total: int | None, label: str) -> Iterator[Callable[..., None]]:
+    """Progress with an ETA on stderr for long work after training (``ngp eval``/``render``/``extract-mesh``, the
+    final evaluation).
+
+    Yields ``advance(n=1, *, total=None)``: call it as each of the ``total`` items finishes (``total`` may be None
+    and given later through ``advance``'s keyword, for work that learns its size as it goes). Shows a rich progress
+    bar when stderr is a terminal, else plain ``label i/N (p%), elapsed, ETA`` lines (:class:`_PlainProgress`'s
+    cadence); nothing with ``--quiet``. stdout is never touched, so JSON lines emitted meanwhile stay intact.
+    """
+    if _quiet:
+        yield lambda n=1, *, total=None: None
+        return
+    console = stderr_console()
+    if not console.is_terminal:
+        yield _PlainProgress(total, label)
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(TextColumn(label.replace("[", r"\[")), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("ETA"), TimeRemainingColumn(), console=console, redirect_stdout=False,
+                   redirect_stderr=False, transient=False)
+    task = bar.add_task(label, total=total)
+
+    def advance(n: int = 1, *, total: int | None = None) -> None:
+        if total is not None:
+            bar.update(task, total=total)
+        bar.advance(task, n)
+
+    with bar:
+        yield advance
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,4 +1,5 @@
-"""Image quality metrics: PSNR, computed exactly over images too large to hold as float; and the process's peak memory
+"""Image quality metrics: PSNR, computed exactly over images too large to hold as float; SSIM (:func:`ssim`, null for
+images smaller than its window); and the process's peak memory
 (:func:`peak_rss_mib`, for the memory figures of the benchmarks).
 
 PSNR = 10 * log10(peak^2 / MSE), with the MSE taken over every element (pixels x channels), as instant-ngp reports it
@@ -15,7 +16,7 @@ import math
 
 import numpy as np
 
-__all__ = ["LUMINANCE", "PSNRAccumulator", "luminance", "mse_to_psnr", "peak_rss_mib", "psnr"]
+__all__ = ["LUMINANCE", "SSIM_MIN_SIDE", "PSNRAccumulator", "luminance", "mse_to_psnr", "peak_rss_mib", "psnr", "ssim"]
 
 LUMINANCE = (0.2126, 0.7152, 0.0722)  # Rec. 709 / sRGB weights of linear R, G, B
 
@@ -105,6 +106,29 @@ def psnr(pred, target, peak: float = 1.0) -> float:
     acc = PSNRAccumulator(peak)
     acc.update(pred, target)
     return acc.psnr
+
+
+# SSIM's Gaussian window (σ = 1.5, truncated at 3.5σ as scikit-image does) is 11 pixels wide: smaller images have no
+# full window, and a narrower one would be another metric, not comparable with the NeRF papers' figures.
+SSIM_SIGMA = 1.5
+SSIM_MIN_SIDE = 11
+
+
+def ssim(pred: np.ndarray, target: np.ndarray) -> float | None:
+    """Mean SSIM of two (H, W, 3) float images in [0, 1], as the NeRF evaluation code computes it: an 11×11 Gaussian
+    window of σ = 1.5, population covariances, per channel then averaged (scikit-image's ``structural_similarity``).
+
+    Returns None when a side is under :data:`SSIM_MIN_SIDE` pixels (no full window fits; the caller reports SSIM as
+    null). Raises ``ValueError`` when the shapes differ or are not (H, W, 3).
+    """
+    if pred.shape != target.shape or pred.ndim != 3 or pred.shape[2] != 3:
+        raise ValueError(f"ssim needs two (H, W, 3) images of one shape, got {pred.shape} and {target.shape}")
+    if min(pred.shape[:2]) < SSIM_MIN_SIDE:
+        return None
+    from skimage.metrics import structural_similarity
+
+    return float(structural_similarity(pred, target, channel_axis=2, data_range=1.0, gaussian_weights=True,
+                                       sigma=SSIM_SIGMA, use_sample_covariance=False))
 
 
 def peak_rss_mib() -> float:

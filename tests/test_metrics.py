@@ -83,3 +83,27 @@ def test_metrics_import_does_not_import_torch():
         cwd=Path(__file__).resolve().parents[1],
     )
     assert out.stdout.strip() == "False"
+
+
+def test_ssim_of_identical_and_noisy_images():
+    from ngp_cli.metrics import ssim
+
+    rng = np.random.default_rng(0)
+    a = rng.random((16, 20, 3)).astype(np.float32)
+    assert ssim(a, a) == pytest.approx(1.0)
+    noisy = np.clip(a + rng.normal(0, 0.2, a.shape), 0, 1).astype(np.float32)
+    assert 0.0 < ssim(noisy, a) < 0.9
+
+
+@pytest.mark.parametrize("shape", [(8, 8, 3), (10, 64, 3), (64, 10, 3)])
+def test_ssim_of_images_smaller_than_its_window_is_none(shape):
+    """Regression: an 8x8 NeRF dataset crashed in skimage's SSIM (window 11 > side) after training, leaving no
+    summary."""
+    from ngp_cli.metrics import SSIM_MIN_SIDE, ssim
+
+    a = np.zeros(shape, np.float32)
+    assert ssim(a, a) is None
+    side = np.zeros((SSIM_MIN_SIDE, SSIM_MIN_SIDE, 3), np.float32)
+    assert ssim(side, side) == pytest.approx(1.0)  # the smallest size that has a full window
+    with pytest.raises(ValueError, match="one shape"):
+        ssim(a, np.zeros((12, 12, 3), np.float32))

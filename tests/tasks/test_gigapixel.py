@@ -90,14 +90,15 @@ def test_fit_image_writes_a_complete_run_directory(ngp, astronaut_crop, tmp_path
     done = res.last("done")
     run = Path(done["run_dir"])
     assert run.parent == tmp_path / "runs" / "image" and run.name.endswith("astro_crop")
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "metrics.jsonl", "renders",
-                                                     "summary.json"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "input.json", "metrics.jsonl",
+                                                     "renders", "summary.json"]
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [2, 4, 6]
     for m in metrics:
         assert {"step", "loss", "psnr", "samples_per_s", "elapsed_s"} <= set(m)
     assert json.loads((run / "summary.json").read_text())["metrics"] == done["metrics"]
     assert done["metrics"]["steps"] == 6
+    assert 0.0 <= done["metrics"]["compile_s"] and 0.0 < done["metrics"]["train_s"]  # compiling is not training
     rec = read_image(done["artifacts"]["reconstruction"])
     assert rec.shape == (96, 128, 3) and rec.dtype == np.uint8
     # The reported full-image PSNR is that of the written reconstruction (up to its 8-bit rounding).

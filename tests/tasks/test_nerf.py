@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -354,6 +355,138 @@ def test_train_nerf_without_dataset_uses_the_builtin_scene(ngp, tmp_path):
     assert result.exit_code == 0, result.stderr
     cfg = (Path(result.last("done")["run_dir"]) / "config.yaml").read_text()
     assert "synthetic-v1" in cfg and "built-in synthetic scene" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# After training: progress, --data, final_eval_views, held-out views, tiny images (issue 13)
+
+
+def test_eval_and_render_show_progress_per_view_and_frame(trained, ngp, tmp_path):
+    run = trained.last("done")["run_dir"]
+    res = ngp("eval", run)
+    assert res.exit_code == 0, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("evaluating val ")]
+    assert [ln.split(" (")[0] for ln in lines] == ["evaluating val 1/3", "evaluating val 2/3", "evaluating val 3/3"]
+    assert all("ETA" in ln for ln in lines)
+    assert [e["view"] for e in res.events if e["event"] == "view"] == [0, 1, 2]
+    res = ngp("render", run, "--orbit", "2", "--resolution", "16x16", "--out", tmp_path / "f")
+    assert res.exit_code == 0, res.stderr
+    assert [ln.split(" (")[0] for ln in res.stderr.splitlines() if ln.startswith("rendering ") and "/" in ln
+            and "frames at" not in ln] == ["rendering 1/2", "rendering 2/2"]
+    res = ngp("-q", "render", run, "--orbit", "2", "--resolution", "16x16", "--out", tmp_path / "g")
+    assert res.exit_code == 0 and res.stderr == ""
+
+
+def test_evaluate_views_reports_each_view_as_it_finishes(trained):
+    """``ngp eval`` emits a view's line when that view is done, not all at the end: on_view sees the views in order,
+    each before the next one is rendered."""
+    from ngp_cli.tasks.nerf import evaluate
+
+    seen: list[int] = []
+    real = evaluate.render_view
+    rendered: list[int] = []
+
+    def spy(*args, **kwargs):
+        rendered.append(len(seen))  # how many views were reported when this one started
+        return real(*args, **kwargs)
+
+    from ngp_cli.tasks import discover_tasks
+
+    run, problem, _ = evaluate.load_run(discover_tasks()["nerf"], Path(trained.last("done")["run_dir"]), "torch")
+    from ngp_cli.tasks.nerf.fit import load_split
+
+    ds = load_split(problem.cfg, "val")
+    evaluate.render_view = spy
+    try:
+        evaluate.evaluate_views(problem, ds, range(3), with_ssim=False, on_view=lambda row: seen.append(row["view"]))
+    finally:
+        evaluate.render_view = real
+    assert seen == [0, 1, 2] and rendered == [0, 1, 2]
+
+
+def _moved_run(trained, tmp_path) -> Path:
+    """A copy of the trained run whose recorded dataset no longer exists (as after moving the dataset)."""
+    import shutil
+
+    run = tmp_path / "runs" / "nerf" / "moved"
+    shutil.copytree(trained.last("done")["run_dir"], run)
+    cfg = run / "config.yaml"
+    cfg.write_text(re.sub(r"(?m)^(  path: ).*$", r"\g<1>" + str(tmp_path / "gone"), cfg.read_text(), count=1))
+    return run
+
+
+def test_a_moved_dataset_is_named_and_data_overrides_it(trained, ngp, scene, tmp_path):
+    run = _moved_run(trained, tmp_path)
+    config = (run / "config.yaml").read_text()
+    for command in (["eval"], ["render", "--orbit", "1", "--resolution", "8x8", "--out", tmp_path / "o"],
+                    ["extract-mesh", "--resolution", "16"]):
+        res = ngp(command[0], run, *command[1:])
+        line = _one_line(res, 4)
+        assert str(tmp_path / "gone") in line and "--data" in line
+    res = ngp("eval", run, "--data", scene)
+    assert res.exit_code == 0, res.stderr
+    original = ngp("eval", trained.last("done")["run_dir"])  # the same checkpoint, its dataset where it was
+    assert res.last("done")["metrics"]["psnr"] == pytest.approx(original.last("done")["metrics"]["psnr"], abs=1e-6)
+    res = ngp("render", run, "--orbit", "1", "--resolution", "8x8", "--out", tmp_path / "o", "--data", scene)
+    assert res.exit_code == 0, res.stderr
+    assert (run / "config.yaml").read_text() == config  # --data never rewrites the run's config
+
+
+def test_final_eval_views_subsets_or_skips_the_final_evaluation(ngp, scene, tmp_path):
+    from ngp_cli.tasks.nerf.evaluate import final_views
+
+    assert final_views(10, None) == list(range(10)) and final_views(10, 0) == []
+    assert final_views(10, 3) == [0, 4, 9] and final_views(10, 1) == [0] and final_views(3, 8) == [0, 1, 2]
+    base = ["train-nerf", scene, "--steps", "2", "--runs-dir", tmp_path, *_FAST, "--set", "nerf.render_views=0",
+            "--set", "train.eval_every=0"]
+    res = ngp(*base, "--set", "train.final_eval_views=2")
+    assert res.exit_code == 0, res.stderr
+    m = res.last("done")["metrics"]
+    assert m["n_views"] == 2 and m["split_views"] == 3 and math.isfinite(m["psnr"])
+    ev = json.loads((Path(res.last("done")["run_dir"]) / "eval_val.json").read_text())
+    assert [v["view"] for v in ev["views"]] == [0, 2]
+    res = ngp(*base, "--set", "train.final_eval_views=0")
+    assert res.exit_code == 0, res.stderr
+    m = res.last("done")["metrics"]
+    assert m["n_views"] == 0 and m["psnr"] is None and "final_eval_views=0" in m["eval_skipped"]
+    run = Path(res.last("done")["run_dir"])
+    assert json.loads((run / "summary.json").read_text())["metrics"]["eval_skipped"] == m["eval_skipped"]
+    assert not (run / "eval_val.json").exists() and "final evaluation skipped" in res.stderr
+
+
+def test_holdout_every_0_has_no_held_out_views(ngp, scene, tmp_path):
+    """Regression: nerf.holdout_every=0 evaluated the training frames as 'val'."""
+    import shutil
+
+    ds = tmp_path / "single"  # one transforms.json (an instant-ngp capture), its frames' paths unchanged
+    shutil.copytree(scene / "train", ds / "train")
+    shutil.copy(scene / "transforms_train.json", ds / "transforms.json")
+    res = ngp("train-nerf", ds, "--steps", "2", "--runs-dir", tmp_path / "runs", *_FAST,
+              "--set", "nerf.holdout_every=0", "--json")
+    assert res.exit_code == 0, res.stderr
+    m = res.last("done")["metrics"]
+    assert m["n_views"] == 0 and m["psnr"] is None and "no held-out views" in m["eval_skipped"]
+    assert "no held-out" in res.stderr
+    run = res.last("done")["run_dir"]
+    assert not (Path(run) / "eval_val.json").exists()
+    line = _one_line(ngp("eval", run), 4)
+    assert "no held-out views" in line and "holdout_every=0" in line
+
+
+def test_a_dataset_of_8x8_images_trains_and_gets_its_summary(ngp, tmp_path):
+    """Regression: SSIM's 11x11 window crashed on 8x8 images after training, leaving no summary.json."""
+    from ngp_cli.tasks.nerf.synthetic import make_synthetic_scene
+
+    tiny = make_synthetic_scene(tmp_path / "tiny", n_train=6, n_val=2, resolution=8)
+    res = ngp("train-nerf", tiny, "--steps", "2", "--runs-dir", tmp_path / "runs", *_FAST)
+    assert res.exit_code == 0, res.stderr
+    m = res.last("done")["metrics"]
+    assert m["n_views"] == 2 and math.isfinite(m["psnr"]) and m["ssim"] is None
+    run = Path(res.last("done")["run_dir"])
+    assert json.loads((run / "summary.json").read_text())["metrics"]["ssim"] is None
+    assert "SSIM not computed" in res.stderr
+    res = ngp("eval", run)
+    assert res.exit_code == 0, res.stderr and res.last("done")["metrics"]["ssim"] is None
 
 
 # ---------------------------------------------------------------------------------------------------------------------

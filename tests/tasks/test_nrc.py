@@ -190,8 +190,10 @@ def test_train_nrc_on_the_cornell_box(ngp, tmp_path):
     assert m["nrc_frames_accumulated"] == 2 and m["pt_frames"] >= 1 and m["pt_time_s"] >= m["nrc_time_s"]
     assert 0.0 < m["cache_share"] < 1.0
     run = Path(done["run_dir"])
-    assert sorted(p.name for p in (run / "frames").iterdir()) == ["frame_0001.png", "frame_0002.png",
-                                                                 "frame_0003.png"]
+    # the one frame naming scheme of ngp render and train-nrc: frame_00000.png is the frame of the "frame": 1 line
+    assert sorted(p.name for p in (run / "frames").iterdir()) == ["frame_00000.png", "frame_00001.png",
+                                                                 "frame_00002.png"]
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []  # no temporary frame folder
     import imageio.v3 as iio
 
     side = iio.imread(done["artifacts"]["side_by_side"])
@@ -200,6 +202,27 @@ def test_train_nrc_on_the_cornell_box(ngp, tmp_path):
     assert json.loads((run / "summary.json").read_text())["metrics"]["relmse_nrc"] == m["relmse_nrc"]
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["frame"] for x in lines] == [1, 2, 3]
+
+
+def test_train_nrc_with_fewer_frames_than_the_warmup_warns_and_keeps_the_last(ngp, tmp_path):
+    """Regression: --frames below nrc.warmup_frames accumulated nothing and compared an empty image, silently."""
+    res = ngp("train-nrc", "--frames", "2", "--spp", "1", "--runs-dir", tmp_path / "runs", *_TINY,
+              "--set", "nrc.warmup_frames=4")
+    assert res.exit_code == 0, res.stderr
+    warnings = [ln for ln in res.stderr.splitlines() if "warning" in ln]
+    assert len(warnings) == 1 and "nrc.frames=2" in warnings[0] and "nrc.warmup_frames=4" in warnings[0]
+    m = res.last("done")["metrics"]
+    assert m["nrc_frames_accumulated"] == 1 and m["warmup_frames"] == 1 and m["relmse_nrc"] < 10.0
+    quiet = ngp("train-nrc", "--frames", "3", "--spp", "1", "--runs-dir", tmp_path / "runs", *_TINY)
+    assert quiet.exit_code == 0 and "warning" not in quiet.stderr  # _TINY: warmup 1 < 3 frames
+
+
+def test_train_nrc_help_describes_its_json_lines(app):
+    import typer
+
+    command = typer.main.get_command(app).commands["train-nrc"]
+    text = next(p.help for p in command.params if "--json" in p.opts)
+    assert '{"event":"frame"} JSON line per rendered frame' in text and "step" not in text
 
 
 def test_train_nrc_with_a_scene_file(ngp, tmp_path, scene_dir):

@@ -397,6 +397,33 @@ def test_render_sdf_run_orbit(trained, ngp, tmp_path):
     assert bad.exit_code == 2 and "--orbit" in bad.stderr
 
 
+def test_extract_mesh_shows_progress_and_data_finds_a_moved_mesh(trained, ngp, tmp_path, blob_path):
+    import re
+    import shutil
+
+    run = tmp_path / "runs" / "sdf" / "moved"
+    shutil.copytree(trained.last("done")["run_dir"], run)
+    cfg = run / "config.yaml"
+    cfg.write_text(re.sub(r"(?m)^(  path: ).*$", r"\g<1>" + str(tmp_path / "gone.obj"), cfg.read_text(), count=1))
+    config = cfg.read_text()
+    for command in (["extract-mesh", "--resolution", "40"], ["eval"], ["render", "--orbit", "1"]):
+        res = ngp(command[0], run, *command[1:])
+        assert res.exit_code == 4, res.stderr
+        lines = [ln for ln in res.stderr.splitlines() if ln.startswith("ngp:")]
+        assert len(lines) == 1 and str(tmp_path / "gone.obj") in lines[0] and "--data" in lines[0]
+    res = ngp("extract-mesh", run, "--resolution", "40", "--out", tmp_path / "m.ply", "--data", blob_path)
+    assert res.exit_code == 0, res.stderr
+    slabs = [ln.split(" (")[0] for ln in res.stderr.splitlines() if ln.startswith("marching cubes 40³")]
+    assert slabs == ["marching cubes 40³", "marching cubes 40³"] and "2/2 (100%)" in res.stderr
+    res = ngp("render", run, "--orbit", "2", "--resolution", "16x16", "--out", tmp_path / "f", "--data", blob_path)
+    assert res.exit_code == 0 and "rendering 2/2 (100%)" in res.stderr
+    assert cfg.read_text() == config  # --data never rewrites the run's config
+    other = tmp_path / "other.obj"
+    trimesh.creation.box(extents=(1.0, 1.0, 1.0)).export(other)
+    res = ngp("eval", run, "--data", other)
+    assert res.exit_code == 4 and "has changed since" in res.stderr
+
+
 @pytest.mark.parametrize("args, code, message", [
     (["missing.obj"], 4, "no such file"),
     (["{bad}"], 4, "degenerate"),

@@ -13,12 +13,14 @@ from typing import Annotated
 import typer
 
 from ngp_cli.commands import (
+    AllowInputChangeOpt,
     BackendOpt,
     JsonOpt,
     NameOpt,
     PresetOpt,
     ResumeOpt,
     RunsDirOpt,
+    SaveOptimizerOpt,
     SetOpt,
     StepsOpt,
     TrainOptions,
@@ -36,8 +38,10 @@ class ImageSection:
         0.5, "finest grid resolution N_max as a multiple of max(W, H), used when encoding.per_level_scale and "
              "encoding.max_resolution are both null (instant-ngp's image mode: 0.5)", gt=0.0, le=64.0)
     render_scale: float = opt(1.0, "size of the written reconstruction relative to the photo", gt=0.0, le=16.0)
-    tile_pixels: int = opt(1 << 18, "pixels per inference tile when rendering and computing the full-image PSNR",
-                           ge=1024)
+    tile_pixels: int = opt(1 << 18, "pixels per inference tile when rendering and computing the full-image PSNR "
+                                    "(at most 2^26)", ge=1024, le=1 << 26)
+    max_pixels: int = opt(1 << 28, "largest photo accepted, in pixels (width x height, read from the file's header "
+                                   "before decoding; 0 = no limit)", ge=0, le=1 << 40)
 
 
 @dataclass
@@ -87,9 +91,14 @@ class GigapixelTask(Task):
             json_events: JsonOpt = False,
             backend: BackendOpt = None,
             steps: StepsOpt = None,
+            allow_input_change: AllowInputChangeOpt = False,
+            save_optimizer: SaveOptimizerOpt = True,
             render_scale: Annotated[float | None, typer.Option(
                 "--render-scale", help="Write the reconstruction at this scale (shorthand for "
                                        "--set image.render_scale=S).")] = None,
+            max_pixels: Annotated[int | None, typer.Option(
+                "--max-pixels", min=0, help="Accept photos of up to N pixels (default 2^28 = 268,435,456; 0 = no "
+                                            "limit; shorthand for --set image.max_pixels=N).")] = None,
         ) -> None:
             """Train a hash-grid + MLP image model and write the reconstruction, an error heat-map and metrics.
 
@@ -100,6 +109,9 @@ class GigapixelTask(Task):
             sets = list(set_ or [])
             if render_scale is not None:
                 sets.append(f"image.render_scale={render_scale}")
+            if max_pixels is not None:
+                sets.append(f"image.max_pixels={max_pixels}")
             opts = TrainOptions(preset=preset, sets=sets, runs_dir=runs_dir, name=name, resume=resume,
-                                json=json_events, backend=backend, steps=steps)
+                                json=json_events, backend=backend, steps=steps,
+                                allow_input_change=allow_input_change, save_optimizer=save_optimizer)
             run_fit(task, opts, photo)

@@ -123,8 +123,8 @@ def record_max_resolution(cfg: ImageConfig, target: ImageTarget) -> None:
         cfg.encoding.max_resolution = target.natural_max_resolution(cfg.image.max_resolution_factor)
 
 
-def _load_photo(photo: Path) -> tuple[Path, np.ndarray]:
-    image = read_image(photo)
+def _load_photo(photo: Path, max_pixels: int) -> tuple[Path, np.ndarray]:
+    image = read_image(photo, max_pixels)
     return photo.expanduser().resolve(), image
 
 
@@ -133,13 +133,14 @@ def fit_image(task, opts: TrainOptions, photo: Path | None) -> None:
     prep = prepare(task, opts)
     cfg: ImageConfig = prep.cfg
     if prep.run is None:
-        photo_path, image = _load_photo(photo if photo is not None else default_photo())
+        photo_path, image = _load_photo(photo if photo is not None else default_photo(), cfg.image.max_pixels)
         cfg.image.path = str(photo_path)
         record_max_resolution(cfg, ImageTarget(image))
         run = create_run(task, opts, cfg, default_name=photo_path.stem)
     else:
         run = prep.run
-        photo_path, image = _load_photo(resumed_input(run, photo, cfg.image.path, "image.path", "photo"))
+        photo_path, image = _load_photo(resumed_input(prep, photo, cfg.image.path, "image.path", "photo"),
+                                        cfg.image.max_pixels)
 
     target = ImageTarget(image)
     problem = ImageProblem(target, cfg, prep.backend)
@@ -147,7 +148,7 @@ def fit_image(task, opts: TrainOptions, photo: Path | None) -> None:
     info(f"photo {photo_path.name}: {target.width}x{target.height}, {target.channels} channel(s), "
          f"{image.dtype}; backend {prep.backend.name} on {prep.backend.device}; {n_params:,} parameters")
 
-    trainer = Trainer(problem, cfg, run, json_events=opts.json, quiet=is_quiet())
+    trainer = Trainer(problem, cfg, run, json_events=opts.json, quiet=is_quiet(), save_optimizer=opts.save_optimizer)
     restore(trainer, prep)
     state = trainer.fit()
 
@@ -157,7 +158,7 @@ def fit_image(task, opts: TrainOptions, photo: Path | None) -> None:
         metrics, artifacts = evaluate(problem, photo_path, cfg.image.render_scale, cfg.image.tile_pixels,
                                       run.renders_dir, error_vmax)
     metrics = {"psnr": metrics.pop("psnr"), "loss": (state.last or {}).get("loss"), "steps": state.step,
-               "train_s": round(state.elapsed_s, 3),
+               "train_s": round(state.elapsed_s, 3), "compile_s": round(state.compile_s, 3),
                "samples_per_s": state.step * cfg.train.batch_size / max(state.elapsed_s, 1e-9), **metrics}
     checkpoints = run.checkpoints()
     artifacts["checkpoint"] = str(checkpoints[-1][1].with_suffix(".safetensors")) if checkpoints else None

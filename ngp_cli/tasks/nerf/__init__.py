@@ -14,12 +14,14 @@ from typing import Annotated
 import typer
 
 from ngp_cli.commands import (
+    AllowInputChangeOpt,
     BackendOpt,
     JsonOpt,
     NameOpt,
     PresetOpt,
     ResumeOpt,
     RunsDirOpt,
+    SaveOptimizerOpt,
     SetOpt,
     StepsOpt,
     TrainOptions,
@@ -37,27 +39,30 @@ class NerfSection:
     aabb_scale: int | None = opt(None, "scene box size, a power of two 1..128; null: the dataset's (default 1)",
                                  ge=1, le=128)
     holdout_every: int = opt(8, "with a single transforms.json, every k-th frame is held out as the val/test split "
-                                "(0: none held out)", ge=0)
+                                "(0: none held out)", ge=0, le=10**6)
     allow_outside_root: bool = opt(False, "accept file_path entries that resolve outside the dataset folder")
     cone_angle: float | None = opt(None, "step growth t·cone_angle; null: 0 for aabb_scale 1, 1/256 otherwise "
                                          "(instant-ngp)", ge=0.0, le=0.1)
     snap_to_pixel_centers: bool = opt(False, "train on rays through pixel centres only; false (instant-ngp's "
                                              "default): through a uniform random point of each drawn pixel, so "
                                              "the field is constrained between the training rays")
-    near_distance: float = opt(0.1, "rays start this far from the camera (ngp-frame units)", ge=0.0)
+    near_distance: float = opt(0.1, "rays start this far from the camera (ngp-frame units, at most 1000)", ge=0.0,
+                               le=1000.0)
     n_rays_initial: int = opt(4096, "rays in the first batch; later batches adapt so that a batch holds about "
-                                    "train.batch_size samples (instant-ngp)", ge=64)
-    grid_update_interval: int = opt(16, "steps between occupancy-grid updates", ge=1)
-    grid_warmup_steps: int = opt(256, "steps during which every update evaluates every cell", ge=0)
+                                    "train.batch_size samples (instant-ngp; at most 2^24)", ge=64, le=1 << 24)
+    grid_update_interval: int = opt(16, "steps between occupancy-grid updates", ge=1, le=10**9)
+    grid_warmup_steps: int = opt(256, "steps during which every update evaluates every cell", ge=0, le=10**9)
     grid_decay: float = opt(0.95, "EMA decay of the occupancy grid per update", gt=0.0, lt=1.0)
     grid_threshold: float = opt(0.01, "occupancy threshold on optical thickness (capped by the grid's mean)", gt=0.0)
     eval_split: str = opt("val", "held-out split for the periodic and final evaluation: val or test "
                                  "(the dataset's transforms_<split>.json, or its held-out frames)",
                           choices=("val", "test"))
     eval_views: int = opt(4, "views of eval_split used by the periodic evaluation (train.eval_every); the final "
-                             "evaluation uses all", ge=1)
-    render_views: int = opt(8, "views of eval_split whose renders are written to renders/ at the end", ge=0)
-    eval_chunk_rays: int = opt(8192, "rays per chunk when rendering for evaluation", ge=256)
+                             "evaluation uses all", ge=1, le=10**6)
+    render_views: int = opt(8, "views of eval_split whose renders are written to renders/ at the end", ge=0,
+                            le=10**6)
+    eval_chunk_rays: int = opt(8192, "rays per chunk when rendering for evaluation (at most 2^24)", ge=256,
+                               le=1 << 24)
 
 
 @dataclass
@@ -98,6 +103,8 @@ class NerfTask(Task):
             json_events: JsonOpt = False,
             backend: BackendOpt = None,
             steps: StepsOpt = None,
+            allow_input_change: AllowInputChangeOpt = False,
+            save_optimizer: SaveOptimizerOpt = True,
             downscale: Annotated[int | None, typer.Option(
                 "--downscale", min=1, help="Load images reduced N times (shorthand for --set nerf.downscale=N).")] = None,
             allow_outside_root: Annotated[bool, typer.Option(
@@ -116,5 +123,6 @@ class NerfTask(Task):
             if allow_outside_root:
                 sets.append("nerf.allow_outside_root=true")
             opts = TrainOptions(preset=preset, sets=sets, runs_dir=runs_dir, name=name, resume=resume,
-                                json=json_events, backend=backend, steps=steps)
+                                json=json_events, backend=backend, steps=steps,
+                                allow_input_change=allow_input_change, save_optimizer=save_optimizer)
             run_train(task, opts, dataset)

@@ -242,9 +242,9 @@ def _resolve_image(json_path: Path, root: Path, label: str, file_path: str, allo
     target = os.path.normpath(os.path.join(root_abs, file_path))
     inside = os.path.commonpath([root_abs, target]) == root_abs
     if not inside and not allow_outside_root:
+        # The hint first: error lines are cut at a length limit, and the frame's path can be long.
         raise DataError(
-            f"{json_path}: {label}: image path resolves outside the dataset folder {root_abs} "
-            "(pass --allow-outside-root to allow it)"
+            f"{json_path}: image path outside the dataset folder (pass --allow-outside-root to allow it): {label}"
         )
     # Keep the user's spelling of the root (relative stays relative) in file_paths.
     candidate = root / file_path
@@ -417,7 +417,8 @@ def load_dataset(
             ``transforms_*.json``, train/val/test first) or else ``transforms.json``.
         split: "train", "val", "test" or "all". With a single transforms file and ``holdout_every = k > 0``, "val" and
             "test" are the frames whose index in the JSON (before dropping missing images) is a multiple of k, "train"
-            the others and "all" every frame; with k = 0 every split is every frame.
+            the others and "all" every frame; with k = 0 nothing is held out: "train" and "all" are every frame and
+            "val"/"test" do not exist (DataError), so training frames are never evaluated as held-out ones.
         downscale: N >= 1; images are reduced by an N x N box filter (area average, rounded half up, cropped to a
             multiple of N at the right/bottom) and fx, fy, cx, cy divided by N. Alpha is averaged like the colours.
         holdout_every: k >= 0, see ``split``; ignored when per-split JSON files are used.
@@ -442,7 +443,8 @@ def load_dataset(
             object, missing or empty ``frames``, a frame without ``file_path`` or ``transform_matrix``, a matrix that is
             not 3x4/4x4 numbers or holds NaN/inf or has a degenerate rotation (|det| < 1e-6), NaN/inf or non-numeric
             intrinsics, no intrinsics at all, a non-positive focal length, a bad ``aabb_scale``/``scale``/``offset``,
-            an image path outside the folder (without ``allow_outside_root``), a split with no frames, no image file
+            an image path outside the folder (without ``allow_outside_root``), a split with no frames ("val"/"test"
+            of a single transforms file with ``holdout_every = 0``: no held-out views), no image file
             at all, images of mixed sizes, images smaller than ``downscale``; image decoding errors (from
             :func:`~ngp_cli.images.read_image`, starting with the image path) and float images.
         ValueError: an unknown ``split``, ``downscale < 1`` or ``holdout_every < 0`` (programming errors).
@@ -457,6 +459,9 @@ def load_dataset(
     path = Path(path)
     files, holdout_applies = _split_files(path, split)
     root = files[0].parent
+    if holdout_applies and holdout_every == 0 and split in ("val", "test"):
+        raise DataError(f"{files[0]}: no held-out views: nerf.holdout_every=0 holds none of this single transforms "
+                        f"file's frames out as split '{split}'")
 
     frames: list[_Frame] = []
     aabb_scale, scale, offset = 1, DEFAULT_SCALE, DEFAULT_OFFSET

@@ -3,35 +3,29 @@
 
 Metrics are computed on 8-bit-range float images in [0, 1]: PSNR = -10 log10(MSE) per view, averaged over views (the
 NeRF papers' convention), and SSIM with an 11×11 Gaussian window, σ = 1.5 (scikit-image, as the NeRF evaluation
-code). Views with alpha (NeRF-synthetic) are composited on white, the rendering on the same white background.
+code; null for images under 11 pixels a side, which no full window fits). Views with alpha (NeRF-synthetic) are
+composited on white, the rendering on the same white background.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ngp_cli.commands import open_run, parse_resolution
-from ngp_cli.console import emit, info, to_json
+from ngp_cli.commands import open_run, parse_resolution, relocated_input
+from ngp_cli.console import emit, info, progress, to_json
 from ngp_cli.errors import DataError, UsageError
 from ngp_cli.images import write_image
-from ngp_cli.metrics import mse_to_psnr, peak_rss_mib
+from ngp_cli.metrics import SSIM_MIN_SIDE, mse_to_psnr, peak_rss_mib, ssim
 from ngp_cli.runs import RunDir, atomic_write_text
 from ngp_cli.tasks.nerf.data import NerfDataset
 from ngp_cli.tasks.nerf.render import render_rays
-
-
-def _ssim(pred: np.ndarray, target: np.ndarray) -> float:
-    from skimage.metrics import structural_similarity
-
-    return float(structural_similarity(pred, target, channel_axis=2, data_range=1.0, gaussian_weights=True,
-                                       sigma=1.5, use_sample_covariance=False))
 
 
 def render_view(problem, origins: torch.Tensor, directions: torch.Tensor, height: int, width: int,
@@ -47,11 +41,14 @@ def render_view(problem, origins: torch.Tensor, directions: torch.Tensor, height
 
 
 def evaluate_views(problem, dataset: NerfDataset, views: Iterable[int], *, with_ssim: bool = True,
-                   renders_dir: Path | None = None, n_renders: int = 0) -> dict[str, Any]:
+                   renders_dir: Path | None = None, n_renders: int = 0,
+                   on_view: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """PSNR (and SSIM) of the rendering of each view in ``views`` against its photo.
 
     Views with alpha are compared on white. The first ``n_renders`` renderings are written to ``renders_dir`` as
-    ``<split>_<name>.png``. Returns ``{"psnr": mean, "ssim": mean or None, "views": [...], "eval_s": seconds}``.
+    ``<split>_<name>.png``. ``on_view(row)`` is called as each view finishes (per-view output, progress).
+    Returns ``{"psnr": mean, "ssim": mean or None, "views": [...], "eval_s": seconds}``; SSIM is None without
+    ``with_ssim`` and for images under :data:`~ngp_cli.metrics.SSIM_MIN_SIDE` pixels a side.
     """
     t0 = time.perf_counter()
     background = (1.0, 1.0, 1.0) if dataset.white_background else (0.0, 0.0, 0.0)
@@ -63,14 +60,20 @@ def evaluate_views(problem, dataset: NerfDataset, views: Iterable[int], *, with_
         mse = float(np.mean((pred - target) ** 2))
         row = {"view": i, "name": dataset.file_paths[i].stem, "psnr": mse_to_psnr(mse), "mse": mse}
         if with_ssim:
-            row["ssim"] = _ssim(pred, target)
+            row["ssim"] = ssim(pred, target)
         rows.append(row)
         if renders_dir is not None and k < n_renders:
             write_image(renders_dir / f"{dataset.split}_{dataset.file_paths[i].stem}.png",
                         (pred * 255.0 + 0.5).astype(np.uint8))
+        if on_view is not None:
+            on_view(row)
     psnr = float(np.mean([r["psnr"] for r in rows])) if rows else math.nan
-    ssim = float(np.mean([r["ssim"] for r in rows])) if rows and with_ssim else None
-    return {"psnr": psnr, "ssim": ssim, "views": rows, "eval_s": round(time.perf_counter() - t0, 3)}
+    ssims = [r["ssim"] for r in rows if r.get("ssim") is not None]
+    mean_ssim = float(np.mean(ssims)) if ssims else None
+    if with_ssim and rows and not ssims:
+        info(f"SSIM not computed: the {dataset.width}x{dataset.height} images are smaller than its "
+             f"{SSIM_MIN_SIDE}x{SSIM_MIN_SIDE} window (reported as null)")
+    return {"psnr": psnr, "ssim": mean_ssim, "views": rows, "eval_s": round(time.perf_counter() - t0, 3)}
 
 
 def _write_eval_json(run: RunDir, split: str, result: dict[str, Any], step: int) -> Path:
@@ -81,23 +84,53 @@ def _write_eval_json(run: RunDir, split: str, result: dict[str, Any], step: int)
     return path
 
 
+def final_views(n_views: int, wanted: int | None) -> list[int]:
+    """The held-out views the final evaluation renders for ``train.final_eval_views = wanted``: all ``n_views`` for
+    None (or ``wanted >= n_views``), none for 0, else ``wanted`` views evenly spaced over the split (the first and
+    the last included), so a subset still spans an orbit-like val set instead of one arc of it."""
+    if wanted is None or wanted >= n_views:
+        return list(range(n_views))
+    if wanted <= 0:
+        return []
+    if wanted == 1:
+        return [0]
+    return [int(v) for v in np.linspace(0, n_views - 1, wanted).round().astype(int)]
+
+
+def format_ssim(value: float | None) -> str:
+    """SSIM for a log line: 4 decimals, or ``n/a`` when it was not computed."""
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def final_evaluation(problem, run: RunDir, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Evaluate every view of the run's held-out split, write eval_<split>.json and renders of the first
-    ``nerf.render_views`` views. Returns ``(metrics, artifacts)``; without held-out views, psnr and ssim are None."""
+    """Evaluate the held-out split after training, as ``train.final_eval_views`` says (:func:`final_views`), write
+    eval_<split>.json and renders of the first ``nerf.render_views`` evaluated views, with progress on stderr.
+
+    Returns ``(metrics, artifacts)``. Without held-out views, or with ``train.final_eval_views = 0``, psnr and ssim
+    are None, ``n_views`` is 0 and ``eval_skipped`` says why (one line on stderr too)."""
     from ngp_cli.tasks.nerf.fit import load_split
 
     cfg = problem.cfg
     split = cfg.nerf.eval_split
+    skipped = {"psnr": None, "ssim": None, "n_views": 0, "split": split}
+    if cfg.train.final_eval_views == 0:
+        reason = "final evaluation skipped (train.final_eval_views=0)"
+        info(reason)
+        return {**skipped, "eval_skipped": reason}, {}
     try:
         dataset = load_split(cfg, split)
     except DataError as err:
         info(f"no held-out evaluation: {err}")
-        return {"psnr": None, "ssim": None, "n_views": 0, "split": split}, {}
-    result = evaluate_views(problem, dataset, range(len(dataset)), renders_dir=run.renders_dir,
-                            n_renders=cfg.nerf.render_views)
+        return {**skipped, "eval_skipped": f"no held-out views in split '{split}'"}, {}
+    views = final_views(len(dataset), cfg.train.final_eval_views)
+    with progress(len(views), f"evaluating {split}") as advance, torch.no_grad():
+        result = evaluate_views(problem, dataset, views, renders_dir=run.renders_dir,
+                                n_renders=cfg.nerf.render_views, on_view=lambda row: advance())
     path = _write_eval_json(run, split, result, step)
     metrics = {"psnr": result["psnr"], "ssim": result["ssim"], "n_views": len(result["views"]), "split": split,
                "eval_s": result["eval_s"]}
+    if len(views) < len(dataset):
+        metrics["split_views"] = len(dataset)
     return metrics, {"eval": str(path), "renders": str(run.renders_dir)}
 
 
@@ -105,37 +138,45 @@ def final_evaluation(problem, run: RunDir, step: int) -> tuple[dict[str, Any], d
 # Loading a trained run
 
 
-def load_run(task, run_path: Path, backend: str | None):
+def load_run(task, run_path: Path, backend: str | None, data: Path | None = None):
     """Rebuild a NeRF run's problem (dataset of its training split, model with its newest checkpoint's weights, the
-    EMA applied when the run kept one). Raises DataError (not a NeRF run, no checkpoint), ConfigError, NoGPUError."""
+    EMA applied when the run kept one); ``data`` replaces the recorded dataset path
+    (:func:`ngp_cli.commands.relocated_input`). Raises
+    DataError (not a NeRF run, no checkpoint, dataset gone), ConfigError, NoGPUError."""
     from ngp_cli.tasks.nerf.fit import NerfProblem, load_split, scene_aabb_scale
     from ngp_cli.train import load_trained_weights
 
     run, cfg, prepared = open_run(task, run_path, backend)
+    relocated_input(cfg.nerf, "nerf.path", data, "dataset folder or transforms JSON")
     train_set = load_split(cfg, "train")
     problem = NerfProblem(train_set, cfg, prepared, scene_aabb_scale(cfg, train_set))
     meta = load_trained_weights(run, problem.model, cfg)
     return run, problem, int(meta["step"])
 
 
-def eval_command(task, run_path: Path, *, split: str | None = None, backend: str | None = None) -> None:
-    """``ngp eval RUN [--split val|test]``: PSNR and SSIM per view and their means, written to
-    ``RUN/eval_<split>.json`` and emitted as the ``done`` line."""
+def eval_command(task, run_path: Path, *, split: str | None = None, backend: str | None = None,
+                 data: Path | None = None) -> None:
+    """``ngp eval RUN [--split val|test] [--data PATH]``: PSNR and SSIM per view, a ``view`` line as each view
+    finishes (with progress on stderr), their means written to ``RUN/eval_<split>.json`` and the ``done`` line.
+    Raises UsageError (bad split), DataError (no such split, dataset gone; see
+    :func:`ngp_cli.commands.relocated_input`)."""
     from ngp_cli.tasks.nerf.fit import load_split
 
-    run, problem, step = load_run(task, run_path, backend)
-    split = split or problem.cfg.nerf.eval_split
-    if split not in ("val", "test", "train"):
+    if split is not None and split not in ("val", "test", "train"):
         raise UsageError(f"--split must be val, test or train, got '{split}'")
+    run, problem, step = load_run(task, run_path, backend, data)
+    split = split or problem.cfg.nerf.eval_split
     dataset = load_split(problem.cfg, split)
     info(f"evaluating {run.path} (step {step}) on {len(dataset)} {split} views")
-    with torch.no_grad():
-        result = evaluate_views(problem, dataset, range(len(dataset)))
+    with progress(len(dataset), f"evaluating {split}") as advance, torch.no_grad():
+        def on_view(row: dict[str, Any]) -> None:
+            emit("view", split=split, **row)
+            advance()
+
+        result = evaluate_views(problem, dataset, range(len(dataset)), on_view=on_view)
     path = _write_eval_json(run, split, result, step)
-    for row in result["views"]:
-        emit("view", split=split, **row)
-    info(f"{split}: PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f} over {len(result['views'])} views "
-         f"({result['eval_s']:.1f} s); {path}")
+    info(f"{split}: PSNR {result['psnr']:.2f} dB, SSIM {format_ssim(result['ssim'])} over {len(result['views'])} "
+         f"views ({result['eval_s']:.1f} s); {path}")
     emit("done", run_dir=str(run.path), step=step, split=split,
          metrics={"psnr": result["psnr"], "ssim": result["ssim"], "n_views": len(result["views"]),
                   "eval_s": result["eval_s"]}, artifacts={"eval": str(path)})
@@ -143,17 +184,18 @@ def eval_command(task, run_path: Path, *, split: str | None = None, backend: str
 
 def render_command(task, run_path: Path, *, camera_path: Path | None = None, orbit: int | None = None,
                    resolution: str | None = None, out: Path | None = None, fps: int = 30,
-                   backend: str | None = None) -> None:
-    """``ngp render RUN (--camera-path FILE | --orbit N) [--resolution WxH] [--out video.mp4|frames/]``."""
+                   backend: str | None = None, data: Path | None = None) -> None:
+    """``ngp render RUN (--camera-path FILE | --orbit N) [--resolution WxH] [--out video.mp4|frames/] [--data PATH]``,
+    with progress per frame written. Raises UsageError, DataError (bad camera path, dataset gone), OutputError."""
     from ngp_cli.tasks.nerf.camera_path import load_camera_path, orbit_path
     from ngp_cli.tasks.nerf.cameras import generate_rays, nerf_matrix_to_ngp, pixel_grid
-    from ngp_cli.video import write_frames
+    from ngp_cli.video import FrameWriter
 
     if (camera_path is None) == (orbit is None):
         raise UsageError("give exactly one of --camera-path FILE or --orbit N")
     if orbit is not None and orbit < 1:
         raise UsageError(f"--orbit must be at least 1 frame, got {orbit}")
-    run, problem, step = load_run(task, run_path, backend)
+    run, problem, step = load_run(task, run_path, backend, data)
     ds = problem.dataset
     if orbit is not None:
         width, height = parse_resolution(resolution, (ds.width, ds.height))
@@ -171,17 +213,16 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None, orb
     out = out if out is not None else run.renders_dir / ("orbit.mp4" if orbit is not None else "camera_path.mp4")
     pixels = pixel_grid(width, height)
     background = (1.0, 1.0, 1.0) if ds.white_background else (0.0, 0.0, 0.0)
-    info(f"rendering {c2w.shape[0]} frames at {width}x{height} from {run.path} (step {step}) to {out}")
-
-    def frames():
+    t0 = time.perf_counter()
+    # Opened first: a destination that cannot be written is refused before any line or any rendering.
+    with FrameWriter(out, fps=fps) as writer, progress(int(c2w.shape[0]), "rendering") as advance:
+        info(f"rendering {c2w.shape[0]} frames at {width}x{height} from {run.path} (step {step}) to {out}")
         for k in range(c2w.shape[0]):
             fx = fx_default if focals is None else float(focals[k])
             intr = torch.tensor([[fx, fx, width / 2.0, height / 2.0]], dtype=torch.float32).expand(pixels.shape[0], 4)
             origins, directions = generate_rays(c2w[k:k + 1].expand(pixels.shape[0], 3, 4), intr, pixels, None)
-            yield render_view(problem, origins, directions, height, width, background)
-
-    t0 = time.perf_counter()
-    write_frames(out, frames(), fps)
+            writer.write(render_view(problem, origins, directions, height, width, background))
+            advance()
     seconds = time.perf_counter() - t0
     info(f"wrote {out} ({c2w.shape[0]} frames, {seconds:.1f} s)")
     emit("done", run_dir=str(run.path), step=step,
@@ -191,9 +232,9 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None, orb
 
 def extract_mesh_command(task, run_path: Path, *, resolution: int = 256, level: float = 0.0, threshold: float = 2.5,
                          out: Path | None = None, normals: bool = True, colors: bool = True,
-                         min_component: float = 0.0, backend: str | None = None) -> None:
-    """``ngp extract-mesh RUN`` for a NeRF run: marching cubes of the density σ = ``threshold`` (instant-ngp's 2.5)
-    over the scene box, σ taken as 0 in cells the occupancy grid marks empty (as ray marching does: the network is
+                         min_component: float = 0.0, backend: str | None = None, data: Path | None = None) -> None:
+    """``ngp extract-mesh RUN [--data PATH]`` for a NeRF run: marching cubes of the density σ = ``threshold``
+    (instant-ngp's 2.5) over the scene box, σ taken as 0 in cells the occupancy grid marks empty (as ray marching does: the network is
     never trained there, so its density is arbitrary), written in the dataset's world frame, with vertex normals −∇σ
     and vertex colours from the colour network seen head-on (view direction −normal), and shaded renders in
     ``renders/``."""
@@ -208,7 +249,7 @@ def extract_mesh_command(task, run_path: Path, *, resolution: int = 256, level: 
         raise UsageError(f"--threshold must be a positive density, got {threshold}")
     if out is not None:
         out = check_output_path(out)
-    run, problem, step = load_run(task, run_path, backend)
+    run, problem, step = load_run(task, run_path, backend, data)
     model, device = problem.model, problem.device
     ds = problem.dataset
     lo = np.full(3, model.aabb_lo)
@@ -221,8 +262,11 @@ def extract_mesh_command(task, run_path: Path, *, resolution: int = 256, level: 
         return threshold - model.density(x) * model.grid.occupied(x)
 
     t0 = time.perf_counter()
-    verts, faces, stats = extract_isosurface(field, resolution, lo, hi, device=device,
-                                             chunk=problem.cfg.nerf.eval_chunk_rays * 32, min_component=min_component)
+    with progress(None, f"marching cubes {resolution}³ (slabs)") as advance:
+        verts, faces, stats = extract_isosurface(field, resolution, lo, hi, device=device,
+                                                 chunk=problem.cfg.nerf.eval_chunk_rays * 32,
+                                                 min_component=min_component,
+                                                 progress=lambda done, total: advance(total=total))
     if not len(faces):
         raise DataError(f"the density of {run.path} never crosses {threshold:g}: nothing to extract")
     vnormals = unit_normals(field_gradients(field, verts.astype(np.float32), device=device)) \
@@ -247,5 +291,5 @@ def extract_mesh_command(task, run_path: Path, *, resolution: int = 256, level: 
     emit("done", run_dir=str(run.path), step=step, metrics=metrics, artifacts={"mesh": str(path), "renders": renders})
 
 
-__all__ = ["eval_command", "evaluate_views", "extract_mesh_command", "final_evaluation", "load_run", "render_command",
-           "render_view"]
+__all__ = ["eval_command", "evaluate_views", "extract_mesh_command", "final_evaluation", "final_views", "format_ssim",
+           "load_run", "render_command", "render_view"]

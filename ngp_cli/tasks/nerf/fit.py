@@ -149,7 +149,7 @@ def _dataset_path(dataset: Path | None) -> Path:
 
 def train_nerf(task, opts: TrainOptions, dataset: Path | None) -> None:
     """The ``ngp train-nerf`` command body. Raises NgpError subclasses on bad input."""
-    from ngp_cli.tasks.nerf.evaluate import final_evaluation
+    from ngp_cli.tasks.nerf.evaluate import final_evaluation, format_ssim
 
     prep = prepare(task, opts)
     cfg: NerfConfig = prep.cfg
@@ -165,7 +165,7 @@ def train_nerf(task, opts: TrainOptions, dataset: Path | None) -> None:
         run = None
     else:
         run = prep.run
-        resumed_input(run, dataset, cfg.nerf.path, "nerf.path", "dataset")
+        resumed_input(prep, dataset, cfg.nerf.path, "nerf.path", "dataset")
         train_set = load_split(cfg, "train")
         aabb_scale = scene_aabb_scale(cfg, train_set)
     problem = NerfProblem(train_set, cfg, prep.backend, aabb_scale)
@@ -175,7 +175,7 @@ def train_nerf(task, opts: TrainOptions, dataset: Path | None) -> None:
     info(f"dataset {cfg.nerf.path}: {len(train_set)} training views {train_set.width}x{train_set.height}, "
          f"aabb_scale {aabb_scale}; backend {prep.backend.name} on {prep.backend.device}; {n_params:,} parameters")
 
-    trainer = Trainer(problem, cfg, run, json_events=opts.json, quiet=is_quiet())
+    trainer = Trainer(problem, cfg, run, json_events=opts.json, quiet=is_quiet(), save_optimizer=opts.save_optimizer)
     if not restore(trainer, prep):
         marked = problem.prepare_grid()
         info(f"occupancy grid: {problem.model.grid.cascades} cascade(s) of 128³, {marked:,} cells unseen by any "
@@ -184,12 +184,13 @@ def train_nerf(task, opts: TrainOptions, dataset: Path | None) -> None:
     with trainer.evaluation_weights():
         metrics, artifacts = final_evaluation(problem, run, state.step)
     metrics = {**metrics, "loss": (state.last or {}).get("loss"), "steps": state.step,
-               "train_s": round(state.elapsed_s, 3), "occupied_fraction": problem.model.grid.occupied_fraction()}
+               "train_s": round(state.elapsed_s, 3), "compile_s": round(state.compile_s, 3),
+               "occupied_fraction": problem.model.grid.occupied_fraction()}
     checkpoints = run.checkpoints()
     artifacts["checkpoint"] = str(checkpoints[-1][1].with_suffix(".safetensors")) if checkpoints else None
     if metrics["n_views"]:
-        info(f"{cfg.nerf.eval_split} PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f} over "
+        info(f"{cfg.nerf.eval_split} PSNR {metrics['psnr']:.2f} dB, SSIM {format_ssim(metrics['ssim'])} over "
              f"{metrics['n_views']} views after {state.step} steps ({metrics['train_s']:.1f} s training)")
     else:
-        info(f"trained {state.step} steps ({metrics['train_s']:.1f} s); no held-out views to evaluate")
+        info(f"trained {state.step} steps ({metrics['train_s']:.1f} s); {metrics['eval_skipped']}")
     finish(run, state.step, metrics, artifacts)

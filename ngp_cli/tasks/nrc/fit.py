@@ -5,8 +5,11 @@ Per frame (Müller et al. 2021, §5): ``nrc.train_paths`` training paths from ra
 ``nrc.unbiased_fraction`` of them unbiased, the rest ending in the cache ``nrc.suffix`` vertices past the spread
 threshold), ``nrc.train_steps`` optimizer steps on all their vertices (loss: relative L2 normalised by luminance),
 then a frame at ``nrc.spp`` samples per pixel whose paths end in the cache. The NRC image is the mean of the frames
-after ``nrc.warmup_frames``; the path tracer then runs frames at the same spp for the same total wall time (training
-included), and both are compared with the reference (``nrc.reference_spp``, cached on disk).
+after ``nrc.warmup_frames`` (with ``nrc.frames <= nrc.warmup_frames``, one warning and only the last frame); the
+path tracer then runs frames at the same spp for the same total wall time (training included), and both are compared
+with the reference (``nrc.reference_spp``, cached on disk). Each frame is also written to ``frames/`` as
+:func:`~ngp_cli.video.frame_name` (``frame_00000.png`` is the frame of the ``"frame": 1`` line), published when the
+run completes.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import numpy as np
 import torch
 
 from ngp_cli.commands import TrainOptions, create_run, finish, prepare
-from ngp_cli.console import emit, info
+from ngp_cli.console import emit, error_line, info
 from ngp_cli.images import write_image
 from ngp_cli.metrics import luminance
 from ngp_cli.runs import atomic_write, cache_dir
@@ -29,6 +32,7 @@ from ngp_cli.tasks.nrc.cache import NeuralRadianceCache
 from ngp_cli.tasks.nrc.scene import Scene, cornell_box, load_scene
 from ngp_cli.tasks.nrc.tracer import Camera, SceneTensors, render_image, trace
 from ngp_cli.train import EMA, make_loss, make_optimizer
+from ngp_cli.video import FrameWriter
 
 
 def relmse(image: torch.Tensor, reference: torch.Tensor) -> float:
@@ -110,7 +114,12 @@ def train_nrc(task, opts: TrainOptions, scene_path: Path | None) -> None:
     loss_fn = make_loss(cfg.loss)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     frames_dir = run.path / "frames"
-    frames_dir.mkdir(exist_ok=True)
+    warmup = nc.warmup_frames
+    if nc.frames <= warmup:
+        # Accumulating nothing would compare an empty image; the last frame is the best the run has.
+        warmup = nc.frames - 1
+        error_line(f"ngp: warning: nrc.frames={nc.frames} is not more than nrc.warmup_frames={nc.warmup_frames}: "
+                   "the NRC image is only the last frame, rendered by a barely trained cache")
 
     accumulated = torch.zeros_like(reference)
     cached_sum = torch.zeros_like(reference)
@@ -118,52 +127,55 @@ def train_nrc(task, opts: TrainOptions, scene_path: Path | None) -> None:
     nrc_time = 0.0
     frame_times, render_times, train_times = [], [], []
     loss_value = float("nan")
-    for frame in range(nc.frames):
-        t0 = time.perf_counter()
-        pixels = torch.randint(0, nc.width * nc.height, (nc.train_paths,), generator=gen).to(device)
-        o, d = camera.rays(pixels, torch.rand(nc.train_paths, 2, generator=gen).to(device))
-        unbiased = (torch.rand(nc.train_paths, generator=gen) < nc.unbiased_fraction).to(device)
-        model.eval()
-        result = trace(st, o, d, gen, max_depth=nc.max_depth, rr_depth=nc.rr_depth, cache=model,
-                       spread_c=nc.spread_c, train=True, suffix=nc.suffix, unbiased=unbiased)
-        records = result.records
-        model.train()
-        n_records = records.features.shape[0]
-        if n_records:
-            order = torch.randperm(n_records, generator=gen).to(device)
-            for batch in order.chunk(nc.train_steps):
-                pred = model(records.features[batch])
-                loss = loss_fn(pred, records.targets[batch])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if ema is not None:
-                    ema.update()
-                loss_value = float(loss.detach())
-        t1 = time.perf_counter()
-        model.eval()
-        with torch.no_grad(), (ema.applied() if ema is not None else contextlib.nullcontext()):
-            image, from_cache = render_image(st, camera, nc.spp, gen, cache=model, spread_c=nc.spread_c,
-                                             **tracing)
-        t2 = time.perf_counter()
-        nrc_time += t2 - t0
-        frame_times.append(t2 - t0)
-        train_times.append(t1 - t0)
-        render_times.append(t2 - t1)
-        if frame >= nc.warmup_frames:
-            accumulated += image
-            cached_sum += from_cache
-            n_acc += 1
-        share = float(luminance(from_cache).sum() / luminance(image).sum().clamp_min(1e-12))
-        record = {"frame": frame + 1, "frame_s": round(t2 - t0, 4), "train_s": round(t1 - t0, 4),
-                  "render_s": round(t2 - t1, 4), "train_vertices": n_records, "loss": loss_value,
-                  "relmse_frame": relmse(image, reference), "cache_share": share}
-        run.append_metrics(record)
-        if opts.json:
-            emit("frame", **record)
-        write_image(frames_dir / f"frame_{frame + 1:04d}.png", tonemap(image))
-        info(f"frame {frame + 1}/{nc.frames}: {record['frame_s'] * 1000:.0f} ms (train {record['train_s'] * 1000:.0f}, "
-             f"render {record['render_s'] * 1000:.0f}); relMSE {record['relmse_frame']:.4f}; cache share {share:.2f}")
+    # Frames are published when the loop completes; a failure leaves no partial folder.
+    with FrameWriter(frames_dir) as frame_writer:
+        for frame in range(nc.frames):
+            t0 = time.perf_counter()
+            pixels = torch.randint(0, nc.width * nc.height, (nc.train_paths,), generator=gen).to(device)
+            o, d = camera.rays(pixels, torch.rand(nc.train_paths, 2, generator=gen).to(device))
+            unbiased = (torch.rand(nc.train_paths, generator=gen) < nc.unbiased_fraction).to(device)
+            model.eval()
+            result = trace(st, o, d, gen, max_depth=nc.max_depth, rr_depth=nc.rr_depth, cache=model,
+                           spread_c=nc.spread_c, train=True, suffix=nc.suffix, unbiased=unbiased)
+            records = result.records
+            model.train()
+            n_records = records.features.shape[0]
+            if n_records:
+                order = torch.randperm(n_records, generator=gen).to(device)
+                for batch in order.chunk(nc.train_steps):
+                    pred = model(records.features[batch])
+                    loss = loss_fn(pred, records.targets[batch])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    if ema is not None:
+                        ema.update()
+                    loss_value = float(loss.detach())
+            t1 = time.perf_counter()
+            model.eval()
+            with torch.no_grad(), (ema.applied() if ema is not None else contextlib.nullcontext()):
+                image, from_cache = render_image(st, camera, nc.spp, gen, cache=model, spread_c=nc.spread_c,
+                                                 **tracing)
+            t2 = time.perf_counter()
+            nrc_time += t2 - t0
+            frame_times.append(t2 - t0)
+            train_times.append(t1 - t0)
+            render_times.append(t2 - t1)
+            if frame >= warmup:
+                accumulated += image
+                cached_sum += from_cache
+                n_acc += 1
+            share = float(luminance(from_cache).sum() / luminance(image).sum().clamp_min(1e-12))
+            record = {"frame": frame + 1, "frame_s": round(t2 - t0, 4), "train_s": round(t1 - t0, 4),
+                      "render_s": round(t2 - t1, 4), "train_vertices": n_records, "loss": loss_value,
+                      "relmse_frame": relmse(image, reference), "cache_share": share}
+            run.append_metrics(record)
+            if opts.json:
+                emit("frame", **record)
+            frame_writer.write(tonemap(image))
+            info(f"frame {frame + 1}/{nc.frames}: {record['frame_s'] * 1000:.0f} ms "
+                 f"(train {record['train_s'] * 1000:.0f}, render {record['render_s'] * 1000:.0f}); "
+                 f"relMSE {record['relmse_frame']:.4f}; cache share {share:.2f}")
     nrc_image = accumulated / max(n_acc, 1)
 
     # Path tracing at equal time: frames at the same spp until it has used the NRC run's whole time.
@@ -190,7 +202,7 @@ def train_nrc(task, opts: TrainOptions, scene_path: Path | None) -> None:
     metrics: dict[str, Any] = {
         "relmse_nrc": relmse(nrc_image, reference), "relmse_pt_equal_time": relmse(pt_image, reference),
         "mse_nrc": mse(nrc_image, reference), "mse_pt_equal_time": mse(pt_image, reference),
-        "nrc_frames_accumulated": n_acc, "nrc_time_s": round(nrc_time, 3),
+        "nrc_frames_accumulated": n_acc, "warmup_frames": warmup, "nrc_time_s": round(nrc_time, 3),
         "nrc_frame_ms": round(1000 * float(np.mean(frame_times)), 2),
         "nrc_train_ms": round(1000 * float(np.mean(train_times)), 2),
         "nrc_render_ms": round(1000 * float(np.mean(render_times)), 2),

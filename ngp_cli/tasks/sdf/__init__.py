@@ -14,12 +14,14 @@ from typing import Annotated
 import typer
 
 from ngp_cli.commands import (
+    AllowInputChangeOpt,
     BackendOpt,
     JsonOpt,
     NameOpt,
     PresetOpt,
     ResumeOpt,
     RunsDirOpt,
+    SaveOptimizerOpt,
     SetOpt,
     StepsOpt,
     TrainOptions,
@@ -42,19 +44,22 @@ class SdfSection:
     perturbation: float = opt(1.0 / 1024.0, "standard deviation of the offset, unit-cube units (scene scale/1024)",
                               gt=0.0, le=0.5)
     sample_bank: int = opt(0, "0: exact signed distances of every batch's off-surface points; N: draw them from a "
-                              "bank of N points computed at the start, refreshed by sdf.bank_refresh per step",
-                           ge=0)
-    bank_refresh: int = opt(0, "bank points replaced by fresh ones each step", ge=0)
-    iou_points: int = opt(1 << 20, "uniform points of the final IoU (the paper's metric)", ge=1024)
-    eval_iou_points: int = opt(1 << 18, "uniform points of the periodic IoU (train.eval_every)", ge=1024)
+                              "bank of N points computed at the start, refreshed by sdf.bank_refresh per step "
+                              "(at most 2^27)", ge=0, le=1 << 27)
+    bank_refresh: int = opt(0, "bank points replaced by fresh ones each step (at most 2^27)", ge=0, le=1 << 27)
+    iou_points: int = opt(1 << 20, "uniform points of the final IoU (the paper's metric; at most 2^28)", ge=1024,
+                          le=1 << 28)
+    eval_iou_points: int = opt(1 << 18, "uniform points of the periodic IoU (train.eval_every; at most 2^28)",
+                               ge=1024, le=1 << 28)
     mesh_resolution: int = opt(256, "marching-cubes resolution of the mesh written after training and by 'ngp "
                                     "eval'", ge=16, le=2048)
-    chamfer_points: int = opt(1 << 18, "surface points per direction of the Chamfer distance", ge=1024)
-    render_views: int = opt(4, "shaded views of the extracted mesh written to renders/", ge=0)
+    chamfer_points: int = opt(1 << 18, "surface points per direction of the Chamfer distance (at most 2^24)",
+                              ge=1024, le=1 << 24)
+    render_views: int = opt(4, "shaded views of the extracted mesh written to renders/ (at most 1000)", ge=0, le=1000)
     render_size: int = opt(512, "side of the shaded views in pixels", ge=16, le=8192)
     up: str = opt("+y", "the mesh's up axis, for the shaded views", choices=UP_AXES)
-    query_chunk: int = opt(1 << 18, "points per network evaluation when extracting meshes and computing the IoU",
-                           ge=1024)
+    query_chunk: int = opt(1 << 18, "points per network evaluation when extracting meshes and computing the IoU "
+                                    "(at most 2^24)", ge=1024, le=1 << 24)
 
 
 @dataclass
@@ -91,6 +96,8 @@ class SdfTask(Task):
             json_events: JsonOpt = False,
             backend: BackendOpt = None,
             steps: StepsOpt = None,
+            allow_input_change: AllowInputChangeOpt = False,
+            save_optimizer: SaveOptimizerOpt = True,
         ) -> None:
             """Train a hash-grid + MLP signed distance function of a mesh; write checkpoints, the IoU, an extracted
             mesh with its Chamfer distance to the input, and shaded renders.
@@ -100,5 +107,6 @@ class SdfTask(Task):
             from ngp_cli.tasks.sdf.fit import train_sdf as run_train
 
             opts = TrainOptions(preset=preset, sets=list(set_ or []), runs_dir=runs_dir, name=name, resume=resume,
-                                json=json_events, backend=backend, steps=steps)
+                                json=json_events, backend=backend, steps=steps,
+                                allow_input_change=allow_input_change, save_optimizer=save_optimizer)
             run_train(task, opts, mesh)

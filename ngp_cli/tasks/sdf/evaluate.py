@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ngp_cli.commands import open_run, parse_resolution
-from ngp_cli.console import emit, info, to_json
+from ngp_cli.commands import open_run, parse_resolution, relocated_input
+from ngp_cli.console import emit, info, progress, to_json
 from ngp_cli.errors import DataError
 from ngp_cli.mesh.extract import extract_isosurface, field_gradients, unit_normals
 from ngp_cli.mesh.io import UnitFrame, check_output_path, write_mesh
@@ -34,7 +34,8 @@ def _up_vector(up: str) -> np.ndarray:
 def extract(problem, resolution: int, level: float = 0.0, normals: bool = True,
             min_component: float = 0.0) -> dict[str, Any]:
     """Marching cubes on the network's SDF − ``level`` over the unit cube (sparse, bounded memory), without the
-    pieces smaller than ``min_component`` × the largest (:func:`ngp_cli.mesh.extract.drop_small_components`).
+    pieces smaller than ``min_component`` × the largest (:func:`ngp_cli.mesh.extract.drop_small_components`), with
+    progress per slab on stderr.
 
     Returns ``{"unit_vertices", "vertices" (input frame), "faces", "normals" or None, "stats"}``.
     """
@@ -44,9 +45,11 @@ def extract(problem, resolution: int, level: float = 0.0, normals: bool = True,
     def field(x: torch.Tensor) -> torch.Tensor:
         return problem.field(x) - level
 
-    verts, faces, stats = extract_isosurface(field, resolution, np.zeros(3), np.ones(3), device=device,
-                                             chunk=problem.cfg.sdf.query_chunk, sparse_block=SPARSE_BLOCK,
-                                             min_component=min_component)
+    with progress(None, f"marching cubes {resolution}³ (slabs)") as advance:
+        verts, faces, stats = extract_isosurface(field, resolution, np.zeros(3), np.ones(3), device=device,
+                                                 chunk=problem.cfg.sdf.query_chunk, sparse_block=SPARSE_BLOCK,
+                                                 min_component=min_component,
+                                                 progress=lambda done, total: advance(total=total))
     vnormals = None
     if normals and len(verts):
         vnormals = unit_normals(field_gradients(problem.field, verts.astype(np.float32), device=device))
@@ -101,14 +104,17 @@ def final_evaluation(problem, run: RunDir) -> tuple[dict[str, Any], dict[str, An
 # Loading a trained run
 
 
-def load_run(task, run_path: Path, backend: str | None):
-    """Rebuild an SDF run's problem (input mesh, model with the newest checkpoint's weights, EMA applied). Raises
-    DataError (not an SDF run, no checkpoint, input mesh gone), ConfigError, NoGPUError."""
-    from ngp_cli.tasks.sdf.fit import SdfProblem, load_input
+def load_run(task, run_path: Path, backend: str | None, data: Path | None = None):
+    """Rebuild an SDF run's problem (input mesh, model with the newest checkpoint's weights, EMA applied); ``data``
+    replaces the recorded mesh path (:func:`ngp_cli.commands.relocated_input`). Raises DataError (not an SDF run,
+    no checkpoint, input mesh gone or changed), ConfigError, NoGPUError."""
+    from ngp_cli.mesh.io import load_mesh
+    from ngp_cli.tasks.sdf.fit import SdfProblem
     from ngp_cli.train import load_trained_weights
 
     run, cfg, prepared = open_run(task, run_path, backend)
-    mesh = load_input(cfg)
+    relocated_input(cfg.sdf, "sdf.path", data, "input mesh")
+    mesh = load_mesh(Path(cfg.sdf.path))  # quietly: training already reported the mesh; a refusal stays one line
     problem = SdfProblem(mesh, cfg, prepared)
     meta = load_trained_weights(run, problem.model, cfg)
     saved = UnitFrame(tuple(float(c) for c in problem.model.frame_centre), float(problem.model.frame_scale[0]))
@@ -118,14 +124,15 @@ def load_run(task, run_path: Path, backend: str | None):
     return run, problem, meta
 
 
-def eval_command(task, run_path: Path, *, split: str | None = None, backend: str | None = None) -> None:
+def eval_command(task, run_path: Path, *, split: str | None = None, backend: str | None = None,
+                 data: Path | None = None) -> None:
     """``ngp eval RUN`` for an SDF run: IoU at ``sdf.iou_points`` points, then the mesh at ``sdf.mesh_resolution``
     and its Chamfer distance and normal consistency; written to ``RUN/eval.json`` and the ``done`` line."""
     from ngp_cli.errors import UsageError
 
     if split is not None:
         raise UsageError("--split is for NeRF runs; an SDF run is evaluated against its input mesh")
-    run, problem, meta = load_run(task, run_path, backend)
+    run, problem, meta = load_run(task, run_path, backend, data)
     sc = problem.cfg.sdf
     step = int(meta["step"])
     info(f"evaluating {run.path} (step {step}) against {sc.path}")
@@ -144,13 +151,13 @@ def eval_command(task, run_path: Path, *, split: str | None = None, backend: str
 
 def extract_mesh_command(task, run_path: Path, *, resolution: int = 256, level: float = 0.0, threshold: float = 2.5,
                          out: Path | None = None, normals: bool = True, colors: bool = True,
-                         min_component: float = 0.0, backend: str | None = None) -> None:
-    """``ngp extract-mesh RUN`` for an SDF run: marching cubes of SDF = ``level``, written in the input's frame, with
-    its Chamfer distance to the input and shaded renders (``threshold`` and ``colors`` are NeRF options); pieces
+                         min_component: float = 0.0, backend: str | None = None, data: Path | None = None) -> None:
+    """``ngp extract-mesh RUN [--data MESH]`` for an SDF run: marching cubes of SDF = ``level``, written in the
+    input's frame, with its Chamfer distance to the input and shaded renders (``threshold`` and ``colors`` are NeRF options); pieces
     under ``min_component`` × the largest are dropped."""
     if out is not None:
         out = check_output_path(out)
-    run, problem, meta = load_run(task, run_path, backend)
+    run, problem, meta = load_run(task, run_path, backend, data)
     out = out if out is not None else run.mesh_path(resolution)
     info(f"extracting the SDF = {level:g} surface of {run.path} (step {meta['step']}) at {resolution}³")
     mesh = extract(problem, resolution, level, normals, min_component)
@@ -169,31 +176,36 @@ def extract_mesh_command(task, run_path: Path, *, resolution: int = 256, level: 
 
 def render_command(task, run_path: Path, *, camera_path: Path | None = None, orbit: int | None = None,
                    resolution: str | None = None, out: Path | None = None, fps: int = 30,
-                   backend: str | None = None) -> None:
-    """``ngp render RUN --orbit N [--resolution WxH] [--out video.mp4|frames/]`` for an SDF run: the mesh at
-    ``sdf.mesh_resolution``, shaded and ray cast from N cameras on a circle around it (20° above its equator, up axis
+                   backend: str | None = None, data: Path | None = None) -> None:
+    """``ngp render RUN --orbit N [--resolution WxH] [--out video.mp4|frames/] [--data MESH]`` for an SDF run: the
+    mesh at ``sdf.mesh_resolution``, shaded and ray cast from N cameras on a circle around it (20° above its equator, up axis
     ``sdf.up``). Camera paths are for NeRF runs."""
     from ngp_cli.errors import UsageError
     from ngp_cli.mesh.bvh import MeshBVH
     from ngp_cli.mesh.shade import mesh_orbit, render_mesh
-    from ngp_cli.video import write_frames
+    from ngp_cli.video import FrameWriter
 
     if camera_path is not None:
         raise UsageError("an SDF run renders an --orbit N; --camera-path is for NeRF runs")
     if orbit is None or orbit < 1:
         raise UsageError("give --orbit N (N >= 1 frames)")
     width, height = parse_resolution(resolution, (512, 512))
-    run, problem, meta = load_run(task, run_path, backend)
-    mesh = extract(problem, problem.cfg.sdf.mesh_resolution, normals=False)
-    if not len(mesh["faces"]):
-        raise DataError(f"the SDF of {run.path} has no zero crossing: nothing to render")
-    bvh = MeshBVH(mesh["vertices"], mesh["faces"], device=problem.device)
-    cameras = mesh_orbit(mesh["vertices"], _up_vector(problem.cfg.sdf.up), orbit)
+    run, problem, meta = load_run(task, run_path, backend, data)
     out = out if out is not None else run.renders_dir / "orbit.mp4"
-    info(f"rendering {orbit} frames at {width}x{height} of the {problem.cfg.sdf.mesh_resolution}³ mesh of "
-         f"{run.path} (step {meta['step']}) to {out}")
     t0 = time.perf_counter()
-    write_frames(out, (render_mesh(bvh, origin, rotation, width, height) for origin, rotation in cameras), fps)
+    # Opened first: a destination that cannot be written is refused before any line or any work.
+    with FrameWriter(out, fps=fps) as writer:
+        mesh = extract(problem, problem.cfg.sdf.mesh_resolution, normals=False)
+        if not len(mesh["faces"]):
+            raise DataError(f"the SDF of {run.path} has no zero crossing: nothing to render")
+        bvh = MeshBVH(mesh["vertices"], mesh["faces"], device=problem.device)
+        cameras = mesh_orbit(mesh["vertices"], _up_vector(problem.cfg.sdf.up), orbit)
+        info(f"rendering {orbit} frames at {width}x{height} of the {problem.cfg.sdf.mesh_resolution}³ mesh of "
+             f"{run.path} (step {meta['step']}) to {out}")
+        with progress(orbit, "rendering") as advance:
+            for origin, rotation in cameras:
+                writer.write(render_mesh(bvh, origin, rotation, width, height))
+                advance()
     seconds = time.perf_counter() - t0
     info(f"wrote {out} ({orbit} frames, {seconds:.1f} s)")
     emit("done", run_dir=str(run.path), step=int(meta["step"]),
@@ -202,5 +214,4 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None, orb
 
 
 __all__ = ["eval_command", "extract", "extract_mesh_command", "final_evaluation", "iou_metrics", "load_run",
-           "mesh_report",
-           "render_command"]
+           "mesh_report", "render_command"]

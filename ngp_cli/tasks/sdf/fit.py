@@ -235,7 +235,7 @@ def train_sdf(task, opts: TrainOptions, mesh_path: Path | None) -> None:
         run = None
     else:
         run = prep.run
-        resumed_input(run, mesh_path, cfg.sdf.path, "sdf.path", "mesh")
+        resumed_input(prep, mesh_path, cfg.sdf.path, "sdf.path", "mesh")
         mesh = load_input(cfg)
     problem = SdfProblem(mesh, cfg, prep.backend)
     if run is None:
@@ -244,7 +244,8 @@ def train_sdf(task, opts: TrainOptions, mesh_path: Path | None) -> None:
     info(f"backend {prep.backend.name} on {prep.backend.device}; {n_params:,} parameters; unit-cube scale "
          f"{problem.frame.scale:.6g}")
 
-    trainer = Trainer(problem, cfg, run, json_events=opts.json, quiet=is_quiet())
+    trainer = Trainer(problem, cfg, run, json_events=opts.json, quiet=is_quiet(), save_optimizer=opts.save_optimizer,
+                      progress_metric=None)  # a PSNR of signed distances under MAPE means nothing
     restore(trainer, prep)
     if cfg.sdf.sample_bank and trainer.state.step < cfg.train.n_steps:
         t0 = time.perf_counter()
@@ -255,7 +256,8 @@ def train_sdf(task, opts: TrainOptions, mesh_path: Path | None) -> None:
     with trainer.evaluation_weights():
         metrics, artifacts = final_evaluation(problem, run)
     metrics = {**metrics, "loss": (state.last or {}).get("loss"), "steps": state.step,
-               "train_s": round(state.elapsed_s, 3)}
+               "train_s": round(state.elapsed_s, 3),
+               "compile_s": round(state.compile_s, 3)}
     checkpoints = run.checkpoints()
     artifacts["checkpoint"] = str(checkpoints[-1][1].with_suffix(".safetensors")) if checkpoints else None
     info(f"IoU {metrics['iou']:.5f} ({cfg.sdf.iou_points:,} points), Chamfer {metrics['chamfer']:.3e} after "
