@@ -22,7 +22,7 @@ nvidia-smi > "$out/nvidia-smi.txt" 2>&1
 # GPU tests first (marked gpu), then the CPU-target kernel tests again on this machine's CPU.
 "$py" -m pytest -q -m gpu tests/cuda -p no:cacheprovider > "$out/pytest-gpu.txt" 2>&1
 echo "pytest -m gpu exit $?" >> "$out/pytest-gpu.txt"
-"$py" -m ngp_cli bench --repeats 7 --output "$out/bench.json" > "$out/bench.jsonl" 2> "$out/bench.txt"
+"$py" -m ngp_cli bench --repeats 7 --out "$out/bench.json" > "$out/bench.jsonl" 2> "$out/bench.txt"
 for backend in cuda torch; do
     "$py" -m ngp_cli -q fit-image --backend "$backend" --runs-dir /tmp/ngp-gpu-runs > "$out/fit-$backend.json" \
         2> "$out/fit-$backend.err"

@@ -11,6 +11,8 @@ its matmul throughput (a large float32 matmul on the CPU, float16 on a GPU). Rep
 * encoding: gathered table bytes (N·L·2^D·F·4 for forward; twice that for forward+backward, whose scatter touches the
   same rows) per second over the copy bandwidth — an upper-bound model, since coarse levels stay in cache;
 * MLP: 2·N·Σ(in·out) FLOPs per second (3× for training: forward, input and weight gradients) over the matmul rate.
+
+torch is imported inside the functions, so the CLI reads :data:`BENCHMARKS` for ``ngp bench --help`` without it.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
-
-import torch
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ngp_cli.errors import ConfigError
-from ngp_cli.nn.backend import Backend, cpu_kernels_available, cuda_available, cuda_kernels_available
+
+if TYPE_CHECKING:
+    import torch
+
+    from ngp_cli.nn.backend import Backend
 
 BENCHMARKS = ("encoding_forward", "encoding_forward_backward", "mlp_inference", "mlp_training", "train_step")
 GRID = dict(n_levels=16, n_features_per_level=2, log2_hashmap_size=19, base_resolution=16)
@@ -53,6 +58,10 @@ class Result:
 
 def available_backends(device_type: str | None = None) -> list[Backend]:
     """Backends that can run here: torch on the CPU, torch on the GPU, cpu kernels, cuda kernels."""
+    import torch
+
+    from ngp_cli.nn.backend import Backend, cpu_kernels_available, cuda_available, cuda_kernels_available
+
     out = [Backend("torch", torch.device("cpu"))]
     if cpu_kernels_available():
         out.append(Backend("cpu", torch.device("cpu")))
@@ -66,6 +75,8 @@ def available_backends(device_type: str | None = None) -> list[Backend]:
 
 
 def _timer(device: torch.device, fn: Callable[[], Any], warmup: int, repeats: int) -> list[float]:
+    import torch
+
     for _ in range(warmup):
         fn()
     times = []
@@ -88,6 +99,8 @@ def _timer(device: torch.device, fn: Callable[[], Any], warmup: int, repeats: in
 
 def measure_ceilings(device: torch.device, warmup: int = 1, repeats: int = 5) -> dict[str, float]:
     """Copy bandwidth (bytes/s, read + write) and matmul rate (FLOP/s) of ``device``, measured now."""
+    import torch
+
     n = (1 << 26) if device.type == "cuda" else (1 << 24)
     src = torch.empty(n, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
@@ -104,6 +117,8 @@ def measure_ceilings(device: torch.device, warmup: int = 1, repeats: int = 5) ->
 
 
 def _make_encoding(backend: Backend, dims: int):
+    import torch
+
     from ngp_cli.nn.encodings import HashGridEncoding
 
     enc = HashGridEncoding(dims, per_level_scale=PER_LEVEL_SCALE[dims], **GRID,
@@ -113,6 +128,8 @@ def _make_encoding(backend: Backend, dims: int):
 
 
 def _make_mlp(backend: Backend):
+    import torch
+
     from ngp_cli.nn.mlp import FullyFusedMLP
 
     mlp = FullyFusedMLP(**MLP, generator=torch.Generator().manual_seed(0)).to(backend.device)
@@ -133,6 +150,8 @@ def run_benchmarks(backends: list[Backend], batches: list[int], dims: list[int],
     ``step_fn(backend, batch) -> callable`` builds one full training step (the fit-image task provides it).
     Returns the results and the measured ceilings per device. Raises ConfigError for an unknown benchmark name.
     """
+    import torch
+
     unknown = sorted(set(which) - set(BENCHMARKS))
     if unknown:
         raise ConfigError(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
@@ -208,6 +227,10 @@ def run_benchmarks(backends: list[Backend], batches: list[int], dims: list[int],
 
 def machine_info() -> dict[str, Any]:
     """Where the numbers came from: CPU, threads, GPU, versions."""
+    import torch
+
+    from ngp_cli.nn.backend import cuda_available
+
     info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
                             "torch": torch.__version__, "cpu": _cpu_model(), "threads": torch.get_num_threads()}
     if cuda_available():
@@ -237,18 +260,26 @@ def as_dict(result: Result) -> dict[str, Any]:
 
 
 def run_bench(tasks: dict, backend_names: list[str] | None, batches: list[int] | None, dims: list[int] | None,
-              only: list[str] | None, repeats: int, warmup: int, output) -> None:
-    """The ``ngp bench`` command body: JSON lines on stdout, a rich table on stderr, optionally ``output``.
+              only: list[str] | None, repeats: int, warmup: int, out: Path | None) -> None:
+    """The ``ngp bench`` command body: JSON lines on stdout, a rich table on stderr, optionally the JSON file ``out``.
 
     Raises ConfigError (unknown backend/benchmark, or a backend not available here), NoGPUError (``cuda`` asked for
-    without a GPU), UsageError (bad batch or dims), OutputError (``output`` not writable).
+    without a GPU), UsageError (bad batch or dims), OutputError (``out`` is a folder or in a missing one, checked before
+    anything is measured; or cannot be written).
     """
     from rich.table import Table
 
-    from ngp_cli.console import emit, info, stderr_console
+    from ngp_cli.console import emit, info, is_quiet, stderr_console
     from ngp_cli.errors import NoGPUError, OutputError, UsageError
+    from ngp_cli.nn.backend import cuda_available
     from ngp_cli.runs import atomic_write_text
 
+    if out is not None:  # minutes of measurements must not end in "cannot write"
+        out = Path(out).expanduser()
+        if out.is_dir():
+            raise OutputError(f"--out {out}: is a directory, expected a JSON file path")
+        if not out.parent.is_dir():
+            raise OutputError(f"--out {out}: folder {out.parent} does not exist")
     backends = available_backends()
     if backend_names:
         for name in backend_names:
@@ -292,15 +323,16 @@ def run_bench(tasks: dict, backend_names: list[str] | None, batches: list[int] |
     console = stderr_console()
     if not console.is_terminal:
         console.width = max(console.width, 120)  # a log file gets whole names, not ellipses
-    console.print(table)
+    if not is_quiet():  # the table repeats the JSON lines for humans
+        console.print(table)
     doc = {"machine": machine, "ceilings": ceilings, "sizes": {"grid": GRID, "per_level_scale": PER_LEVEL_SCALE,
                                                                "mlp": MLP},
            "repeats": repeats, "warmup": warmup, "results": [as_dict(r) for r in results]}
-    if output is not None:
+    if out is not None:
         import json
 
         try:
-            atomic_write_text(output, json.dumps(doc, indent=1) + "\n")
+            atomic_write_text(out, json.dumps(doc, indent=1) + "\n")
         except OSError as exc:
-            raise OutputError(f"cannot write {output}: {exc.strerror or exc}") from None
-    emit("done", n_results=len(results), output=str(output) if output else None, machine=machine)
+            raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from None
+    emit("done", n_results=len(results), output=str(out) if out else None, machine=machine)

@@ -1,13 +1,16 @@
 """The ``ngp`` command: a typer app whose commands come from task plugins, plus ``tasks`` and ``presets``.
 
-Errors: every :class:`~ngp_cli.errors.NgpError` becomes one ``ngp: <kind>: <message>`` line on stderr, a
-``{"event": "error", ...}`` JSON line on stdout and its documented exit code (docs/cli.md); usage errors become one line
-and exit 2; anything unexpected is an internal error (exit 1, traceback only with ``NGP_DEBUG=1``). This module imports
-neither torch nor CuPy.
+Errors: every :class:`~ngp_cli.errors.NgpError` becomes one ``ngp: <kind>: <message>`` line on stderr (at most
+:data:`MAX_ERROR_LINE` characters), a ``{"event": "error", ...}`` JSON line on stdout and its documented exit code
+(docs/cli.md); usage errors become one line and exit 2; anything unexpected is an internal error (exit 1, traceback only
+with ``NGP_DEBUG=1``). ``-h`` is ``--help`` and ``-q`` is ``--quiet``, before or after the command, on every command,
+task plugins' included. This module imports neither torch nor CuPy.
 """
 
 from __future__ import annotations
 
+import copy
+import inspect
 import os
 import sys
 import traceback
@@ -18,18 +21,72 @@ import typer
 from typer.core import TyperGroup
 
 from ngp_cli import __version__
-from ngp_cli.console import emit, error_line, set_quiet
+from ngp_cli.bench import BENCHMARKS
+from ngp_cli.commands import BACKENDS, BackendOpt, choices, plain_choice
+from ngp_cli.console import emit, error_line, is_quiet, set_quiet
 from ngp_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, NgpError
+
+#: The longest error line ngp prints: the values quoted in messages are cut at 200 characters where they are made
+#: (config.py); this cap is the backstop for every other message, keeping its head.
+MAX_ERROR_LINE = 280
+
+SplitChoice = choices("SplitChoice", ("val", "test", "train"))
+FormatChoice = choices("FormatChoice", ("json", "yaml"))
+BenchBackendChoice = choices("BenchBackendChoice", tuple(b for b in BACKENDS if b != "auto"))
+BenchmarkChoice = choices("BenchmarkChoice", BENCHMARKS)
+# The paper's largest batch is 2^21; 2^24 (2 GiB of encoder output) leaves headroom, and a typo such as 10^12 is a
+# usage error instead of a failed allocation.
+MAX_BENCH_BATCH = 1 << 24
+
+DataOpt = Annotated[Path | None, typer.Option(
+    "--data", help="The run's input dataset or mesh, when it moved since training (default: the path in its "
+                   "config.yaml).")]
+
+
+def one_line(message: str, limit: int) -> str:
+    """``message`` as one line of at most ``limit`` characters: every line break (anything ``str.splitlines`` splits
+    on) becomes a space, and a longer text keeps its head and ends in ``...``."""
+    text = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    if len(text) > limit:
+        text = text[: max(limit - 3, 0)].rstrip() + "..."
+    return text
 
 
 def _fail(exit_code: int, kind: str, message: str) -> None:
-    error_line(f"ngp: {kind}: {message}")
+    prefix = f"ngp: {kind}: "
+    message = one_line(message, MAX_ERROR_LINE - len(prefix))
+    error_line(prefix + message)
     emit("error", exit_code=exit_code, kind=kind, message=message)
     sys.exit(exit_code)
 
 
+def _quiet_callback(ctx: Any, param: Any, value: bool) -> None:
+    if value:
+        set_quiet(True)
+
+
+def _add_quiet_flag(group: Any, template: Any) -> None:
+    """Give every command and sub-group under ``group`` a copy of the root's ``-q/--quiet`` flag (``template``), so it
+    also works after the command name (``ngp fit-image -q``); task plugins' commands need not declare it."""
+    for cmd in group.commands.values():
+        if hasattr(cmd, "commands"):
+            _add_quiet_flag(cmd, template)
+        taken = {name for p in cmd.params for name in (*p.opts, *p.secondary_opts)}
+        if taken & set(template.opts):
+            continue  # the command defines its own -q or --quiet
+        flag = copy.copy(template)
+        flag.expose_value = False  # the command's function has no such parameter
+        flag.callback = _quiet_callback
+        cmd.params.append(flag)
+
+
 class NgpGroup(TyperGroup):
-    """Click group that turns every failure into one stderr line plus a documented exit code."""
+    """Click group that turns every failure into one stderr line plus a documented exit code, and gives every command
+    the root's ``-q/--quiet``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _add_quiet_flag(self, next(p for p in self.params if p.name == "quiet"))
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         # typer >= 0.2x vendors click; older releases use click itself. Both expose the base through BadParameter.
@@ -79,6 +136,8 @@ def build_app() -> typer.Typer:
         add_completion=False,
         pretty_exceptions_enable=False,
         rich_markup_mode="rich",
+        # click hands help_option_names down to every sub-context: -h works on every command, plugins' included.
+        context_settings={"help_option_names": ["-h", "--help"]},
     )
 
     @app.callback()
@@ -106,7 +165,8 @@ def build_app() -> typer.Typer:
             emit("task", name=task.name, commands=list(task.commands), summary=task.summary,
                  plugin=f"{type(task).__module__}.{type(task).__qualname__}")
             table.add_row(task.name, ", ".join(task.commands), task.summary)
-        stderr_console().print(table)
+        if not is_quiet():  # the table repeats the JSON lines for humans
+            stderr_console().print(table)
 
     presets_app = typer.Typer(help="List and show the built-in presets.", no_args_is_help=True)
 
@@ -122,23 +182,26 @@ def build_app() -> typer.Typer:
         for p in list_presets():
             emit("preset", **p)
             table.add_row(p["name"], str(p["task"] or ""), str(p["extends"] or ""), p["description"])
-        stderr_console().print(table)
+        if not is_quiet():  # the table repeats the JSON lines for humans
+            stderr_console().print(table)
 
     @presets_app.command("show")
     def presets_show(
         name: Annotated[str, typer.Argument(help="Preset name or path (.yaml/.yml/.json).")],
         set_: Annotated[list[str] | None, typer.Option("--set", help="Override KEY.PATH=VALUE (YAML value).")] = None,
         task_name: Annotated[str | None, typer.Option(
-            "--task", help="Task to resolve for, when the file has no 'task:' key (a tiny-cuda-nn JSON).")] = None,
-        fmt: Annotated[str, typer.Option("--format", help="json (one line) or yaml.")] = "json",
+            "--task", help="Task to resolve for, when the file has no 'task:' key (a tiny-cuda-nn JSON); one of "
+                           "'ngp tasks'.")] = None,
+        fmt: Annotated[FormatChoice, typer.Option(
+            "--format", callback=plain_choice, help="json (one line) or yaml.")] = "json",
     ) -> None:
         """Print one preset fully resolved (inheritance, defaults and --set applied) and validated."""
         from ngp_cli.commands import TrainOptions, default_preset
         from ngp_cli.config import dump_yaml, load_preset, resolve, to_dict
         from ngp_cli.errors import ConfigError, UsageError
 
-        if fmt not in ("json", "yaml"):
-            raise UsageError(f"--format must be json or yaml, got '{fmt}'")
+        if task_name is not None and task_name not in tasks:  # a typo on the command line, not in the preset
+            raise UsageError(f"--task must be an installed task ({', '.join(tasks)}), got '{task_name}'")
         task_name = task_name or load_preset(name).get("task")
         if task_name is None:
             raise UsageError(f"preset '{name}' has no 'task:' key; say which task with --task "
@@ -158,27 +221,39 @@ def build_app() -> typer.Typer:
 
     @app.command("bench")
     def bench_cmd(
-        backend: Annotated[list[str] | None, typer.Option(
-            "--backend", help="Backend(s) to measure: torch, cpu, cuda (repeatable; default every available one).")] = None,
+        backend: Annotated[list[BenchBackendChoice] | None, typer.Option(
+            "--backend", callback=plain_choice,
+            help="Backend(s) to measure (repeatable; default every available one).")] = None,
         batch: Annotated[list[int] | None, typer.Option(
-            "--batch", help="Batch size(s) (repeatable; default 2^14 and 2^16 on the CPU, 2^16 to 2^21 on a GPU).")] = None,
-        dims: Annotated[list[int] | None, typer.Option("--dims", help="Encoding input dims (repeatable; default 2 and 3).")] = None,
-        only: Annotated[list[str] | None, typer.Option(
-            "--only", help="Benchmark(s): encoding_forward, encoding_forward_backward, mlp_inference, mlp_training, "
-                           "train_step (repeatable; default all).")] = None,
+            "--batch", min=1, max=MAX_BENCH_BATCH,
+            help="Batch size(s) (repeatable; default 2^14 and 2^16 on the CPU, 2^16 to 2^21 on a GPU).")] = None,
+        dims: Annotated[list[int] | None, typer.Option(
+            "--dims", min=2, max=3, help="Encoding input dims, 2 or 3 (repeatable; default both).")] = None,
+        only: Annotated[list[BenchmarkChoice] | None, typer.Option(
+            "--only", callback=plain_choice, help="Benchmark(s) to run (repeatable; default all).")] = None,
         repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed runs per figure (median reported).")] = 5,
         warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs first.")] = 2,
-        output: Annotated[Path | None, typer.Option("--output", help="Also write all results as one JSON file.")] = None,
+        out: Annotated[Path | None, typer.Option("--out", help="Also write all results as one JSON file.")] = None,
+        output: Annotated[Path | None, typer.Option(
+            "--output", hidden=True, help="Deprecated spelling of --out.")] = None,
     ) -> None:
         """Measure throughput of the encoding, the MLP and a fit-image training step on every available backend.
 
         stdout: one {"event":"bench",...} JSON line per figure, then {"event":"done",...}; stderr: a table.
         """
         from ngp_cli.bench import run_bench
+        from ngp_cli.errors import UsageError
 
-        run_bench(tasks, backend, batch, dims, only, repeats, warmup, output)
+        if output is not None:
+            if out is not None:
+                raise UsageError("give --out only (--output is its deprecated spelling)")
+            error_line("ngp: warning: --output is deprecated; use --out")
+            out = output
+        run_bench(tasks, backend, batch, dims, only, repeats, warmup, out)
 
-    def _run_task(run: Path, command: str):
+    def _run_task(run: Path, command: str, data: Path | None, **options: Any) -> None:
+        """Hand ``ngp <command> RUN`` to the run's task. ``data`` (``--data``) is passed as ``data=`` only when given,
+        and refused (exit 2) by a task whose function does not take it."""
         from ngp_cli.errors import DataError, UsageError
         from ngp_cli.runs import RunDir
 
@@ -189,17 +264,24 @@ def build_app() -> typer.Typer:
         fn = task.run_command(command)
         if fn is None:
             raise UsageError(f"'{task_name}' runs have no 'ngp {command}'")
-        return fn
+        if data is not None:
+            params = inspect.signature(fn).parameters.values()
+            if not any(p.name == "data" or p.kind is p.VAR_KEYWORD for p in params):
+                raise UsageError(f"'ngp {command}' on '{task_name}' runs does not take --data")
+            options["data"] = data
+        fn(run, **options)
 
     @app.command("eval")
     def eval_cmd(
         run: Annotated[Path, typer.Argument(help="A run directory (runs/<task>/<name>).")],
-        split: Annotated[str | None, typer.Option(
-            "--split", help="NeRF: the held-out split, val or test (default: the run's nerf.eval_split).")] = None,
-        backend: Annotated[str | None, typer.Option("--backend", help="Kernel backend: auto, cuda, cpu or torch.")] = None,
+        split: Annotated[SplitChoice | None, typer.Option(
+            "--split", callback=plain_choice,
+            help="NeRF: the split to evaluate (default: the run's nerf.eval_split).")] = None,
+        backend: BackendOpt = None,
+        data: DataOpt = None,
     ) -> None:
         """Evaluate a trained run; metrics go to a JSON file in the run and to the final {"event":"done"} line."""
-        _run_task(run, "eval")(run, split=split, backend=backend)
+        _run_task(run, "eval", data, split=split, backend=backend)
 
     @app.command("render")
     def render_cmd(
@@ -212,11 +294,12 @@ def build_app() -> typer.Typer:
         out: Annotated[Path | None, typer.Option(
             "--out", help="video.mp4 (or .gif) or a folder for PNG frames (default: RUN/renders/orbit.mp4).")] = None,
         fps: Annotated[int, typer.Option("--fps", min=1, help="Video frame rate.")] = 30,
-        backend: Annotated[str | None, typer.Option("--backend", help="Kernel backend: auto, cuda, cpu or torch.")] = None,
+        backend: BackendOpt = None,
+        data: DataOpt = None,
     ) -> None:
         """Render novel views of a trained run to a video or PNG frames."""
-        _run_task(run, "render")(run, camera_path=camera_path, orbit=orbit,
-                                                     resolution=resolution, out=out, fps=fps, backend=backend)
+        _run_task(run, "render", data, camera_path=camera_path, orbit=orbit, resolution=resolution, out=out, fps=fps,
+                  backend=backend)
 
     @app.command("extract-mesh")
     def extract_mesh_cmd(
@@ -237,13 +320,13 @@ def build_app() -> typer.Typer:
             "--min-component", min=0.0, max=1.0,
             help="Drop connected pieces with fewer triangles than this fraction of the largest piece's (NeRF "
                  "floaters; e.g. 0.05). 0 keeps every piece.")] = 0.0,
-        backend: Annotated[str | None, typer.Option("--backend", help="Kernel backend: auto, cuda, cpu or torch.")] = None,
+        backend: BackendOpt = None,
+        data: DataOpt = None,
     ) -> None:
         """Extract a triangle mesh (marching cubes) from a trained run, in the input's coordinate frame, with shaded
         renders in RUN/renders/ and, for SDF runs, its Chamfer distance to the input mesh."""
-        _run_task(run, "extract-mesh")(
-            run, resolution=resolution, level=level, threshold=threshold, out=out, normals=normals, colors=colors,
-            min_component=min_component, backend=backend)
+        _run_task(run, "extract-mesh", data, resolution=resolution, level=level, threshold=threshold, out=out,
+                  normals=normals, colors=colors, min_component=min_component, backend=backend)
 
     for task in tasks.values():
         task.register(app)

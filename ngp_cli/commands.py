@@ -7,37 +7,90 @@ same thing in every task. Imports no torch at module level.
 
 from __future__ import annotations
 
+import enum
+import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ngp_cli.config import build, resolve, to_dict
-from ngp_cli.console import emit, info
-from ngp_cli.errors import ConfigError, UsageError
-from ngp_cli.runs import RunDir
+from ngp_cli.config import RunConfig, build, clip, resolve, to_dict
+from ngp_cli.console import emit, error_line, info
+from ngp_cli.errors import ConfigError, DataError, UsageError
+from ngp_cli.runs import RunDir, identity_change, input_identity
 
 if TYPE_CHECKING:
     from ngp_cli.nn.backend import Backend
+    from ngp_cli.runs import LoadedCheckpoint
     from ngp_cli.tasks import Task
+
+
+def choices(name: str, values: Sequence[str]) -> type[enum.Enum]:
+    """An Enum of ``values`` to annotate a typer option with, so --help lists the choices and any other value is a usage
+    error (exit 2) naming them. Declare the option with ``callback=plain_choice`` so the command receives plain
+    strings (typer >= 0.12 handles Enum options; Literal ones only in later releases)."""
+    return enum.Enum(name, {v: v for v in values}, type=str)
+
+
+def plain_choice(value: Any) -> Any:
+    """typer callback of a :func:`choices` option: the chosen member's string (a list of them for a repeatable
+    option; None stays None)."""
+    if isinstance(value, list | tuple):
+        return [plain_choice(v) for v in value]
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+def _plain_run_name(value: str | None) -> str | None:
+    # A name is one folder inside <runs-dir>/<task>/: a path in it is refused, not silently rewritten.
+    if value is not None and ("/" in value or "\\" in value or value.strip() in ("", ".", "..")):
+        raise typer.BadParameter(f"'{value}' is not a plain name (no '/', '\\', '.' or '..'): the run directory is "
+                                 f"always created inside --runs-dir")
+    return value
+
+
+def _runs_dir(value: str | Path) -> Path:
+    # Taken as text because Path("") is Path("."): an empty --runs-dir (an unset "$VAR") would silently put the runs
+    # in the current folder.
+    if not str(value).strip():
+        raise typer.BadParameter("is empty; give a folder (default: runs)")
+    return Path(value)
+
+
+#: The kernel backends (the Literal of :attr:`ngp_cli.config.RunConfig.backend`, their one home).
+BACKENDS: tuple[str, ...] = typing.get_args(typing.get_type_hints(RunConfig)["backend"])
+BackendChoice = choices("BackendChoice", BACKENDS)
 
 PresetOpt = Annotated[str | None, typer.Option(
     "--preset", help="Preset name (see 'ngp presets list') or a YAML/JSON file; tiny-cuda-nn JSON configs work as is. "
                      "Default: the task's GPU or CPU preset.")]
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Override one config key, KEY.PATH=VALUE (VALUE parsed as YAML); repeatable.")]
-RunsDirOpt = Annotated[Path, typer.Option("--runs-dir", help="Root of the run directories (runs/<task>/<time>-<name>).")]
-NameOpt = Annotated[str | None, typer.Option("--name", help="Run name (default: the input's file stem).")]
+RunsDirOpt = Annotated[str, typer.Option(
+    "--runs-dir", callback=_runs_dir, metavar="DIR", help="Root of the run directories (runs/<task>/<time>-<name>).")]
+NameOpt = Annotated[str | None, typer.Option(
+    "--name", callback=_plain_run_name, help="Run name, a plain name without '/' (default: the input's file stem).")]
 ResumeOpt = Annotated[Path | None, typer.Option(
     "--resume", help="Continue RUN_DIR from its last checkpoint (only train.* keys, --steps and --backend may change).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Also emit one {\"event\":\"step\"} JSON line per log step.")]
-BackendOpt = Annotated[str | None, typer.Option("--backend", help="Kernel backend: auto, cuda, cpu or torch.")]
+BackendOpt = Annotated[BackendChoice | None, typer.Option(
+    "--backend", callback=plain_choice, help="Kernel backend (auto: cuda, else cpu, else torch).")]
 StepsOpt = Annotated[int | None, typer.Option("--steps", help="Training steps (shorthand for --set train.n_steps=N).")]
+AllowInputChangeOpt = Annotated[bool, typer.Option(
+    "--allow-input-change", help="With --resume: accept a changed input (a --set of the input's path, or the input "
+                                 "file changed on disk since the run was created); recorded in the run.")]
+SaveOptimizerOpt = Annotated[bool, typer.Option(
+    "--save-optimizer/--no-save-optimizer", help="Keep the Adam state in the final checkpoint (needed for a "
+                                                 "bit-exact --resume; without it the moments restart).")]
 
 
 # Keys that define what a checkpoint contains or how it was trained: fixed once a run exists.
 _FROZEN_ON_RESUME = ("task", "seed", "encoding", "network", "optimizer", "loss")
+# Keys naming what a run trains on: a change on --resume needs --allow-input-change. The path keys are pinned in the
+# run's input.json (path, size, SHA-256 of the first MiB) when it is created.
+INPUT_PATH_KEYS = ("image.path", "sdf.path", "nerf.path", "nrc.scene")
+INPUT_KEYS = (*INPUT_PATH_KEYS, "nerf.aabb_scale")
 
 
 @dataclass
@@ -52,6 +105,8 @@ class TrainOptions:
     json: bool = False
     backend: str | None = None
     steps: int | None = None
+    allow_input_change: bool = False
+    save_optimizer: bool = True
 
     def overrides(self) -> list[str]:
         """``--set`` assignments including the shorthands ``--backend`` and ``--steps``."""
@@ -65,11 +120,17 @@ class TrainOptions:
 
 @dataclass
 class Prepared:
-    """A validated config, its backend, and (for --resume) the existing run directory."""
+    """A validated config, its backend, and for --resume: the existing run directory, its newest intact checkpoint
+    (loaded and validated), the input keys ``--set`` changed (``{key: (old, new)}``, accepted with
+    ``--allow-input-change``) and the input identities to record in the run once training resumes."""
 
     cfg: Any
     backend: Backend
     run: RunDir | None
+    checkpoint: LoadedCheckpoint | None = None
+    input_changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    allow_input_change: bool = False
+    new_identities: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def default_preset(task: Task, opts: TrainOptions) -> str:
@@ -83,36 +144,92 @@ def default_preset(task: Task, opts: TrainOptions) -> str:
 def prepare(task: Task, opts: TrainOptions) -> Prepared:
     """Resolve and validate the config (new run or ``--resume``) and the backend. Creates nothing on disk.
 
-    Raises ConfigError, UsageError, DataError (resume target is not a run) or NoGPUError.
+    For ``--resume`` it also validates what the run directory holds (config.yaml, summary.json, metrics.jsonl,
+    input.json) and loads its newest intact checkpoint, so a bad run is refused before any work or output.
+
+    Raises ConfigError (a frozen or, without ``--allow-input-change``, an input key changed), UsageError,
+    DataError (the resume target is not a run of this task, or holds malformed files) or NoGPUError.
     """
     from ngp_cli.config import apply_sets
     from ngp_cli.nn.backend import resolve_backend
 
     cls = task.config_class()
-    if opts.resume is not None:
-        if opts.preset is not None:
-            raise UsageError("--preset cannot be combined with --resume (the run keeps its config.yaml)")
-        run = RunDir.open(opts.resume)
-        for assignment in opts.sets:
-            key = assignment.partition("=")[0].strip()
-            if key.split(".")[0] in _FROZEN_ON_RESUME:
-                raise ConfigError(f"--set {key} cannot change on --resume: the checkpoint was trained with "
-                                  f"the run's {key.split('.')[0]} settings")
-        raw = apply_sets(run.read_config(), opts.overrides())
-        cfg = build(cls, raw)
-        if cfg.task != task.name:
-            raise ConfigError(f"{opts.resume} is a '{cfg.task}' run, not '{task.name}'")
-    else:
+    if opts.resume is None:
         default = default_preset(task, opts)
         cfg = resolve(cls, task.name, opts.preset or default, opts.overrides(), default_preset=default)
-        run = None
-    return Prepared(cfg=cfg, backend=resolve_backend(cfg.backend, cfg.device), run=run)
+        return Prepared(cfg=cfg, backend=resolve_backend(cfg.backend, cfg.device), run=None)
+    if opts.preset is not None:
+        raise UsageError("--preset cannot be combined with --resume (the run keeps its config.yaml)")
+    run = RunDir.open(opts.resume)
+    recorded = run.read_config()
+    _check_task(run, recorded, task)
+    for assignment in opts.sets:
+        key = assignment.partition("=")[0].strip()
+        if key.split(".")[0] in _FROZEN_ON_RESUME:
+            raise ConfigError(f"--set {key} cannot change on --resume: the checkpoint was trained with "
+                              f"the run's {key.split('.')[0]} settings")
+    raw = apply_sets(recorded, opts.overrides())
+    changes = {k: (_lookup(recorded, k), _lookup(raw, k)) for k in INPUT_KEYS
+               if _input_value(k, _lookup(recorded, k)) != _input_value(k, _lookup(raw, k))}
+    if changes and not opts.allow_input_change:
+        key, (old, new) = next(iter(changes.items()))
+        raise ConfigError(f"--set {key} changes the run's input ({clip(old, 80)} -> {clip(new, 80)}); add "
+                          "--allow-input-change to resume on it")
+    cfg = build(cls, raw)
+    for key in changes:
+        if key in INPUT_PATH_KEYS and changes[key][1]:  # recorded absolute, as a new run records its input
+            section, name = key.split(".")
+            setattr(getattr(cfg, section), name, str(Path(changes[key][1]).expanduser().resolve()))
+            changes[key] = (changes[key][0], getattr(getattr(cfg, section), name))
+    backend = resolve_backend(cfg.backend, cfg.device)
+    run.read_summary()
+    run.check_metrics()
+    run.read_inputs()
+    checkpoint = run.latest_checkpoint()
+    for key, (old, new) in changes.items():
+        error_line(f"ngp: warning: {key} changes from {clip(old, 80)} to {clip(new, 80)} on --resume "
+                   "(--allow-input-change); recorded in the run")
+    return Prepared(cfg=cfg, backend=backend, run=run, checkpoint=checkpoint, input_changes=changes,
+                    allow_input_change=opts.allow_input_change)
+
+
+def _input_value(key: str, value: Any) -> Any:
+    # the same file written another way (relative, ~) is no change
+    if key in INPUT_PATH_KEYS and isinstance(value, str) and value:
+        return Path(value).expanduser().resolve()
+    return value
+
+
+def _lookup(raw: dict[str, Any], key: str) -> Any:
+    node: Any = raw
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _check_task(run: RunDir, raw: dict[str, Any], task: Task) -> None:
+    """Refuse another task's run before its config is built against this task's schema. Raises DataError."""
+    name = raw.get("task")
+    if not isinstance(name, str) or not name:
+        raise DataError(f"{run.config_path}: names no task (task: {clip(name, 40)})")
+    if name != task.name:
+        article = "an" if name[:1].lower() in "aeiou" else "a"
+        raise DataError(f"{run.path} is {article} '{clip(name, 40)}' run, not '{task.name}'")
 
 
 def create_run(task: Task, opts: TrainOptions, cfg: Any, default_name: str) -> RunDir:
-    """Create the new run directory and write its config.yaml. Raises OutputError."""
+    """Create the new run directory, write its config.yaml and input.json (the identity of every input path in
+    ``cfg``: :data:`INPUT_PATH_KEYS`). Raises OutputError, DataError (an input cannot be read)."""
+    identities = {}
+    raw = to_dict(cfg)
+    for key in INPUT_PATH_KEYS:
+        value = _lookup(raw, key)
+        if isinstance(value, str) and value and Path(value).exists():
+            identities[key] = input_identity(Path(value))
     run = RunDir.create(opts.runs_dir, task.name, opts.name or default_name)
-    run.write_config(to_dict(cfg))
+    run.write_config(raw)
+    if identities:
+        run.write_inputs({"inputs": identities, "changes": []})
     info(f"run directory: {run.path}")
     if opts.json:
         emit("start", run_dir=str(run.path), task=task.name)
@@ -127,46 +244,108 @@ def finish(run: RunDir, step: int, metrics: dict[str, Any], artifacts: dict[str,
     emit("done", **summary)
 
 
-def resumed_input(run: RunDir, given: Path | None, recorded: str, key: str, what: str) -> Path:
-    """The input file of a run being resumed: ``recorded`` (the config's ``key``). Raises UsageError when the command
-    names another ``what`` than the run's, DataError when the config records none."""
-    from ngp_cli.errors import DataError
+def resumed_input(prep: Prepared, given: Path | None, recorded: str, key: str, what: str) -> Path:
+    """The input file of a run being resumed: ``recorded`` (the config's ``key``), checked against the identity the
+    run pinned at creation (input.json; runs made before that are not checked). A changed input is accepted with
+    ``--allow-input-change`` (a warning line; recorded by :func:`restore`).
 
+    Raises UsageError when the command names another ``what`` than the run's, DataError when the config records
+    none or the input changed on disk without ``--allow-input-change``."""
+    run = prep.run
+    assert run is not None
     if given is not None and given.expanduser().resolve() != Path(recorded):
         raise UsageError(f"--resume continues the run on {recorded}; do not pass another {what}")
     if not recorded:
         raise DataError(f"{run.config_path}: {key} is empty")
-    return Path(recorded)
+    path = Path(recorded)
+    pinned = run.read_inputs()
+    entry = (pinned or {}).get("inputs", {}).get(key)
+    if not path.exists() or (entry is None and key not in prep.input_changes):
+        return path  # a missing input is the loader's error; an unpinned one (an older run) resumes as before
+    current = input_identity(path)
+    change = identity_change(entry, current) if entry is not None else "newly pinned"
+    if change is not None and key not in prep.input_changes:
+        if not prep.allow_input_change:
+            raise DataError(f"{what} {path} changed since the run was created ({change}); add --allow-input-change "
+                            "to resume on it")
+        error_line(f"ngp: warning: {what} {path} changed since the run was created ({change}); resuming on it "
+                   "(--allow-input-change)")
+    if change is not None:
+        prep.new_identities[key] = current
+    return path
 
 
 def restore(trainer: Any, prep: Prepared) -> bool:
-    """For ``--resume``: load the run's newest checkpoint into ``trainer`` and keep the run's earlier summary when it is
-    extended. Returns True when a checkpoint was loaded (False for a new run, or a run without one)."""
+    """For ``--resume``: remove crash leftovers, load the run's newest intact checkpoint into ``trainer`` (a corrupt
+    newer one is set aside as ``*.corrupt``), record an accepted input change, and keep the run's earlier summary
+    when it is extended. Returns True when a checkpoint was loaded (False for a new run, or a run without one)."""
     if prep.run is None:
         return False
-    resumed = trainer.restore()
-    info(f"resuming {prep.run.path} from step {trainer.state.step}" if resumed
-         else f"{prep.run.path} has no checkpoint yet: training from step 0")
+    run = prep.run
+    removed = run.remove_stale_temporaries()
+    if removed:
+        info(f"removed {removed} temporary file(s) left in {run.path} by an interrupted run")
+    resumed = trainer.restore(prep.checkpoint)
+    if prep.checkpoint is not None:
+        run.set_aside(prep.checkpoint.skipped)
+        prep.checkpoint = None  # the tensors now live in the trainer
+    info(f"resuming {run.path} from step {trainer.state.step}" if resumed
+         else f"{run.path} has no checkpoint yet: training from step 0")
+    if prep.input_changes or prep.new_identities:
+        _record_input_change(run, prep, trainer.state.step)
     if trainer.state.step < trainer.cfg.train.n_steps:
-        prep.run.archive_summary()
+        run.archive_summary()
     return resumed
+
+
+def _record_input_change(run: RunDir, prep: Prepared, step: int) -> None:
+    """Write the accepted input change into config.yaml and input.json (new identity, and a ``changes`` entry)."""
+    raw = run.read_config()
+    for key, (_, new) in prep.input_changes.items():
+        section, name = key.split(".")
+        raw.setdefault(section, {})[name] = new
+    pinned = run.read_inputs() or {"inputs": {}, "changes": []}
+    for key in sorted(set(prep.input_changes) | set(prep.new_identities)):
+        before = pinned["inputs"].get(key)
+        if key in prep.new_identities:
+            pinned["inputs"][key] = prep.new_identities[key]
+        old, new = prep.input_changes.get(key, ((before or {}).get("path"), pinned["inputs"][key]["path"]))
+        pinned["changes"].append({"step": step, "key": key, "from": old, "to": new, "previous_identity": before})
+    run.write_config(raw)
+    run.write_inputs(pinned)
 
 
 def open_run(task: Task, run_path: Path, backend: str | None) -> tuple[RunDir, Any, Backend]:
     """Open a trained run of ``task`` for ``eval``/``render``/``extract-mesh``: its directory, its config (with
     ``--backend`` applied) and the resolved backend. Raises DataError (not a run, or another task's), ConfigError,
     NoGPUError."""
-    from ngp_cli.errors import DataError
     from ngp_cli.nn.backend import resolve_backend
 
     run = RunDir.open(run_path)
     raw = run.read_config()
-    if raw.get("task") != task.name:
-        raise DataError(f"{run.path} is a '{raw.get('task')}' run, not a '{task.name}' run")
+    _check_task(run, raw, task)
     cfg = build(task.config_class(), raw)
     if backend is not None:
         cfg.backend = backend
     return run, cfg, resolve_backend(cfg.backend, cfg.device)
+
+
+def relocated_input(section: Any, key: str, data: Path | None, what: str) -> None:
+    """For ``eval``/``render``/``extract-mesh`` on a trained run: point the input path ``key`` ("nerf.path",
+    "sdf.path") of the run's config ``section`` at ``data`` (``--data``: the input's new place; config.yaml is not
+    rewritten), or check that the recorded input still exists. Raises DataError naming the path and suggesting
+    ``--data``."""
+    from ngp_cli.errors import DataError
+
+    attr = key.rpartition(".")[2]
+    if data is not None:
+        data = data.expanduser().resolve()
+        if not data.exists():
+            raise DataError(f"{data}: --data: no such file or directory (expected the run's {what})")
+        setattr(section, attr, str(data))
+    elif not Path(getattr(section, attr)).exists():
+        raise DataError(f"{getattr(section, attr)}: the run's {what} ({key}) is gone; if it was moved, give its new "
+                        "place with --data PATH")
 
 
 def parse_resolution(text: str | None, default: tuple[int, int]) -> tuple[int, int]:

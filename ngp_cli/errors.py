@@ -7,7 +7,7 @@ code  meaning
 ====  ==========================================================
 0     success
 1     internal error (a bug: please report it; NGP_DEBUG=1 shows the traceback)
-2     usage error (unknown option, missing argument)
+2     usage error (unknown option, missing argument, a value outside an option's choices or range)
 3     config error (malformed YAML/JSON, unknown preset, unknown or ill-typed key, bad value)
 4     data error (missing, unreadable, corrupt or unsupported input file)
 5     no GPU (a CUDA backend or device was asked for and none is usable)

@@ -260,6 +260,8 @@ class RunDir:
         directory, or its ``checkpoints``/``renders`` is not a folder; OutputError when they cannot be created."""
         run = cls(Path(path).expanduser())
         if not run.path.is_dir():
+            if os.path.lexists(run.path):
+                raise DataError(f"{run.path}: a file, not a run directory")
             raise DataError(f"{run.path}: run directory does not exist")
         if not run.config_path.is_file():
             raise DataError(f"{run.path}: not a run directory (no config.yaml)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -111,7 +112,7 @@ def bad_files(tmp_path):
     ("bad --set value", ["{good}", "--set", "train.batch_size=many"], EXIT_CONFIG, "train.batch_size must be"),
     ("zero steps", ["{good}", "--steps", "0"], EXIT_CONFIG, "train.n_steps must be >= 1, got 0"),
     ("negative steps", ["{good}", "--steps", "-3"], EXIT_CONFIG, "train.n_steps must be >= 1, got -3"),
-    ("bad backend", ["{good}", "--backend", "gpu"], EXIT_CONFIG, "backend must be one of"),
+    ("bad backend", ["{good}", "--backend", "gpu"], EXIT_USAGE, "'gpu' is not one of 'auto', 'cuda', 'cpu', 'torch'"),
     ("unwritable runs dir", ["{good}", "--runs-dir", "{good}/sub"], EXIT_OUTPUT, "cannot create runs directory"),
 ])
 def test_bad_input_gets_one_line_and_exit_code(ngp, bad_files, tmp_path, case, args, code, needle):
@@ -151,3 +152,146 @@ def test_tcnn_json_through_the_cli(ngp, tmp_path, tcnn_image_json):
     res = ngp("fit-image", img, "--preset", path, "--steps", "2", "--runs-dir", tmp_path / "runs")
     assert res.exit_code == 0, res.stderr
     assert "log2_hashmap_size: 15" in (Path(res.last("done")["run_dir"]) / "config.yaml").read_text()
+
+
+# --- CLI consistency (issue 13): -h, -q after the command, choices in --help, the error-line cap, --data ------------
+
+def _command_paths(group, prefix=()):
+    """Every command path under the click group (``("presets", "show")`` ...), groups included."""
+    for name, cmd in group.commands.items():
+        yield (*prefix, name)
+        if hasattr(cmd, "commands"):
+            yield from _command_paths(cmd, (*prefix, name))
+
+
+def test_h_is_help_on_every_command_including_plugins(app):
+    import typer
+    from typer.testing import CliRunner
+
+    paths = [(), *_command_paths(typer.main.get_command(app))]
+    assert {("fit-image",), ("train-nerf",), ("train-sdf",), ("train-nrc",), ("presets", "show")} <= set(paths)
+    for path in paths:
+        res = CliRunner().invoke(app, [*path, "-h"])
+        assert res.exit_code == 0, (path, res.stderr)
+        assert "Usage: ngp" in res.stdout and "--help" in res.stdout, path
+
+
+def test_quiet_after_the_command_on_every_command(app):
+    import typer
+
+    for path in _command_paths(typer.main.get_command(app)):
+        cmd = typer.main.get_command(app)
+        for name in path:
+            cmd = cmd.commands[name]
+        flags = {o for p in cmd.params for o in p.opts}
+        assert {"-q", "--quiet"} <= flags, path
+
+
+def test_quiet_after_the_command_silences_training(ngp, astronaut_crop, tmp_path):
+    fast = ["--steps", "2", "--backend", "torch", "--set", "train.batch_size=256", "--set", "encoding.n_levels=2",
+            "--set", "encoding.log2_hashmap_size=10", "--runs-dir", tmp_path / "runs"]
+    loud = ngp("fit-image", astronaut_crop, *fast)
+    assert loud.exit_code == 0 and "run directory" in loud.stderr
+    for argv in (["fit-image", "-q"], ["fit-image", "--quiet"], ["-q", "fit-image"]):
+        res = ngp(*argv, astronaut_crop, *fast)
+        assert res.exit_code == 0, res.stderr
+        assert res.stderr == "", argv
+        assert res.last("done")["metrics"]["psnr"] > 0
+    # the tables of tasks, presets list and bench are human output too
+    for argv in (["tasks", "-q"], ["presets", "list", "-q"], ["-q", "presets", "list"]):
+        res = ngp(*argv)
+        assert res.exit_code == 0 and res.stderr == "" and res.events, argv
+    # a quiet run still reports its error
+    res = ngp("fit-image", "-q", tmp_path / "nope.png", *fast)
+    assert res.exit_code == EXIT_DATA and res.stderr.startswith("ngp: data error:")
+
+
+@pytest.mark.parametrize("argv, shown", [
+    (["fit-image"], "<auto|cuda|cpu|torch>"),
+    (["train-nrc"], "<auto|cuda|cpu|torch>"),
+    (["eval"], "<val|test|train>"),
+    (["render"], "<auto|cuda|cpu|torch>"),
+    (["extract-mesh"], "<auto|cuda|cpu|torch>"),
+    (["presets", "show"], "<json|yaml>"),
+    (["bench"], "<list[cuda|cpu|torch]>"),
+    (["bench"], "<list[encoding_forward|encoding_forward_backward|mlp_inference|mlp_training|train_step]>"),
+], ids=["fit-image backend", "train-nrc backend", "eval split", "render backend", "extract-mesh backend",
+        "presets format", "bench backend", "bench only"])
+def test_choices_are_shown_in_help(app, argv, shown):
+    from typer.testing import CliRunner
+
+    res = CliRunner().invoke(app, [*argv, "--help"], env={"COLUMNS": "250"})
+    assert res.exit_code == 0
+    assert shown in res.stdout, res.stdout
+
+
+def test_choice_options_hand_plain_strings_to_the_code(monkeypatch, ngp):
+    import ngp_cli.bench
+
+    seen = {}
+    monkeypatch.setattr(ngp_cli.bench, "run_bench", lambda tasks, *args: seen.setdefault("args", args))
+    res = ngp("bench", "--backend", "torch", "--backend", "cpu", "--only", "mlp_inference")
+    assert res.exit_code == 0, res.stderr
+    backends, _, _, only = seen["args"][:4]
+    assert backends == ["torch", "cpu"] and only == ["mlp_inference"]
+    assert all(type(v) is str for v in backends + only)
+
+
+def test_error_line_is_folded_and_capped(capsys):
+    from ngp_cli.cli import MAX_ERROR_LINE, _fail
+
+    message = "first\nsecond\r\nthird\u2028" + "x" * 10_000 + " tail"
+    with pytest.raises(SystemExit) as exc:
+        _fail(EXIT_CONFIG, "config error", message)
+    assert exc.value.code == EXIT_CONFIG
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert len(lines) == 1 and len(lines[0]) <= MAX_ERROR_LINE, (len(lines), len(lines[0]))
+    assert lines[0].startswith("ngp: config error: first second third xxx") and lines[0].endswith("...")
+    event = json.loads(out)
+    assert event["message"] == lines[0].removeprefix("ngp: config error: ")
+
+
+def test_one_line_keeps_short_messages():
+    from ngp_cli.cli import one_line
+
+    assert one_line("a path /x/y  with  spaces", 100) == "a path /x/y  with  spaces"
+    assert one_line("abc\n\ndef", 100) == "abc def"
+    assert one_line("abcdefghij", 8) == "abcde..."
+
+
+@pytest.fixture
+def fake_run_commands(monkeypatch, tmp_path):
+    """A minimal 'sdf' run whose task's eval/render/extract-mesh functions are fakes recording their options."""
+    from ngp_cli.tasks import Task
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("task: sdf\n")
+    calls = []
+
+    def with_data(run_path, *, data=None, **options):
+        calls.append({"run": run_path, "data": data, **options})
+
+    def without_data(run_path, *, resolution=256, level=0.0, threshold=2.5, out=None, normals=True, colors=True,
+                     min_component=0.0, backend=None):
+        calls.append({"run": run_path, "resolution": resolution})
+
+    fns = {"eval": with_data, "render": with_data, "extract-mesh": without_data}
+    monkeypatch.setattr(Task, "run_command", lambda self, command: fns[command])
+    return run, calls
+
+
+def test_data_option_is_passed_only_when_given(ngp, fake_run_commands, tmp_path):
+    run, calls = fake_run_commands
+    assert ngp("eval", run).exit_code == 0
+    assert ngp("eval", run, "--data", tmp_path / "moved.obj", "--split", "test").exit_code == 0
+    assert ngp("render", run, "--data", tmp_path / "moved.obj", "--orbit", "4").exit_code == 0
+    assert calls[0]["data"] is None
+    assert calls[1]["data"] == tmp_path / "moved.obj" and calls[1]["split"] == "test"
+    assert calls[2]["data"] == tmp_path / "moved.obj" and calls[2]["orbit"] == 4
+    # a task function that does not take data= is never handed it, and --data is refused in one line
+    assert ngp("extract-mesh", run).exit_code == 0 and "data" not in calls[3]
+    res = ngp("extract-mesh", run, "--data", tmp_path / "moved.obj")
+    assert_one_line_error(res, EXIT_USAGE, "does not take --data")
+    assert len(calls) == 4
