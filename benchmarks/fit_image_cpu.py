@@ -4,9 +4,9 @@
 Runs the real command in a child process (so peak RSS is that process's alone) and reads its metrics.jsonl.
 
     python benchmarks/fit_image_cpu.py                      # astronaut.png, 30 steps, batch 2^16
-    python benchmarks/fit_image_cpu.py ../shared/data/image/albert/albert.jpg --steps 20 --output result.json
+    python benchmarks/fit_image_cpu.py ../shared/data/image/albert/albert.jpg --steps 20 --out result.json
 
-Prints one JSON line on stdout (and writes it to --output).
+Prints one JSON line on stdout (and writes it to --out).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1 << 16)
     ap.add_argument("--backend", default="torch")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="extra --set for ngp fit-image")
-    ap.add_argument("--output", type=Path)
+    ap.add_argument("--out", "--output", dest="out", type=Path, help="also write the JSON line to this file")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as runs:
@@ -62,8 +62,8 @@ def main() -> None:
     }
     line = json.dumps(result)
     print(line)
-    if args.output:
-        args.output.write_text(line + "\n")
+    if args.out:
+        args.out.write_text(line + "\n")
 
 
 if __name__ == "__main__":

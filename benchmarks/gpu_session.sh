@@ -32,7 +32,7 @@ mesh="${SDF_MESH:-../shared/data/sdf/armadillo/armadillo.obj}"
 if [ -f "$mesh" ]; then
     "$py" -m ngp_cli -q train-sdf "$mesh" --preset sdf --set train.max_time_s=60 --runs-dir /tmp/ngp-gpu-runs \
         > "$out/sdf-1min.json" 2> "$out/sdf-1min.err"
-    "$py" benchmarks/mesh_queries.py "$mesh" --output "$out/mesh-queries.json" > /dev/null 2>> "$out/sdf-1min.err"
+    "$py" benchmarks/mesh_queries.py "$mesh" --out "$out/mesh-queries.json" > /dev/null 2>> "$out/sdf-1min.err"
 fi
 # NRC (issue 6): the Cornell box at equal time, path tracer and cache on the GPU.
 "$py" -m ngp_cli -q train-nrc --runs-dir /tmp/ngp-gpu-runs > "$out/nrc.json" 2> "$out/nrc.err"

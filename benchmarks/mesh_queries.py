@@ -2,12 +2,12 @@
 """Throughput of the mesh-query kernels (closest point, winding number, ray casting) on a real mesh, per query
 class, on every kernel target available here (``cpu``, and ``cuda`` with a GPU), plus the BVH build time.
 
-    python benchmarks/mesh_queries.py ../shared/data/sdf/armadillo/armadillo.obj --output result.json
+    python benchmarks/mesh_queries.py ../shared/data/sdf/armadillo/armadillo.obj --out result.json
 
 ``signed`` is the whole signed distance (closest point + pseudonormal sign on a closed mesh, + winding number on an
 open one). Query classes, in the unit-cube frame of the SDF task: "uniform" (uniform in [0, 1]^3, the 1/8 of a batch),
 "near" (surface + N(0, (1/1024)^2), the 3/8) and "rays" (from outside through the mesh's centre region).
-Prints one JSON line on stdout (and writes it to --output).
+Prints one JSON line on stdout (and writes it to --out).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("mesh", type=Path)
     ap.add_argument("--queries", type=int, default=1 << 16)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--output", type=Path)
+    ap.add_argument("--out", "--output", dest="out", type=Path, help="also write the JSON line to this file")
     args = ap.parse_args()
 
     mesh = load_mesh(args.mesh)
@@ -78,8 +78,8 @@ def main() -> None:
         result["targets"][bvh.target] = {k: round(v, 4) for k, v in row.items()}
     line = json.dumps(result)
     print(line)
-    if args.output:
-        args.output.write_text(line + "\n")
+    if args.out:
+        args.out.write_text(line + "\n")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ same thing in every task. Imports no torch at module level.
 from __future__ import annotations
 
 import enum
-import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ngp_cli.config import RunConfig, build, clip, resolve, to_dict
+from ngp_cli.config import BACKENDS, build, clip, resolve, to_dict
 from ngp_cli.console import emit, error_line, info
 from ngp_cli.errors import ConfigError, DataError, UsageError
 from ngp_cli.runs import RunDir, identity_change, input_identity
@@ -58,8 +57,6 @@ def _runs_dir(value: str | Path) -> Path:
     return Path(value)
 
 
-#: The kernel backends (the Literal of :attr:`ngp_cli.config.RunConfig.backend`, their one home).
-BACKENDS: tuple[str, ...] = typing.get_args(typing.get_type_hints(RunConfig)["backend"])
 BackendChoice = choices("BackendChoice", BACKENDS)
 
 PresetOpt = Annotated[str | None, typer.Option(

@@ -56,6 +56,7 @@ ACTIVATIONS = ("None", "ReLU", "LeakyReLU", "Exponential", "Sine", "Sigmoid", "S
 NETWORK_WIDTHS = (16, 32, 64, 128)
 INTERPOLATIONS = ("Nearest", "Linear", "Smoothstep")
 GRID_TYPES = ("Hash", "Dense")
+BACKENDS = ("auto", "cuda", "cpu", "torch")  # kernel backends: --backend, nn.backend.resolve_backend
 _Activation = Literal[ACTIVATIONS]  # type: ignore[valid-type]
 _META_KEYS = ("extends", "description")
 
@@ -177,7 +178,7 @@ class RunConfig:
     task: str = opt("", "task this config is for")
     seed: int = opt(1337, "seed of every random draw (initialisation and sampling); 0 <= seed < 2^63, so that the "
                           "seed plus a step count still fits torch.Generator's 64 bits", ge=0, le=MAX_SEED)
-    backend: Literal["auto", "cuda", "cpu", "torch"] = opt("auto", "kernel backend")
+    backend: Literal[BACKENDS] = opt("auto", "kernel backend")  # type: ignore[valid-type]
     device: str = opt("auto", "torch device for the torch backend: auto, cpu, cuda, cuda:N, mps")
     encoding: EncodingConfig = section(EncodingConfig, "input encoding")
     network: NetworkConfig = section(NetworkConfig, "MLP")

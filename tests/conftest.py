@@ -33,6 +33,17 @@ def shared_data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def host_cxx() -> str:
+    """The host C++ compiler of the cpu kernel target; skips the test when there is none."""
+    from ngp_cli.cuda.runtime import host_compiler
+
+    cxx = host_compiler()
+    if cxx is None:
+        pytest.skip("no host C++ compiler (g++/clang++) for the cpu kernel target")
+    return cxx
+
+
+@pytest.fixture(scope="session")
 def app():
     from ngp_cli.cli import build_app
 

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ngp_cli.config import BACKENDS
 from ngp_cli.errors import ConfigError, NoGPUError
-
-BACKENDS = ("auto", "cuda", "cpu", "torch")
 
 
 @dataclass(frozen=True)

@@ -38,17 +38,7 @@ _RUN_SAXPY = textwrap.dedent(
 
 
 @pytest.fixture(scope="module")
-def cxx() -> str:
-    from ngp_cli.cuda.runtime import host_compiler
-
-    found = host_compiler()
-    if found is None:
-        pytest.skip("no host C++ compiler for the cpu kernel target")
-    return found
-
-
-@pytest.fixture(scope="module")
-def loaded_names(cxx) -> dict[str, str]:
+def loaded_names(host_cxx) -> dict[str, str]:
     """The file names the runtime itself loads for basic.cu and for the launcher, read off the loaded libraries (so
     the name is computed exactly the way the runtime does), built in the session's kernel cache."""
     from ngp_cli.cuda import runtime
@@ -84,11 +74,11 @@ def _planted_library(cxx: str, tmp_path: Path, marker: Path) -> Path:
 
 
 @pytest.mark.parametrize("which", ["kernel-module", "launcher"])
-def test_a_library_planted_under_the_loaded_name_is_not_loaded(cxx, loaded_names, tmp_path, which):
+def test_a_library_planted_under_the_loaded_name_is_not_loaded(host_cxx, loaded_names, tmp_path, which):
     cache = _private_cache(tmp_path)
     marker = tmp_path / "constructor-ran"
     target = cache / loaded_names[which]
-    shutil.copyfile(_planted_library(cxx, tmp_path, marker), target)
+    shutil.copyfile(_planted_library(host_cxx, tmp_path, marker), target)
     proc = subprocess.run(
         [sys.executable, "-c", _RUN_SAXPY, str(KERNELS / "basic.cu")],
         capture_output=True,
@@ -123,7 +113,7 @@ def fresh_process_state(monkeypatch, tmp_path):
     [(0o777, False), (0o770, False), (0o700, True)],
     ids=["world-writable", "group-writable", "owned-by-another-user"],
 )
-def test_a_cache_dir_others_control_is_not_used(cxx, fresh_process_state, monkeypatch, capsys, tmp_path, mode,
+def test_a_cache_dir_others_control_is_not_used(host_cxx, fresh_process_state, monkeypatch, capsys, tmp_path, mode,
                                                 fake_owner):
     runtime, fallback_root = fresh_process_state
     shared = tmp_path / "shared-cache"
@@ -163,7 +153,7 @@ def test_the_cache_dir_and_the_parents_ngp_creates_are_private(fresh_process_sta
         assert (d.stat().st_mode & 0o777) == 0o700, (d, oct(d.stat().st_mode))
 
 
-def test_a_symlinked_compile_log_is_not_written_through(cxx, fresh_process_state, monkeypatch, tmp_path):
+def test_a_symlinked_compile_log_is_not_written_through(host_cxx, fresh_process_state, monkeypatch, tmp_path):
     runtime, _ = fresh_process_state
     from ngp_cli.cuda.runtime import KernelCompileError
 

@@ -49,16 +49,6 @@ def kernels_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def host_cxx() -> str:
-    from ngp_cli.cuda.runtime import host_compiler
-
-    cxx = host_compiler()
-    if cxx is None:
-        pytest.skip("no host C++ compiler (g++/clang++) for the cpu kernel target")
-    return cxx
-
-
-@pytest.fixture(scope="session")
 def nvcc() -> str:
     from ngp_cli.cuda.runtime import nvcc_path
 
