@@ -100,7 +100,8 @@ class NgpGroup(TyperGroup):
                 err.show()
                 sys.exit(EXIT_USAGE)
             code = getattr(err, "exit_code", EXIT_USAGE) or EXIT_USAGE
-            message = " ".join(err.format_message().split())
+            # typer's enum conversion words a bad choice "Value error, 'gpu' is not one of ..."; drop its prefix.
+            message = " ".join(err.format_message().split()).replace("Value error, ", "")
             ctx = getattr(err, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
             _fail(code, "usage error", message + hint)
