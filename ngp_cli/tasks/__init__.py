@@ -7,7 +7,8 @@ registered the same way in pyproject.toml, so a third-party package adds a task 
     mytask = "my_pkg.task:MyTask"
 
 Discovery (after nerfstudio's ``plugins/registry.py``) type-checks each entry and warns on stderr about a broken plugin
-instead of crashing the CLI. Task modules must keep torch/CuPy imports inside their command bodies so that importing
+instead of crashing the CLI. A checkout that is importable but not installed (no entry points) still has ngp's own
+tasks: :data:`BUILTIN_TASKS`. Task modules must keep torch/CuPy imports inside their command bodies so that importing
 them (``ngp --help``) stays fast and needs no GPU. Nothing outside this module imports ``ngp_cli.tasks.*``.
 """
 
@@ -19,6 +20,16 @@ from typing import ClassVar
 import typer
 
 ENTRY_POINT_GROUP = "ngp_cli.tasks"
+
+#: ngp's own tasks, as pyproject.toml registers them (tests/test_tasks.py keeps the two lists equal). Used when the
+#: entry-point group holds none of them: a checkout run from PYTHONPATH without ``pip install`` (the GPU machines'
+#: copy of the working tree, where the gitignored ``*.egg-info`` does not travel) has no metadata at all.
+BUILTIN_TASKS = {
+    "image": "ngp_cli.tasks.gigapixel:GigapixelTask",
+    "nerf": "ngp_cli.tasks.nerf:NerfTask",
+    "sdf": "ngp_cli.tasks.sdf:SdfTask",
+    "nrc": "ngp_cli.tasks.nrc:NrcTask",
+}
 
 
 class Task:
@@ -65,8 +76,19 @@ class Task:
         raise NotImplementedError
 
 
+def _entry_points() -> list[importlib.metadata.EntryPoint]:
+    """The installed ``ngp_cli.tasks`` entry points, plus :data:`BUILTIN_TASKS` when none of them is ngp's own (no
+    ``ngp_cli.*`` value: the package is not installed, only importable)."""
+    eps = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    if not any(ep.value.split(":", 1)[0].startswith("ngp_cli.") for ep in eps):
+        eps += [importlib.metadata.EntryPoint(name=name, value=value, group=ENTRY_POINT_GROUP)
+                for name, value in BUILTIN_TASKS.items()]
+    return eps
+
+
 def discover_tasks(warn=None) -> dict[str, Task]:
-    """Load every ``ngp_cli.tasks`` entry point into ``{name: Task instance}``.
+    """Load every ``ngp_cli.tasks`` entry point into ``{name: Task instance}``; ngp's own tasks
+    (:data:`BUILTIN_TASKS`) come from the code itself when the package's metadata is not installed.
 
     A plugin that fails to import, is not a :class:`Task`, or repeats a name is skipped, and ``warn(message)`` is called
     (default: a line on stderr).
@@ -78,7 +100,7 @@ def discover_tasks(warn=None) -> dict[str, Task]:
             error_line(f"ngp: warning: {message}")
 
     tasks: dict[str, Task] = {}
-    for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+    for ep in sorted(_entry_points(), key=lambda e: e.name):
         try:
             obj = ep.load()
             task = obj() if isinstance(obj, type) else obj
