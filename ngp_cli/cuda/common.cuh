@@ -19,3 +19,14 @@
 __host__ __device__ __forceinline__ unsigned int ngp_div_round_up(unsigned int n, unsigned int block) {
     return (n + block - 1) / block;
 }
+
+// +infinity as a float, for every target. NVRTC compiles without the host's math headers, so INFINITY, HUGE_VALF and
+// __builtin_huge_valf are all undefined there: the GPU build writes the IEEE bit pattern (what CUDART_INF_F does), the
+// CPU build uses the compiler builtin.
+__device__ __forceinline__ float ngp_inf_f() {
+#ifdef NGP_CPU
+    return __builtin_huge_valf();
+#else
+    return __int_as_float(0x7f800000);
+#endif
+}

@@ -232,7 +232,7 @@ __device__ __forceinline__ float box_entry(const float* __restrict__ lo, const f
     tf = fminf(tf, fmaxf(t0, t1));
     tn = fmaxf(tn, t_min);
     tf = fminf(tf, t_max);
-    return tn <= tf ? tn : INFINITY;
+    return tn <= tf ? tn : ngp_inf_f();
 }
 
 extern "C" __global__ void mesh_raycast(const float* __restrict__ origins, const float* __restrict__ directions,

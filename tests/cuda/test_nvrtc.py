@@ -1,15 +1,17 @@
 """The production GPU compile path: NVRTC through CuPy, with the options the cuda target uses, no GPU needed.
 
-The compile tests skip unless CuPy and an NVRTC library are importable (the project's CI venv has no CuPy). With
-``pip install cupy-cuda12x nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12 nvidia-cuda-nvcc-cu12`` (the last one
-for the crt/ headers that mma.h includes; CUDA 13: ``cupy-cuda13x nvidia-cuda-nvrtc nvidia-cuda-runtime
-nvidia-cuda-crt``) they compile every shipped kernel module variant for sm_75 to sm_90. The include-dir selection
-tests run everywhere.
+Every ``*.cu`` file in ngp_cli/cuda is compiled with every variant the code can request (:data:`VARIANTS`; a test fails
+when a source has none). CI installs the ``dev`` extra, which brings CuPy and NVIDIA's NVRTC and header wheels
+(the ``cuda13`` extra), so these tests run there for sm_80 and sm_90; ``NGP_NVRTC_ARCHS=all`` (or a comma-separated
+list such as ``sm_75,sm_86``) compiles for other architectures. Only a missing CuPy skips them: with CuPy installed,
+an NVRTC library or CUDA headers that do not load fail the tests. The include-dir selection tests run everywhere.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,8 +21,21 @@ import torch
 from ngp_cli.cuda import runtime
 from ngp_cli.cuda.hashgrid import INTERPOLATION_CODES, module_defines
 from ngp_cli.cuda.mlp import ACTIVATION_CODES, kernel_variant
+from tests.cuda.conftest import ARCHS as ALL_ARCHS
 
-ARCHS = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90")
+CI_ARCHS = ("sm_80", "sm_90")  # the A100 and H100 generations; sm_75..sm_89 compile the same code paths
+
+
+def _archs() -> tuple[str, ...]:
+    value = os.environ.get("NGP_NVRTC_ARCHS", "").strip()
+    if not value:
+        return CI_ARCHS
+    if value == "all":
+        return ALL_ARCHS
+    return tuple(a if a.startswith("sm_") else f"sm_{a}" for a in (v.strip() for v in value.split(",")) if a)
+
+
+ARCHS = _archs()
 
 HASHGRID = [
     module_defines(dims, feats, dtype, "Linear")
@@ -34,36 +49,73 @@ MLP += [
 ]
 MLP += [kernel_variant(16, 70, 20).defines, kernel_variant(128, 128, 16, "ReLU", "Sigmoid").defines]
 
-MODULES = [("adam.cu", {"ADAM_CHUNK": 1})] + [("hashgrid.cu", d) for d in HASHGRID] + [("fused_mlp.cu", d) for d in MLP]
-MODULES += [("nerf.cu", {})]
+# Every kernel source and the defines of each variant the code loads it with (the cuda target's, where the CPU
+# target asks for others: adam.py's ADAM_CHUNK is 1 on the GPU). A new .cu file must get an entry here.
+VARIANTS: dict[str, list[dict]] = {
+    "adam.cu": [{"ADAM_CHUNK": 1}],
+    "fused_mlp.cu": MLP,
+    "hashgrid.cu": HASHGRID,
+    "mesh.cu": [{}],
+    "nerf.cu": [{}],
+}
 
-needs_nvrtc = pytest.mark.skipif(runtime.nvrtc_version() is None, reason="CuPy with an NVRTC library is not installed")
+SOURCES = sorted(p.name for p in runtime.CUDA_DIR.glob("*.cu"))
+
+needs_cupy = pytest.mark.skipif(
+    importlib.util.find_spec("cupy") is None, reason="CuPy is not installed (pip install -e '.[dev]' brings it)"
+)
 
 
-def _check(job):
-    arch, (source, defines) = job
-    return runtime.nvrtc_compile_check(source, arch, defines)
+def test_every_kernel_source_has_variants():
+    assert SOURCES, f"no .cu files found in {runtime.CUDA_DIR}"
+    assert sorted(VARIANTS) == SOURCES, "VARIANTS must list exactly the .cu files of ngp_cli/cuda"
+    assert all(VARIANTS.values()), "every source needs at least one variant"
 
 
-@needs_nvrtc
-@pytest.mark.slow
+def _unique(variants: list[dict]) -> list[dict]:
+    return list({tuple(sorted(d.items())): d for d in variants}.values())
+
+
+@needs_cupy
+def test_nvrtc_loads_when_cupy_is_installed():
+    # CuPy without a loadable NVRTC would otherwise surface only as compile errors; name the cause.
+    assert runtime.nvrtc_version() is not None, (
+        "CuPy is installed but its NVRTC library does not load: install the NVRTC wheel of CuPy's CUDA major "
+        "(pip install -e '.[dev]' or '.[cuda13]')"
+    )
+
+
+@needs_cupy
+@pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_every_module_variant_compiles_with_nvrtc(arch):
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        results = list(pool.map(_check, [(arch, m) for m in MODULES]))
-    for (source, defines), result in zip(MODULES, results, strict=True):
+def test_every_kernel_variant_compiles_with_nvrtc(arch, source):
+    variants = _unique(VARIANTS.get(source, []))
+    assert variants, f"{source} has no entry in VARIANTS"
+
+    def check(defines):
+        try:
+            return runtime.nvrtc_compile_check(source, arch, defines)
+        except runtime.KernelCompileError as exc:
+            return exc
+
+    # NVRTC releases the GIL: one thread per core compiles the variants side by side.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        results = list(pool.map(check, variants))
+    failures = [f"{defines}: {r}" for defines, r in zip(variants, results, strict=True) if isinstance(r, Exception)]
+    assert not failures, f"{source} for {arch}: {len(failures)} variant(s) fail to compile:\n" + "\n".join(failures)
+    for defines, result in zip(variants, results, strict=True):
         assert result["cubin_bytes"] > 0, (source, defines)
         assert "warning" not in result["log"].lower(), f"{source} {defines}: {result['log']}"
 
 
-@needs_nvrtc
+@needs_cupy
 def test_nvrtc_compile_check_reports_errors(kernels_dir):
     with pytest.raises(runtime.KernelCompileError) as info:
         runtime.nvrtc_compile_check(kernels_dir / "broken.cu", 80)
     assert "broken.cu" in str(info.value) and "error" in info.value.log
 
 
-@needs_nvrtc
+@needs_cupy
 def test_nvrtc_check_uses_the_load_options():
     result = runtime.nvrtc_compile_check("adam.cu", "sm_80", {"ADAM_CHUNK": 1})
     options = result["options"]
