@@ -123,9 +123,10 @@ def test_float16_tables_match_reference(d, f, interp):
     out.backward(gout.half())
     assert master.grad.dtype == torch.float32 and xx.grad.dtype == torch.float32
     torch.testing.assert_close(out.float(), o_ref, rtol=2e-3, atol=2e-3)
-    # fp16 atomics accumulate in fp16: errors grow with the number of contributions per entry.
+    # fp16 atomics accumulate in fp16: errors grow with the number of contributions per entry, and their order
+    # follows the threads' scheduling (1.04e-2 seen once under load for 2-1-Smoothstep); a wrong kernel is off by O(1).
     mag = gp_ref.abs().max()
-    torch.testing.assert_close(master.grad / mag, gp_ref / mag, rtol=0, atol=1e-2)
+    torch.testing.assert_close(master.grad / mag, gp_ref / mag, rtol=0, atol=2e-2)
     mag = gx_ref.abs().max().clamp_min(1.0)
     torch.testing.assert_close(xx.grad / mag, gx_ref / mag, rtol=0, atol=1e-3)
 

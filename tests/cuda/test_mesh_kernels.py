@@ -274,10 +274,15 @@ def test_cpu_raycast_matches_reference(cpu_target, poison, mesh):
     t_ref, f_ref = raycast_reference(bvh.triangles, o, d, 0.0, 10.0)
     assert not torch.isnan(t).any(), seed
     both = (face >= 0) & (f_ref >= 0)
-    # float32 and float64 may disagree on rays grazing an edge shared by two triangles: a handful at most
+    # float32 and float64 may disagree on rays grazing an edge shared by two triangles (the float32 test is not
+    # watertight): such a ray may miss where the reference hits, or slip through the edge and hit a farther
+    # surface (seed 2111024697: w = 5e-7 on the edge, t 1.25 against 0.838). A handful of each at most.
     assert int(((face >= 0) != (f_ref >= 0)).sum()) <= 3, seed
     assert both.sum() > 300, seed
-    torch.testing.assert_close(t[both], t_ref[both], rtol=1e-4, atol=1e-5, msg=lambda m: f"seed {seed}: {m}")
+    close = torch.isclose(t, t_ref.to(t.dtype), rtol=1e-4, atol=1e-5)
+    slipped = both & ~close
+    assert int(slipped.sum()) <= 3, f"seed {seed}: {int(slipped.sum())} hits at another distance"
+    torch.testing.assert_close(t[both & close], t_ref[both & close].to(t.dtype), rtol=1e-4, atol=1e-5)
     miss = face < 0
     assert (t[miss] == 10.0).all(), seed
 
