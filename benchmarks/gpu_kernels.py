@@ -111,8 +111,8 @@ def info() -> dict:
 
     import torch
 
-    from ngp_cli.bench import machine_info
     from ngp_cli.cuda import runtime
+    from ngp_cli.machine import machine_info
 
     doc: dict = {"machine": machine_info(), "python": sys.executable, "platform": platform.platform()}
     fields = ("driver_version", "name", "clocks.sm", "clocks.max.sm", "clocks.mem", "clocks.max.mem",
@@ -354,7 +354,7 @@ def run_time(args) -> int:
     """``time``: kernels.json and kernels.md under ``args.out``."""
     import torch
 
-    from ngp_cli.bench import machine_info
+    from ngp_cli.machine import machine_info
 
     if args.device == "cuda" and not torch.cuda.is_available():
         return _fail(NO_GPU, "--device cuda: no usable GPU (torch.cuda.is_available() is False)")

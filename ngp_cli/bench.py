@@ -18,7 +18,6 @@ torch is imported inside the functions, so the CLI reads :data:`BENCHMARKS` for 
 from __future__ import annotations
 
 import math
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ngp_cli.errors import ConfigError
+from ngp_cli.machine import machine_info
 
 if TYPE_CHECKING:
     import torch
@@ -223,36 +223,6 @@ def run_benchmarks(backends: list[Backend], batches: list[int], dims: list[int],
                 times = _timer(dev, step, warmup, repeats)
                 record(backend, "train_step", batch, times)
     return results, ceilings
-
-
-def machine_info() -> dict[str, Any]:
-    """Where the numbers came from: CPU, threads, GPU, versions."""
-    import torch
-
-    from ngp_cli.nn.backend import cuda_available
-
-    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
-                            "torch": torch.__version__, "cpu": _cpu_model(), "threads": torch.get_num_threads()}
-    if cuda_available():
-        info["gpu"] = torch.cuda.get_device_name()
-        try:
-            import cupy
-
-            info["cupy"] = cupy.__version__
-        except ImportError:
-            pass
-    return info
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def as_dict(result: Result) -> dict[str, Any]:

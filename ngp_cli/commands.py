@@ -234,9 +234,14 @@ def create_run(task: Task, opts: TrainOptions, cfg: Any, default_name: str) -> R
 
 
 def finish(run: RunDir, step: int, metrics: dict[str, Any], artifacts: dict[str, Any]) -> None:
-    """Write summary.json (last, atomically) and emit the final ``done`` JSON line."""
+    """Write summary.json (last, atomically) and emit the final ``done`` JSON line. Both carry ``machine``
+    (:func:`ngp_cli.machine.machine_info`: CPU model and ISA features, threads, versions, the cpu MLP's precision), so
+    every result names the machine it came from."""
+    from ngp_cli.machine import machine_info
+
     artifacts = {"config": str(run.config_path), "metrics": str(run.metrics_path), **artifacts}
-    summary = {"run_dir": str(run.path), "step": step, "metrics": metrics, "artifacts": artifacts}
+    summary = {"run_dir": str(run.path), "step": step, "metrics": metrics, "artifacts": artifacts,
+               "machine": machine_info()}
     run.write_summary(summary)
     emit("done", **summary)
 

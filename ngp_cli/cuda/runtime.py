@@ -647,21 +647,12 @@ def _compiler_version(cxx: str) -> str:
         return ""
 
 
-@functools.lru_cache(maxsize=1)
 def _cpu_identity() -> str:
-    model = flags = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if not model and line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                elif not flags and line.startswith(("flags", "Features")):
-                    flags = line.split(":", 1)[1].strip()
-                if model and flags:
-                    break
-    except OSError:
-        pass
-    return f"{platform.machine()}|{platform.processor()}|{model}|{flags}"
+    """The CPU a library was built for (``-march=native``): part of every cache key."""
+    from ngp_cli.machine import cpuinfo
+
+    model, flags = cpuinfo()
+    return f"{platform.machine()}|{platform.processor()}|{model}|{' '.join(flags)}"
 
 
 def cache_dir() -> Path:

@@ -1,0 +1,64 @@
+"""Where a number was measured: the CPU model and its ISA features, threads, versions, the GPU, and the code paths ngp
+chose on this machine. ``ngp bench`` and every run's ``summary.json`` record :func:`machine_info`, so a speed or a
+PSNR can be traced to the CPU kind it came from (AVX2-only and AVX-512-BF16/AMX machines take different MLP paths).
+
+The /proc/cpuinfo part imports nothing heavy; :func:`machine_info` imports torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from typing import Any
+
+#: ISA features that decide ngp's CPU code paths (names as Linux's /proc/cpuinfo spells them; asimd/sve on Arm).
+ISA_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "asimd", "sve")
+
+
+@functools.lru_cache(maxsize=1)
+def cpuinfo() -> tuple[str, tuple[str, ...]]:
+    """``(model name, flags)`` of the first CPU in /proc/cpuinfo; ``(platform.processor() or machine, ())`` where
+    there is no /proc/cpuinfo (macOS, Windows)."""
+    model, flags = "", ()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not model and line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                elif not flags and line.startswith(("flags", "Features")):
+                    flags = tuple(line.split(":", 1)[1].split())
+                if model and flags:
+                    break
+    except OSError:
+        pass
+    return model or platform.processor() or platform.machine(), flags
+
+
+def isa_features() -> list[str]:
+    """The :data:`ISA_FEATURES` this CPU has, in that order."""
+    flags = set(cpuinfo()[1])
+    return [f for f in ISA_FEATURES if f in flags]
+
+
+def machine_info() -> dict[str, Any]:
+    """``{"platform", "python", "torch", "cpu", "isa", "threads", "paths": {"cpu_mlp": dtype}, ["gpu", "cupy"]}``:
+    the CPU model and its :func:`isa_features`, torch's intra-op threads, and the precision the cpu backend's MLP runs
+    in here (:func:`ngp_cli.cuda.mlp.cpu_compute_dtype`: bfloat16 with AVX-512-BF16 or AMX, else float32)."""
+    import torch
+
+    from ngp_cli.cuda.mlp import cpu_compute_dtype
+    from ngp_cli.nn.backend import cuda_available
+
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                            "torch": torch.__version__, "cpu": cpuinfo()[0], "isa": isa_features(),
+                            "threads": torch.get_num_threads(),
+                            "paths": {"cpu_mlp": str(cpu_compute_dtype()).removeprefix("torch.")}}
+    if cuda_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        try:
+            import cupy
+
+            info["cupy"] = cupy.__version__
+        except ImportError:
+            pass
+    return info
