@@ -523,9 +523,3 @@ class RunDir:
                         os.replace(f, f.with_name(f.name + ".corrupt"))
                 except OSError as exc:
                     raise OutputError(f"{f}: cannot rename: {exc.strerror or exc}") from None
-
-    def load_latest_checkpoint(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        """``(tensors, meta)`` of the newest intact checkpoint (:meth:`latest_checkpoint`), or None.
-        Raises DataError when every checkpoint is corrupt."""
-        loaded = self.latest_checkpoint()
-        return None if loaded is None else (loaded.tensors, loaded.meta)

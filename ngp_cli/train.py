@@ -22,6 +22,7 @@ from torch import nn
 from ngp_cli.allocator import tune_cpu_allocator
 from ngp_cli.config import LossConfig, OptimizerConfig, RunConfig
 from ngp_cli.console import emit, error_line, info, stderr_console
+from ngp_cli.cuda import runtime
 from ngp_cli.errors import DataError, DivergedError, Interrupted
 from ngp_cli.metrics import luminance, mse_to_psnr
 from ngp_cli.runs import LoadedCheckpoint, RunDir
@@ -213,10 +214,10 @@ def load_trained_weights(run: RunDir, model: nn.Module, cfg: RunConfig) -> dict[
     Raises:
         DataError: the run has no checkpoint, or it does not match the model.
     """
-    found = run.load_latest_checkpoint()  # a corrupt newest one falls back to the newest intact one, with a warning
+    found = run.latest_checkpoint()  # a corrupt newest one falls back to the newest intact one, with a warning
     if found is None:
         raise DataError(f"{run.path} has no checkpoint yet (train it first, or --resume it)")
-    tensors, meta = found
+    tensors, meta = found.tensors, found.meta
     try:
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         steps = int(meta.get("ema_steps", 0))
@@ -286,39 +287,20 @@ class TrainState:
     compile_s: float = 0.0
 
 
-def compile_seconds() -> float:
-    """Cumulative wall seconds this process spent compiling kernels (:func:`ngp_cli.cuda.runtime.compile_seconds`),
-    0.0 where that is unavailable. The first step on a kernel backend compiles (seconds to minutes on a cold cache):
-    the loop keeps that out of the training time and the it/s."""
-    try:
-        from ngp_cli.cuda import runtime
-
-        return float(runtime.compile_seconds())
-    except (AttributeError, ImportError):
-        return 0.0
-
-
-_LOAD = object()  # Trainer.restore's "read the newest checkpoint yourself"
-
-
 class Trainer:
     """Runs ``cfg.train.n_steps`` optimisation steps of ``problem`` into ``run``, resumably."""
 
     def __init__(self, problem: Problem, cfg: RunConfig, run: RunDir, *, json_events: bool = False,
-                 quiet: bool = False, save_optimizer: bool = True, progress_metric: str | None | object = _LOAD
-                 ) -> None:
+                 quiet: bool = False, save_optimizer: bool = True) -> None:
         """``save_optimizer``: whether the final checkpoint carries the Adam state (the periodic and Ctrl-C ones
-        always do, so a crash or an interruption resumes bit-exactly). ``progress_metric`` overrides the problem's
-        (see :class:`Problem`): ``"psnr"`` or None."""
+        always do, so a crash or an interruption resumes bit-exactly)."""
         self.problem = problem
         self.cfg = cfg
         self.run = run
         self.json_events = json_events
         self.quiet = quiet
         self.save_optimizer = save_optimizer
-        if progress_metric is _LOAD:
-            progress_metric = getattr(problem, "progress_metric", "psnr")
-        self.show_psnr = progress_metric == "psnr"
+        self.show_psnr = getattr(problem, "progress_metric", "psnr") == "psnr"
         self.model = problem.model
         if any(p.device.type == "cpu" for p in self.model.parameters()):
             tune_cpu_allocator()  # x1.3 per step on CPU: recycle the encoder's large temporaries (see its docstring)
@@ -328,12 +310,10 @@ class Trainer:
         self.generator = sampling_generator(cfg)
         self.state = TrainState()
 
-    def restore(self, checkpoint: LoadedCheckpoint | None | object = _LOAD) -> bool:
-        """Load ``checkpoint`` (by default the run's newest intact one, :meth:`RunDir.latest_checkpoint`; None: the
-        run has none), and drop metric lines logged after it (all of them when there is none). Returns True when a
-        checkpoint was loaded. Raises DataError (corrupt, or not this model's)."""
-        if checkpoint is _LOAD:
-            checkpoint = self.run.latest_checkpoint()
+    def restore(self, checkpoint: LoadedCheckpoint | None) -> bool:
+        """Load ``checkpoint`` (the run's newest intact one, :meth:`RunDir.latest_checkpoint`; None: the run has none),
+        and drop metric lines logged after it (all of them when there is none). Returns True when a checkpoint was
+        loaded. Raises DataError (not this model's)."""
         if checkpoint is None:
             self.run.truncate_metrics(0)
             return False
@@ -389,7 +369,7 @@ class Trainer:
             lr = learning_rate(self.cfg.optimizer, self.state.step)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            compiled0 = compile_seconds()
+            compiled0 = runtime.compile_seconds()  # the first step on a kernel backend compiles
             if before_step is not None:
                 before_step(self.state.step, self.generator)
             loss_value, mse = train_step(self.problem, self.optimizer, self.loss_fn, self.generator, tc.batch_size)
@@ -399,7 +379,7 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update()
             self.state.step += 1
-            compiling = min(max(compile_seconds() - compiled0, 0.0), time.perf_counter() - t0)
+            compiling = min(max(runtime.compile_seconds() - compiled0, 0.0), time.perf_counter() - t0)
             self.state.compile_s += compiling
             self.state.elapsed_s += time.perf_counter() - t0 - compiling
             window_t0 += compiling  # compilation is not part of the training rate either

@@ -39,7 +39,8 @@ def test_checkpoints_round_trip_and_keep_last_n(tmp_path):
                             {"elapsed_s": step / 10}, keep=2)
     assert [s for s, _ in run.checkpoints()] == [30, 40]
     assert len(list(run.checkpoints_dir.iterdir())) == 4  # two .safetensors + two .json, no temporaries
-    tensors, meta = run.load_latest_checkpoint()
+    loaded = run.latest_checkpoint()
+    tensors, meta = loaded.tensors, loaded.meta
     assert meta["step"] == 40 and meta["elapsed_s"] == 4.0
     assert torch.equal(tensors["w"], torch.full((3,), 40.0))
 
@@ -52,7 +53,7 @@ def test_incomplete_checkpoint_is_ignored_and_corrupt_one_is_a_data_error(tmp_pa
     assert [s for s, _ in run.checkpoints()] == [5]
     (run.checkpoints_dir / "step-00000005.safetensors").write_bytes(b"\x00" * 16)
     with pytest.raises(DataError, match="corrupt checkpoint"):
-        run.load_latest_checkpoint()
+        run.latest_checkpoint()
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):

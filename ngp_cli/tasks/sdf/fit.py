@@ -107,6 +107,8 @@ class SdfProblem:
     mesh's frame.
     """
 
+    progress_metric = None  # a PSNR of signed distances under MAPE means nothing: the progress line shows the loss
+
     def __init__(self, mesh: InputMesh, cfg: SdfConfig, backend: Backend, frame: UnitFrame | None = None) -> None:
         sc = cfg.sdf
         if sc.surface_fraction + sc.perturbed_fraction > 1.0 + 1e-9:
@@ -244,8 +246,7 @@ def train_sdf(task, opts: TrainOptions, mesh_path: Path | None) -> None:
     info(f"backend {prep.backend.name} on {prep.backend.device}; {n_params:,} parameters; unit-cube scale "
          f"{problem.frame.scale:.6g}")
 
-    trainer = Trainer(problem, cfg, run, json_events=opts.json, quiet=is_quiet(), save_optimizer=opts.save_optimizer,
-                      progress_metric=None)  # a PSNR of signed distances under MAPE means nothing
+    trainer = Trainer(problem, cfg, run, json_events=opts.json, quiet=is_quiet(), save_optimizer=opts.save_optimizer)
     restore(trainer, prep)
     if cfg.sdf.sample_bank and trainer.state.step < cfg.train.n_steps:
         t0 = time.perf_counter()
