@@ -23,7 +23,7 @@ from typer.core import TyperGroup
 from ngp_cli import __version__
 from ngp_cli.bench import BENCHMARKS
 from ngp_cli.commands import BACKENDS, BackendOpt, choices, plain_choice
-from ngp_cli.console import emit, error_line, is_quiet, set_quiet
+from ngp_cli.console import emit, error_line, is_quiet, set_quiet, warn
 from ngp_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, NgpError
 
 #: The longest error line ngp prints: the values quoted in messages are cut at 200 characters where they are made
@@ -248,7 +248,7 @@ def build_app() -> typer.Typer:
         if output is not None:
             if out is not None:
                 raise UsageError("give --out only (--output is its deprecated spelling)")
-            error_line("ngp: warning: --output is deprecated; use --out")
+            warn("--output is deprecated; use --out")
             out = output
         run_bench(tasks, backend, batch, dims, only, repeats, warmup, out)
 

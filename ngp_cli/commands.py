@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ngp_cli.config import BACKENDS, build, clip, resolve, to_dict
-from ngp_cli.console import emit, error_line, info
+from ngp_cli.console import emit, info, warn
 from ngp_cli.errors import ConfigError, DataError, UsageError
 from ngp_cli.runs import RunDir, identity_change, input_identity
 
@@ -127,6 +127,7 @@ class Prepared:
     checkpoint: LoadedCheckpoint | None = None
     input_changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     allow_input_change: bool = False
+    pinned: dict[str, Any] | None = None  # the run's input.json, validated (None: a run made before inputs were pinned)
     new_identities: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -181,13 +182,13 @@ def prepare(task: Task, opts: TrainOptions) -> Prepared:
     backend = resolve_backend(cfg.backend, cfg.device)
     run.read_summary()
     run.check_metrics()
-    run.read_inputs()
+    pinned = run.read_inputs()
     checkpoint = run.latest_checkpoint()
     for key, (old, new) in changes.items():
-        error_line(f"ngp: warning: {key} changes from {clip(old, 80)} to {clip(new, 80)} on --resume "
-                   "(--allow-input-change); recorded in the run")
+        warn(f"{key} changes from {clip(old, 80)} to {clip(new, 80)} on --resume (--allow-input-change); "
+             "recorded in the run")
     return Prepared(cfg=cfg, backend=backend, run=run, checkpoint=checkpoint, input_changes=changes,
-                    allow_input_change=opts.allow_input_change)
+                    allow_input_change=opts.allow_input_change, pinned=pinned)
 
 
 def _input_value(key: str, value: Any) -> Any:
@@ -260,8 +261,7 @@ def resumed_input(prep: Prepared, given: Path | None, recorded: str, key: str, w
     if not recorded:
         raise DataError(f"{run.config_path}: {key} is empty")
     path = Path(recorded)
-    pinned = run.read_inputs()
-    entry = (pinned or {}).get("inputs", {}).get(key)
+    entry = (prep.pinned or {}).get("inputs", {}).get(key)
     if not path.exists() or (entry is None and key not in prep.input_changes):
         return path  # a missing input is the loader's error; an unpinned one (an older run) resumes as before
     current = input_identity(path)
@@ -270,8 +270,7 @@ def resumed_input(prep: Prepared, given: Path | None, recorded: str, key: str, w
         if not prep.allow_input_change:
             raise DataError(f"{what} {path} changed since the run was created ({change}); add --allow-input-change "
                             "to resume on it")
-        error_line(f"ngp: warning: {what} {path} changed since the run was created ({change}); resuming on it "
-                   "(--allow-input-change)")
+        warn(f"{what} {path} changed since the run was created ({change}); resuming on it (--allow-input-change)")
     if change is not None:
         prep.new_identities[key] = current
     return path
@@ -306,7 +305,7 @@ def _record_input_change(run: RunDir, prep: Prepared, step: int) -> None:
     for key, (_, new) in prep.input_changes.items():
         section, name = key.split(".")
         raw.setdefault(section, {})[name] = new
-    pinned = run.read_inputs() or {"inputs": {}, "changes": []}
+    pinned = prep.pinned or {"inputs": {}, "changes": []}
     for key in sorted(set(prep.input_changes) | set(prep.new_identities)):
         before = pinned["inputs"].get(key)
         if key in prep.new_identities:
@@ -337,8 +336,6 @@ def relocated_input(section: Any, key: str, data: Path | None, what: str) -> Non
     "sdf.path") of the run's config ``section`` at ``data`` (``--data``: the input's new place; config.yaml is not
     rewritten), or check that the recorded input still exists. Raises DataError naming the path and suggesting
     ``--data``."""
-    from ngp_cli.errors import DataError
-
     attr = key.rpartition(".")[2]
     if data is not None:
         data = data.expanduser().resolve()

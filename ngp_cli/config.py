@@ -780,9 +780,9 @@ def from_instant_ngp(layer: dict[str, Any], task: str | None, warn: Callable[[st
 
 
 def _warn_line(source: Path, message: str) -> None:
-    from ngp_cli.console import error_line
+    from ngp_cli.console import warn
 
-    error_line(f"ngp: warning: {source}: {message}")
+    warn(f"{source}: {message}")
 
 
 def load_preset(name_or_path: str, *, default_parent: str | None = None, task: str | None = None,

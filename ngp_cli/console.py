@@ -48,6 +48,11 @@ def error_line(message: str) -> None:
     stderr_console().print(message, markup=False)
 
 
+def warn(message: str) -> None:
+    """Print one ``ngp: warning: <message>`` line on stderr (even with ``--quiet``: a warning is not information)."""
+    error_line(f"ngp: warning: {message}")
+
+
 class _PlainProgress:
     """``label i/N (p%), elapsed, ETA`` lines on stderr: the first and last item, then one line per tenth of the
     work or per ``_PLAIN_EVERY_S`` seconds, whichever comes first (enough to see it move in a log, few enough to

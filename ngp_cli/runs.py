@@ -493,7 +493,7 @@ class RunDir:
         """The newest checkpoint that loads, or None when there is none. A newer corrupt one is skipped with a warning
         line on stderr and listed in ``skipped`` (see :meth:`set_aside`). Raises DataError when every checkpoint is
         corrupt (with the newest one's problem)."""
-        from ngp_cli.console import error_line
+        from ngp_cli.console import warn
 
         found = self.checkpoints()
         first_error: DataError | None = None
@@ -506,7 +506,7 @@ class RunDir:
                 skipped.append(json_path)
                 continue
             if skipped:
-                error_line(f"ngp: warning: {first_error}; using the newest intact checkpoint, step {loaded.step}"[:290])
+                warn(f"{first_error}; using the newest intact checkpoint, step {loaded.step}"[:276])
             loaded.skipped = skipped
             return loaded
         if first_error is not None:

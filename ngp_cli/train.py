@@ -21,7 +21,7 @@ from torch import nn
 
 from ngp_cli.allocator import tune_cpu_allocator
 from ngp_cli.config import LossConfig, OptimizerConfig, RunConfig
-from ngp_cli.console import emit, error_line, info, stderr_console
+from ngp_cli.console import emit, info, stderr_console, warn
 from ngp_cli.cuda import runtime
 from ngp_cli.errors import DataError, DivergedError, Interrupted
 from ngp_cli.metrics import luminance, mse_to_psnr
@@ -189,8 +189,8 @@ def _load_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], model: n
                 _, idx, name = key.split(".", 2)
                 state.setdefault(int(idx), {})[name] = value
         if not state:
-            error_line(f"ngp: warning: the checkpoint of step {meta.get('step')} has no optimizer state (saved with "
-                       "--no-save-optimizer): Adam's moments restart from zero")
+            warn(f"the checkpoint of step {meta.get('step')} has no optimizer state (saved with "
+                 "--no-save-optimizer): Adam's moments restart from zero")
         if isinstance(optimizer, torch.optim.Adam):  # maybe a checkpoint of the kernel backends' Adam
             from ngp_cli.nn.optim import torch_adam_state
 

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ngp_cli.console import warn
 from ngp_cli.errors import EXIT_INTERNAL, NgpError, OutputError
 
 CUDA_DIR = Path(__file__).resolve().parent
@@ -664,12 +665,6 @@ def cache_dir() -> Path:
 _checked_dirs: dict[str, Path] = {}
 
 
-def _warn(message: str) -> None:
-    from ngp_cli.console import error_line
-
-    error_line(f"ngp: warning: {message}")
-
-
 def _make_private_dirs(path: Path) -> None:
     """Create ``path`` and its missing parents with mode 0700 (existing ones are left as they are). Raises OSError."""
     missing = []
@@ -727,7 +722,7 @@ def _choose_cache_dir(configured: Path) -> Path:
     fallback = Path(tempfile.gettempdir()) / f"ngp-kernels-{uid}"
     if _private_dir_problem(fallback) is not None:
         fallback = Path(tempfile.mkdtemp(prefix="ngp-kernels-"))  # 0700, ours, new: safe by construction
-    _warn(f"kernel cache {configured} {problem}; not used, kernels go to {fallback}")
+    warn(f"kernel cache {configured} {problem}; not used, kernels go to {fallback}")
     return fallback
 
 
@@ -848,7 +843,7 @@ def _compile_cached(
     if problem is None:
         return out
     if problem != "absent":
-        _warn(f"kernel cache: {out} not loaded: {problem}; rebuilding it")
+        warn(f"kernel cache: {out} not loaded: {problem}; rebuilding it")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{stem}-", suffix=".so.tmp", dir=directory)
     except OSError as exc:
@@ -870,7 +865,7 @@ def _compile_cached(
         try:
             _write_replacing(Path(str(out) + _MANIFEST_SUFFIX), f"{digest}  {out.name}\n".encode())
         except NgpError as exc:  # the library is sound; without its entry it is rebuilt next time
-            _warn(f"kernel cache: cannot record the SHA-256 of {out.name}: {exc}")
+            warn(f"kernel cache: cannot record the SHA-256 of {out.name}: {exc}")
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -94,10 +94,7 @@ def discover_tasks(warn=None) -> dict[str, Task]:
     (default: a line on stderr).
     """
     if warn is None:
-        from ngp_cli.console import error_line
-
-        def warn(message: str) -> None:
-            error_line(f"ngp: warning: {message}")
+        from ngp_cli.console import warn
 
     tasks: dict[str, Task] = {}
     for ep in sorted(_entry_points(), key=lambda e: e.name):

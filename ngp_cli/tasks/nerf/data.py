@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ngp_cli.console import error_line
+from ngp_cli.console import warn
 from ngp_cli.errors import DataError
 from ngp_cli.images import read_image
 
@@ -324,8 +324,8 @@ def _aabb_scale(json_path: Path, doc: dict) -> int:
         raise DataError(f"{json_path}: 'aabb_scale' must be positive, got {v:g}")
     p = 1 << max(0, math.ceil(math.log2(v) - 1e-9))  # round up to a power of two
     if p > MAX_AABB_SCALE:
-        error_line(
-            f"ngp: warning: {json_path}: aabb_scale {v:g} is larger than {MAX_AABB_SCALE}; using {MAX_AABB_SCALE}"
+        warn(
+            f"{json_path}: aabb_scale {v:g} is larger than {MAX_AABB_SCALE}; using {MAX_AABB_SCALE}"
         )
         p = MAX_AABB_SCALE
     return p
@@ -472,7 +472,7 @@ def load_dataset(
             scale, offset = _scale_offset(jf, doc)
         parsed = _parse_file(jf, root, doc, allow_outside_root)
         if any(k in doc and _is_number(doc[k]) and doc[k] != 0 for k in ("k3", "k4")) or doc.get("is_fisheye"):
-            error_line(f"ngp: warning: {jf}: k3/k4/fisheye distortion is not supported; only k1, k2, p1, p2 are used")
+            warn(f"{jf}: k3/k4/fisheye distortion is not supported; only k1, k2, p1, p2 are used")
         if holdout_applies and holdout_every > 0 and split != "all":
             keep_val = split in ("val", "test")
             parsed = [f for f in parsed if (f.index % holdout_every == 0) == keep_val]
@@ -489,7 +489,7 @@ def load_dataset(
             f"(first: {frames[0].label}, looked in {root})"
         )
     if n_missing:
-        error_line(f"ngp: warning: {where}: {n_missing} of {len(frames)} frames have no image file; skipped")
+        warn(f"{where}: {n_missing} of {len(frames)} frames have no image file; skipped")
 
     images, raw_w, raw_h = _load_images(where, present, downscale)
     n, height, width, _ = images.shape
@@ -512,8 +512,8 @@ def load_dataset(
         cy = f.c[1] if f.c[1] is not None else jh / 2
         sx, sy = raw_w / jw, raw_h / jh
         if (sx != 1 or sy != 1) and not warned_wh:
-            error_line(
-                f"ngp: warning: {f.json_path}: images are {raw_w}x{raw_h} but the JSON says w={jw:g}, h={jh:g}; "
+            warn(
+                f"{f.json_path}: images are {raw_w}x{raw_h} but the JSON says w={jw:g}, h={jh:g}; "
                 "intrinsics rescaled to the images"
             )
             warned_wh = True

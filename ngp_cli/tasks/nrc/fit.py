@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ngp_cli.commands import TrainOptions, create_run, finish, prepare
-from ngp_cli.console import emit, error_line, info
+from ngp_cli.console import emit, info, warn
 from ngp_cli.images import write_image
 from ngp_cli.metrics import luminance
 from ngp_cli.runs import atomic_write, cache_dir
@@ -118,8 +118,8 @@ def train_nrc(task, opts: TrainOptions, scene_path: Path | None) -> None:
     if nc.frames <= warmup:
         # Accumulating nothing would compare an empty image; the last frame is the best the run has.
         warmup = nc.frames - 1
-        error_line(f"ngp: warning: nrc.frames={nc.frames} is not more than nrc.warmup_frames={nc.warmup_frames}: "
-                   "the NRC image is only the last frame, rendered by a barely trained cache")
+        warn(f"nrc.frames={nc.frames} is not more than nrc.warmup_frames={nc.warmup_frames}: "
+             "the NRC image is only the last frame, rendered by a barely trained cache")
 
     accumulated = torch.zeros_like(reference)
     cached_sum = torch.zeros_like(reference)
