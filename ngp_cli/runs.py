@@ -283,14 +283,13 @@ class RunDir:
         atomic_write_text(self.config_path, dump_yaml(data))
 
     def read_config(self) -> dict[str, Any]:
-        """The raw mapping in config.yaml. Raises ConfigError when it is malformed."""
-        import yaml
-
+        """The raw mapping in config.yaml. Raises ConfigError when it is malformed (:func:`ngp_cli.config.load_yaml`:
+        YAML errors and bounds) or unreadable."""
         from ngp_cli.config import load_yaml
 
         try:
             data = load_yaml(self.config_path.read_text(encoding="utf-8"), self.config_path)
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{self.config_path}: cannot read run config: {' '.join(str(exc).split())}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{self.config_path}: run config must be a mapping")

@@ -34,7 +34,7 @@ from ngp_cli.errors import OutputError
 from ngp_cli.images import TempFileOutput, from_float, write_image
 from ngp_cli.runs import create_temp_beside
 
-__all__ = ["VIDEO_SUFFIXES", "FrameWriter", "count_video_frames", "frame_name", "write_frames"]
+__all__ = ["VIDEO_SUFFIXES", "FrameWriter", "count_video_frames", "frame_name"]
 
 VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".mov", ".mkv", ".gif")
 _FRAME_RE = re.compile(r"^frame_(\d{5,})\.png$")
@@ -296,14 +296,3 @@ class FrameWriter(TempFileOutput):
                 writer.close()
         self._remove_temp()
 
-
-def write_frames(out: str | os.PathLike, frames, fps: int = 30) -> int:
-    """Write every frame of the iterable ``frames`` (rendered lazily, one at a time) through :class:`FrameWriter` and
-    return how many were written. Raises OutputError, also for an OSError while the frames are produced or written."""
-    try:
-        with FrameWriter(out, fps=fps) as writer:
-            for frame in frames:
-                writer.write(frame)
-        return writer.count
-    except OSError as err:
-        raise OutputError(f"{out}: {err.strerror or err}") from None

@@ -11,7 +11,7 @@ import pytest
 
 from ngp_cli import console
 from ngp_cli.errors import OutputError
-from ngp_cli.video import FrameWriter, count_video_frames, frame_name, write_frames
+from ngp_cli.video import FrameWriter, count_video_frames, frame_name
 
 # -- progress -------------------------------------------------------------------------------------------------------
 
@@ -121,6 +121,14 @@ def test_truncated_video_is_refused_not_published(tmp_path, monkeypatch):
         fw.close()
     assert out.read_bytes() == b"earlier video" and [p.name for p in tmp_path.iterdir()] == ["orbit.mp4"]
 
+
+
+def write_frames(out, frames) -> int:
+    """Every frame of ``frames`` through a FrameWriter, as the render commands write them; returns the count."""
+    with FrameWriter(out) as writer:
+        for frame in frames:
+            writer.write(frame)
+    return writer.count
 
 def test_short_video_is_refused(tmp_path, monkeypatch):
     import ngp_cli.video as video
