@@ -12,6 +12,10 @@ its matmul throughput (a large float32 matmul on the CPU, float16 on a GPU). Rep
   same rows) per second over the copy bandwidth — an upper-bound model, since coarse levels stay in cache;
 * MLP: 2·N·Σ(in·out) FLOPs per second (3× for training: forward, input and weight gradients) over the matmul rate.
 
+Where both the ``torch`` and the ``cpu`` backend ran on the CPU, :func:`speed_ratios` divides the first's time by the
+second's for ``mlp_training`` and ``train_step`` (the issue's targets: the cpu backend's step >= 3× the torch
+backend's, its MLP training never slower), measured in the same run.
+
 torch is imported inside the functions, so the CLI reads :data:`BENCHMARKS` for ``ngp bench --help`` without it.
 """
 
@@ -34,6 +38,7 @@ if TYPE_CHECKING:
     from ngp_cli.nn.backend import Backend
 
 BENCHMARKS = ("encoding_forward", "encoding_forward_backward", "mlp_inference", "mlp_training", "train_step")
+RATIO_BENCHMARKS = ("mlp_training", "train_step")  # compared between the cpu and the torch backend
 GRID = dict(n_levels=16, n_features_per_level=2, log2_hashmap_size=19, base_resolution=16)
 PER_LEVEL_SCALE = {2: 2.0, 3: math.exp(math.log(2048 / 16) / 15)}
 MLP = dict(n_input_dims=32, n_output_dims=16, n_neurons=64, n_hidden_layers=2)
@@ -229,13 +234,30 @@ def as_dict(result: Result) -> dict[str, Any]:
     return asdict(result)
 
 
+def speed_ratios(results: list[Result]) -> dict[str, dict[str, float]]:
+    """``{benchmark: {str(batch): torch-backend median / cpu-backend median}}`` for :data:`RATIO_BENCHMARKS`, both
+    on the CPU, for every batch where both were measured (so > 1 means the cpu backend is faster); rounded to 3
+    decimals. Benchmarks without a pair are left out."""
+    torch_s = {(r.benchmark, r.batch): r.median_s for r in results if r.backend == "torch" and r.device == "cpu"}
+    ratios: dict[str, dict[str, float]] = {}
+    for r in results:
+        t = torch_s.get((r.benchmark, r.batch))
+        if r.benchmark in RATIO_BENCHMARKS and r.backend == "cpu" and t is not None and r.median_s > 0:
+            ratios.setdefault(r.benchmark, {})[str(r.batch)] = round(t / r.median_s, 3)
+    return ratios
+
+
+def _batch_label(batch: int) -> str:
+    return f"2^{int(math.log2(batch))}" if batch & (batch - 1) == 0 else str(batch)
+
+
 def run_bench(tasks: dict, backend_names: list[str] | None, batches: list[int] | None, dims: list[int] | None,
               only: list[str] | None, repeats: int, warmup: int, out: Path | None) -> None:
     """The ``ngp bench`` command body: JSON lines on stdout, a rich table on stderr, optionally the JSON file ``out``.
 
-    Raises ConfigError (unknown backend/benchmark, or a backend not available here), NoGPUError (``cuda`` asked for
-    without a GPU), UsageError (bad batch or dims), OutputError (``out`` is a folder or in a missing one, checked before
-    anything is measured; or cannot be written).
+    Raises ConfigError (unknown backend/benchmark, a backend not available here, an invalid ``NGP_CPU_MLP`` when the
+    cpu backend runs), NoGPUError (``cuda`` asked for without a GPU), UsageError (bad batch or dims), OutputError
+    (``out`` is a folder or in a missing one, checked before anything is measured; or cannot be written).
     """
     from rich.table import Table
 
@@ -273,6 +295,10 @@ def run_bench(tasks: dict, backend_names: list[str] | None, batches: list[int] |
 
     step_fns = [t.benchmark_step for t in tasks.values() if hasattr(t, "benchmark_step")]
     step_fn = step_fns[0] if step_fns else None
+    if any(b.name == "cpu" for b in backends):
+        from ngp_cli.cuda.cpu_mlp import cpu_mlp_path
+
+        cpu_mlp_path()  # refuses an invalid NGP_CPU_MLP before measuring (machine_info only records it)
     machine = machine_info()
     info(f"ngp bench on {machine['cpu']} ({machine['threads']} threads)"
          + (f", {machine['gpu']}" if "gpu" in machine else "")
@@ -286,18 +312,22 @@ def run_bench(tasks: dict, backend_names: list[str] | None, batches: list[int] |
     table = Table("benchmark", "D", "batch", "backend", "device", "median ms", "Melem/s", "ns/elem",
                   "ceiling %", title="ngp bench")
     for r in results:
-        table.add_row(r.benchmark, str(r.dims or ""), f"2^{int(math.log2(r.batch))}" if r.batch & (r.batch - 1) == 0
-                      else str(r.batch), r.backend, r.device, f"{r.median_s * 1e3:.2f}", f"{r.elements_per_s / 1e6:.2f}",
+        table.add_row(r.benchmark, str(r.dims or ""), _batch_label(r.batch), r.backend, r.device,
+                      f"{r.median_s * 1e3:.2f}", f"{r.elements_per_s / 1e6:.2f}",
                       f"{r.ns_per_element:.1f}",
                       "" if r.ceiling_fraction is None else f"{100 * r.ceiling_fraction:.1f}")
     console = stderr_console()
     if not console.is_terminal:
         console.width = max(console.width, 120)  # a log file gets whole names, not ellipses
+    ratios = speed_ratios(results)
     if not is_quiet():  # the table repeats the JSON lines for humans
         console.print(table)
+        if ratios:
+            info("cpu backend speed-up over torch (torch time / cpu time, this run): " + "; ".join(
+                f"{name} {_batch_label(int(b))} {x:.2f}x" for name, per in ratios.items() for b, x in per.items()))
     doc = {"machine": machine, "ceilings": ceilings, "sizes": {"grid": GRID, "per_level_scale": PER_LEVEL_SCALE,
                                                                "mlp": MLP},
-           "repeats": repeats, "warmup": warmup, "results": [as_dict(r) for r in results]}
+           "repeats": repeats, "warmup": warmup, "ratios": ratios, "results": [as_dict(r) for r in results]}
     if out is not None:
         import json
 
@@ -305,4 +335,4 @@ def run_bench(tasks: dict, backend_names: list[str] | None, batches: list[int] |
             atomic_write_text(out, json.dumps(doc, indent=1) + "\n")
         except OSError as exc:
             raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from None
-    emit("done", n_results=len(results), output=str(out) if out else None, machine=machine)
+    emit("done", n_results=len(results), output=str(out) if out else None, ratios=ratios, machine=machine)

@@ -8,7 +8,6 @@ the metrics.jsonl lines, the progress display and the checkpoints. Everything ra
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -31,16 +30,27 @@ from ngp_cli.runs import LoadedCheckpoint, RunDir
 class Problem(Protocol):
     """What a task gives the loop.
 
-    A problem may also set ``progress_metric``: ``"psnr"`` (the default when absent: the batch PSNR computed from the
-    ``mse`` of :meth:`batch_loss` is shown in the progress line) or None (a PSNR means nothing for this task, e.g.
-    SDF distances under a MAPE loss: the progress line shows the loss only).
+    A problem may also set or define:
+
+    * ``progress_metric``: ``"psnr"`` (the default when absent: the batch PSNR computed from the ``mse`` of
+      :meth:`batch_loss` is shown in the progress line) or None (a PSNR means nothing for this task, e.g. SDF distances
+      under a MAPE loss: the progress line shows the loss only);
+    * ``before_step(step, generator)``: called before each step (0-based ``step``);
+    * ``generator_device``: the device of the sampling generator (default the CPU; see :func:`sampling_generator`);
+    * ``log_metrics() -> dict``: called after each log step (where the loop reads the device anyway); its numbers join
+      the metrics line. The one place a problem may read its device state back on the host;
+    * ``host_state() -> dict`` / ``load_host_state(dict)``: JSON-able host-side state the problem's batches depend on,
+      saved with every checkpoint (so ``--resume`` continues exactly).
     """
 
     model: nn.Module
 
-    def batch_loss(self, batch_size: int, generator: torch.Generator, loss_fn: Callable) -> tuple[torch.Tensor, float]:
+    def batch_loss(self, batch_size: int, generator: torch.Generator,
+                   loss_fn: Callable) -> tuple[torch.Tensor, torch.Tensor | float]:
         """Draw one random batch with ``generator`` and return ``(loss, mse)``: the scalar loss to minimise (computed
-        with ``loss_fn(pred, target)``) and the batch's mean squared error in normalised units (for the batch PSNR)."""
+        with ``loss_fn(pred, target)``) and the batch's mean squared error in normalised units (for the batch PSNR),
+        a detached 0-dim tensor or a float. Neither is read back here: the loop reads them on log steps only, so a
+        step on a GPU never waits for the device."""
         ...
 
 
@@ -141,26 +151,55 @@ class EMA:
                     p.copy_(s)
 
 
-def sampling_generator(cfg: RunConfig) -> torch.Generator:
-    """The generator every random draw of a training step uses: on the CPU, so that runs on any device draw the same
-    batches, and seeded apart from the initialisation (``seed + 1``)."""
-    return torch.Generator().manual_seed(cfg.seed + 1)
+def sampling_generator(cfg: RunConfig, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator every random draw of a training step uses, seeded apart from the initialisation (``seed + 1``).
+    On the CPU unless the problem draws its batches on the GPU (``generator_device``): CPU runs then draw the same
+    batches whatever the backend."""
+    return torch.Generator(device=device).manual_seed(cfg.seed + 1)
 
 
 def train_step(problem: Problem, optimizer: torch.optim.Optimizer, loss_fn: Callable, generator: torch.Generator,
-               batch_size: int) -> tuple[float, float]:
-    """One optimisation step: draw a batch, backpropagate, update. Returns ``(loss, mse)`` as floats.
+               batch_size: int) -> tuple[torch.Tensor, torch.Tensor | float]:
+    """One optimisation step: draw a batch, backpropagate, update. Returns ``(loss, mse)``: the detached 0-dim loss
+    tensor and the problem's mse, neither read back from the device (so the host never waits for it).
 
-    A non-finite loss is returned without touching the weights (the caller decides what to do).
+    A non-finite loss still updates the weights (finding out would mean waiting for the device): :class:`Trainer`
+    watches for it on the device and stops before any checkpoint holds such weights.
     """
     loss, mse = problem.batch_loss(batch_size, generator, loss_fn)
-    loss_value = float(loss.detach())
-    if not math.isfinite(loss_value):
-        return loss_value, mse
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss_value, mse
+    return loss.detach(), mse
+
+
+class DivergenceWatch:
+    """The first step with a non-finite loss, tracked on the loss's device (no host synchronisation per step)."""
+
+    def __init__(self) -> None:
+        self.step: torch.Tensor | None = None  # 0-dim int64, -1 while every loss was finite
+        self.loss: torch.Tensor | None = None  # 0-dim float64, the first non-finite loss
+
+    def observe(self, loss: torch.Tensor, step: int) -> None:
+        """Record ``loss`` (a 0-dim tensor) of the 1-based ``step``. Device ops only."""
+        if self.step is None:
+            self.step = torch.full((), -1, dtype=torch.int64, device=loss.device)
+            self.loss = torch.zeros((), dtype=torch.float64, device=loss.device)
+        first = ~torch.isfinite(loss) & (self.step < 0)
+        self.loss = torch.where(first, loss.double(), self.loss)
+        self.step = torch.where(first, step, self.step)
+
+    def values(self) -> list[torch.Tensor]:
+        """The tensors to read back, as float64 (for one batched read with the loop's other numbers)."""
+        if self.step is None:
+            return []
+        return [self.step.double(), self.loss]
+
+    @staticmethod
+    def check(step: float, loss: float) -> None:
+        """Raise DivergedError when the read-back ``step`` is >= 0."""
+        if step >= 0:
+            raise DivergedError(f"loss is {loss} at step {int(step)}; try a lower optimizer.learning_rate")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -304,11 +343,16 @@ class Trainer:
         self.model = problem.model
         if any(p.device.type == "cpu" for p in self.model.parameters()):
             tune_cpu_allocator()  # x1.3 per step on CPU: recycle the encoder's large temporaries (see its docstring)
+        if any(getattr(m, "kernel_target", None) == "cpu" for m in self.model.modules()):
+            from ngp_cli.cuda.cpu_mlp import cpu_mlp_path
+
+            cpu_mlp_path()  # the one-time choice of the CPU MLP path (up to ~1 s) now, not inside the first step
         self.optimizer = make_optimizer(self.model, cfg.optimizer)
         self.ema = EMA(list(self.model.parameters()), cfg.optimizer.ema_decay) if cfg.optimizer.ema_decay > 0 else None
         self.loss_fn = make_loss(cfg.loss)
-        self.generator = sampling_generator(cfg)
+        self.generator = sampling_generator(cfg, getattr(problem, "generator_device", "cpu"))
         self.state = TrainState()
+        self.divergence = DivergenceWatch()
 
     def restore(self, checkpoint: LoadedCheckpoint | None) -> bool:
         """Load ``checkpoint`` (the run's newest intact one, :meth:`RunDir.latest_checkpoint`; None: the run has none),
@@ -319,6 +363,8 @@ class Trainer:
             return False
         meta = checkpoint.meta  # validated by RunDir.load_checkpoint
         _load_state(checkpoint.tensors, meta, self.model, self.optimizer, self.ema, self.generator)
+        if hasattr(self.problem, "load_host_state"):
+            self.problem.load_host_state(meta.get("problem"))
         self.state = TrainState(step=checkpoint.step, elapsed_s=float(meta.get("elapsed_s", 0.0)),
                                 last=meta.get("last"), compile_s=float(meta.get("compile_s", 0.0)))
         self.run.truncate_metrics(self.state.step)
@@ -326,11 +372,15 @@ class Trainer:
 
     def checkpoint(self, final: bool = False) -> str:
         """Write a checkpoint of the current state; the ``final`` one leaves out the Adam state when
-        ``save_optimizer`` is off. Returns the weights' path. Raises OutputError."""
+        ``save_optimizer`` is off. Returns the weights' path. Raises OutputError, or DivergedError when a loss since
+        the last check was non-finite (such weights are never saved)."""
+        self._check_divergence()
         with_optimizer = self.save_optimizer or not final
         meta = {"elapsed_s": self.state.elapsed_s, "compile_s": self.state.compile_s, "last": self.state.last,
                 "task": self.cfg.task, "ema_steps": self.ema.steps if self.ema else 0, "torch": torch.__version__,
                 "optimizer_state": with_optimizer}
+        if hasattr(self.problem, "host_state"):
+            meta["problem"] = self.problem.host_state()
         tensors = _state_tensors(self.model, self.optimizer, self.ema, self.generator)
         if not with_optimizer:
             tensors = {k: v for k, v in tensors.items() if not k.startswith("optim.")}
@@ -362,8 +412,11 @@ class Trainer:
 
     def _loop(self, progress: _Progress, window_t0: float, window_steps: int,
               stop_requested: Callable[[], bool]) -> None:
+        """The steps. Nothing here waits for the device except on log steps (and before checkpoints and
+        evaluations), where the loss, the batch mse and the divergence watch are read back in one transfer."""
         tc = self.cfg.train
         before_step = getattr(self.problem, "before_step", None)
+        log_metrics = getattr(self.problem, "log_metrics", None)
         while self.state.step < tc.n_steps and not (tc.max_time_s and self.state.elapsed_s >= tc.max_time_s):
             t0 = time.perf_counter()
             lr = learning_rate(self.cfg.optimizer, self.state.step)
@@ -372,29 +425,30 @@ class Trainer:
             compiled0 = runtime.compile_seconds()  # the first step on a kernel backend compiles
             if before_step is not None:
                 before_step(self.state.step, self.generator)
-            loss_value, mse = train_step(self.problem, self.optimizer, self.loss_fn, self.generator, tc.batch_size)
-            if not math.isfinite(loss_value):
-                raise DivergedError(f"loss is {loss_value} at step {self.state.step + 1}; "
-                                    "try a lower optimizer.learning_rate")
+            loss, mse = train_step(self.problem, self.optimizer, self.loss_fn, self.generator, tc.batch_size)
+            self.state.step += 1
+            self.divergence.observe(loss, self.state.step)
             if self.ema is not None:
                 self.ema.update()
-            self.state.step += 1
+            record = None
+            if self.state.step % tc.log_every == 0 or self.state.step == tc.n_steps:
+                loss_value, mse_value = self._read_back(loss, mse)
+                extra = log_metrics() if log_metrics is not None else {}
             compiling = min(max(runtime.compile_seconds() - compiled0, 0.0), time.perf_counter() - t0)
             self.state.compile_s += compiling
             self.state.elapsed_s += time.perf_counter() - t0 - compiling
             window_t0 += compiling  # compilation is not part of the training rate either
             window_steps += 1
-            record = None
             if self.state.step % tc.log_every == 0 or self.state.step == tc.n_steps:
                 now = time.perf_counter()
                 steps_per_s = window_steps / max(now - window_t0, 1e-9)
-                psnr = mse_to_psnr(mse)
+                psnr = mse_to_psnr(mse_value)
                 # "psnr" stays for compatibility (it always was the batch's); "batch_psnr" only where it means something
                 record = {"step": self.state.step, "loss": loss_value, "psnr": psnr,
                           **({"batch_psnr": psnr} if self.show_psnr else {}),
                           "samples_per_s": steps_per_s * tc.batch_size, "steps_per_s": steps_per_s,
                           "elapsed_s": round(self.state.elapsed_s, 4), "compile_s": round(self.state.compile_s, 4),
-                          "lr": lr}
+                          "lr": lr, **extra}
                 self.state.last = record
                 self.run.append_metrics(record)
                 if self.json_events:
@@ -402,6 +456,7 @@ class Trainer:
                 window_t0, window_steps = now, 0
             progress.advance(self.state.step, record)
             if tc.eval_every and self.state.step % tc.eval_every == 0 and hasattr(self.problem, "evaluate_held_out"):
+                self._check_divergence()
                 self._evaluate_held_out()
                 window_t0 = time.perf_counter()  # the evaluation is not part of the training rate
             if tc.checkpoint_every and self.state.step % tc.checkpoint_every == 0 and self.state.step != tc.n_steps:
@@ -409,6 +464,21 @@ class Trainer:
             if stop_requested():
                 raise KeyboardInterrupt
 
+    def _read_back(self, loss: torch.Tensor, mse: torch.Tensor | float) -> tuple[float, float]:
+        """Loss and mse as floats, read with the divergence watch in one device transfer (the log step's only
+        synchronisation). Raises DivergedError for a non-finite loss at or before this step."""
+        mse_t = mse.detach() if isinstance(mse, torch.Tensor) else torch.tensor(float(mse))
+        values = torch.stack([loss.double(), mse_t.to(loss.device, torch.float64), *self.divergence.values()])
+        loss_value, mse_value, *watch = values.tolist()
+        if watch:
+            self.divergence.check(*watch)
+        return loss_value, mse_value
+
+    def _check_divergence(self) -> None:
+        """Raise DivergedError when a loss so far was non-finite (reads the watch back: a synchronisation)."""
+        values = self.divergence.values()
+        if values:
+            self.divergence.check(*torch.stack(values).tolist())
 
     def _evaluate_held_out(self) -> None:
         with self.evaluation_weights():

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from ngp_cli.errors import EXIT_NO_GPU, EXIT_OUTPUT, EXIT_USAGE
+import pytest
+
+from ngp_cli.errors import EXIT_CONFIG, EXIT_NO_GPU, EXIT_OUTPUT, EXIT_USAGE
 
 
 def test_bench_torch_backend_reports_every_benchmark(ngp, tmp_path):
@@ -70,3 +72,54 @@ def test_bench_out_is_checked_before_measuring(ngp, tmp_path):
     res = ngp("bench", *_TINY, "--out", tmp_path / "no" / "such" / "b.json")
     assert res.exit_code == EXIT_OUTPUT and "does not exist" in res.stderr
     assert not (tmp_path / "no").exists()
+
+
+def _result(backend, benchmark, batch, median_s, device="cpu"):
+    from ngp_cli.bench import Result
+
+    return Result(backend=backend, device=device, benchmark=benchmark, batch=batch, median_s=median_s,
+                  elements_per_s=batch / median_s, ns_per_element=median_s / batch * 1e9)
+
+
+def test_speed_ratios_divide_torch_by_cpu_per_benchmark_and_batch():
+    from ngp_cli.bench import speed_ratios
+
+    results = [_result("torch", "mlp_training", 64, 0.030), _result("cpu", "mlp_training", 64, 0.020),
+               _result("torch", "train_step", 64, 0.090), _result("cpu", "train_step", 64, 0.030),
+               _result("torch", "train_step", 128, 0.5),  # no cpu-backend partner: left out
+               _result("cpu", "mlp_inference", 64, 0.01), _result("torch", "mlp_inference", 64, 0.02),  # not a target
+               _result("torch", "mlp_training", 256, 0.001, device="cuda"), _result("cpu", "mlp_training", 256, 0.01)]
+    assert speed_ratios(results) == {"mlp_training": {"64": 1.5}, "train_step": {"64": 3.0}}
+    assert speed_ratios(results[:1]) == {}
+
+
+def test_bench_reports_the_cpu_over_torch_ratio_of_the_same_run(ngp, monkeypatch, tmp_path):
+    from ngp_cli.nn.backend import cpu_kernels_available
+
+    if not cpu_kernels_available():
+        pytest.skip("the cpu backend needs a host C++ compiler")
+    monkeypatch.setenv("NGP_CPU_MLP", "fp32")  # no micro-benchmark, a known path
+    out = tmp_path / "b.json"
+    res = ngp("bench", "--backend", "torch", "--backend", "cpu", "--batch", "256", "--only", "mlp_training",
+              "--repeats", "2", "--warmup", "0", "--out", out)
+    assert res.exit_code == 0, res.stderr
+    median = {e["backend"]: e["median_s"] for e in res.events if e["event"] == "bench"}
+    done = res.last("done")
+    assert done["ratios"] == {"mlp_training": {"256": round(median["torch"] / median["cpu"], 3)}}
+    assert json.loads(out.read_text())["ratios"] == done["ratios"]
+    assert done["machine"]["paths"]["cpu_mlp"] == {"path": "fp32", "how": "env"}
+    assert "cpu backend speed-up over torch (torch time / cpu time, this run): mlp_training 2^8 " in res.stderr
+
+
+def test_bench_refuses_an_invalid_cpu_mlp_override_for_the_cpu_backend_only(ngp, monkeypatch):
+    from ngp_cli.nn.backend import cpu_kernels_available
+
+    monkeypatch.setenv("NGP_CPU_MLP", "fp16")
+    res = ngp("bench", *_TINY)  # the torch backend does not use it: measured, the error only recorded
+    assert res.exit_code == 0 and res.last("done")["ratios"] == {}
+    assert "NGP_CPU_MLP must be one of" in res.last("done")["machine"]["paths"]["cpu_mlp"]["error"]
+    if cpu_kernels_available():
+        res = ngp("bench", "--backend", "cpu", *_TINY[2:])
+        assert res.exit_code == EXIT_CONFIG
+        assert res.stderr.strip().splitlines() == ["ngp: config error: NGP_CPU_MLP must be one of auto, bf16, fp32, "
+                                                   "torch, got 'fp16'"]

@@ -26,10 +26,23 @@ def test_cpuinfo_reads_the_model_and_flags_of_the_first_cpu(monkeypatch, tmp_pat
         machine.cpuinfo.cache_clear()
 
 
-def test_machine_info_names_the_cpu_mlp_precision_chosen_here():
-    from ngp_cli.cuda.mlp import cpu_compute_dtype
+def test_machine_info_names_the_cpu_mlp_path_and_how_it_was_chosen(monkeypatch):
+    from ngp_cli.cuda import cpu_mlp
 
+    monkeypatch.setenv("NGP_CPU_MLP", "torch")
     info = machine.machine_info()
     assert info["torch"] == torch.__version__ and info["threads"] == torch.get_num_threads()
-    assert info["paths"]["cpu_mlp"] == str(cpu_compute_dtype()).removeprefix("torch.")
+    assert info["paths"]["cpu_mlp"] == {"path": "torch", "how": "env"}
     assert set(info["isa"]) <= set(machine.ISA_FEATURES)
+    monkeypatch.delenv("NGP_CPU_MLP")
+    chosen = cpu_mlp.CPUMLPChoice("fp32", "cached", {"fp32": 3.0, "torch": 4.0})
+    monkeypatch.setattr(cpu_mlp, "_chosen", {torch.get_num_threads(): chosen})
+    assert machine.machine_info()["paths"]["cpu_mlp"] == {"path": "fp32", "how": "cached",
+                                                          "median_ms": {"fp32": 3.0, "torch": 4.0}}
+
+
+def test_machine_info_records_an_invalid_cpu_mlp_override_instead_of_failing(monkeypatch):
+    # machine_info is written at the end of every run, also of runs that never use the cpu MLP
+    monkeypatch.setenv("NGP_CPU_MLP", "fastest")
+    rec = machine.machine_info()["paths"]["cpu_mlp"]
+    assert rec["path"] is None and rec["how"] == "env" and "NGP_CPU_MLP must be one of" in rec["error"]

@@ -7,13 +7,33 @@
 // the host in double precision), so no powf is evaluated per element.
 // uniform_step != 0 (dense steps, skip_zero_grad = 0): every element is at step uniform_step, param_steps is neither
 // read nor written (the host keeps the one count). 8 of the 36 bytes an element moves, on a memory-bound pass.
-// Each thread updates ADAM_CHUNK consecutive elements (1 on the GPU; a few thousand on the CPU, where the inner loop
-// then vectorises and the per-thread launch cost is amortised).
+//
+// One launch updates every tensor of an optimizer step (a multi-tensor apply, as PyTorch's multi_tensor_apply): the
+// host passes a table of AdamTensor records whose elements are laid end to end in one index space, [start, start + n)
+// per record, in increasing start order. Each thread updates ADAM_CHUNK consecutive indices of that space (1 on the
+// GPU, where a linear scan over the few records finds its tensor; a few thousand on the CPU, where the run is split at
+// tensor boundaries so the inner loop still vectorises and the per-thread launch cost is amortised).
 #include "common.cuh"
 
 #ifndef ADAM_CHUNK
 #define ADAM_CHUNK 1
 #endif
+
+// One tensor's share of the step. Pointers are device addresses on the GPU and process addresses on the CPU target,
+// passed as 64-bit integers; ngp_cli/cuda/adam.py builds the same layout (_RECORD), checked there and here.
+struct AdamTensor {
+    float* weights;
+    const float* gradients;
+    float* first_moments;
+    float* second_moments;
+    unsigned int* param_steps;  // null: dense, every element is at uniform_step
+    const float* correction;    // the bias-correction table, max_step + 1 entries
+    unsigned long long start;   // first index in the concatenated index space
+    unsigned long long n;       // element count
+    unsigned int uniform_step, max_step, skip_zero_grad;
+    float learning_rate, beta1, beta2, epsilon, l2_reg;
+};
+static_assert(sizeof(AdamTensor) == 96, "AdamTensor must match adam.py's _RECORD");
 
 // One element's update (both paths): the moments and the new weight for a gradient already divided by the loss scale.
 __device__ inline void adam_update(float gradient, const float weight, const float m0, const float v0, const float lr,
@@ -25,16 +45,16 @@ __device__ inline void adam_update(float gradient, const float weight, const flo
     new_weight = weight - lr / (sqrtf(v) + epsilon) * m;
 }
 
-extern "C" __global__ void adam_step(const unsigned int n, const float learning_rate, const float beta1,
-                                     const float beta2, const float epsilon, const float l2_reg,
-                                     const float inv_loss_scale, const unsigned int skip_zero_grad,
-                                     const unsigned int max_step, const unsigned int uniform_step,
-                                     const float* __restrict__ correction,
-                                     float* __restrict__ weights, const float* __restrict__ gradients,
-                                     float* __restrict__ first_moments, float* __restrict__ second_moments,
-                                     unsigned int* __restrict__ param_steps) {
-    const unsigned long long first = (unsigned long long)(blockIdx.x * blockDim.x + threadIdx.x) * ADAM_CHUNK;
-    const unsigned long long last = first + ADAM_CHUNK < n ? first + ADAM_CHUNK : n;
+// Elements [first, last) of one tensor. The arrays are __restrict__ parameters (not struct fields) so that the CPU
+// compiler vectorises the loops without runtime aliasing checks.
+__device__ inline void adam_range(const unsigned long long first, const unsigned long long last,
+                                  const float inv_loss_scale, const float learning_rate, const float beta1,
+                                  const float beta2, const float epsilon, const float l2_reg,
+                                  const unsigned int skip_zero_grad, const unsigned int max_step,
+                                  const unsigned int uniform_step, const float* __restrict__ correction,
+                                  float* __restrict__ weights, const float* __restrict__ gradients,
+                                  float* __restrict__ first_moments, float* __restrict__ second_moments,
+                                  unsigned int* __restrict__ param_steps) {
     if (uniform_step) {
         const float lr = learning_rate * correction[uniform_step < max_step ? uniform_step : max_step];
         for (unsigned long long i = first; i < last; ++i) {
@@ -64,5 +84,23 @@ extern "C" __global__ void adam_step(const unsigned int n, const float learning_
             param_steps[i] = step;
             weights[i] = w;
         }
+    }
+}
+
+// n_elements: the total over all records; records: n_tensors AdamTensor records (as 64-bit words).
+extern "C" __global__ void adam_step(const unsigned long long n_elements, const unsigned int n_tensors,
+                                     const float inv_loss_scale, const unsigned long long* __restrict__ records) {
+    const AdamTensor* tensors = reinterpret_cast<const AdamTensor*>(records);
+    const unsigned long long first = ((unsigned long long)blockIdx.x * blockDim.x + threadIdx.x) * ADAM_CHUNK;
+    const unsigned long long last = first + ADAM_CHUNK < n_elements ? first + ADAM_CHUNK : n_elements;
+    // Records are sorted by start: stop at the first one beginning at or after this thread's run.
+    for (unsigned int k = 0; k < n_tensors && tensors[k].start < last; ++k) {
+        const AdamTensor& t = tensors[k];
+        const unsigned long long end = t.start + t.n;
+        if (end <= first) continue;
+        adam_range(first > t.start ? first - t.start : 0, (last < end ? last : end) - t.start, inv_loss_scale,
+                   t.learning_rate, t.beta1, t.beta2, t.epsilon, t.l2_reg, t.skip_zero_grad, t.max_step,
+                   t.uniform_step, t.correction, t.weights, t.gradients, t.first_moments, t.second_moments,
+                   t.param_steps);
     }
 }

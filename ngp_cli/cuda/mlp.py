@@ -7,28 +7,31 @@ The backward kernel produces dL/d(input) and every hidden layer's dL/d(pre-activ
 ``grad^T @ activation`` products done by torch (cuBLAS on the GPU), as tcnn does with CUTLASS.
 
 Precision (as tcnn): inputs, weights and the saved hidden activations/gradients are fp16 copies (the float32 master
-weights stay in the module); the loss gradient is multiplied by :data:`LOSS_SCALE` before it enters fp16 and the
-weight and input gradients are divided by it afterwards, so gradients far below fp16's normal range (6e-5) survive.
-When the scaled gradients overflow fp16, the backward pass is redone once without scaling; if gradients are still
-non-finite a :class:`RuntimeWarning` is issued and the non-finite values are returned (the trainer then stops on the
-non-finite loss or parameters, as for any divergence).
+weights stay in the module); the loss gradient is multiplied by a loss scale (:data:`LOSS_SCALE` to start with)
+before it enters fp16 and the weight and input gradients are divided by it afterwards, so gradients far below fp16's
+normal range (6e-5) survive. The backward pass never waits for the device: a :class:`LossScale` keeps the scale and an
+overflow flag in device memory. When the scaled gradients overflow fp16 (non-finite while the incoming gradient is
+finite), that step's MLP gradients are returned as zeros (the step is skipped for the MLP) and the scale is halved for
+the next step; after :attr:`LossScale.growth_interval` clean steps it doubles again, up to :data:`LOSS_SCALE`. A
+non-finite incoming gradient (a diverged loss) passes through as it is, for the trainer to stop on.
 
 Memory: torch allocates everything (padded copies of the input and weights, outputs, the saved activations); the
 runtime passes the tensors to the kernel zero-copy.
 
-On the ``cpu`` target, :func:`mlp_forward` does not run the emulated kernel but a hand-written torch path
-(:class:`CPUMLPFunction`, in bf16 where the CPU has bf16 instructions). Forward + backward of a 2x64 ReLU MLP (32
-inputs, 3 outputs) at batch 2^16 on a 2-core AMD EPYC with AVX-512-BF16, medians: this bf16 path 11.6 ms, bf16
-autocast 12.0 ms, the float32 torch reference 32.8 ms, torch.compile of it 27.4 ms, fp16 torch matmuls ~420 ms, the
-emulated fused kernel 289 ms. Fitting the astronaut photo (``image-cpu``, 300 steps) reached 41.64 dB with the bf16
-MLP against 41.69 dB with float32. :func:`fused_mlp` with ``target="cpu"`` still runs the kernel itself through the
-CPU emulation (the tests use it).
+On the ``cpu`` target, :func:`mlp_forward` does not run the emulated kernel but the fastest of three torch paths
+on this CPU (:mod:`ngp_cli.cuda.cpu_mlp`, re-exported here: :class:`CPUMLPFunction` in bf16 where the CPU has bf16
+instructions, the same in float32, or plain torch autograd), chosen by a micro-benchmark cached per CPU model, ISA,
+torch version and thread count; ``NGP_CPU_MLP`` overrides it. Forward + backward of a 2x64 ReLU MLP (32 inputs, 3
+outputs) at batch 2^16 on a 2-core AMD EPYC with AVX-512-BF16, medians: the bf16 path 11.6 ms, bf16 autocast
+12.0 ms, the float32 torch reference 32.8 ms, torch.compile of it 27.4 ms, fp16 torch matmuls ~420 ms, the emulated
+fused kernel 289 ms. On a Zen 3 without bf16 the first float32 version of the hand-written path lost to torch
+autograd (51.1 against 36.7 ms, 16 outputs), hence the measuring. Fitting the astronaut photo (``image-cpu``, 300
+steps) reached 41.64 dB with the bf16 MLP against 41.69 dB with float32. :func:`fused_mlp` with ``target="cpu"``
+still runs the kernel itself through the CPU emulation (the tests use it).
 """
 
 from __future__ import annotations
 
-import functools
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,7 +39,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ngp_cli.nn.mlp import K_ACT, activation_fn
+from ngp_cli.cuda.cpu_mlp import CPUMLPFunction, cpu_compute_dtype, cpu_mlp
+from ngp_cli.nn.mlp import activation_derivative
 
 __all__ = [
     "ACTIVATION_CODES",
@@ -45,6 +49,7 @@ __all__ = [
     "CPUMLPFunction",
     "FusedMLPFunction",
     "KernelVariant",
+    "LossScale",
     "cpu_compute_dtype",
     "cpu_mlp",
     "fused_mlp",
@@ -65,6 +70,36 @@ _WIDTHS = (16, 32, 64, 128)
 
 def _round_up(n: int, m: int) -> int:
     return (n + m - 1) // m * m
+
+
+class LossScale:
+    """The fp16 loss scale of the fused MLP's backward pass, kept in device memory so that no step waits for the device
+    to learn whether its gradients overflowed (tcnn checks its fp16 gradients on the device as well; the scale follows
+    PyTorch's ``GradScaler`` rule: halve on overflow, double after ``growth_interval`` clean steps).
+
+    Attributes:
+        scale: 0-dim float32 tensor on the MLP's device, the scale of the next backward pass (starts at ``initial``,
+            never above it).
+        clean_steps: 0-dim int64 tensor, backward passes since the last overflow.
+        overflows: 0-dim int64 tensor, how many backward passes overflowed so far (for logging; reading it syncs).
+    """
+
+    growth_interval = 1000
+
+    def __init__(self, device: torch.device | str, initial: float = LOSS_SCALE) -> None:
+        self.initial = float(initial)
+        self.scale = torch.full((), self.initial, dtype=torch.float32, device=device)
+        self.clean_steps = torch.zeros((), dtype=torch.int64, device=device)
+        self.overflows = torch.zeros((), dtype=torch.int64, device=device)
+
+    def update(self, overflow: Tensor) -> None:
+        """Account one backward pass; ``overflow`` a 0-dim bool tensor. Device ops only."""
+        self.overflows.add_(overflow.long())
+        self.clean_steps.copy_(torch.where(overflow, 0, self.clean_steps + 1))
+        grow = self.clean_steps >= self.growth_interval
+        self.scale.copy_(torch.where(overflow, self.scale * 0.5,
+                                     torch.where(grow, (self.scale * 2.0).clamp_max(self.initial), self.scale)))
+        self.clean_steps.copy_(torch.where(grow, 0, self.clean_steps))
 
 
 @dataclass(frozen=True)
@@ -191,35 +226,13 @@ def _launch_backward(v: KernelVariant, target: str, lanes: int, dl_dout16: Tenso
               np.uint32(forward.shape[0] - 1)])
 
 
-def _activation_derivative(name: str, y: Tensor) -> Tensor:
-    """d act / d x through the activation's output y (tcnn's activation_backward_output), for hidden and output
-    activations alike."""
-    if name == "None":
-        return torch.ones_like(y)
-    if name == "ReLU":
-        return (y > 0).to(y.dtype)
-    if name == "LeakyReLU":
-        return torch.where(y > 0, 1.0, 0.01).to(y.dtype)
-    if name == "Exponential":
-        return y
-    if name == "Sigmoid":
-        return y * (1.0 - y)
-    if name == "Squareplus":
-        u = K_ACT * y
-        return u * u / (u * u + 1.0)
-    if name == "Softplus":
-        return -torch.expm1(-K_ACT * y)
-    if name == "Tanh":
-        return 1.0 - y * y
-    raise ValueError(f"fused MLP kernel: activation {name!r} is not supported")
-
-
 class FusedMLPFunction(torch.autograd.Function):
     """Training forward + backward of the fused MLP kernel.
 
     ``apply(x, variant, target, lanes, loss_scale, output_activation, *weights)``: ``x`` (N, n_in) float tensor,
-    ``weights`` the (out, in) matrices in evaluation order; returns (N, n_out) in the weights' dtype. Gradients flow
-    to ``x`` and every weight matrix.
+    ``loss_scale`` a float or a :class:`LossScale`, ``weights`` the (out, in) matrices in evaluation order; returns
+    (N, n_out) in the weights' dtype. Gradients flow to ``x`` and every weight matrix; the backward pass makes no host
+    synchronisation (overflow handling: see the module docstring).
     """
 
     @staticmethod
@@ -243,26 +256,28 @@ class FusedMLPFunction(torch.autograd.Function):
 
         # dL/d(pre output activation), float32, padding rows/columns zero.
         dpre = torch.zeros(n_pad, v.out_width, dtype=torch.float32, device=out.device)
-        dpre[:n, :n_out] = grad_out.float() * _activation_derivative(ctx.output_activation,
+        dpre[:n, :n_out] = grad_out.float() * activation_derivative(ctx.output_activation,
                                                                               out[:n, :n_out])
         wt_first = first.t().contiguous()
         wt_hidden = hidden_w.transpose(1, 2).contiguous() if hidden_w is not None else None
         wt_last = last.t().contiguous()
         need_dx = ctx.needs_input_grad[0]
 
-        scale = ctx.loss_scale
-        for attempt in range(2):
-            dl_dhidden, dx = _backward(dpre, scale, wt_first, wt_hidden, wt_last, hidden, v, ctx.target, ctx.lanes,
-                                       need_dx)
-            grads = _weight_grads(dpre, dl_dhidden, hidden, x16, n, n_in, n_out, 1.0 / scale)
-            finite = bool(torch.stack([g.sum() for g in grads]).isfinite().all())
-            if finite or attempt == 1 or scale == 1.0 or not bool(grad_out.isfinite().all()):
-                break
-            scale = 1.0  # the scaled gradients overflowed fp16: redo without scaling
-        if not finite:
-            warnings.warn("FusedMLPFunction: non-finite MLP gradients (fp16 overflow or non-finite loss gradient)",
-                          RuntimeWarning, stacklevel=2)
-        dx_out = dx[:n, :n_in].mul(1.0 / scale).to(x_dtype) if need_dx else None
+        loss_scale: LossScale | None = ctx.loss_scale if isinstance(ctx.loss_scale, LossScale) else None
+        scale = loss_scale.scale if loss_scale is not None else ctx.loss_scale
+        dl_dhidden, dx = _backward(dpre, scale, wt_first, wt_hidden, wt_last, hidden, v, ctx.target, ctx.lanes, need_dx)
+        grads = _weight_grads(dpre, dl_dhidden, hidden, x16, n, n_in, n_out, 1.0 / scale)
+        dx_out = dx[:n, :n_in].mul(1.0 / scale) if need_dx else None
+        # Overflow: the fp16 gradients went non-finite although the incoming gradient is finite. Checked on the device
+        # (no host synchronisation): the step's MLP gradients become zeros and the scale drops for the next step.
+        results = grads + ([dx_out] if need_dx else [])
+        finite_out = torch.isfinite(dpre.sum())
+        overflow = ~torch.isfinite(torch.stack([g.sum() for g in results]).sum()) & finite_out
+        results = [torch.where(overflow, 0.0, g) for g in results]
+        if loss_scale is not None:
+            loss_scale.update(overflow)
+        grads = results[: len(grads)]
+        dx_out = results[-1].to(x_dtype) if need_dx else None
         return (dx_out, None, None, None, None, None, *(g.to(w_dtype) for g in grads))
 
 
@@ -296,7 +311,7 @@ def _mm_f32(a: Tensor, b: Tensor) -> Tensor:
 
 
 def fused_mlp(x: Tensor, weights: Sequence[Tensor], activation: str = "ReLU", output_activation: str = "None", *,
-              target: str, loss_scale: float = LOSS_SCALE, lanes: int | None = None) -> Tensor:
+              target: str, loss_scale: float | LossScale = LOSS_SCALE, lanes: int | None = None) -> Tensor:
     """Evaluates a tcnn FullyFusedMLP with the fused kernel; differentiable when grad is enabled.
 
     Args:
@@ -305,7 +320,8 @@ def fused_mlp(x: Tensor, weights: Sequence[Tensor], activation: str = "ReLU", ou
             (width, n_in), (width, width)..., (n_out, width); width one of 16, 32, 64, 128.
         activation, output_activation: tcnn names from :data:`ACTIVATION_CODES`.
         target: "cuda" (CuPy, the GPU) or "cpu" (the kernel through the CPU emulation: slow, for testing).
-        loss_scale: fp16 loss scale of the backward pass.
+        loss_scale: fp16 loss scale of the backward pass: a fixed number, or a :class:`LossScale` that the backward
+            pass adjusts on the device (halved after an overflow, whose step then gets zero MLP gradients).
         lanes: threads per warp in the launch (default 32 on the GPU, 1 on the CPU emulation).
 
     Returns:
@@ -336,88 +352,14 @@ def fused_mlp(x: Tensor, weights: Sequence[Tensor], activation: str = "ReLU", ou
     return out[: x.shape[0], : weights[-1].shape[0]].to(weights[-1].dtype).contiguous()
 
 
-# --- the CPU path ------------------------------------------------------------------------------------------------
-
-# In-place versions of the reference activations, where torch has them (the CPU path owns its intermediates).
-_IN_PLACE_ACTS = {
-    "ReLU": torch.relu_,
-    "LeakyReLU": lambda h: torch.nn.functional.leaky_relu_(h, 0.01),
-    "Exponential": torch.exp_,
-    "Sigmoid": torch.sigmoid_,
-    "Tanh": torch.tanh_,
-}
-
-
-class CPUMLPFunction(torch.autograd.Function):
-    """The MLP as a hand-written forward/backward in ``dtype`` matmuls: bfloat16 (float32 accumulation in oneDNN) on
-    CPUs with bf16 instructions (AVX-512-BF16, AMX), float32 elsewhere (see :func:`cpu_compute_dtype`).
-
-    Same structure as the kernel: hidden activations saved after the activation, whose derivative comes from them;
-    weight gradients ``g^T @ a`` (rounded to ``dtype``, then returned as float32); no loss scaling (bf16 has float32's
-    range). ``apply(x, activation, dtype, *weights)`` returns the (N, n_out) float32 output *before* the output
-    activation.
-    """
-
-    @staticmethod
-    def forward(ctx, x, activation, dtype, *weights):
-        act = _IN_PLACE_ACTS.get(activation) or activation_fn(activation)
-        wl = [w.detach().to(dtype) for w in weights]
-        h = x.detach().to(dtype)
-        saved = [h]
-        for w in wl[:-1]:
-            h = act(torch.mm(h, w.t()))
-            saved.append(h)
-        ctx.activation = activation
-        ctx.dtypes = (x.dtype, [w.dtype for w in weights])
-        ctx.save_for_backward(*saved, *wl)
-        return torch.mm(h, wl[-1].t()).float()
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        saved = ctx.saved_tensors
-        n = len(saved) // 2
-        acts, wl = saved[:n], saved[n:]
-        g = grad_out.to(wl[0].dtype).contiguous()
-        grads: list[Tensor | None] = [None] * len(wl)
-        for i in range(len(wl) - 1, -1, -1):
-            grads[i] = torch.mm(g.t(), acts[i])
-            if i == 0 and not ctx.needs_input_grad[0]:
-                break
-            g = torch.mm(g, wl[i])
-            if i > 0:
-                if ctx.activation == "ReLU":
-                    g = torch.ops.aten.threshold_backward(g, acts[i], 0)
-                elif ctx.activation != "None":
-                    g = g * _activation_derivative(ctx.activation, acts[i].float()).to(g.dtype)
-        x_dtype, w_dtypes = ctx.dtypes
-        dx = g.to(x_dtype) if ctx.needs_input_grad[0] else None
-        return (dx, None, None, *(gr.to(dt) for gr, dt in zip(grads, w_dtypes, strict=True)))
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_compute_dtype() -> torch.dtype:
-    """bfloat16 when the CPU has bf16 matmul instructions (AVX-512-BF16 or AMX), else float32 (emulated bf16 would be
-    slower than float32)."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    try:
-        fast = any(getattr(torch.cpu, name, lambda: False)() for name in probes)
-    except Exception:  # a probe that fails means no fast path
-        fast = False
-    return torch.bfloat16 if fast else torch.float32
-
-
-def cpu_mlp(x: Tensor, weights: Sequence[Tensor], activation: str = "ReLU", output_activation: str = "None",
-            dtype: torch.dtype | None = None) -> Tensor:
-    """The CPU path (:class:`CPUMLPFunction`, in :func:`cpu_compute_dtype` unless ``dtype`` is given) plus the output
-    activation in float32 torch autograd. Activations: those of :data:`ACTIVATION_CODES`."""
-    out = CPUMLPFunction.apply(x, activation, dtype or cpu_compute_dtype(), *weights)
-    return activation_fn(output_activation)(out).to(weights[-1].dtype)
-
-
-def mlp_forward(x: Tensor, weights: Sequence[Tensor], activation: str, output_activation: str, target: str) -> Tensor:
-    """The fastest implementation for ``target``: "cuda" the fused kernel, "cpu" :func:`cpu_mlp`."""
+def mlp_forward(x: Tensor, weights: Sequence[Tensor], activation: str, output_activation: str, target: str,
+                loss_scale: float | LossScale = LOSS_SCALE) -> Tensor:
+    """The fastest implementation for ``target``: "cuda" the fused kernel (with ``loss_scale``), "cpu"
+    :func:`~ngp_cli.cuda.cpu_mlp.cpu_mlp` (the path measured fastest on this CPU,
+    :func:`ngp_cli.cuda.cpu_mlp.cpu_mlp_path`). Raises ConfigError for an invalid ``NGP_CPU_MLP`` (cpu), ValueError
+    for another target."""
     if target == "cuda":
-        return fused_mlp(x, weights, activation, output_activation, target="cuda")
+        return fused_mlp(x, weights, activation, output_activation, target="cuda", loss_scale=loss_scale)
     if target == "cpu":
         return cpu_mlp(x, weights, activation, output_activation)
     raise ValueError(f"mlp_forward: target must be 'cuda' or 'cpu', got {target!r}")

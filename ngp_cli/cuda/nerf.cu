@@ -9,9 +9,14 @@
 //
 // 1. Ray marching (generate_training_samples_nerf, advance_to_next_voxel, mip_from_pos, mip_from_dt), one thread per
 //    ray, two passes over the same device function (march<WRITE>):
-//      march_rays_count  -> counts[r] (int32), the host takes an exclusive cumsum to offsets (int64, R + 1);
+//      march_rays_count  -> counts[r] (int32); rays r >= n_active[0] count 0 (n_active may be null: every ray);
+//                           an exclusive cumsum on the device (torch) turns them into offsets (int64, R + 1);
 //      march_rays_write  -> positions (S,3), dts (S,), ts (S,), ray_index (S,) int64 at offsets[r] (a ray never
-//                           writes past offsets[r + 1], whatever happens).
+//                           writes past offsets[r + 1], whatever happens); a ray whose samples would end past
+//                           `capacity` writes nothing (the training batch's preallocated buffers hold `capacity`).
+//    Neither the host nor a device-wide counter needs the total: the buffers are sized before marching, so nothing
+//    waits for the device between the passes (instant-ngp marches twice within one thread and takes its slice with
+//    an atomicAdd; here the cumsum keeps the samples in ray order, the same on every target and every run).
 //    Per ray: slab test against the box (t_near, t_far); t = max(t_near, near_distance); no samples unless
 //    t_far > t; t += calc_dt(t) * jitter[r] (jitter may be null). Then, while pos = o + t*d is inside the box
 //    (inclusive) and fewer than max_samples were taken:
@@ -186,9 +191,14 @@ extern "C" __global__ void march_rays_count(const float* __restrict__ origins, c
                                             const unsigned char* __restrict__ occupancy, const unsigned int n_rays,
                                             const int cascades, const float lo, const float hi,
                                             const float cone_angle, const float near_distance, const float min_dt,
-                                            const float dt_max, const int max_samples, int* __restrict__ counts) {
+                                            const float dt_max, const int max_samples,
+                                            const long long* __restrict__ n_active, int* __restrict__ counts) {
     const unsigned int r = blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= n_rays) return;
+    if (n_active && (long long)r >= n_active[0]) {
+        counts[r] = 0;
+        return;
+    }
     counts[r] = march<false>(origins, directions, jitter, t_start, occupancy, r, cascades - 1, lo, hi, cone_angle,
                              near_distance, min_dt, dt_max, max_samples, 0, 0, nullptr, nullptr, nullptr, nullptr);
 }
@@ -199,14 +209,14 @@ extern "C" __global__ void march_rays_write(const float* __restrict__ origins, c
                                             const int cascades, const float lo, const float hi,
                                             const float cone_angle, const float near_distance, const float min_dt,
                                             const float dt_max, const int max_samples,
-                                            const long long* __restrict__ offsets, float* __restrict__ positions,
-                                            float* __restrict__ dts, float* __restrict__ ts,
-                                            long long* __restrict__ ray_index) {
+                                            const long long* __restrict__ offsets, const long long buffer_capacity,
+                                            float* __restrict__ positions, float* __restrict__ dts,
+                                            float* __restrict__ ts, long long* __restrict__ ray_index) {
     const unsigned int r = blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= n_rays) return;
     const long long begin = offsets[r];
     const long long capacity = offsets[r + 1] - begin;
-    if (capacity <= 0) return;
+    if (capacity <= 0 || offsets[r + 1] > buffer_capacity) return;
     march<true>(origins, directions, jitter, t_start, occupancy, r, cascades - 1, lo, hi, cone_angle, near_distance, min_dt,
                 dt_max, max_samples, begin, capacity, positions, dts, ts, ray_index);
 }

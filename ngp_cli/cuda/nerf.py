@@ -25,7 +25,7 @@ from ngp_cli.cuda.runtime import load_module
 from ngp_cli.cuda.runtime import output_buffer as _out
 
 __all__ = ["GRID_CELLS", "GRID_SIZE", "MIN_CONE_STEPSIZE", "MIN_TRANSMITTANCE", "composite", "march_rays",
-           "occupancy_update"]
+           "occupancy_update", "sample_buffers"]
 
 GRID_SIZE = 128  # NERF_GRIDSIZE: cells per cascade side
 GRID_CELLS = GRID_SIZE**3
@@ -69,11 +69,17 @@ def _f32(t: Tensor) -> Tensor:
 
 def march_rays(origins: Tensor, directions: Tensor, occupancy: Tensor, aabb_scale: int, *, cone_angle: float,
                near_distance: float, jitter: Tensor | None = None, t_start: Tensor | None = None,
-               max_samples: int = N_STEPS, target: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+               max_samples: int = N_STEPS, n_active: Tensor | None = None, capacity: int | None = None,
+               target: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Occupancy-grid ray marching with the ``march_rays_count`` / ``march_rays_write`` kernels (instant-ngp
     ``generate_training_samples_nerf``, ``advance_to_next_voxel``, ``mip_from_dt``); the algorithm of
     :func:`ngp_cli.tasks.nerf.occupancy.march_rays_reference`, one GPU thread per ray, in two passes (count, then
-    an exclusive cumsum to offsets on the host side with torch, then write).
+    an exclusive cumsum to offsets on the device with torch, then write).
+
+    With ``capacity`` (training) nothing waits for the device: the outputs have ``capacity`` rows, allocated before
+    marching; a ray whose samples would end past ``capacity`` writes none (its ``offsets`` still say where they would
+    have gone), and rows no ray wrote hold position (0.5, 0.5, 0.5), Δt = t = 0 and ray 0. Without it the outputs are
+    sized exactly, which reads the total back (one synchronisation).
 
     Args:
         origins: (R, 3) ray origins in the ngp frame (cast to float32).
@@ -87,17 +93,21 @@ def march_rays(origins: Tensor, directions: Tensor, occupancy: Tensor, aabb_scal
         t_start: (R,) per-ray lower bound of the start distance (applied before the jitter), or None; resuming a ray
             at its last sample's ``t + Δt`` continues it on the same step lattice.
         max_samples: at most this many samples per ray (≥ 0).
+        n_active: (1,) or 0-dim int64 device tensor, or None: only rays ``r < n_active`` are marched (the others get
+            no samples), a count the host need not know.
+        capacity: rows of the outputs (≥ 0), or None for exactly the samples taken.
         target: "cpu" or "cuda"; every tensor on that device.
 
     Returns:
         ``(positions (S, 3) float32, dts (S,) float32 step lengths, ts (S,) float32 distances along the ray,
         offsets (R + 1,) int64 — ray r owns samples offsets[r]:offsets[r+1] —, ray_index (S,) int64)``, packed ray
-        after ray, front to back.
+        after ray, front to back; S = ``capacity`` when given.
 
     Raises:
-        ValueError: bad shapes, aabb_scale, max_samples, target or device.
+        ValueError: bad shapes, aabb_scale, max_samples, capacity, target or device.
     """
-    _check_target(target, origins, directions, occupancy, *(t for t in (jitter, t_start) if t is not None))
+    _check_target(target, origins, directions, occupancy,
+                  *(t for t in (jitter, t_start, n_active) if t is not None))
     if origins.dim() != 2 or origins.shape[1] != 3 or directions.shape != origins.shape:
         raise ValueError(f"march_rays expects origins and directions of shape (R, 3), got {tuple(origins.shape)} "
                          f"and {tuple(directions.shape)}")
@@ -115,13 +125,17 @@ def march_rays(origins: Tensor, directions: Tensor, occupancy: Tensor, aabb_scal
         raise ValueError(f"max_samples must be in [0, 2**31), got {max_samples}")
     if n_rays >= 2**32:
         raise ValueError(f"march_rays supports fewer than 2**32 rays, got {n_rays}")
+    if capacity is not None and not 0 <= capacity < 2**62:
+        raise ValueError(f"march_rays capacity must be in [0, 2**62), got {capacity}")
+    if n_active is not None and (n_active.dtype != torch.int64 or n_active.numel() != 1):
+        raise ValueError(f"march_rays expects n_active as one int64 element, got {n_active.dtype} "
+                         f"{tuple(n_active.shape)}")
     device = origins.device
     cascades = occupancy.numel() // GRID_CELLS
     offsets = torch.zeros(n_rays + 1, dtype=torch.int64, device=device)
     if n_rays == 0:
-        empty = torch.zeros(0, device=device)
-        return torch.zeros(0, 3, device=device), empty, empty.clone(), offsets, torch.zeros(0, dtype=torch.int64,
-                                                                                               device=device)
+        positions, dts, ts, ray_index = sample_buffers(capacity or 0, device)
+        return positions, dts, ts, offsets, ray_index
     o, d = _f32(origins), _f32(directions)
     jit = None if jitter is None else _f32(jitter)
     occ = occupancy.contiguous()
@@ -134,16 +148,29 @@ def march_rays(origins: Tensor, directions: Tensor, occupancy: Tensor, aabb_scal
     mod = _module(target)
     grid, block = _ray_launch(target, n_rays)
     counts = _out(n_rays, torch.int32, device)
-    mod.launch("march_rays_count", grid, block, common + [counts])
+    active = None if n_active is None else n_active.reshape(1).contiguous()
+    mod.launch("march_rays_count", grid, block, common + [active, counts])
     offsets[1:] = torch.cumsum(counts, 0, dtype=torch.int64)
-    n_samples = int(offsets[-1])
-    positions = _out((n_samples, 3), torch.float32, device)
-    dts = _out(n_samples, torch.float32, device)
-    ts = _out(n_samples, torch.float32, device)
-    ray_index = _out(n_samples, torch.int64, device)
-    if n_samples:
-        mod.launch("march_rays_write", grid, block, common + [offsets, positions, dts, ts, ray_index])
+    if capacity is None:
+        n_samples = int(offsets[-1])  # the one synchronisation, without a capacity
+        positions = _out((n_samples, 3), torch.float32, device)
+        dts, ts = _out(n_samples, torch.float32, device), _out(n_samples, torch.float32, device)
+        ray_index = _out(n_samples, torch.int64, device)
+        if not n_samples:
+            return positions, dts, ts, offsets, ray_index
+    else:
+        positions, dts, ts, ray_index = sample_buffers(capacity, device)
+    mod.launch("march_rays_write", grid, block, common + [offsets, np.int64(positions.shape[0]), positions, dts, ts,
+                                                          ray_index])
     return positions, dts, ts, offsets, ray_index
+
+
+def sample_buffers(capacity: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Training sample buffers of ``capacity`` rows (positions (C, 3), dts (C,), ts (C,) float32, ray_index (C,)
+    int64), filled with what rows no ray writes hold: position (0.5, 0.5, 0.5) (inside every scene box, so the network
+    sees finite inputs), Δt = t = 0, ray 0."""
+    return (torch.full((capacity, 3), 0.5, device=device), torch.zeros(capacity, device=device),
+            torch.zeros(capacity, device=device), torch.zeros(capacity, dtype=torch.int64, device=device))
 
 
 # ---- compositing -------------------------------------------------------------------------------------------------
@@ -179,16 +206,14 @@ class _CompositeFn(torch.autograd.Function):
         n_rays = off.numel() - 1
         gc = torch.zeros_like(colour) if grad_colour is None else _f32(grad_colour)
         go = torch.zeros_like(opacity) if grad_opacity is None else _f32(grad_opacity)
-        grad_sigma = _out(s.shape, torch.float32, s.device)
-        grad_rgb = _out(c.shape, torch.float32, s.device)
+        # Zeros, not empty: rows in no ray's range (a training batch's padding) get no write from the kernel.
+        grad_sigma = torch.zeros(s.shape, dtype=torch.float32, device=s.device)
+        grad_rgb = torch.zeros(c.shape, dtype=torch.float32, device=s.device)
         if n_rays and s.numel():
             grid, block = _ray_launch(ctx.target, n_rays)
             _module(ctx.target).launch("composite_backward", grid, block, [
                 s, c, dt, off, n_used, colour, opacity, gc, go, np.uint32(n_rays), np.int64(s.numel()), grad_sigma,
                 grad_rgb])
-        else:
-            grad_sigma.zero_()
-            grad_rgb.zero_()
         sigma_dtype, rgb_dtype = ctx.dtypes
         return grad_sigma.to(sigma_dtype), grad_rgb.to(rgb_dtype), None, None, None
 
@@ -213,7 +238,7 @@ def composite(sigma: Tensor, rgb: Tensor, dts: Tensor, offsets: Tensor, target: 
 
     Returns:
         ``(colour (R, 3), opacity (R,))`` in rgb's dtype. Gradients: dL/dσ (S,) and dL/drgb (S, 3), zero for
-        samples past a ray's termination.
+        samples past a ray's termination and for rows in no ray's range (a padded training batch).
 
     Raises:
         ValueError: bad shapes, target or device.

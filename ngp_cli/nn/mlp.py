@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ngp_cli.config import ACTIVATIONS, NETWORK_WIDTHS
 from ngp_cli.errors import ConfigError
 
-__all__ = ["ACTIVATIONS", "NETWORK_WIDTHS", "K_ACT", "activation_fn", "FullyFusedMLP"]
+__all__ = ["ACTIVATIONS", "NETWORK_WIDTHS", "K_ACT", "activation_derivative", "activation_fn", "FullyFusedMLP"]
 
 
 # tcnn's K_ACT: sharpness of Squareplus and Softplus.
@@ -85,6 +85,40 @@ def _uniform(shape: tuple[int, int], bound: float, dtype, generator, device) -> 
     return w.to(device)
 
 
+def activation_derivative(name: str, y: Tensor) -> Tensor:
+    """d act / d x through the activation's output ``y`` (tcnn's ``activation_backward_output``), for hidden and output
+    activations alike: the backward passes of the fused kernel and of the CPU path keep only the outputs.
+
+    Args:
+        name: an activation of :data:`ACTIVATIONS` other than Sine (whose derivative its output does not give).
+        y: the activation's output, any shape, floating point.
+
+    Returns:
+        The derivative, ``y``'s shape and dtype.
+
+    Raises:
+        ValueError: Sine or an unknown name.
+    """
+    if name == "None":
+        return torch.ones_like(y)
+    if name == "ReLU":
+        return (y > 0).to(y.dtype)
+    if name == "LeakyReLU":
+        return torch.where(y > 0, 1.0, 0.01).to(y.dtype)
+    if name == "Exponential":
+        return y
+    if name == "Sigmoid":
+        return y * (1.0 - y)
+    if name == "Squareplus":
+        u = K_ACT * y
+        return u * u / (u * u + 1.0)
+    if name == "Softplus":
+        return -torch.expm1(-K_ACT * y)
+    if name == "Tanh":
+        return 1.0 - y * y
+    raise ValueError(f"activation_derivative: activation {name!r} has no derivative through its output")
+
+
 class FullyFusedMLP(nn.Module):
     """Bias-free MLP with tcnn "FullyFusedMLP" semantics (``src/fully_fused_mlp.cu``).
 
@@ -109,7 +143,7 @@ class FullyFusedMLP(nn.Module):
         device: parameter device.
         kernel_target: ``None`` (this torch reference), ``"cuda"`` (the fully fused kernel of
             ``ngp_cli/cuda/fused_mlp.cu`` on the GPU: fp16 tensor cores, loss-scaled backward) or ``"cpu"`` (the
-            fastest CPU path, :func:`ngp_cli.cuda.mlp.mlp_forward`: bf16 matmuls with float32 accumulation).
+            fastest CPU path measured on this CPU, :func:`ngp_cli.cuda.cpu_mlp.cpu_mlp`).
             Parameters stay float32 masters either way. The kernels lack ``Sine`` (as tcnn's FullyFusedMLP does):
             with it the torch reference runs whatever the target. May be reassigned after construction.
 
@@ -154,6 +188,7 @@ class FullyFusedMLP(nn.Module):
         if kernel_target not in (None, "cuda", "cpu"):
             raise ConfigError(f"FullyFusedMLP kernel_target must be None, 'cuda' or 'cpu', got {kernel_target!r}")
         self.kernel_target = kernel_target
+        self._loss_scale = None  # the fused kernel's LossScale, made on the device of the first cuda forward
         self.n_input_dims = n_input_dims
         self.n_output_dims = n_output_dims
         self.n_neurons = n_neurons
@@ -193,9 +228,12 @@ class FullyFusedMLP(nn.Module):
         if x.dim() != 2 or x.shape[1] != self.n_input_dims:
             raise ValueError(f"FullyFusedMLP expects x of shape (N, {self.n_input_dims}), got {tuple(x.shape)}")
         if self.kernel_target is not None and "Sine" not in (self.activation, self.output_activation):
-            from ngp_cli.cuda.mlp import mlp_forward
+            from ngp_cli.cuda.mlp import LossScale, mlp_forward
 
-            return mlp_forward(x, list(self.weights), self.activation, self.output_activation, self.kernel_target)
+            if self.kernel_target == "cuda" and (self._loss_scale is None or self._loss_scale.scale.device != x.device):
+                self._loss_scale = LossScale(x.device)
+            return mlp_forward(x, list(self.weights), self.activation, self.output_activation, self.kernel_target,
+                               **({"loss_scale": self._loss_scale} if self.kernel_target == "cuda" else {}))
         h = x.to(self.weights[0].dtype)
         last = len(self.weights) - 1
         for i, w in enumerate(self.weights):

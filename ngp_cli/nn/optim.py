@@ -14,8 +14,9 @@ scale)::
 This differs from ``torch.optim.Adam`` in three ways: untouched table entries keep their moments instead of decaying
 them, each element counts its own steps, and ``eps`` is added to ``sqrt(v)`` before the bias correction.
 
-The step runs as the ``adam_step`` kernel (``ngp_cli/cuda/adam.cu``) on the ``cpu``/``cuda`` kernel backends and as
-:func:`adam_step_reference` (plain torch) otherwise.
+On the ``cpu``/``cuda`` kernel backends a step is ONE launch of the ``adam_step`` kernel (``ngp_cli/cuda/adam.cu``)
+over every parameter with a gradient (:func:`ngp_cli.cuda.adam.multi_tensor_adam_step`), with no device
+synchronisation and no tensor read on the host; otherwise each tensor runs :func:`adam_step_reference` (plain torch).
 """
 
 from __future__ import annotations
@@ -83,12 +84,15 @@ class Adam(torch.optim.Optimizer):
     ``skip_zero_grad`` (True for hash-grid tables). State per parameter: ``exp_avg``, ``exp_avg_sq`` (float32) and
     the step counts: ``param_steps`` (int32 per element) in sparse groups; ``step`` (one int32 CPU scalar, as torch
     keeps it) in dense groups, where every element counts the same steps (the kernel then moves 28 instead of 36
-    bytes per element). All checkpointable as plain tensors.
+    bytes per element). On the kernel targets also ``max_step``, a Python int the host keeps so that a step reads no
+    tensor: the shared count where there is ``step``, an upper bound of the ``param_steps`` otherwise (it sizes the
+    bias-correction table). All checkpointable as plain tensors.
 
     Args:
         params: parameters or parameter groups (float32 only).
         lr, betas, eps: defaults for the groups.
-        target: "cpu" or "cuda" to run the ``adam_step`` kernel, None for :func:`adam_step_reference`.
+        target: "cpu" or "cuda" to run the ``adam_step`` kernel (one launch per step for all parameters), None for
+            :func:`adam_step_reference` per parameter.
 
     Raises:
         ValueError: a non-float32 parameter, or an unknown ``target``.
@@ -107,11 +111,14 @@ class Adam(torch.optim.Optimizer):
         self._tables: dict[tuple[float, float, str], Tensor] = {}
 
     def _correction(self, beta1: float, beta2: float, device: torch.device, max_step: int) -> Tensor:
+        from ngp_cli.cuda.adam import to_device_async
+
         key = (beta1, beta2, str(device))
         table = self._tables.get(key)
         if table is None or table.numel() <= max_step:
+            # Grown in powers of two: a new table (and its copy to the device) every doubling of the step count.
             size = max(1024, 1 << math.ceil(math.log2(max_step + 1)))
-            table = bias_correction_table(beta1, beta2, size - 1).to(device)
+            table = to_device_async(bias_correction_table(beta1, beta2, size - 1), device)
             self._tables[key] = table
         return table
 
@@ -124,6 +131,8 @@ class Adam(torch.optim.Optimizer):
                 state["step"] = torch.zeros((), dtype=torch.int32)
             else:
                 state["param_steps"] = torch.zeros(p.shape, dtype=torch.int32, device=p.device)
+            if self.target is not None:
+                state["max_step"] = 0
         elif "step" in state and not dense:  # the group turned sparse: every element starts from the shared count
             state["param_steps"] = torch.full(p.shape, int(state.pop("step")), dtype=torch.int32, device=p.device)
         return state
@@ -136,6 +145,7 @@ class Adam(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         dense_params = {id(p) for g in self.param_groups if not g["skip_zero_grad"] for p in g["params"]}
         for p, state in self.state.items():
+            state.pop("max_step", None)  # the saved bound; derived again from the counts below
             steps = state.pop("param_steps", None)
             if steps is None:
                 steps = state.pop("step", None)
@@ -149,8 +159,9 @@ class Adam(torch.optim.Optimizer):
                 state["param_steps"] = torch.full(p.shape, int(steps.max()), dtype=torch.int32, device=p.device)
             else:
                 state["param_steps"] = steps.to(device=p.device)
-            if "max_step" in state:
-                state["max_step"] = int(state["max_step"])
+            if self.target is not None:  # the host's mirror, read once here so that step() reads no tensor
+                counts = state["step"] if "step" in state else state["param_steps"]
+                state["max_step"] = int(counts.max()) if counts.numel() else 0
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102 (torch.optim.Optimizer API)
@@ -158,27 +169,32 @@ class Adam(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self.target is not None:
+            from ngp_cli.cuda.adam import AdamTensor, multi_tensor_adam_step
+        work = []
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
+            kwargs = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], l2_reg=group["weight_decay"],
+                          skip_zero_grad=bool(group["skip_zero_grad"]))
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 state = self._state(p, dense=not group["skip_zero_grad"])
-                steps = state["step"] if "step" in state else state["param_steps"]
-                kwargs = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
-                              l2_reg=group["weight_decay"], skip_zero_grad=bool(group["skip_zero_grad"]))
                 if self.target is None:
+                    steps = state["step"] if "step" in state else state["param_steps"]
                     adam_step_reference(p, p.grad, state["exp_avg"], state["exp_avg_sq"], steps, **kwargs)
                     continue
-                from ngp_cli.cuda.adam import adam_step
-
-                # An upper bound on every element's step count after this step, to size the correction table.
-                if "max_step" not in state:
-                    state["max_step"] = int(steps.max()) if steps.numel() else 0
-                state["max_step"] = int(state["max_step"]) + 1
-                table = self._correction(beta1, beta2, p.device, state["max_step"])
-                adam_step(p, p.grad, state["exp_avg"], state["exp_avg_sq"], steps, table, target=self.target,
-                          **kwargs)
+                # Counted on the host: every element's count after this step is at most max_step (exactly it where
+                # the state keeps one shared count, whose checkpointable tensor follows it).
+                state["max_step"] += 1
+                shared = "step" in state
+                if shared:
+                    state["step"].fill_(state["max_step"])
+                work.append(AdamTensor(p, p.grad, state["exp_avg"], state["exp_avg_sq"],
+                                       None if shared else state["param_steps"], state["max_step"],
+                                       self._correction(beta1, beta2, p.device, state["max_step"]), **kwargs))
+        if work:
+            multi_tensor_adam_step(work, target=self.target)
         return loss
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import random
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -75,8 +74,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def _fp16_model(x, weights, activation, output_activation, grad_out, loss_scale):
     """The kernel's arithmetic in float64 torch: fp16 operands, hidden activations rounded to fp16 after the
     activation, the loss-scaled gradients rounded to fp16 after each layer. Returns (out, dx, [dW])."""
-    from ngp_cli.cuda.mlp import _activation_derivative
-    from ngp_cli.nn.mlp import activation_fn
+    from ngp_cli.nn.mlp import activation_derivative, activation_fn
 
     def r16(t):
         return t.half().double()
@@ -93,10 +91,10 @@ def _fp16_model(x, weights, activation, output_activation, grad_out, loss_scale)
     g = r16(dpre * loss_scale)
     grads = [None] * len(ws)
     grads[-1] = dpre.t() @ hs[-1]
-    g = r16((g @ ws[-1]) * _activation_derivative(activation, hs[-1]))
+    g = r16((g @ ws[-1]) * activation_derivative(activation, hs[-1]))
     for i in range(len(ws) - 2, 0, -1):
         grads[i] = g.t() @ hs[i] / loss_scale
-        g = r16((g @ ws[i]) * _activation_derivative(activation, hs[i]))
+        g = r16((g @ ws[i]) * activation_derivative(activation, hs[i]))
     grads[0] = g.t() @ hs[0] / loss_scale
     dx = g @ ws[0] / loss_scale
     return out.detach(), dx, grads
@@ -231,21 +229,59 @@ def test_loss_scaling_keeps_tiny_gradients(compiled):
     assert _rel(weights[0].grad, ref.weights[0].grad) > 3e-3
 
 
-def test_overflowing_scaled_gradients_are_redone_unscaled(compiled):
+def test_overflow_zeroes_the_step_and_halves_the_scale_on_the_device(compiled):
+    """x128 of these gradients overflows fp16's 65504: the step's MLP gradients come back as zeros, the LossScale
+    halves, and once it is small enough the gradients are those of the fp16 model at that scale. No host read."""
+    from ngp_cli.cuda.mlp import LossScale
+
     ref, x = _case(16, 1, salt=700)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the retry is silent
-        # x128 overflows fp16's 65504, x1 does not: the fp16 model of the redone pass has no loss scale.
-        _check_training(ref, x, "cpu", grad_scale=1500.0, loss_scale=1.0)
+    grad_out = torch.randn(N_ROWS, N_OUT, generator=_gen(99)) * 1500.0
+    scaler = LossScale("cpu")
+    scales, zeroed = [], []
+    for _ in range(12):
+        weights = [w.detach().clone().requires_grad_(True) for w in ref.weights]
+        x_k = x.clone().requires_grad_(True)
+        used = float(scaler.scale)
+        fused_mlp(x_k, weights, target="cpu", loss_scale=scaler).backward(grad_out)
+        scales.append(used)
+        zeroed.append(all(bool((w.grad == 0).all()) for w in weights) and bool((x_k.grad == 0).all()))
+        if not zeroed[-1]:
+            break
+    assert zeroed[0] and not zeroed[-1], (scales, zeroed)
+    assert scales == [128.0 / 2**i for i in range(len(scales))]  # halved once per overflowing step
+    assert int(scaler.overflows) == len(scales) - 1
+    _, dx16, dw16 = _fp16_model(x, list(ref.weights), "ReLU", "None", grad_out, scales[-1])
+    assert _rel(x_k.grad, dx16) < 2e-3
+    for w, w16 in zip(weights, dw16, strict=True):
+        assert torch.isfinite(w.grad).all() and _rel(w.grad, w16) < 2e-3
 
 
-def test_hopeless_overflow_warns_and_returns_non_finite(compiled):
+def test_loss_scale_grows_back_after_clean_steps():
+    from ngp_cli.cuda.mlp import LossScale
+
+    scaler = LossScale("cpu", initial=8.0)
+    scaler.growth_interval = 3
+    scaler.update(torch.tensor(True))
+    assert float(scaler.scale) == 4.0
+    for expected in (4.0, 4.0, 8.0, 8.0, 8.0, 8.0):  # doubles after 3 clean steps, never above the initial scale
+        scaler.update(torch.tensor(False))
+        assert float(scaler.scale) == expected
+
+
+def test_non_finite_incoming_gradient_passes_through(compiled):
+    """A diverged loss is not an overflow: its non-finite gradients reach the weights (the trainer stops on them)
+    and the scale stays."""
+    from ngp_cli.cuda.mlp import LossScale
+
     ref, x = _case(16, 1, salt=701)
     weights = [w.detach().clone().requires_grad_(True) for w in ref.weights]
-    out = fused_mlp(x, weights, target="cpu")
-    with pytest.warns(RuntimeWarning, match="non-finite"):
-        out.backward(torch.full_like(out, 1e9))
+    scaler = LossScale("cpu")
+    out = fused_mlp(x, weights, target="cpu", loss_scale=scaler)
+    grad_out = torch.zeros_like(out)
+    grad_out[3, 1] = float("nan")
+    out.backward(grad_out)
     assert not torch.isfinite(weights[0].grad).all()
+    assert float(scaler.scale) == 128.0 and int(scaler.overflows) == 0
 
 
 # --- variants, errors, dispatch ----------------------------------------------------------------------------------

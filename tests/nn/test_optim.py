@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ngp_cli.nn.optim import Adam, adam_step_reference, bias_correction_table
+from tests.host_reads import counting
 
 
 def test_bias_correction_table_values():
@@ -125,3 +126,94 @@ def test_dense_state_round_trips_through_per_element_and_torch_forms():
     p.grad = torch.randn(6)
     ref.step()
     assert float(ref.state[p]["step"]) == 4.0
+
+
+def _mixed_problem(seed: int, target: str | None):
+    """A NeRF-like optimizer: a sparse table group and a dense MLP group with L2, plus a parameter without gradient."""
+    g = torch.Generator().manual_seed(seed)
+    table = torch.nn.Parameter(torch.randn(1025, 2, generator=g))
+    mats = [torch.nn.Parameter(torch.randn(n, 4, generator=g)) for n in (1, 16)]
+    frozen = torch.nn.Parameter(torch.randn(3, generator=g))
+    groups = [{"params": [table], "skip_zero_grad": True}, {"params": [*mats, frozen], "weight_decay": 1e-6}]
+    return [table, *mats], frozen, groups, g
+
+
+def _grads(params, g):
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g) * (torch.rand(p.shape, generator=g) < 0.5)
+
+
+@pytest.fixture(params=[None, "cpu"], ids=["reference", "cpu-kernel"])
+def target(request):
+    if request.param == "cpu":
+        request.getfixturevalue("host_cxx")
+    return request.param
+
+
+def test_steps_read_no_tensor_value(target, monkeypatch):
+    """After the first step (and after the first step of a resumed optimizer) a step reads no tensor value on the
+    host, so it never waits for the device."""
+    params, _, groups, g = _mixed_problem(0, target)
+    opt = Adam(groups, lr=1e-2, target=target)
+    _grads(params, g)
+    opt.step()
+    with counting(monkeypatch) as counter:
+        for _ in range(3):
+            _grads(params, g)
+            opt.step()
+        assert counter.events == []
+        int(params[0].sum())  # the counter sees a host read
+        assert len(counter.events) == 1
+    resumed = Adam(groups, lr=1e-2, target=target)
+    resumed.load_state_dict(opt.state_dict())
+    resumed.step()
+    with counting(monkeypatch) as counter:
+        for _ in range(2):
+            _grads(params, g)
+            resumed.step()
+    assert counter.events == []
+
+
+def test_parameters_without_gradient_are_left_alone(target):
+    params, frozen, groups, g = _mixed_problem(1, target)
+    before = frozen.detach().clone()
+    opt = Adam(groups, lr=1e-2, target=target)
+    opt.step()  # no gradient anywhere: nothing happens
+    assert len(opt.state) == 0
+    for _ in range(2):
+        _grads(params, g)
+        opt.step()
+    assert torch.equal(frozen.detach(), before) and frozen not in opt.state
+    assert all(p in opt.state for p in params)
+
+
+def test_resume_from_state_dict_continues_the_same_steps(target):
+    """Three steps, a state_dict round trip into a new optimizer, three more: the same parameters and counts as six
+    uninterrupted steps (bit for bit: the same operations run), and the same state keys as before saving."""
+    results = []
+    for resume in (False, True):
+        params, _, groups, g = _mixed_problem(2, target)
+        opt = Adam(groups, lr=1e-2, target=target)
+        for step in range(6):
+            if resume and step == 3:
+                saved = opt.state_dict()
+                keys = {k: set(s) for k, s in saved["state"].items()}
+                opt = Adam(groups, lr=1e-2, target=target)
+                opt.load_state_dict(saved)
+                assert {k: set(s) for k, s in opt.state_dict()["state"].items()} == keys
+            _grads(params, g)
+            opt.step()
+        results.append((params, opt))
+    (p_run, run), (p_resumed, resumed) = results
+    for a, b in zip(p_run, p_resumed, strict=True):
+        assert torch.equal(a, b)
+        sa, sb = run.state[a], resumed.state[b]
+        assert set(sa) == set(sb)
+        for key in sa:
+            assert torch.equal(torch.as_tensor(sa[key]), torch.as_tensor(sb[key])), key
+    table, dense = p_run[0], p_run[1]
+    assert run.state[table]["param_steps"].max() == 6 and int(run.state[dense]["step"]) == 6
+    if target is not None:  # the host's mirrors: a bound of the per-element counts, the shared count
+        assert run.state[table]["max_step"] == 6 and run.state[dense]["max_step"] == 6
+    else:
+        assert "max_step" not in run.state[table]

@@ -244,7 +244,7 @@ def scene(tmp_path_factory) -> Path:
 
 
 _FAST = ["--set", "train.log_every=5", "--set", "nerf.grid_warmup_steps=16", "--set", "train.eval_every=10",
-         "--set", "nerf.eval_views=1", "--set", "nerf.render_views=2", "--set", "train.batch_size=16384",
+         "--set", "nerf.eval_views=1", "--set", "nerf.render_views=2", "--set", "train.batch_size=65536",
          "--set", "nerf.n_rays_initial=512", "--set", "encoding.log2_hashmap_size=15"]
 
 
@@ -266,7 +266,9 @@ def test_train_nerf_writes_a_complete_run(trained):
     done = trained.last("done")
     run = Path(done["run_dir"])
     assert done["step"] == 40 and done["metrics"]["n_views"] == 3 and done["metrics"]["split"] == "val"
-    assert 10.0 < done["metrics"]["psnr"] < 60.0 and 0.0 < done["metrics"]["ssim"] <= 1.0
+    # A sanity bound: 40 steps of ~100 rays (a batch holds 2^16 samples, and the fresh occupancy grid gives a ray
+    # ~600) do not fit the held-out views yet; the training loss below shows the learning.
+    assert 7.0 < done["metrics"]["psnr"] < 60.0 and 0.0 < done["metrics"]["ssim"] <= 1.0
     assert json.loads((run / "summary.json").read_text())["metrics"]["psnr"] == done["metrics"]["psnr"]
     ev = json.loads((run / "eval_val.json").read_text())
     assert ev["n_views"] == 3 and len(ev["views"]) == 3 and ev["psnr"] == pytest.approx(done["metrics"]["psnr"])
@@ -276,9 +278,11 @@ def test_train_nerf_writes_a_complete_run(trained):
     assert [e["step"] for e in evals] == [10, 20, 30, 40] and all(e["eval"]["n_views"] == 1 for e in evals)
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if "eval" in x] == [10, 20, 30, 40]
-    # The fit improves on the untrained start: batch PSNR rises.
-    psnrs = [x["psnr"] for x in lines if "psnr" in x and "eval" not in x]
-    assert sum(psnrs[-2:]) / 2 > sum(psnrs[:2]) / 2 + 1.0
+    # The fit improves on the untrained start: the batch loss falls (to 0.5-0.8x over seeds 0-4).
+    losses = [x["loss"] for x in lines if "loss" in x and "eval" not in x]
+    assert sum(losses[-2:]) < 0.85 * sum(losses[:2])
+    # The sample-capped batch: the ray count adapts on the device, and log steps report it.
+    assert all(x["rays_per_batch"] > 0 and x["samples_per_batch"] > 0 for x in lines if "loss" in x)
 
 
 def test_eval_recomputes_the_final_metrics(trained, ngp):

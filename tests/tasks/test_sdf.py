@@ -457,7 +457,7 @@ def test_extract_mesh_from_a_nerf_run(tmp_path, ngp):
 
     scene = make_synthetic_scene(tmp_path / "scene", n_train=12, n_val=2, resolution=32)
     res = ngp("train-nerf", scene, "--steps", "30", "--runs-dir", tmp_path / "runs", "--set",
-              "nerf.grid_warmup_steps=16", "--set", "train.batch_size=16384", "--set", "nerf.n_rays_initial=512",
+              "nerf.grid_warmup_steps=16", "--set", "train.batch_size=131072", "--set", "nerf.n_rays_initial=512",
               "--set", "encoding.log2_hashmap_size=15", "--set", "nerf.render_views=0", "--set", "train.eval_every=0")
     assert res.exit_code == 0, res.stderr
     run = res.last("done")["run_dir"]

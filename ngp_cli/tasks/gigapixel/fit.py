@@ -35,15 +35,15 @@ class ImageProblem:
         self.l2_loss = cfg.loss.otype == "L2"
 
     def batch_loss(self, batch_size: int, generator: torch.Generator,
-                   loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, float]:
+                   loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         uv = torch.rand(batch_size, 2, generator=generator)
         target = self.target.sample(uv).to(self.device, non_blocking=True)
         pred = self.model(uv.to(self.device, non_blocking=True))
         loss = loss_fn(pred, target)
         if self.l2_loss:
-            return loss, float(loss.detach())
+            return loss, loss.detach()
         with torch.no_grad():
-            return loss, float((pred - target).square().mean())
+            return loss, (pred - target).square().mean()
 
     @torch.no_grad()
     def predict(self, uv: np.ndarray, chunk: int) -> np.ndarray:

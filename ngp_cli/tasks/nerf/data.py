@@ -18,6 +18,8 @@ starts with the JSON path (image decoding errors from :func:`~ngp_cli.images.rea
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
 import os
@@ -90,23 +92,32 @@ class NerfDataset:
         """Whether the images carry an alpha channel (C == 4)."""
         return int(self.images.shape[-1]) == 4
 
-    @property
+    @functools.cached_property
     def has_distortion(self) -> bool:
-        """Whether any view has a non-zero distortion coefficient."""
+        """Whether any view has a non-zero distortion coefficient (computed once: a training step must not read the
+        device)."""
         return bool(torch.any(self.distortion != 0))
+
+    def to(self, device: torch.device | str) -> NerfDataset:
+        """This split with images, poses, intrinsics and distortion on ``device`` (a new dataset; ``self`` unchanged),
+        so that training batches are drawn and their rays generated there."""
+        return dataclasses.replace(self, images=self.images.to(device), c2w=self.c2w.to(device),
+                                   intrinsics=self.intrinsics.to(device), distortion=self.distortion.to(device))
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         """Draw ``n`` random training pixels, uniform over all images and pixels (with replacement).
 
         Args:
             n: number of pixels.
-            generator: a CPU ``torch.Generator``; the same seed gives the same pixels.
+            generator: a ``torch.Generator`` on the images' device; the same seed gives the same pixels.
         Returns:
             image index (n,) int64; pixel centres (n, 2) float32 (x + 0.5, y + 0.5) in pixel units (y downwards);
-            colour (n, C) float32 in [0, 1] (value / 255), straight (not premultiplied) alpha when C == 4. All on CPU.
+            colour (n, C) float32 in [0, 1] (value / 255), straight (not premultiplied) alpha when C == 4. All on the
+            images' device.
         """
         n_img, h, w, c = (int(s) for s in self.images.shape)
-        flat = torch.randint(0, n_img * h * w, (int(n),), generator=generator, dtype=torch.int64)
+        flat = torch.randint(0, n_img * h * w, (int(n),), generator=generator, dtype=torch.int64,
+                             device=self.images.device)
         colour = self.images.view(-1, c)[flat].to(torch.float32) / 255.0
         per_image = h * w
         image_index = flat // per_image

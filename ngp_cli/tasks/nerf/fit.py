@@ -21,6 +21,14 @@ from ngp_cli.train import Trainer
 
 # instant-ngp rounds the adaptive ray count to this granularity (BATCH_SIZE_GRANULARITY).
 _RAY_GRANULARITY = 128
+_MAX_RAYS = 1 << 20
+
+
+def _rays_to_draw(wanted: int) -> int:
+    """Rays the host draws for a wanted ray count: 25% headroom for the device's adaptation between log steps,
+    rounded to the granularity, at most 2^20."""
+    headroom = -(-int(wanted) * 5 // 4 // _RAY_GRANULARITY) * _RAY_GRANULARITY
+    return min(max(headroom, _RAY_GRANULARITY), _MAX_RAYS)
 
 
 def cone_angle(cfg: NerfConfig, aabb_scale: int) -> float:
@@ -47,25 +55,34 @@ def load_split(cfg: NerfConfig, split: str) -> NerfDataset:
 class NerfProblem:
     """Random training rays of ``dataset`` against :class:`NerfNetwork` (paper §5.4).
 
-    A batch draws ``n_rays`` random pixels of random training views (a ray through a uniform random point of each,
-    unless ``nerf.snap_to_pixel_centers``), marches their rays through the occupancy grid,
-    composites the network's samples onto a random background colour per ray (the target's alpha is composited onto
-    the same colour, so transparent pixels teach empty space), and adapts ``n_rays`` so a batch holds about
-    ``train.batch_size`` samples (instant-ngp's ``n_rays_per_batch`` rule).
+    A batch draws random pixels of random training views (a ray through a uniform random point of each, unless
+    ``nerf.snap_to_pixel_centers``), marches their rays through the occupancy grid into buffers of ``train.batch_size``
+    samples, composites the network's samples onto a random background colour per ray (the target's alpha is composited
+    onto the same colour, so transparent pixels teach empty space), and adapts the ray count so a batch holds about
+    ``train.batch_size`` samples (instant-ngp's ``n_rays_per_batch`` rule, and like instant-ngp's fixed-size compacted
+    batch, rays that do not fit are left out of the loss).
+
+    Nothing in a step waits for the device (where the backend is cuda, batches are drawn and rays generated on the
+    GPU): the ray count adapts on the device (the ``n_rays`` buffer) within the ``rays_drawn`` rays the host draws, and
+    the host resizes that draw from the device's count on log steps only (:meth:`log_metrics`), to 1.25x the count.
     """
 
     def __init__(self, dataset: NerfDataset, cfg: NerfConfig, backend: Backend, aabb_scale: int) -> None:
-        self.dataset = dataset
-        self.cfg = cfg
         self.device = backend.device
+        self.generator_device = self.device if self.device.type == "cuda" else torch.device("cpu")
+        self.dataset = dataset.to(self.generator_device)
+        self.dataset.has_distortion  # noqa: B018 (computed now, once: the steps then never read the device for it)
+        self.cfg = cfg
         self.kernel_target = backend.kernel_target
         init = torch.Generator().manual_seed(cfg.seed)
         self.model = NerfNetwork(cfg, aabb_scale, generator=init, kernel_target=backend.kernel_target).to(self.device)
-        self.model.register_buffer("n_rays", torch.tensor(cfg.nerf.n_rays_initial, dtype=torch.int64))
+        self.model.register_buffer("n_rays", torch.tensor(cfg.nerf.n_rays_initial, dtype=torch.int64,
+                                                          device=self.device))
+        self.rays_drawn = _rays_to_draw(cfg.nerf.n_rays_initial)
         self.aabb_scale = aabb_scale
         self.cone_angle = cone_angle(cfg, aabb_scale)
         self.eval_set: NerfDataset | bool | None = None  # False: the dataset has no held-out views
-        self.last_samples = 0
+        self._last: dict[str, torch.Tensor] = {}
 
     def prepare_grid(self) -> int:
         """Mark cells no training camera sees (before the first step of a new run). Returns their number."""
@@ -81,40 +98,60 @@ class NerfProblem:
                                    kernel_target=self.kernel_target)
 
     def batch_loss(self, batch_size: int, generator: torch.Generator,
-                   loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, float]:
-        n_rays = int(self.model.n_rays)
-        image, pixels, colour = self.dataset.sample(n_rays, generator)
+                   loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.rays_drawn
+        gen_dev = generator.device
+        image, pixels, colour = self.dataset.sample(n, generator)
         if not self.cfg.nerf.snap_to_pixel_centers:  # a random point of the pixel, its colour (instant-ngp)
-            pixels = pixels + torch.rand(n_rays, 2, generator=generator) - 0.5
+            pixels = pixels + torch.rand(n, 2, generator=generator, device=gen_dev) - 0.5
         origins, directions = self.dataset.rays(image, pixels)
-        jitter = torch.rand(n_rays, generator=generator)
-        background = torch.rand(n_rays, 3, generator=generator)
+        jitter = torch.rand(n, generator=generator, device=gen_dev)
+        background = torch.rand(n, 3, generator=generator, device=gen_dev)
         dev = self.device
         origins, directions, jitter = origins.to(dev), directions.to(dev), jitter.to(dev)
         background, colour = background.to(dev), colour.to(dev)
+        n_active = self.model.n_rays.clamp(max=n)
         samples = march_rays(origins, directions, self.model.grid.occupancy, self.aabb_scale,
                              cone_angle=self.cone_angle, near_distance=self.cfg.nerf.near_distance, jitter=jitter,
-                             kernel_target=self.kernel_target)
+                             n_active=n_active, capacity=batch_size, kernel_target=self.kernel_target)
         if colour.shape[1] == 4:
             alpha = colour[:, 3:4]
             target = colour[:, :3] * alpha + background * (1.0 - alpha)
         else:
             target = colour[:, :3]
-        if samples.n_samples:
-            sigma, rgb = self.model(samples.positions, directions[samples.ray_index])
-            pred, opacity = composite(sigma, rgb, samples.dts, samples.offsets, self.kernel_target)
-            pred = pred + (1.0 - opacity).unsqueeze(-1) * background
-        else:
-            # No ray reached an occupied cell: the loss still flows into nothing, keep the step harmless.
-            pred = background + 0.0 * sum(p.sum() for p in self.model.parameters())
-        loss = loss_fn(pred, target)
-        self.last_samples = samples.n_samples
-        measured = max(samples.n_samples, 1)
-        new_rays = int(n_rays * batch_size / measured) // _RAY_GRANULARITY * _RAY_GRANULARITY
-        self.model.n_rays.fill_(min(max(new_rays, _RAY_GRANULARITY), 1 << 20))
+        sigma, rgb = self.model(samples.positions, directions[samples.ray_index])
+        pred, opacity = composite(sigma, rgb, samples.dts, samples.offsets, self.kernel_target)
+        pred = pred + (1.0 - opacity).unsqueeze(-1) * background
+        # The loss is the mean over the rays that count: the others predict their target (no loss, no gradient), and
+        # the mean over all n is rescaled by n / (rays that count).
+        ok = samples.ray_ok.unsqueeze(-1)
+        pred = torch.where(ok, pred, target)
+        n_ok = samples.ray_ok.sum().clamp_min(1)
+        loss = loss_fn(pred, target) * (n / n_ok)
         with torch.no_grad():
-            mse = float((pred.detach() - target).square().mean())
+            mse = (pred - target).square().sum() / (3 * n_ok)
+            # instant-ngp's rule on the device: rays for the next batch = rays x target samples / samples taken.
+            requested = samples.requested.clamp_min(1)
+            new_rays = n_active * batch_size // requested // _RAY_GRANULARITY * _RAY_GRANULARITY
+            self.model.n_rays.copy_(new_rays.clamp(_RAY_GRANULARITY, _MAX_RAYS))
+        self._last = {"rays": n_ok, "samples": samples.requested}
         return loss, mse
+
+    def log_metrics(self) -> dict:
+        """On log steps (the loop reads the device then anyway): the last batch's ray and sample counts, and the
+        host's draw resized from the device's adapted ray count."""
+        wanted, rays, samples = torch.stack([self.model.n_rays, self._last["rays"], self._last["samples"]]).tolist()
+        self.rays_drawn = _rays_to_draw(wanted)
+        return {"rays_per_batch": rays, "samples_per_batch": samples}
+
+    def host_state(self) -> dict:
+        return {"rays_drawn": self.rays_drawn}
+
+    def load_host_state(self, state: dict | None) -> None:
+        """Restore :meth:`host_state`; a checkpoint from before it existed sizes the draw from the ``n_rays``
+        buffer."""
+        drawn = (state or {}).get("rays_drawn")
+        self.rays_drawn = int(drawn) if isinstance(drawn, int) and drawn > 0 else _rays_to_draw(int(self.model.n_rays))
 
     def evaluate_held_out(self) -> dict:
         """PSNR on the first ``nerf.eval_views`` views of the held-out split (the periodic evaluation)."""

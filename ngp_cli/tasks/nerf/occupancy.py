@@ -120,6 +120,10 @@ class RaySamples:
         ts: (S,) float32 distance of each sample along its (unit-length) ray.
         offsets: (R + 1,) int64; ray ``r`` owns samples ``offsets[r]:offsets[r+1]``.
         ray_index: (S,) int64 ray of each sample.
+        ray_ok: with a fixed capacity (training batches), (R,) bool: the ray was marched and all its samples fit
+            (a ray cut off by the capacity has no samples here, and ``ray_ok`` False); else None.
+        requested: with a fixed capacity, a 0-dim int64 tensor: the samples the marched rays took before the cut
+            (what the ray count adapts to); else None.
     """
 
     positions: Tensor
@@ -127,6 +131,8 @@ class RaySamples:
     ts: Tensor
     offsets: Tensor
     ray_index: Tensor
+    ray_ok: Tensor | None = None
+    requested: Tensor | None = None
 
     @property
     def n_samples(self) -> int:
@@ -307,22 +313,25 @@ class OccupancyGrid(nn.Module):
         uniformly plus as many drawn among the occupied ones. Each chosen cell gets ``density_fn`` (positions (N, 3)
         → densities σ (N,), in units of 1/length of the ngp frame) at a uniform random point inside it; the cell's
         value becomes ``max(decay · old, σ · Δt_min · 2^cascade)`` (cells not drawn decay), -1 cells stay -1, and the
-        occupancy bits are recomputed with threshold ``min(threshold, mean)``. Randomness comes from ``generator``
-        (CPU). ``kernel_target`` "cpu"/"cuda" runs the splat, EMA and threshold as the ``occupancy_update`` kernels.
+        occupancy bits are recomputed with threshold ``min(threshold, mean)``. Randomness comes from ``generator``,
+        on the CPU or on the grid's device. ``kernel_target`` "cpu"/"cuda" runs the splat, EMA and threshold as the
+        ``occupancy_update`` kernels. Nothing waits for the device: the occupied cells are listed into a fixed-size
+        buffer (``nonzero_static``) and drawn from by their count, both on the device; with none occupied, the second
+        quarter is uniform too.
         """
         dev = self.density.device
+        gen_dev = generator.device
         n = self.n_cells
         if all_cells:
-            idx = torch.arange(n)
+            idx = torch.arange(n, device=gen_dev)
         else:
-            uniform = torch.randint(0, n, (n // 4,), generator=generator)
-            occupied = torch.nonzero(self.occupancy.cpu()).squeeze(1)
-            if occupied.numel():
-                pick = torch.randint(0, occupied.numel(), (n // 4,), generator=generator)
-                idx = torch.cat([uniform, occupied[pick]])
-            else:
-                idx = uniform
-        jitter = torch.rand(idx.numel(), 3, generator=generator)
+            uniform = torch.randint(0, n, (2, n // 4), generator=generator, device=gen_dev)
+            occ = self.occupancy.to(gen_dev)
+            occupied = torch.nonzero_static(occ, size=n, fill_value=0).squeeze(1)
+            count = torch.count_nonzero(occ)
+            pick = (torch.rand(n // 4, generator=generator, device=gen_dev, dtype=torch.float64) * count).long()
+            idx = torch.cat([uniform[0], torch.where(count > 0, occupied[pick.clamp_max(n - 1)], uniform[1])])
+        jitter = torch.rand(idx.numel(), 3, generator=generator, device=gen_dev)
         idx, jitter = idx.to(dev), jitter.to(dev)
         thickness = torch.empty(idx.numel(), device=dev)
         for s in range(0, idx.numel(), chunk):
@@ -341,8 +350,10 @@ class OccupancyGrid(nn.Module):
         self._update_occupancy(threshold)
 
     def _update_occupancy(self, threshold: float) -> None:
-        mean = float(self.density[:GRID_CELLS].clamp_min(0).mean())
-        self.occupancy.copy_((self.density > min(threshold, mean)).to(torch.uint8))
+        mean = self.density[:GRID_CELLS].clamp_min(0).mean()
+        # min(threshold, mean) on the device, NaN giving threshold as Python's min and the kernel's fminf do.
+        bound = torch.nan_to_num(mean, nan=threshold).clamp(max=threshold)
+        self.occupancy.copy_((self.density > bound).to(torch.uint8))
 
     def occupied(self, positions: Tensor) -> Tensor:
         """(N,) bool: whether the cell of each (N, 3) ngp-frame position, in the finest cascade that contains it

@@ -29,11 +29,16 @@ def composite_reference(sigma: Tensor, rgb: Tensor, dts: Tensor, offsets: Tensor
         sigma: (S,) float32 densities σ ≥ 0 (after the exp activation), per unit length of the ngp frame.
         rgb: (S, 3) float32 sample colours.
         dts: (S,) float32 step lengths.
-        offsets: (R + 1,) int64 packed-ray offsets (:class:`~ngp_cli.tasks.nerf.occupancy.RaySamples`).
+        offsets: (R + 1,) int64 packed-ray offsets (:class:`~ngp_cli.tasks.nerf.occupancy.RaySamples`);
+            ``offsets[R]`` may be less than S (trailing rows in no ray's range, the padding of a training batch: they
+            get zero gradients).
 
     Returns:
         ``(colour (R, 3), opacity (R,))`` float32.
     """
+    total = int(offsets[-1])
+    if total < sigma.shape[0]:
+        return composite_reference(sigma[:total], rgb[:total], dts[:total], offsets)
     n_rays = offsets.numel() - 1
     counts = offsets[1:] - offsets[:-1]
     ray_index = torch.repeat_interleave(torch.arange(n_rays, device=sigma.device), counts)
@@ -66,18 +71,68 @@ def composite(sigma: Tensor, rgb: Tensor, dts: Tensor, offsets: Tensor,
 
 def march_rays(origins: Tensor, directions: Tensor, occupancy: Tensor, aabb_scale: int, *, cone_angle: float,
                near_distance: float, jitter: Tensor | None = None, t_start: Tensor | None = None,
-               max_samples: int = 1024, kernel_target: str | None = None) -> RaySamples:
+               max_samples: int = 1024, n_active: Tensor | None = None, capacity: int | None = None,
+               kernel_target: str | None = None) -> RaySamples:
     """Occupancy-grid ray marching on the kernels or the torch reference; arguments and result as
-    :func:`~ngp_cli.tasks.nerf.occupancy.march_rays_reference`."""
-    if kernel_target is None:
-        return march_rays_reference(origins, directions, occupancy, aabb_scale, cone_angle=cone_angle,
-                                    near_distance=near_distance, jitter=jitter, t_start=t_start,
-                                    max_samples=max_samples)
-    from ngp_cli.cuda.nerf import march_rays as march_kernel
+    :func:`~ngp_cli.tasks.nerf.occupancy.march_rays_reference`, plus, for training batches:
 
-    return RaySamples(*march_kernel(origins, directions, occupancy, aabb_scale, cone_angle=cone_angle,
-                                    near_distance=near_distance, jitter=jitter, t_start=t_start,
-                                    max_samples=max_samples, target=kernel_target))
+    * ``n_active``: a one-element int64 tensor on the rays' device, or None: only rays ``r < n_active`` are marched;
+    * ``capacity``: the number of sample rows (None: exactly the samples taken). With it the kernels never wait for the
+      device (the torch reference does): the samples of the rays that fit come first, in ray order, the remaining rows
+      are padding (position (0.5, 0.5, 0.5), Δt 0, ray 0, in no ray's range), rays that do not fit get empty ranges,
+      and the result's ``ray_ok`` / ``requested`` say which rays count and how many samples they asked for.
+    """
+    if kernel_target is None:
+        samples = _march_reference(origins, directions, occupancy, aabb_scale, cone_angle=cone_angle,
+                                   near_distance=near_distance, jitter=jitter, t_start=t_start,
+                                   max_samples=max_samples, n_active=n_active, capacity=capacity)
+    else:
+        from ngp_cli.cuda.nerf import march_rays as march_kernel
+
+        samples = RaySamples(*march_kernel(origins, directions, occupancy, aabb_scale, cone_angle=cone_angle,
+                                           near_distance=near_distance, jitter=jitter, t_start=t_start,
+                                           max_samples=max_samples, n_active=n_active, capacity=capacity,
+                                           target=kernel_target))
+    if capacity is None:
+        return samples
+    offsets = samples.offsets
+    n_rays = offsets.numel() - 1
+    ok = offsets[1:] <= capacity
+    if n_active is not None:
+        ok &= torch.arange(n_rays, device=offsets.device) < n_active.reshape(())
+    # The rays that fit end at the largest offset <= capacity; clamping there empties the ranges of those cut off.
+    fitted = torch.where(offsets <= capacity, offsets, 0).amax()
+    samples.requested = offsets[-1]
+    samples.offsets = torch.minimum(offsets, fitted)
+    samples.ray_ok = ok
+    return samples
+
+
+def _march_reference(origins: Tensor, directions: Tensor, occupancy: Tensor, aabb_scale: int, *,
+                     n_active: Tensor | None, capacity: int | None, jitter: Tensor | None, t_start: Tensor | None,
+                     **kwargs) -> RaySamples:
+    """:func:`march_rays_reference` with ``n_active`` and ``capacity`` applied as the kernels apply them (reading
+    both back)."""
+    n_rays = origins.shape[0]
+    n = n_rays if n_active is None else min(int(n_active.reshape(())), n_rays)
+    samples = march_rays_reference(origins[:n], directions[:n], occupancy, aabb_scale,
+                                   jitter=None if jitter is None else jitter[:n],
+                                   t_start=None if t_start is None else t_start[:n], **kwargs)
+    if n < n_rays:
+        samples.offsets = torch.cat([samples.offsets, samples.offsets[-1:].expand(n_rays - n)])
+    if capacity is None:
+        return samples
+    from ngp_cli.cuda.nerf import sample_buffers
+
+    offsets = samples.offsets
+    fitted = int(offsets[offsets <= capacity].max())
+    positions, dts, ts, ray_index = sample_buffers(capacity, origins.device)
+    out = RaySamples(positions, dts, ts, offsets, ray_index)
+    out.positions[:fitted] = samples.positions[:fitted]
+    out.dts[:fitted] = samples.dts[:fitted]
+    out.ts[:fitted] = samples.ts[:fitted]
+    out.ray_index[:fitted] = samples.ray_index[:fitted]
+    return out
 
 
 @torch.no_grad()

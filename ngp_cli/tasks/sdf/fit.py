@@ -140,7 +140,7 @@ class SdfProblem:
         return self.model(x)[:, 0].float()
 
     def batch_loss(self, batch_size: int, generator: torch.Generator,
-                   loss_fn: Callable[[Tensor, Tensor], Tensor]) -> tuple[Tensor, float]:
+                   loss_fn: Callable[[Tensor, Tensor], Tensor]) -> tuple[Tensor, Tensor]:
         sc = self.cfg.sdf
         n_surface = round(batch_size * sc.surface_fraction)
         n_perturbed = round(batch_size * sc.perturbed_fraction)
@@ -157,7 +157,7 @@ class SdfProblem:
         pred = self.model(x).float()
         loss = loss_fn(pred, target)
         with torch.no_grad():
-            mse = float((pred - target).square().mean())
+            mse = (pred - target).square().mean()
         return loss, mse
 
     def iou_points(self, n: int) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,292 @@
+"""The cpu backend's MLP paths (bf16, fp32, torch) against the torch reference, and the measured choice between them:
+selection with fake timings, its cache file, and the NGP_CPU_MLP override. Nothing here depends on real timings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ngp_cli.cuda import cpu_mlp as cm
+from ngp_cli.cuda import mlp as fmlp
+from ngp_cli.errors import ConfigError
+from ngp_cli.nn.mlp import FullyFusedMLP
+
+# Relative L2 error of (output, gradients). bf16: its rounding flips the ReLU mask of near-zero pre-activations, so
+# some gradients move by a few percent (the path is the one fit-image used before, unchanged).
+TOL = {"torch": (0.0, 0.0), "fp32": (1e-5, 1e-5), "bf16": (1e-2, 8e-2)}
+
+
+@pytest.fixture(autouse=True)
+def _no_env(monkeypatch):
+    monkeypatch.delenv(cm.ENV_VAR, raising=False)
+    monkeypatch.setattr(cm, "_chosen", {})
+    monkeypatch.setattr(cm, "_MIN_CPU_SHARE", 0.0)  # how busy the test machine is must not matter
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def _grads(out: torch.Tensor, x: torch.Tensor, weights, seed: int) -> list[torch.Tensor]:
+    out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)))
+    return [x.grad, *(w.grad for w in weights)]
+
+
+@pytest.mark.parametrize("path", cm.PATHS)
+@pytest.mark.parametrize(("activation", "output_activation", "n", "seed"), [
+    ("ReLU", "None", 300, 1),
+    ("Tanh", "Sigmoid", 200, 2),
+    ("Squareplus", "None", 130, 3),
+    ("LeakyReLU", "Exponential", 64, 4),
+])
+def test_every_path_agrees_with_the_torch_reference(path, activation, output_activation, n, seed):
+    gen = torch.Generator().manual_seed(seed)
+    ref = FullyFusedMLP(32, 16, 64, 2, activation, output_activation, generator=gen)
+    x = torch.rand(n, 32, generator=gen) * 2 - 1
+    weights = [w.detach().clone().requires_grad_(True) for w in ref.weights]
+    x_ref, x_k = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out_ref, out = ref(x_ref), cm.cpu_mlp(x_k, weights, activation, output_activation, path=path)
+    assert out.dtype == torch.float32 and out.shape == (n, 16)
+    assert _rel(out, out_ref) <= TOL[path][0]
+    for g, g_ref in zip(_grads(out, x_k, weights, 7), _grads(out_ref, x_ref, ref.weights, 7), strict=True):
+        assert _rel(g, g_ref) <= TOL[path][1]
+
+
+@pytest.mark.parametrize("path", ["bf16", "fp32"])
+def test_weight_gradients_without_an_input_gradient(path):
+    ref = FullyFusedMLP(8, 3, 16, 3, generator=torch.Generator().manual_seed(3))
+    x = torch.rand(120, 8, generator=torch.Generator().manual_seed(4))
+    weights = [w.detach().clone().requires_grad_(True) for w in ref.weights]
+    cm.cpu_mlp(x, weights, path=path).sum().backward()
+    ref(x).sum().backward()
+    assert x.grad is None
+    for w, wr in zip(weights, ref.weights, strict=True):
+        assert _rel(w.grad, wr.grad) <= TOL[path][1]
+
+
+def test_mlp_forward_runs_the_chosen_path(monkeypatch):
+    ref = FullyFusedMLP(32, 16, 64, 2, generator=torch.Generator().manual_seed(5))
+    x = torch.rand(100, 32, generator=torch.Generator().manual_seed(6))
+    monkeypatch.setenv(cm.ENV_VAR, "torch")
+    assert torch.equal(fmlp.mlp_forward(x, list(ref.weights), "ReLU", "None", "cpu"), ref(x))  # the same ops
+    monkeypatch.setenv(cm.ENV_VAR, "fp32")
+    fast = FullyFusedMLP(32, 16, 64, 2, kernel_target="cpu")
+    fast.load_state_dict(ref.state_dict())
+    out = fast(x)
+    assert type(out.grad_fn).__name__ == "CPUMLPFunctionBackward" and _rel(out, ref(x)) < 1e-5
+    assert fmlp.cpu_mlp is cm.cpu_mlp and fmlp.CPUMLPFunction is cm.CPUMLPFunction  # re-exported
+
+
+def test_cpu_mlp_refuses_an_unknown_path():
+    with pytest.raises(ValueError, match="path must be one of bf16, fp32, torch"):
+        cm.cpu_mlp(torch.zeros(4, 2), [torch.zeros(16, 2), torch.zeros(1, 16)], path="fp16")
+
+
+# --- choosing by measuring -------------------------------------------------------------------------------------
+
+
+class FakeTimer:
+    """``time_once`` with fixed seconds per path; records the call order."""
+
+    def __init__(self, seconds: dict[str, float]) -> None:
+        self.seconds, self.calls = seconds, []
+
+    def __call__(self, path: str) -> float:
+        self.calls.append(path)
+        return self.seconds[path]
+
+
+def _no_timing(path: str) -> float:
+    raise AssertionError(f"measured {path} although the choice should not need a measurement")
+
+
+@pytest.fixture
+def bf16_cpu(monkeypatch):
+    monkeypatch.setattr(cm, "cpu_compute_dtype", lambda: torch.bfloat16)
+
+
+@pytest.fixture
+def avx2_cpu(monkeypatch):
+    monkeypatch.setattr(cm, "cpu_compute_dtype", lambda: torch.float32)
+
+
+def test_candidates_follow_the_bf16_probe(monkeypatch):
+    monkeypatch.setattr(cm, "cpu_compute_dtype", lambda: torch.bfloat16)
+    assert cm.candidate_paths() == ["bf16", "fp32", "torch"]
+    monkeypatch.setattr(cm, "cpu_compute_dtype", lambda: torch.float32)
+    assert cm.candidate_paths() == ["fp32", "torch"]
+
+
+def test_measure_paths_alternates_and_takes_medians():
+    seq = iter([5.0, 1.0, 9.0, 3.0, 2.0, 1.0, 4.0, 3.0])  # fp32 times 5 (warmup), 9, 2, 4; torch 1 (warmup), 3, 1, 3
+    calls = []
+
+    def time_once(path):
+        calls.append(path)
+        return next(seq)
+
+    medians, share = cm.measure_paths(["fp32", "torch"], time_once, warmup=1, rounds=3)
+    assert calls == ["fp32", "torch"] * 4
+    assert medians == {"fp32": 4.0, "torch": 3.0} and share >= 0
+
+
+def test_measure_paths_stops_at_the_budget_after_min_rounds():
+    timer = FakeTimer({"fp32": 1.0, "torch": 1.0})
+    cm.measure_paths(["fp32", "torch"], timer, warmup=1, rounds=7, min_rounds=3, budget_s=0.0)
+    assert len(timer.calls) == 2 * (1 + 3)
+
+
+@pytest.mark.parametrize(("seconds", "best"), [
+    ({"bf16": 0.010, "fp32": 0.020, "torch": 0.030}, "bf16"),
+    ({"bf16": 0.030, "fp32": 0.020, "torch": 0.010}, "torch"),
+    ({"bf16": 0.030, "fp32": 0.015, "torch": 0.020}, "fp32"),
+    ({"bf16": 0.020, "fp32": 0.020, "torch": 0.020}, "bf16"),  # a tie goes to the first candidate
+])
+def test_the_fastest_candidate_is_chosen(bf16_cpu, tmp_path, seconds, best):
+    choice = cm.select_cpu_mlp_path(FakeTimer(seconds), tmp_path / "c.json")
+    assert (choice.path, choice.how) == (best, "measured")
+    assert choice.median_ms == {p: s * 1e3 for p, s in seconds.items()} and choice.cpu_share >= 0
+
+
+def test_without_bf16_instructions_bf16_is_never_timed(avx2_cpu, tmp_path):
+    timer = FakeTimer({"bf16": 0.001, "fp32": 0.05, "torch": 0.03})
+    choice = cm.select_cpu_mlp_path(timer, tmp_path / "c.json")
+    assert choice.path == "torch" and "bf16" not in timer.calls and set(choice.median_ms) == {"fp32", "torch"}
+
+
+def test_cache_miss_then_hit(avx2_cpu, tmp_path):
+    cache = tmp_path / "c.json"
+    first = cm.select_cpu_mlp_path(FakeTimer({"fp32": 0.02, "torch": 0.01}), cache)
+    assert (first.path, first.how) == ("torch", "measured")
+    entries = json.loads(cache.read_text())["entries"]
+    assert list(entries) == [cm.cache_key()] and entries[cm.cache_key()]["path"] == "torch"
+    again = cm.select_cpu_mlp_path(_no_timing, cache)
+    assert (again.path, again.how, again.median_ms) == ("torch", "cached", first.median_ms)
+    assert [p.name for p in tmp_path.iterdir()] == ["c.json"]  # no temporary file left behind
+
+
+def test_a_changed_key_measures_again_and_keeps_both_entries(avx2_cpu, monkeypatch, tmp_path):
+    cache = tmp_path / "c.json"
+    cm.select_cpu_mlp_path(FakeTimer({"fp32": 0.02, "torch": 0.01}), cache)
+    old_key = cm.cache_key()
+    monkeypatch.setattr(torch, "__version__", "9.9.9")  # a torch upgrade (threads, CPU and ISA are in the key too)
+    assert cm.cache_key() != old_key
+    choice = cm.select_cpu_mlp_path(FakeTimer({"fp32": 0.01, "torch": 0.02}), cache)
+    assert (choice.path, choice.how) == ("fp32", "measured")
+    entries = json.loads(cache.read_text())["entries"]
+    assert {k: e["path"] for k, e in entries.items()} == {old_key: "torch", cm.cache_key(): "fp32"}
+
+
+def test_thread_count_is_part_of_the_key(monkeypatch):
+    key = cm.cache_key()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 977)
+    assert cm.cache_key() != key and "977" in cm.cache_key()
+
+
+@pytest.mark.parametrize("content", [
+    b"\x00\xff not json",
+    b'{"entries": [1, 2]}',
+    b"[]",
+    b"",
+    "KEY_PATH_FP16",  # an entry naming a path that does not exist
+    "KEY_PATH_BF16",  # an entry naming bf16 on a CPU without bf16 instructions
+    "KEY_NO_TIMES",
+], ids=["binary", "entries-not-a-dict", "not-an-object", "empty", "unknown-path", "not-a-candidate", "no-medians"])
+def test_a_corrupt_cache_is_ignored_and_rewritten(avx2_cpu, tmp_path, content):
+    cache = tmp_path / "c.json"
+    entry = {"KEY_PATH_FP16": {"path": "fp16", "median_ms": {}}, "KEY_PATH_BF16": {"path": "bf16", "median_ms": {}},
+             "KEY_NO_TIMES": {"path": "fp32", "median_ms": "fast"}}.get(content)
+    cache.write_bytes(json.dumps({"entries": {cm.cache_key(): entry}}).encode() if entry else content)
+    choice = cm.select_cpu_mlp_path(FakeTimer({"fp32": 0.02, "torch": 0.01}), cache)
+    assert (choice.path, choice.how) == ("torch", "measured")
+    assert json.loads(cache.read_text())["entries"][cm.cache_key()]["path"] == "torch"
+    assert cm.select_cpu_mlp_path(_no_timing, cache).how == "cached"
+
+
+def test_a_measurement_on_a_busy_machine_is_used_but_not_cached(avx2_cpu, monkeypatch, tmp_path):
+    monkeypatch.setattr(cm, "_MIN_CPU_SHARE", 100.0)  # no measurement reaches it: the machine always looks busy
+    cache = tmp_path / "c.json"
+    choice = cm.select_cpu_mlp_path(FakeTimer({"fp32": 0.02, "torch": 0.01}), cache)
+    assert (choice.path, choice.how) == ("torch", "measured") and not cache.exists()
+    monkeypatch.setattr(cm, "_MIN_CPU_SHARE", 0.0)
+    assert cm.select_cpu_mlp_path(FakeTimer({"fp32": 0.01, "torch": 0.02}), cache).path == "fp32"
+    assert cm.select_cpu_mlp_path(_no_timing, cache).as_dict()["cpu_share"] >= 0  # recorded with the entry
+
+
+def test_an_unwritable_cache_only_means_no_caching(avx2_cpu, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    cache = blocker / "c.json"  # its folder is a file: reading and writing both fail
+    for _ in range(2):
+        choice = cm.select_cpu_mlp_path(FakeTimer({"fp32": 0.02, "torch": 0.01}), cache)
+        assert (choice.path, choice.how) == ("torch", "measured")
+
+
+def test_the_cache_keeps_the_newest_entries(avx2_cpu, monkeypatch, tmp_path):
+    cache = tmp_path / "c.json"
+    old = {f"old-{i}": {"path": "fp32", "median_ms": {"fp32": 1.0}} for i in range(cm._MAX_ENTRIES + 5)}
+    cache.write_text(json.dumps({"entries": old}))
+    cm.select_cpu_mlp_path(FakeTimer({"fp32": 0.02, "torch": 0.01}), cache)
+    entries = list(json.loads(cache.read_text())["entries"])
+    assert len(entries) == cm._MAX_ENTRIES and entries[-1] == cm.cache_key() and entries[-2] == "old-20"
+
+
+def test_the_default_cache_lives_in_the_kernel_cache_dir(avx2_cpu, monkeypatch, tmp_path):
+    monkeypatch.setenv("NGP_CACHE_DIR", str(tmp_path / "kc"))
+    first = cm.select_cpu_mlp_path(FakeTimer({"fp32": 0.01, "torch": 0.02}))
+    assert first.how == "measured" and (tmp_path / "kc" / "cpu_mlp_path.json").is_file()
+    assert cm.select_cpu_mlp_path(_no_timing).how == "cached"
+
+
+@pytest.mark.parametrize(("value", "path"), [("bf16", "bf16"), ("fp32", "fp32"), ("torch", "torch"),
+                                             (" FP32 ", "fp32")])
+def test_the_environment_overrides_without_measuring(bf16_cpu, monkeypatch, tmp_path, value, path):
+    monkeypatch.setenv(cm.ENV_VAR, value)
+    choice = cm.select_cpu_mlp_path(_no_timing, tmp_path / "c.json")
+    assert (choice.path, choice.how, choice.median_ms) == (path, "env", {})
+    assert cm.cpu_mlp_path() == choice and not (tmp_path / "c.json").exists()
+
+
+@pytest.mark.parametrize("value", ["", "auto", "AUTO"])
+def test_auto_measures(avx2_cpu, monkeypatch, tmp_path, value):
+    monkeypatch.setenv(cm.ENV_VAR, value)
+    assert cm.select_cpu_mlp_path(FakeTimer({"fp32": 0.01, "torch": 0.02}), tmp_path / "c.json").how == "measured"
+
+
+def test_an_invalid_environment_value_is_a_config_error(monkeypatch):
+    monkeypatch.setenv(cm.ENV_VAR, "fp16")
+    with pytest.raises(ConfigError) as err:
+        cm.cpu_mlp_path()
+    assert str(err.value) == "NGP_CPU_MLP must be one of auto, bf16, fp32, torch, got 'fp16'"
+    with pytest.raises(ConfigError):
+        cm.cpu_mlp(torch.zeros(4, 2), [torch.zeros(16, 2), torch.zeros(1, 16)])
+
+
+def test_the_process_chooses_once(avx2_cpu, monkeypatch, tmp_path):
+    calls = []
+
+    def select():
+        calls.append(1)
+        return cm.CPUMLPChoice("fp32", "measured", {"fp32": 1.0, "torch": 2.0})
+
+    monkeypatch.setattr(cm, "select_cpu_mlp_path", select)
+    assert cm.cpu_mlp_path().path == "fp32" and cm.cpu_mlp_path().how == "measured" and len(calls) == 1
+    monkeypatch.setenv(cm.ENV_VAR, "torch")  # the environment is read on every call
+    assert cm.cpu_mlp_path() == cm.CPUMLPChoice("torch", "env")
+
+
+def test_the_real_micro_benchmark_runs_inside_no_grad_and_inference_mode(monkeypatch, tmp_path):
+    monkeypatch.setitem(cm.BENCH_MLP, "batch", 256)  # the outcome is not asserted, only that it runs and caches
+    torch.manual_seed(11)
+    expected = torch.rand(3)
+    torch.manual_seed(11)
+    with torch.inference_mode():
+        choice = cm.select_cpu_mlp_path(cache_file=tmp_path / "c.json")
+    assert torch.equal(torch.rand(3), expected)  # a run's random stream does not depend on measuring
+    assert choice.how == "measured" and choice.path in cm.candidate_paths()
+    assert set(choice.median_ms) == set(cm.candidate_paths()) and all(v > 0 for v in choice.median_ms.values())
+    with torch.no_grad():
+        assert cm.select_cpu_mlp_path(cache_file=tmp_path / "c.json").how == "cached"
