@@ -17,7 +17,7 @@ backward (element = sample, 64 per ray), and one Adam step (:class:`ngp_cli.nn.o
 per-element step counts, half the gradients zero; element = parameter). Each figure is the median of ``--repeats``
 runs after ``--warmup``, timed with CUDA events on a GPU and ``time.perf_counter`` on the CPU
 (:func:`ngp_cli.bench._timer`, the timer of ``ngp bench``). On the CPU the MLP entries time what the cpu backend
-runs (:func:`ngp_cli.cuda.mlp.cpu_mlp`), not the emulated fused kernel.
+runs (:func:`ngp_cli.cuda.fused_mlp.cpu_mlp`), not the emulated fused kernel.
 
 Exit codes: 0 success, 1 a failed check or an internal error, 2 bad arguments, 5 no usable GPU.
 """
@@ -111,7 +111,7 @@ def info() -> dict:
 
     import torch
 
-    from ngp_cli.cuda import runtime
+    from ngp_cli.cuda import nvrtc, runtime
     from ngp_cli.machine import machine_info
 
     doc: dict = {"machine": machine_info(), "python": sys.executable, "platform": platform.platform()}
@@ -123,7 +123,7 @@ def info() -> dict:
     nv = runtime.nvrtc_version()
     doc["nvrtc_version"] = None if nv is None else f"{nv[0]}.{nv[1]}"
     # The header set the cuda target compiles with (private on purpose: it is the runtime's choice, shown as is).
-    doc["cuda_include_dirs"] = runtime._cuda_include_dirs()
+    doc["cuda_include_dirs"] = nvrtc._cuda_include_dirs()
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         doc["gpu"] = {"name": props.name, "capability": f"{props.major}.{props.minor}",
@@ -151,8 +151,8 @@ def check(n: int, which: tuple[str, ...], device: str) -> int:
     backward) and compare them with the torch references on the CPU; exit 1 with one line per mismatch."""
     import torch
 
+    from ngp_cli.cuda.fused_mlp import fused_mlp
     from ngp_cli.cuda.hashgrid import encode
-    from ngp_cli.cuda.mlp import fused_mlp
     from ngp_cli.nn.encodings import HashGridEncoding
     from ngp_cli.nn.mlp import FullyFusedMLP
 
@@ -209,7 +209,7 @@ def _occupancy(device):
     """One cascade of occupancy bits: the cells inside a sphere of radius 0.25 around the centre."""
     import torch
 
-    from ngp_cli.cuda.nerf import GRID_SIZE
+    from ngp_cli.volrend.constants import GRID_SIZE
 
     u = ((torch.arange(GRID_SIZE, device=device) + 0.5) / GRID_SIZE - 0.5) ** 2
     return ((u[None, None, :] + u[None, :, None] + u[:, None, None]).reshape(-1) < 0.0625).to(torch.uint8)
@@ -232,11 +232,12 @@ def time_kernels(device: str, log2_sizes: list[int], warmup: int, repeats: int, 
 
     from ngp_cli.bench import _timer
     from ngp_cli.cuda import nerf
+    from ngp_cli.cuda.fused_mlp import mlp_forward
     from ngp_cli.cuda.hashgrid import encode
-    from ngp_cli.cuda.mlp import mlp_forward
     from ngp_cli.nn.encodings import HashGridEncoding
     from ngp_cli.nn.mlp import FullyFusedMLP
     from ngp_cli.nn.optim import Adam
+    from ngp_cli.volrend.constants import MIN_CONE_STEPSIZE
 
     dev = torch.device(device)
     target = "cuda" if dev.type == "cuda" else "cpu"
@@ -302,7 +303,7 @@ def time_kernels(device: str, log2_sizes: list[int], warmup: int, repeats: int, 
             s = n_rays * SAMPLES_PER_RAY
             # Half the rays dense enough to terminate early, as surfaces do.
             sigma = (torch.rand(s, generator=gen) * 20 + (torch.arange(s) // SAMPLES_PER_RAY % 2) * 500).to(dev)
-            rgb, dts = torch.rand(s, 3, generator=gen).to(dev), torch.full((s,), nerf.MIN_CONE_STEPSIZE, device=dev)
+            rgb, dts = torch.rand(s, 3, generator=gen).to(dev), torch.full((s,), MIN_CONE_STEPSIZE, device=dev)
             with torch.no_grad():
                 record("composite_forward", s,
                        lambda sigma=sigma, rgb=rgb, dts=dts, offsets=offsets: nerf.composite(sigma, rgb, dts, offsets,

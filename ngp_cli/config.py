@@ -36,6 +36,7 @@ from typing import Any, Literal
 import yaml
 
 from ngp_cli.errors import ConfigError
+from ngp_cli.nn.activations import ACTIVATIONS
 
 PRESET_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -51,8 +52,8 @@ MAX_STEPS = 10**9
 MAX_BATCH = 1 << 26
 MAX_SEED = (1 << 63) - 1
 
-# Value sets of tiny-cuda-nn's config; the nn modules import them from here so each has one home.
-ACTIVATIONS = ("None", "ReLU", "LeakyReLU", "Exponential", "Sine", "Sigmoid", "Squareplus", "Softplus", "Tanh")
+# Value sets of tiny-cuda-nn's config; the nn modules import them from here so each has one home (the activation
+# names have theirs in ngp_cli.nn.activations, with the functions).
 NETWORK_WIDTHS = (16, 32, 64, 128)
 INTERPOLATIONS = ("Nearest", "Linear", "Smoothstep")
 GRID_TYPES = ("Hash", "Dense")
@@ -341,6 +342,19 @@ def build(cls: type, data: Any, prefix: str = "") -> Any:
     kwargs = {name: _coerce(hints[name], data[name], prefix + name, dict(f.metadata))
               for name, f in flds.items() if name in data}
     return cls(**kwargs)
+
+
+def config_value(cfg: Any, key: str) -> Any:
+    """``cfg.section.name`` for a key ``section.name`` of a built config."""
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def set_config_value(cfg: Any, key: str, value: Any) -> None:
+    """Set ``cfg.section.name`` for a key ``section.name`` of a built config (no validation: for values the code
+    derived, e.g. an input's absolute path)."""
+    section, name = key.split(".")
+    setattr(getattr(cfg, section), name, value)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -2,43 +2,17 @@
 chose on this machine. ``ngp bench`` and every run's ``summary.json`` record :func:`machine_info`, so a speed or a
 PSNR can be traced to the CPU kind it came from (AVX2-only and AVX-512-BF16/AMX machines take different MLP paths).
 
-The /proc/cpuinfo part imports nothing heavy; :func:`machine_info` imports torch.
+The CPU facts come from :mod:`ngp_cli.hardware`; :func:`machine_info` imports torch.
 """
 
 from __future__ import annotations
 
-import functools
 import platform
 from typing import Any
 
-#: ISA features that decide ngp's CPU code paths (names as Linux's /proc/cpuinfo spells them; asimd/sve on Arm).
-ISA_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "asimd", "sve")
+from ngp_cli.hardware import cpuinfo, isa_features
 
-
-@functools.lru_cache(maxsize=1)
-def cpuinfo() -> tuple[str, tuple[str, ...]]:
-    """``(model name, flags)`` of the first CPU in /proc/cpuinfo; ``(platform.processor() or machine, ())`` where
-    there is no /proc/cpuinfo (macOS, Windows)."""
-    model, flags = "", ()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if not model and line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                elif not flags and line.startswith(("flags", "Features")):
-                    flags = tuple(line.split(":", 1)[1].split())
-                if model and flags:
-                    break
-    except OSError:
-        pass
-    return model or platform.processor() or platform.machine(), flags
-
-
-def isa_features() -> list[str]:
-    """The :data:`ISA_FEATURES` this CPU has, in that order."""
-    flags = set(cpuinfo()[1])
-    return [f for f in ISA_FEATURES if f in flags]
-
+__all__ = ["machine_info"]
 
 def machine_info() -> dict[str, Any]:
     """``{"platform", "python", "torch", "cpu", "isa", "threads", "paths": {"cpu_mlp": {...}}, ["gpu", "cupy"]}``: the

@@ -429,6 +429,12 @@ class RunDir:
                 out.append((int(m.group(1)), p))
         return sorted(out)
 
+    def latest_weights(self) -> str | None:
+        """The newest complete checkpoint's weights file (``checkpoints/step-<N>.safetensors``) as a string, or None
+        when the run has none: what a summary's ``artifacts.checkpoint`` names."""
+        found = self.checkpoints()
+        return str(found[-1][1].with_suffix(".safetensors")) if found else None
+
     def save_checkpoint(self, step: int, tensors: dict[str, Any], meta: dict[str, Any], keep: int) -> Path:
         """Write ``step-<step>.safetensors`` (tensors) then ``step-<step>.json`` (meta), both atomically, and delete
         all but the ``keep`` newest checkpoints. ``tensors`` maps names to contiguous CPU torch tensors.

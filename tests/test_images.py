@@ -444,15 +444,15 @@ def test_max_pixels_refuses_a_larger_declared_size_in_every_format(tmp_path, rng
 @pytest.mark.parametrize("fmt", ["png8", "png16", "jpeg", "tiff", "exr"])
 def test_the_size_is_checked_before_any_decoding(tmp_path, rng, fmt, monkeypatch):
     """The decoders are never reached for an image over the limit (so a bomb allocates nothing)."""
-    import ngp_cli.images as images
+    from ngp_cli.images import read
 
     path = _size_case(tmp_path, rng, fmt)
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoder called for an image over the limit")
 
-    monkeypatch.setattr(images, "_read_pillow", no_decoding)
-    monkeypatch.setattr(images, "_decode_png16", no_decoding)
+    monkeypatch.setattr(read, "_read_pillow", no_decoding)
+    monkeypatch.setattr(read, "_decode_png16", no_decoding)
     monkeypatch.setattr(tifffile.TiffPageSeries, "asarray", no_decoding)
     monkeypatch.setattr(np, "memmap", no_decoding)
     real_exr = OpenEXR.File
@@ -493,7 +493,7 @@ def test_default_limit_is_the_fit_image_default():
 def test_png16_inflation_stops_at_the_declared_size(tmp_path, monkeypatch):
     """A 4x4 gray 16-bit PNG needs 4 * (1 + 8) = 36 bytes; its IDAT inflates to 8 MiB: the decoder stops after at most
     37 bytes of output and refuses the file."""
-    import ngp_cli.images as images
+    from ngp_cli.images import png
 
     produced = []
     real = zlib.decompressobj
@@ -510,7 +510,7 @@ def test_png16_inflation_stops_at_the_declared_size(tmp_path, monkeypatch):
         def __getattr__(self, name):
             return getattr(self._d, name)
 
-    monkeypatch.setattr(images.zlib, "decompressobj", Counting)
+    monkeypatch.setattr(png.zlib, "decompressobj", Counting)
     ihdr = _chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 16, 0, 0, 0, 0))
     bomb = zlib.compress(b"\0" * (8 << 20), 9)
     path = tmp_path / "inflate.png"

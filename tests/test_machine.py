@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from ngp_cli import machine
+from ngp_cli import hardware, machine
 
 
 def test_isa_features_come_from_the_cpuinfo_flags(monkeypatch):
-    monkeypatch.setattr(machine, "cpuinfo", lambda: ("Some CPU", ("fpu", "avx2", "fma", "amx_bf16", "sse2")))
-    assert machine.isa_features() == ["avx2", "fma", "amx_bf16"]
+    monkeypatch.setattr(hardware, "cpuinfo", lambda: ("Some CPU", ("fpu", "avx2", "fma", "amx_bf16", "sse2")))
+    assert hardware.isa_features() == ["avx2", "fma", "amx_bf16"]
 
 
 def test_cpuinfo_reads_the_model_and_flags_of_the_first_cpu(monkeypatch, tmp_path):
@@ -19,11 +19,11 @@ def test_cpuinfo_reads_the_model_and_flags_of_the_first_cpu(monkeypatch, tmp_pat
     fake.write_text(text)
     real_open = open
     monkeypatch.setattr("builtins.open", lambda p, *a, **k: real_open(fake if p == "/proc/cpuinfo" else p, *a, **k))
-    machine.cpuinfo.cache_clear()
+    hardware.cpuinfo.cache_clear()
     try:
-        assert machine.cpuinfo() == ("Test CPU 9000", ("fpu", "avx2", "avx512f", "avx512_bf16"))
+        assert hardware.cpuinfo() == ("Test CPU 9000", ("fpu", "avx2", "avx512f", "avx512_bf16"))
     finally:
-        machine.cpuinfo.cache_clear()
+        hardware.cpuinfo.cache_clear()
 
 
 def test_machine_info_names_the_cpu_mlp_path_and_how_it_was_chosen(monkeypatch):
@@ -33,7 +33,7 @@ def test_machine_info_names_the_cpu_mlp_path_and_how_it_was_chosen(monkeypatch):
     info = machine.machine_info()
     assert info["torch"] == torch.__version__ and info["threads"] == torch.get_num_threads()
     assert info["paths"]["cpu_mlp"] == {"path": "torch", "how": "env"}
-    assert set(info["isa"]) <= set(machine.ISA_FEATURES)
+    assert set(info["isa"]) <= set(hardware.ISA_FEATURES)
     monkeypatch.delenv("NGP_CPU_MLP")
     chosen = cpu_mlp.CPUMLPChoice("fp32", "cached", {"fp32": 3.0, "torch": 4.0})
     monkeypatch.setattr(cpu_mlp, "_chosen", {torch.get_num_threads(): chosen})

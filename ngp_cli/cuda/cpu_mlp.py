@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ngp_cli.errors import ConfigError
-from ngp_cli.nn.mlp import activation_derivative, activation_fn
+from ngp_cli.nn.activations import activate_, activation_backward_, activation_fn
 
 __all__ = [
     "ENV_VAR",
@@ -53,33 +53,6 @@ PATHS = ("bf16", "fp32", "torch")
 ENV_VAR = "NGP_CPU_MLP"
 _DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
-# Activations applied in place to a buffer the CPU path owns; the others are computed and copied back.
-_IN_PLACE_ACTS: dict[str, Callable[[Tensor], Any]] = {
-    "None": lambda h: h,
-    "ReLU": torch.relu_,
-    "LeakyReLU": lambda h: torch.nn.functional.leaky_relu_(h, 0.01),
-    "Exponential": torch.exp_,
-    "Sigmoid": torch.sigmoid_,
-    "Tanh": torch.tanh_,
-}
-
-
-def _activate_(h: Tensor, activation: str) -> None:
-    in_place = _IN_PLACE_ACTS.get(activation)
-    if in_place is not None:
-        in_place(h)
-    else:
-        h.copy_(activation_fn(activation)(h))
-
-
-def _activation_backward_(g: Tensor, a: Tensor, activation: str) -> None:
-    """``g *= act'(x)`` in place, the derivative taken through the activation's output ``a`` (as the kernel does)."""
-    if activation == "ReLU":
-        torch.ops.aten.threshold_backward.grad_input(g, a, 0, grad_input=g)
-    elif activation != "None":
-        g.mul_(activation_derivative(activation, a.float()).to(g.dtype))
-
-
 class CPUMLPFunction(torch.autograd.Function):
     """The MLP as a hand-written forward/backward in ``dtype`` matmuls (bfloat16 with float32 accumulation in oneDNN,
     or float32).
@@ -95,7 +68,7 @@ class CPUMLPFunction(torch.autograd.Function):
 
     ``apply(x, activation, dtype, *weights)``: ``x`` (N, n_in), weights ``(out, in)`` matrices (any float dtype);
     returns the (N, n_out) float32 output *before* the output activation. Activations: those of
-    ``ngp_cli.cuda.mlp.ACTIVATION_CODES``. Source: tiny-cuda-nn ``src/fully_fused_mlp.cu`` (structure only).
+    ``ngp_cli.nn.activations.ACTIVATION_CODES``. Source: tiny-cuda-nn ``src/fully_fused_mlp.cu`` (structure only).
     """
 
     @staticmethod
@@ -107,7 +80,7 @@ class CPUMLPFunction(torch.autograd.Function):
         saved = [h]
         for w in wl[:-1]:
             h = torch.mm(h, w.t())
-            _activate_(h, activation)
+            activate_(h, activation)
             saved.append(h)
         ctx.save_for_backward(*saved, *wl)
         return torch.mm(h, wl[-1].t()).float()
@@ -126,7 +99,7 @@ class CPUMLPFunction(torch.autograd.Function):
                 break
             g = torch.mm(g, wl[i])  # a new tensor: the activation derivative may be applied in place
             if i > 0:
-                _activation_backward_(g, acts[i], ctx.activation)
+                activation_backward_(g, acts[i], ctx.activation)
         x_dtype, w_dtypes = ctx.dtypes
         return (g.to(x_dtype) if need_dx else None, None, None,
                 *(gr.to(dt) for gr, dt in zip(grads, w_dtypes, strict=True)))
@@ -160,7 +133,7 @@ def cpu_mlp(x: Tensor, weights: Sequence[Tensor], activation: str = "ReLU", outp
 
     Runs ``path`` (one of :data:`PATHS`), else :class:`CPUMLPFunction` in ``dtype`` when given, else the path
     :func:`cpu_mlp_path` chose for this machine; the output activation is float32 torch autograd. Activations: those
-    of ``ngp_cli.cuda.mlp.ACTIVATION_CODES``.
+    of ``ngp_cli.nn.activations.ACTIVATION_CODES``.
 
     Raises:
         ConfigError: ``NGP_CPU_MLP`` holds an invalid value (only when neither ``path`` nor ``dtype`` is given).
@@ -224,7 +197,7 @@ def candidate_paths() -> list[str]:
 def cache_key() -> str:
     """What a measurement depends on: CPU model, the ISA features that decide the paths, torch version, intra-op
     threads, and :data:`BENCH_VERSION`."""
-    from ngp_cli.machine import cpuinfo, isa_features
+    from ngp_cli.hardware import cpuinfo, isa_features
 
     return json.dumps([BENCH_VERSION, cpuinfo()[0], isa_features(), torch.__version__, torch.get_num_threads()])
 

@@ -13,7 +13,8 @@
 //   K_CHUNK            k-extent (multiple of 16) of the weight slab staged in shared memory at a time
 //   ACTIVATION         hidden activation code, OUTPUT_ACTIVATION output activation code (forward only):
 //                      0 None, 1 ReLU, 2 LeakyReLU, 3 Exponential, 5 Sigmoid, 6 Squareplus, 7 Softplus, 8 Tanh
-//                      (4 = Sine is not supported: its derivative is not a function of the output)
+//                      (4 = Sine is not supported: its derivative is not a function of the output); the host's
+//                      table of these codes is ACTIVATION_CODES in ngp_cli/nn/activations.py
 //
 // Layouts (row-major, batch-major, all fp16 unless stated):
 //   input (n_rows, IN_WIDTH); hidden activations / gradients (n_hidden_matmuls + 1, n_rows, WIDTH);
@@ -21,7 +22,7 @@
 //   Every layer computes out = A (R x K) @ B (K x N) with B passed transposed, as an (N, K) row-major matrix "Bt":
 //   for the forward pass Bt is the torch weight (out, in) itself, for the backward pass Bt = W^T (in, out).
 //
-// Shared memory (dynamic, bytes = fused_mlp_shared_bytes() below, mirrored by ngp_cli/cuda/mlp.py):
+// Shared memory (dynamic, bytes = fused_mlp_shared_bytes() below, mirrored by ngp_cli/cuda/fused_mlp.py):
 //   act   R x ACT_LD halves, ACT_LD = max(IN_WIDTH, WIDTH, OUT_WIDTH) + 8: the block's activations (forward) or
 //         gradients (backward) of the current layer, overwritten in place by the layer's result; the skew of 8
 //         halves avoids bank conflicts of the row-major fragment loads.

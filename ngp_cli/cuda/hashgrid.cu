@@ -26,6 +26,9 @@
 // level). The point-major kernel (backward_backward_input) sums over levels inside a thread and uses blockIdx.y = 0.
 // The scatter kernels use atomicAdd on grad_params: on the CPU launch them with exclusive_y=True (each level's rows
 // belong to one worker, so the adds need no atomics).
+//
+// "design notes" below: the measurements behind the CPU loops' choices are in
+// docs/benchmarks/2026-12-06-kernel-design-notes.md.
 #include "common.cuh"
 
 #ifndef N_DIMS
@@ -215,7 +218,7 @@ HG_INLINE Row load_row(const param_t* __restrict__ params, u32 idx) {
 
 // dst[f] += v[f] for one table row. Atomics on the GPU. On the CPU, a launch with exclusive_y=True gives each worker
 // whole levels, hence whole table slices: PLAIN adds suffice there (the emulated atomicAdd re-checks that flag on every
-// call, which measured 2x slower for the backward), chosen once per thread by the scatter kernels.
+// call, which made the backward markedly slower: design notes), chosen once per thread by the scatter kernels.
 template <bool PLAIN>
 HG_INLINE void add_row_to(float* dst, const pos_t v[F]) {
 #ifdef NGP_CPU
@@ -285,11 +288,9 @@ HG_INLINE bool plain_scatter() {
 // batch are prefetched (the hashed rows of a level miss L2) while the current one is consumed point by point.
 // The arithmetic per point is exactly compute_cell's. On the GPU, one point per thread, no pipeline.
 // `stream` (optional) is the point's own row in a strided per-point array (the forward's output, the backward's grad_out:
-// 8 bytes every 128 for L=16, F=2), prefetched 2*PB points ahead; with the vector row add this took the cpu
-// backend's 2-D/3-D forward+backward at 2^16 points from 13.9/20.6 to 13.0/18.9 ms (A/B in one process).
+// 8 bytes every 128 for L=16, F=2), prefetched 2*PB points ahead (faster as measured, design notes).
 #ifdef NGP_CPU
-// Measured against 8, 16 and 64 (A/B in one process): 16 -> 32 took the 2-D/3-D forward+backward at 2^16 points from
-// 12.7/17.3 to 11.7/16.2 ms.
+// 32 points per batch: the fastest of 8, 16, 32 and 64 as measured (design notes).
 constexpr u32 PB = 32;
 
 struct CellBatch {
@@ -304,7 +305,7 @@ HG_INLINE void compute_cells(const pos_t* __restrict__ x, const Level& lv, u32 f
     pos_t xs[D][PB];
     if (first + PB - 1 <= last) {
         // De-interleave with whole-vector loads and permutes: PB scalar stores read back as one vector would stall
-        // on store forwarding (measured ~10 % of the backward).
+        // on store forwarding (a measurable share of the backward: design notes).
         const pos_t* __restrict__ xp = x + (u64)first * D;
         pos_t flat[D * PB];
         __builtin_memcpy(flat, xp, sizeof(flat));
@@ -409,8 +410,7 @@ HG_INLINE void compute_cells(const pos_t* __restrict__ x, const Level& lv, u32 f
 }
 
 // Table rows are prefetched into L2 (locality 2: prefetcht1), not L1: the L2 tracks more outstanding misses, and the
-// hashed levels' rows come from L3 or DRAM. A/B in one process at 2^16 points: forward+backward 2-D 13.3 -> 12.9 ms,
-// 3-D 21.9 -> 20.9 ms against prefetcht0.
+// hashed levels' rows come from L3 or DRAM (faster than prefetcht0 as measured, design notes).
 HG_INLINE void prefetch_point(const param_t* p, const CellBatch& cb, u32 b, bool for_write) {
 #pragma GCC unroll 16
     for (int c = 0; c < C; ++c) {

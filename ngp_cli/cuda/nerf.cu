@@ -1,9 +1,9 @@
 // NeRF kernels: occupancy-grid ray marching, front-to-back compositing (forward and backward) and the occupancy-grid
 // update, after instant-ngp's src/testbed_nerf.cu. The torch references these kernels match are
-// ngp_cli/tasks/nerf/occupancy.py (march_rays_reference, OccupancyGrid.update) and ngp_cli/tasks/nerf/render.py
-// (composite_reference); the launches are in ngp_cli/cuda/nerf.py.
+// ngp_cli/volrend/march.py (march_rays_reference), ngp_cli/volrend/grid.py (OccupancyGrid.update) and
+// ngp_cli/volrend/composite.py (composite_reference); the launches are in ngp_cli/cuda/nerf.py.
 //
-// Frame and grid (occupancy.py): the scene box is [lo, hi]^3 = [0.5 - s/2, 0.5 + s/2]^3 (s = aabb_scale); cascade k
+// Frame and grid (volrend/grid.py): the scene box is [lo, hi]^3 = [0.5 - s/2, 0.5 + s/2]^3 (s = aabb_scale); cascade k
 // of `cascades` covers [0.5 - 2^(k-1), 0.5 + 2^(k-1)]^3 with 128^3 cells, flat cell index
 // k*128^3 + x + 128*(y + 128*z).
 //

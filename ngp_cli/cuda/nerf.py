@@ -2,19 +2,17 @@
 compositing (an autograd Function) and the occupancy-grid update.
 
 Semantics are those of the torch references, which the tests compare against:
-:func:`ngp_cli.tasks.nerf.occupancy.march_rays_reference`, :func:`ngp_cli.tasks.nerf.render.composite_reference`
-and the tail of :meth:`ngp_cli.tasks.nerf.occupancy.OccupancyGrid.update` (after instant-ngp's
-``src/testbed_nerf.cu``). This module does not import ``ngp_cli.tasks``: the grid constants are repeated below, and
-:func:`march_rays` returns a plain tuple that :func:`ngp_cli.tasks.nerf.render.march_rays` wraps into
-``RaySamples``.
+:func:`ngp_cli.volrend.march.march_rays_reference`, :func:`ngp_cli.volrend.composite.composite_reference`
+and the tail of :meth:`ngp_cli.volrend.grid.OccupancyGrid.update` (after instant-ngp's
+``src/testbed_nerf.cu``). This module does not import ``ngp_cli.tasks``: the grid constants come from
+:mod:`ngp_cli.volrend.constants`, and :func:`march_rays` returns a plain tuple that
+:func:`ngp_cli.volrend.march.march_rays` wraps into ``RaySamples``.
 
 Frame: instant-ngp's "ngp frame" (the scene at ``aabb_scale`` 1 in the unit cube around 0.5); lengths (``t``,
 ``Δt``, ``near_distance``) are in its units and σ is per unit of that length.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
@@ -23,15 +21,9 @@ from torch.autograd.function import once_differentiable
 
 from ngp_cli.cuda.runtime import load_module
 from ngp_cli.cuda.runtime import output_buffer as _out
+from ngp_cli.volrend.constants import GRID_CELLS, GRID_SIZE, MIN_CONE_STEPSIZE, MIN_TRANSMITTANCE, N_STEPS
 
-__all__ = ["GRID_CELLS", "GRID_SIZE", "MIN_CONE_STEPSIZE", "MIN_TRANSMITTANCE", "composite", "march_rays",
-           "occupancy_update", "sample_buffers"]
-
-GRID_SIZE = 128  # NERF_GRIDSIZE: cells per cascade side
-GRID_CELLS = GRID_SIZE**3
-N_STEPS = 1024  # NERF_STEPS
-MIN_CONE_STEPSIZE = math.sqrt(3.0) / N_STEPS
-MIN_TRANSMITTANCE = 1e-4  # instant-ngp's early ray termination threshold
+__all__ = ["composite", "march_rays", "occupancy_update", "sample_buffers"]
 
 _GPU_BLOCK = 128
 _CPU_RAY_BLOCK = 32  # rays per emulated block (each ray is a long serial loop; small blocks balance the workers)
@@ -73,7 +65,7 @@ def march_rays(origins: Tensor, directions: Tensor, occupancy: Tensor, aabb_scal
                target: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Occupancy-grid ray marching with the ``march_rays_count`` / ``march_rays_write`` kernels (instant-ngp
     ``generate_training_samples_nerf``, ``advance_to_next_voxel``, ``mip_from_dt``); the algorithm of
-    :func:`ngp_cli.tasks.nerf.occupancy.march_rays_reference`, one GPU thread per ray, in two passes (count, then
+    :func:`ngp_cli.volrend.march.march_rays_reference`, one GPU thread per ray, in two passes (count, then
     an exclusive cumsum to offsets on the device with torch, then write).
 
     With ``capacity`` (training) nothing waits for the device: the outputs have ``capacity`` rows, allocated before
@@ -221,7 +213,7 @@ class _CompositeFn(torch.autograd.Function):
 def composite(sigma: Tensor, rgb: Tensor, dts: Tensor, offsets: Tensor, target: str) -> tuple[Tensor, Tensor]:
     """Front-to-back alpha compositing with early termination (instant-ngp ``compute_loss_kernel_train_nerf`` /
     ``composite_kernel_nerf``), the ``composite_forward`` / ``composite_backward`` kernels; the semantics of
-    :func:`ngp_cli.tasks.nerf.render.composite_reference`, differentiable in ``sigma`` and ``rgb``.
+    :func:`ngp_cli.volrend.composite.composite_reference`, differentiable in ``sigma`` and ``rgb``.
 
     Per ray: ``τ_j = σ_j Δt_j``, ``T_j = exp(-Σ_{k<j} τ_k)`` (the sum kept as a compensated float32 sum),
     ``w_j = T_j (1 - exp(-τ_j))``, the ray stopping before the first sample with ``T_j < 1e-4``;
@@ -263,7 +255,7 @@ def occupancy_update(density: Tensor, occupancy: Tensor, idx: Tensor, thickness:
                      threshold: float, target: str) -> None:
     """The tail of one density-grid update (instant-ngp ``splat_grid_samples_nerf_max_nearest_neighbor``,
     ``ema_grid_samples_nerf``, ``grid_to_bitfield``), in place, as :meth:`OccupancyGrid.update
-    <ngp_cli.tasks.nerf.occupancy.OccupancyGrid.update>` after its density evaluations:
+    <ngp_cli.volrend.grid.OccupancyGrid.update>` after its density evaluations:
 
     ``splat = per-cell max(0, thickness)`` over ``idx`` (NaN → 0, like ``torch.nan_to_num``); ``density =
     density < 0 ? density : max(decay · density, splat)``; ``occupancy = density > min(threshold,

@@ -1,4 +1,5 @@
-"""Torch reference of tiny-cuda-nn's "FullyFusedMLP" (``src/fully_fused_mlp.cu``) and its activations.
+"""Torch reference of tiny-cuda-nn's "FullyFusedMLP" (``src/fully_fused_mlp.cu``); its activations are in
+:mod:`ngp_cli.nn.activations`.
 
 The fully fused MLP of Müller et al. 2021/2022 (paper §4) is a bias-free stack of equally wide matrices; on the
 GPU it runs as one kernel keeping activations in shared memory. Here it is a plain sequence of ``x @ W.T`` with the
@@ -9,114 +10,21 @@ initialisation, so parameters can be moved between backends.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ngp_cli.config import ACTIVATIONS, NETWORK_WIDTHS
+from ngp_cli.config import NETWORK_WIDTHS
 from ngp_cli.errors import ConfigError
+from ngp_cli.nn.activations import ACTIVATIONS, activation_fn
 
-__all__ = ["ACTIVATIONS", "NETWORK_WIDTHS", "K_ACT", "activation_derivative", "activation_fn", "FullyFusedMLP"]
-
-
-# tcnn's K_ACT: sharpness of Squareplus and Softplus.
-K_ACT = 10.0
-
-
-def _identity(x: Tensor) -> Tensor:
-    return x
-
-
-def _leaky_relu(x: Tensor) -> Tensor:
-    return F.leaky_relu(x, 0.01)
-
-
-def _squareplus(x: Tensor) -> Tensor:
-    kx = x * K_ACT
-    return 0.5 * (kx + torch.sqrt(kx * kx + 4.0)) / K_ACT
-
-
-def _softplus(x: Tensor) -> Tensor:
-    # tcnn: logf(expf(K x) + 1) / K, which overflows to inf for x > ~8.9 in float32; torch's softplus is the same
-    # function evaluated stably (linear once K x > 20, where the two differ by < 1e-9).
-    return F.softplus(x, beta=K_ACT)
-
-
-_ACTIVATION_FNS: dict[str, Callable[[Tensor], Tensor]] = {
-    "None": _identity,
-    "ReLU": torch.relu,
-    "LeakyReLU": _leaky_relu,
-    "Exponential": torch.exp,
-    "Sine": torch.sin,
-    "Sigmoid": torch.sigmoid,
-    "Squareplus": _squareplus,
-    "Softplus": _softplus,
-    "Tanh": torch.tanh,
-}
-
-
-def activation_fn(name: str) -> Callable[[Tensor], Tensor]:
-    """Elementwise activation of tcnn by name (``warp_activation`` in ``include/tiny-cuda-nn/common_device.h``).
-
-    None: ``x``; ReLU: ``max(x, 0)``; LeakyReLU: ``x`` if ``x > 0`` else ``0.01 x``; Exponential: ``exp(x)``;
-    Sine: ``sin(x)`` (no frequency factor); Sigmoid: ``1 / (1 + exp(-x))``; Squareplus:
-    ``0.5 (K x + sqrt((K x)^2 + 4)) / K``; Softplus: ``log(exp(K x) + 1) / K``; Tanh: ``tanh(x)``; with ``K = 10``.
-
-    Args:
-        name: one of :data:`ACTIVATIONS` (case-sensitive, tcnn spelling).
-
-    Returns:
-        A differentiable callable ``Tensor -> Tensor`` preserving shape and dtype.
-
-    Raises:
-        ConfigError: unknown name.
-    """
-    try:
-        return _ACTIVATION_FNS[name]
-    except (KeyError, TypeError):
-        raise ConfigError(f"network.activation must be one of {', '.join(ACTIVATIONS)}, got {name!r}") from None
+__all__ = ["FullyFusedMLP"]
 
 
 def _uniform(shape: tuple[int, int], bound: float, dtype, generator, device) -> Tensor:
     gen_device = "cpu" if generator is None else generator.device
     w = torch.rand(shape, generator=generator, dtype=dtype, device=gen_device) * (2.0 * bound) - bound
     return w.to(device)
-
-
-def activation_derivative(name: str, y: Tensor) -> Tensor:
-    """d act / d x through the activation's output ``y`` (tcnn's ``activation_backward_output``), for hidden and output
-    activations alike: the backward passes of the fused kernel and of the CPU path keep only the outputs.
-
-    Args:
-        name: an activation of :data:`ACTIVATIONS` other than Sine (whose derivative its output does not give).
-        y: the activation's output, any shape, floating point.
-
-    Returns:
-        The derivative, ``y``'s shape and dtype.
-
-    Raises:
-        ValueError: Sine or an unknown name.
-    """
-    if name == "None":
-        return torch.ones_like(y)
-    if name == "ReLU":
-        return (y > 0).to(y.dtype)
-    if name == "LeakyReLU":
-        return torch.where(y > 0, 1.0, 0.01).to(y.dtype)
-    if name == "Exponential":
-        return y
-    if name == "Sigmoid":
-        return y * (1.0 - y)
-    if name == "Squareplus":
-        u = K_ACT * y
-        return u * u / (u * u + 1.0)
-    if name == "Softplus":
-        return -torch.expm1(-K_ACT * y)
-    if name == "Tanh":
-        return 1.0 - y * y
-    raise ValueError(f"activation_derivative: activation {name!r} has no derivative through its output")
 
 
 class FullyFusedMLP(nn.Module):
@@ -180,11 +88,11 @@ class FullyFusedMLP(nn.Module):
         if isinstance(n_hidden_layers, bool) or not isinstance(n_hidden_layers, int) or n_hidden_layers < 1:
             raise ConfigError(f"network.n_hidden_layers must be an integer >= 1, got {n_hidden_layers!r}")
         self._act = activation_fn(activation)
-        self._out_act = _ACTIVATION_FNS.get(output_activation)
-        if self._out_act is None:
+        if output_activation not in ACTIVATIONS:
             raise ConfigError(
                 f"network.output_activation must be one of {', '.join(ACTIVATIONS)}, got {output_activation!r}"
             )
+        self._out_act = activation_fn(output_activation)
         if kernel_target not in (None, "cuda", "cpu"):
             raise ConfigError(f"FullyFusedMLP kernel_target must be None, 'cuda' or 'cpu', got {kernel_target!r}")
         self.kernel_target = kernel_target
@@ -228,7 +136,7 @@ class FullyFusedMLP(nn.Module):
         if x.dim() != 2 or x.shape[1] != self.n_input_dims:
             raise ValueError(f"FullyFusedMLP expects x of shape (N, {self.n_input_dims}), got {tuple(x.shape)}")
         if self.kernel_target is not None and "Sine" not in (self.activation, self.output_activation):
-            from ngp_cli.cuda.mlp import LossScale, mlp_forward
+            from ngp_cli.cuda.fused_mlp import LossScale, mlp_forward
 
             if self.kernel_target == "cuda" and (self._loss_scale is None or self._loss_scale.scale.device != x.device):
                 self._loss_scale = LossScale(x.device)

@@ -15,7 +15,10 @@ them (``ngp --help``) stays fast and needs no GPU. Nothing outside this module i
 from __future__ import annotations
 
 import importlib.metadata
-from typing import ClassVar
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
 
 import typer
 
@@ -30,6 +33,60 @@ BUILTIN_TASKS = {
     "sdf": "ngp_cli.tasks.sdf:SdfTask",
     "nrc": "ngp_cli.tasks.nrc:NrcTask",
 }
+
+
+@dataclass(frozen=True)
+class TrainInput:
+    """The training command's positional argument: a file or folder, recorded (absolute) in the config at ``key``,
+    which ``--resume`` reads it back from.
+
+    Attributes:
+        name: the argument's name in ``--help`` and in messages ("photo", "mesh", "dataset").
+        key: the config key, ``section.name`` ("image.path").
+        help: the argument's help text.
+        default: the input used when none is given (a demo input), or None: then the argument is required for new
+            runs. Called only when needed.
+    """
+
+    name: str
+    key: str
+    help: str
+    default: Callable[[], Path] | None = None
+
+
+@dataclass(frozen=True)
+class Shorthand:
+    """A task option standing for one ``--set``: ``--downscale 2`` is ``--set nerf.downscale=2``.
+
+    Attributes:
+        flag: the option ("--downscale").
+        key: the config key it sets.
+        help: the option's help text.
+        type: ``int``, ``float`` (the option's value is the key's) or ``bool`` (a flag that sets the key to true).
+        min: the smallest value accepted (ints and floats), or None.
+    """
+
+    flag: str
+    key: str
+    help: str
+    type: type = int
+    min: float | None = None
+
+    @property
+    def parameter(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+    def annotation(self) -> Any:
+        if self.type is bool:
+            return Annotated[bool, typer.Option(self.flag, help=self.help)]
+        return Annotated[self.type | None, typer.Option(self.flag, help=self.help, min=self.min)]
+
+    def assignment(self, value: Any) -> str | None:
+        """The ``--set`` assignment for the option's parsed value, or None when it was not given."""
+        if self.type is bool:
+            return f"{self.key}=true" if value else None
+        return None if value is None else f"{self.key}={value}"
+
 
 
 class Task:
@@ -71,9 +128,51 @@ class Task:
 
         return RunConfig
 
-    def register(self, app: typer.Typer) -> None:
-        """Add this task's commands to the ``ngp`` app."""
+    # --- the training command, run by the one pipeline (ngp_cli.pipeline) -------------------------------------------
+    #: The training command's name ("fit-image"); empty: the task registers its own commands (:meth:`register`).
+    train_command: ClassVar[str] = ""
+    #: Its --help text (first line: the summary).
+    train_help: ClassVar[str] = ""
+    #: Its positional input.
+    train_input: ClassVar[TrainInput | None] = None
+    #: Its own options, each a ``--set``.
+    shorthands: ClassVar[tuple[Shorthand, ...]] = ()
+
+    def load_input(self, cfg: Any, fresh: bool) -> Any:
+        """Read the input the config names (``train_input.key``, absolute) into whatever :meth:`build_problem` needs.
+        On a ``fresh`` run it may also record what the input decides in ``cfg`` (e.g. N_max from a photo's size), so
+        config.yaml alone rebuilds the model. Raises DataError."""
         raise NotImplementedError
+
+    def build_problem(self, cfg: Any, backend: Any, data: Any) -> Any:
+        """The :class:`ngp_cli.train.Problem` to train on ``backend``."""
+        raise NotImplementedError
+
+    def describe(self, cfg: Any, data: Any, problem: Any) -> str:
+        """The start of the info line before training (the pipeline adds the backend and the parameter count)."""
+        from ngp_cli.config import config_value
+
+        return f"{self.train_input.name} {config_value(cfg, self.train_input.key)}"
+
+    def before_fit(self, problem: Any, trainer: Any, restored: bool) -> None:
+        """Work after the checkpoint is restored (``restored``: one was) and before the first step."""
+
+    def evaluate(self, problem: Any, run: Any, state: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The final evaluation (run under the evaluation weights): ``(metrics, artifacts)`` for summary.json. The
+        pipeline adds ``loss``, ``steps``, ``train_s``, ``compile_s`` and the checkpoint."""
+        raise NotImplementedError
+
+    def result_line(self, cfg: Any, metrics: dict[str, Any], artifacts: dict[str, Any], state: Any) -> str:
+        """The info line after the evaluation."""
+        return f"trained {state.step} steps ({metrics['train_s']:.1f} s)"
+
+    def register(self, app: typer.Typer) -> None:
+        """Add this task's commands to the ``ngp`` app: by default its training command, through the pipeline."""
+        if not self.train_command:
+            raise NotImplementedError(f"task {self.name!r} declares no train_command and registers nothing")
+        from ngp_cli.pipeline import register
+
+        register(self, app)
 
 
 def _entry_points() -> list[importlib.metadata.EntryPoint]:

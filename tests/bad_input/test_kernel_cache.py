@@ -41,10 +41,10 @@ _RUN_SAXPY = textwrap.dedent(
 def loaded_names(host_cxx) -> dict[str, str]:
     """The file names the runtime itself loads for basic.cu and for the launcher, read off the loaded libraries (so
     the name is computed exactly the way the runtime does), built in the session's kernel cache."""
-    from ngp_cli.cuda import runtime
+    from ngp_cli.cuda import cpu_build, runtime
 
     module = runtime.load_module(KERNELS / "basic.cu", "cpu")
-    return {"kernel-module": Path(module.library).name, "launcher": Path(runtime._pool_lib()._name).name}
+    return {"kernel-module": Path(module.library).name, "launcher": Path(cpu_build._pool_lib()._name).name}
 
 
 def _private_cache(tmp_path: Path) -> Path:

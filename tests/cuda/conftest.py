@@ -21,12 +21,12 @@ def nvcc_reports(source: str) -> dict[str, dict]:
     as ``{arch: {kernel: report}}``; skips the calling test when nvcc is absent."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from ngp_cli.cuda import runtime
+    from tests.cuda.nvcc import nvcc_compile_check, nvcc_path
 
-    if runtime.nvcc_path() is None:
+    if nvcc_path() is None:
         pytest.skip("nvcc not found")
     with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(zip(ARCHS, pool.map(lambda a: runtime.nvcc_compile_check(source, a), ARCHS), strict=True))
+        return dict(zip(ARCHS, pool.map(lambda a: nvcc_compile_check(source, a), ARCHS), strict=True))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -50,7 +50,7 @@ def kernels_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def nvcc() -> str:
-    from ngp_cli.cuda.runtime import nvcc_path
+    from tests.cuda.nvcc import nvcc_path
 
     path = nvcc_path()
     if path is None:

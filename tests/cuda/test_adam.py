@@ -168,7 +168,7 @@ def test_optimizer_on_the_kernel_follows_the_reference(cpu_target):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_adam_compiles_for_every_architecture(nvcc, arch):
-    from ngp_cli.cuda.runtime import nvcc_compile_check
+    from tests.cuda.nvcc import nvcc_compile_check
 
     usage = nvcc_compile_check("adam.cu", arch)
     assert set(usage) == {"adam_step"}

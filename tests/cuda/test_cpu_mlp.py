@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ngp_cli.cuda import cpu_mlp as cm
-from ngp_cli.cuda import mlp as fmlp
+from ngp_cli.cuda import fused_mlp as fmlp
 from ngp_cli.errors import ConfigError
 from ngp_cli.nn.mlp import FullyFusedMLP
 

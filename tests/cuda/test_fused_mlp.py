@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from ngp_cli.cuda import mlp as fmlp
-from ngp_cli.cuda.mlp import fused_mlp, kernel_variant
+from ngp_cli.cuda import fused_mlp as fmlp
+from ngp_cli.cuda.fused_mlp import fused_mlp, kernel_variant
 from ngp_cli.nn.mlp import FullyFusedMLP
 
 SEED = int(os.environ.get("NGP_TEST_SEED", random.randrange(2**31)))
@@ -74,7 +74,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def _fp16_model(x, weights, activation, output_activation, grad_out, loss_scale):
     """The kernel's arithmetic in float64 torch: fp16 operands, hidden activations rounded to fp16 after the
     activation, the loss-scaled gradients rounded to fp16 after each layer. Returns (out, dx, [dW])."""
-    from ngp_cli.nn.mlp import activation_derivative, activation_fn
+    from ngp_cli.nn.activations import activation_derivative, activation_fn
 
     def r16(t):
         return t.half().double()
@@ -232,7 +232,7 @@ def test_loss_scaling_keeps_tiny_gradients(compiled):
 def test_overflow_zeroes_the_step_and_halves_the_scale_on_the_device(compiled):
     """x128 of these gradients overflows fp16's 65504: the step's MLP gradients come back as zeros, the LossScale
     halves, and once it is small enough the gradients are those of the fp16 model at that scale. No host read."""
-    from ngp_cli.cuda.mlp import LossScale
+    from ngp_cli.cuda.fused_mlp import LossScale
 
     ref, x = _case(16, 1, salt=700)
     grad_out = torch.randn(N_ROWS, N_OUT, generator=_gen(99)) * 1500.0
@@ -257,7 +257,7 @@ def test_overflow_zeroes_the_step_and_halves_the_scale_on_the_device(compiled):
 
 
 def test_loss_scale_grows_back_after_clean_steps():
-    from ngp_cli.cuda.mlp import LossScale
+    from ngp_cli.cuda.fused_mlp import LossScale
 
     scaler = LossScale("cpu", initial=8.0)
     scaler.growth_interval = 3
@@ -271,7 +271,7 @@ def test_loss_scale_grows_back_after_clean_steps():
 def test_non_finite_incoming_gradient_passes_through(compiled):
     """A diverged loss is not an overflow: its non-finite gradients reach the weights (the trainer stops on them)
     and the scale stays."""
-    from ngp_cli.cuda.mlp import LossScale
+    from ngp_cli.cuda.fused_mlp import LossScale
 
     ref, x = _case(16, 1, salt=701)
     weights = [w.detach().clone().requires_grad_(True) for w in ref.weights]
@@ -343,7 +343,7 @@ def test_kernel_target_validation_and_sine_fallback():
 def test_shipped_variants_compile_without_spills(nvcc, arch):
     """Spill budget: zero bytes for every shipped variant (ptxas: 80-130 registers, no local memory). sm_80 checks
     every shipped variant, the other architectures the smallest and the largest (time)."""
-    from ngp_cli.cuda.runtime import nvcc_compile_check
+    from tests.cuda.nvcc import nvcc_compile_check
 
     cases = SHIPPED if arch == "sm_80" else [SHIPPED[0], SHIPPED[-1]]
 

@@ -1,6 +1,6 @@
 """The NeRF kernels (ngp_cli/cuda/nerf.cu through ngp_cli/cuda/nerf.py) against their torch references:
-``march_rays_reference`` and ``OccupancyGrid.update`` (ngp_cli/tasks/nerf/occupancy.py) and ``composite_reference``
-(ngp_cli/tasks/nerf/render.py). CPU-target tests run everywhere (host C++ compiler); ``gpu`` tests compare the cuda
+``march_rays_reference`` (ngp_cli/volrend/march.py), ``OccupancyGrid.update`` (ngp_cli/volrend/grid.py) and
+``composite_reference`` (ngp_cli/volrend/composite.py). CPU-target tests run everywhere (host C++ compiler); ``gpu`` tests compare the cuda
 target with the reference and the cpu target; nvcc builds are checked in test_nvcc_builds.py.
 
 Inputs are drawn fresh every run; the seed is in every failure message.
@@ -14,9 +14,11 @@ import pytest
 import torch
 
 from ngp_cli.cuda import nerf, runtime
-from ngp_cli.tasks.nerf import occupancy as occ_ref
-from ngp_cli.tasks.nerf.occupancy import GRID_CELLS, GRID_SIZE, march_rays_reference, n_cascades
-from ngp_cli.tasks.nerf.render import MIN_TRANSMITTANCE, composite_reference
+from ngp_cli.volrend import constants
+from ngp_cli.volrend.composite import composite_reference
+from ngp_cli.volrend.constants import GRID_CELLS, GRID_SIZE, MIN_TRANSMITTANCE
+from ngp_cli.volrend.grid import aabb_bounds, n_cascades
+from ngp_cli.volrend.march import RaySamples, march_rays_reference
 
 
 def _seed() -> int:
@@ -31,7 +33,7 @@ def poison(monkeypatch):
 
 def test_constants_match_the_reference():
     assert nerf.GRID_SIZE == GRID_SIZE and nerf.GRID_CELLS == GRID_CELLS
-    assert nerf.MIN_CONE_STEPSIZE == occ_ref.MIN_CONE_STEPSIZE and nerf.N_STEPS == occ_ref.N_STEPS
+    assert nerf.MIN_CONE_STEPSIZE == constants.MIN_CONE_STEPSIZE and nerf.N_STEPS == constants.N_STEPS
     assert nerf.MIN_TRANSMITTANCE == MIN_TRANSMITTANCE
 
 
@@ -58,7 +60,7 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
 def _rays(aabb_scale: int, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Rays from outside the box (aimed into it, or anywhere), from inside, and axis-aligned ones (zero and -0
     components, some starting on cell faces)."""
-    lo, hi = occ_ref.aabb_bounds(aabb_scale)
+    lo, hi = aabb_bounds(aabb_scale)
     n_out, n_in = n // 2, n // 4
     n_axis = n - n_out - n_in
     # Outside: on a sphere of radius 1.5·s around the centre, aimed at a random point of the box (80%) or anywhere.
@@ -191,17 +193,17 @@ def test_march_edge_cases(cpu_target):
     pos, dts, ts, offsets, _ = nerf.march_rays(o, d, grid, 1, cone_angle=0.0, near_distance=0.0, target=cpu_target)
     ref = march_rays_reference(o, d, grid, 1, cone_angle=0.0, near_distance=0.0)
     assert torch.equal(offsets, ref.offsets) and torch.equal(ts, ref.ts) and torch.equal(pos, ref.positions)
-    assert float(ts[0]) == 1.0 and math.isclose(float(dts[0]), occ_ref.MIN_CONE_STEPSIZE, rel_tol=1e-6)
+    assert float(ts[0]) == 1.0 and math.isclose(float(dts[0]), constants.MIN_CONE_STEPSIZE, rel_tol=1e-6)
 
 
 def test_render_dispatcher_wraps_the_kernel(cpu_target):
-    from ngp_cli.tasks.nerf.render import march_rays as dispatch
+    from ngp_cli.volrend.march import march_rays as dispatch
 
     g = torch.Generator().manual_seed(5)
     grid = _grid("random", 1, g)
     o, d = _rays(1, 64, g)
     samples = dispatch(o, d, grid, 1, cone_angle=0.0, near_distance=0.0, kernel_target=cpu_target)
-    assert isinstance(samples, occ_ref.RaySamples) and samples.offsets.numel() == 65
+    assert isinstance(samples, RaySamples) and samples.offsets.numel() == 65
     assert samples.n_samples == int(samples.offsets[-1])
 
 
@@ -236,7 +238,7 @@ def _composite_case(seed: int, n_rays: int = 600):
     sigma = torch.rand(s, generator=g) ** 3 * 200.0  # mostly small: most rays stay transparent
     dense_ray = (torch.rand(n_rays, generator=g) < 0.3).repeat_interleave(counts)
     sigma[dense_ray] = torch.rand(int(dense_ray.sum()), generator=g) * 2000.0  # these terminate early
-    dts = occ_ref.MIN_CONE_STEPSIZE * (1 + 7 * torch.rand(s, generator=g))
+    dts = constants.MIN_CONE_STEPSIZE * (1 + 7 * torch.rand(s, generator=g))
     rgb = torch.rand(s, 3, generator=g)
     return sigma, rgb, dts, offsets
 
@@ -375,7 +377,7 @@ def test_gpu_march_matches_reference_and_cpu(aabb_scale, cone_angle):
     gpu = nerf.march_rays(origins.cuda(), directions.cuda(), grid.cuda(), aabb_scale, target="cuda", **kw)
     gpu = tuple(t.cpu() for t in gpu)
     _compare_samples(gpu, ref, 21)
-    _compare_samples(gpu, occ_ref.RaySamples(*cpu), 21)
+    _compare_samples(gpu, RaySamples(*cpu), 21)
 
 
 @pytest.mark.gpu

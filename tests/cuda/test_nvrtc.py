@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ngp_cli.cuda import runtime
+from ngp_cli.cuda import nvrtc, runtime
+from ngp_cli.cuda.fused_mlp import kernel_variant
 from ngp_cli.cuda.hashgrid import INTERPOLATION_CODES, module_defines
-from ngp_cli.cuda.mlp import ACTIVATION_CODES, kernel_variant
+from ngp_cli.nn.activations import ACTIVATION_CODES
 from tests.cuda.conftest import ARCHS as ALL_ARCHS
 
 CI_ARCHS = ("sm_80", "sm_90")  # the A100 and H100 generations; sm_75..sm_89 compile the same code paths
@@ -147,15 +148,15 @@ def test_include_dirs_follow_nvrtc_major_version(tmp_path, monkeypatch):
     cuda12 = _toolkit(tmp_path / "cuda12", 12040)
     cuda129 = _toolkit(tmp_path / "cuda129", 12090)
     sets = [[cuda13], [cuda12], [cuda129]]
-    monkeypatch.setattr(runtime, "_cuda_header_sets", lambda: sets)
-    monkeypatch.setattr(runtime, "nvrtc_version", lambda: (12, 9))
-    assert runtime._cuda_include_dirs() == [str(cuda129)]
-    monkeypatch.setattr(runtime, "nvrtc_version", lambda: (12, 6))
-    assert runtime._cuda_include_dirs() == [str(cuda12)]  # same major, first found
-    monkeypatch.setattr(runtime, "nvrtc_version", lambda: (11, 8))
-    assert runtime._cuda_include_dirs() == [str(cuda13)]  # no match: any complete set
-    monkeypatch.setattr(runtime, "nvrtc_version", lambda: None)
-    assert runtime._cuda_include_dirs() == [str(cuda13)]
+    monkeypatch.setattr(nvrtc, "_cuda_header_sets", lambda: sets)
+    monkeypatch.setattr(nvrtc, "nvrtc_version", lambda: (12, 9))
+    assert nvrtc._cuda_include_dirs() == [str(cuda129)]
+    monkeypatch.setattr(nvrtc, "nvrtc_version", lambda: (12, 6))
+    assert nvrtc._cuda_include_dirs() == [str(cuda12)]  # same major, first found
+    monkeypatch.setattr(nvrtc, "nvrtc_version", lambda: (11, 8))
+    assert nvrtc._cuda_include_dirs() == [str(cuda13)]  # no match: any complete set
+    monkeypatch.setattr(nvrtc, "nvrtc_version", lambda: None)
+    assert nvrtc._cuda_include_dirs() == [str(cuda13)]
 
 
 def test_include_dirs_join_split_pip_wheels(tmp_path, monkeypatch):
@@ -165,19 +166,19 @@ def test_include_dirs_join_split_pip_wheels(tmp_path, monkeypatch):
     (nvcc_inc / "crt").mkdir(parents=True)
     (nvcc_inc / "crt" / "mma.h").write_text("\n")
     toolkit13 = _toolkit(tmp_path / "cuda13", 13000)
-    monkeypatch.setattr(runtime, "nvrtc_version", lambda: (12, 9))
-    monkeypatch.setattr(runtime, "_cuda_header_sets", lambda: [[rt_inc, nvcc_inc], [toolkit13]])
-    assert runtime._cuda_include_dirs() == [str(rt_inc), str(nvcc_inc)]
+    monkeypatch.setattr(nvrtc, "nvrtc_version", lambda: (12, 9))
+    monkeypatch.setattr(nvrtc, "_cuda_header_sets", lambda: [[rt_inc, nvcc_inc], [toolkit13]])
+    assert nvrtc._cuda_include_dirs() == [str(rt_inc), str(nvcc_inc)]
     # Without the crt/ headers the runtime wheel is still named (the compile error then says what is missing),
     # unless a complete set exists.
-    monkeypatch.setattr(runtime, "_cuda_header_sets", lambda: [[rt_inc, tmp_path / "missing"]])
-    assert runtime._cuda_include_dirs() == [str(rt_inc)]
-    monkeypatch.setattr(runtime, "_cuda_header_sets", lambda: [[rt_inc], [toolkit13]])
-    assert runtime._cuda_include_dirs() == [str(toolkit13)]
+    monkeypatch.setattr(nvrtc, "_cuda_header_sets", lambda: [[rt_inc, tmp_path / "missing"]])
+    assert nvrtc._cuda_include_dirs() == [str(rt_inc)]
+    monkeypatch.setattr(nvrtc, "_cuda_header_sets", lambda: [[rt_inc], [toolkit13]])
+    assert nvrtc._cuda_include_dirs() == [str(toolkit13)]
 
 
 def test_cuda_compile_options_order(monkeypatch):
-    monkeypatch.setattr(runtime, "_cuda_include_dirs", lambda: ["/cuda/include"])
+    monkeypatch.setattr(nvrtc, "_cuda_include_dirs", lambda: ["/cuda/include"])
     options = runtime.cuda_compile_options("adam.cu", {"ADAM_CHUNK": 1, "B": True})
     assert options == (
         "-std=c++17",

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from ngp_cli.cuda import runtime
+from ngp_cli.cuda import cpu_build, runtime, signature
 from ngp_cli.cuda.runtime import KernelCompileError, KernelLaunchError, load_module, parse_kernels
 from ngp_cli.errors import EXIT_INTERNAL, NgpError
+from tests.cuda.nvcc import nvcc_compile_check
 
 u32 = np.uint32
 
@@ -49,9 +50,9 @@ def two_threads():
 def test_cpu_workers_are_torchs_own_openmp_threads(basic, two_threads):
     """Where torch runs on libgomp, launches run on its OpenMP team: one libgomp in the process, not a second pool
     whose threads would fight torch's spinning ones for the cores (and a launch still splits over both workers)."""
-    if not runtime._torch_uses_openmp():
+    if not cpu_build._torch_uses_openmp():
         pytest.skip("torch does not use OpenMP here")
-    lib = runtime._pool_lib()
+    lib = cpu_build._pool_lib()
     assert lib.ngp_pool_openmp() == 1
     with open("/proc/self/maps") as f:
         gomp = {line.split()[-1] for line in f if "libgomp" in line}
@@ -63,23 +64,23 @@ def test_cpu_workers_are_torchs_own_openmp_threads(basic, two_threads):
 
 
 def test_launcher_falls_back_to_plain_threads_when_openmp_does_not_build(host_cxx, monkeypatch):
-    if not runtime._torch_uses_openmp():
+    if not cpu_build._torch_uses_openmp():
         pytest.skip("torch does not use OpenMP here: the plain build is the only one")
-    real = runtime._compile_cached
+    real = cpu_build._compile_cached
 
     def no_openmp(stem, key, cmd, *args):
         if "-fopenmp" in cmd:
             raise KernelCompileError("g++: error: unsupported option '-fopenmp'")
         return real(stem, key, cmd, *args)
 
-    monkeypatch.setattr(runtime, "_compile_cached", no_openmp)
-    runtime._pool_lib.cache_clear()
+    monkeypatch.setattr(cpu_build, "_compile_cached", no_openmp)
+    cpu_build._pool_lib.cache_clear()
     try:
-        assert runtime._pool_lib().ngp_pool_openmp() == 0
+        assert cpu_build._pool_lib().ngp_pool_openmp() == 0
     finally:
         monkeypatch.undo()
-        runtime._pool_lib.cache_clear()  # later launches load the OpenMP build again
-    assert runtime._pool_lib().ngp_pool_openmp() == 1
+        cpu_build._pool_lib.cache_clear()  # later launches load the OpenMP build again
+    assert cpu_build._pool_lib().ngp_pool_openmp() == 1
 
 
 def _launch_in_child(module, queue):
@@ -390,7 +391,7 @@ def test_argument_checking(basic):
         with pytest.raises(ValueError, match="expected a tensor on cpu"):
             basic.launch("saxpy", 1, 64, [y.cuda(), x, np.float32(1), u32(n)])
     # None is a null pointer; int32 tensors are accepted for unsigned pointees.
-    checked = runtime._check_args(
+    checked = signature._check_args(
         basic.kernels["index3d"],
         basic._plans["index3d"],
         [None, torch.zeros(1, dtype=torch.int32), u32(1), u32(1), u32(1)],
@@ -459,7 +460,7 @@ def test_import_ngp_cli_cuda_is_light():
 
 @pytest.mark.parametrize("arch", ["sm_75", "sm_80", "sm_86", "sm_89", "sm_90"])
 def test_nvcc_compile_check(nvcc, kernels_dir, arch):
-    info = runtime.nvcc_compile_check(kernels_dir / "sync.cu", arch)
+    info = nvcc_compile_check(kernels_dir / "sync.cu", arch)
     assert set(info) == set(parse_kernels((kernels_dir / "sync.cu").read_text()))
     for name, entry in info.items():
         assert entry["registers"] > 0, name
@@ -469,10 +470,10 @@ def test_nvcc_compile_check(nvcc, kernels_dir, arch):
 
 def test_nvcc_compile_check_of_the_other_toys(nvcc, kernels_dir):
     for source, defines in (("basic.cu", None), ("scalars.cu", {"PARAM_T": "__half"}), ("wmma.cu", {"B_COL_MAJOR": 0})):
-        info = runtime.nvcc_compile_check(kernels_dir / source, 80, defines)
+        info = nvcc_compile_check(kernels_dir / source, 80, defines)
         assert all(e["spill_stores"] == 0 for e in info.values()), (source, info)
     with pytest.raises(KernelCompileError, match="failed to compile with nvcc") as err:
-        runtime.nvcc_compile_check(kernels_dir / "broken.cu", "sm_80")
+        nvcc_compile_check(kernels_dir / "broken.cu", "sm_80")
     assert "ngp_undefined_identifier" in err.value.log
 
 

@@ -23,7 +23,9 @@ def _problem_and_trainer(scene: Path, tmp_path: Path, backend_name: str, steps: 
     from ngp_cli.nn.backend import resolve_backend
     from ngp_cli.runs import RunDir
     from ngp_cli.tasks.nerf import NerfConfig
-    from ngp_cli.tasks.nerf.fit import NerfProblem, load_split, scene_aabb_scale
+    from ngp_cli.tasks.nerf.config import scene_aabb_scale
+    from ngp_cli.tasks.nerf.data import load_split
+    from ngp_cli.tasks.nerf.fit import NerfProblem
     from ngp_cli.train import Trainer
 
     sets = [f"train.n_steps={steps}", f"train.log_every={log_every}", "train.eval_every=0",

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from ngp_cli.errors import ConfigError
-from ngp_cli.nn.mlp import ACTIVATIONS, FullyFusedMLP, activation_fn
+from ngp_cli.nn.activations import ACTIVATIONS, activation_fn
+from ngp_cli.nn.mlp import FullyFusedMLP
 
 
 def test_activation_names():

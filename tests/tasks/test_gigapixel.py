@@ -99,7 +99,7 @@ def test_fit_image_writes_a_complete_run_directory(ngp, astronaut_crop, tmp_path
     assert json.loads((run / "summary.json").read_text())["metrics"] == done["metrics"]
     assert done["metrics"]["steps"] == 6
     assert 0.0 <= done["metrics"]["compile_s"] and 0.0 < done["metrics"]["train_s"]  # compiling is not training
-    from ngp_cli.machine import cpuinfo, isa_features
+    from ngp_cli.hardware import cpuinfo, isa_features
 
     assert done["machine"]["cpu"] == cpuinfo()[0] and done["machine"]["isa"] == isa_features()
     assert done["machine"]["paths"]["cpu_mlp"]["path"] in ("bf16", "fp32", "torch")

@@ -12,16 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from ngp_cli.tasks.nerf.occupancy import (
-    GRID_CELLS,
-    GRID_SIZE,
-    MIN_CONE_STEPSIZE,
-    OccupancyGrid,
-    cell_index,
-    march_rays_reference,
-    mip_from_pos,
-)
-from ngp_cli.tasks.nerf.render import MIN_TRANSMITTANCE, composite_reference
+from ngp_cli.volrend.composite import composite_reference
+from ngp_cli.volrend.constants import GRID_CELLS, GRID_SIZE, MIN_CONE_STEPSIZE, MIN_TRANSMITTANCE
+from ngp_cli.volrend.grid import OccupancyGrid, cell_index, mip_from_pos
+from ngp_cli.volrend.march import march_rays_reference
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Compositing
@@ -127,7 +121,7 @@ def test_marching_samples_only_the_occupied_cell():
 def test_no_ray_through_an_occupied_box_is_lost_at_its_entry(aabb_scale):
     """Regression: the entry point o + t_near·d rounds to either side of the face; rays whose first position fell
     outside used to end with no sample (19% of the object's rays in some lego views)."""
-    from ngp_cli.tasks.nerf.occupancy import ray_aabb
+    from ngp_cli.volrend.march import ray_aabb
 
     g = torch.Generator().manual_seed(11)
     n = 4000
@@ -159,7 +153,7 @@ def test_marching_respects_max_samples_and_cascades():
 
 
 def test_rendering_in_rounds_equals_a_single_pass():
-    from ngp_cli.tasks.nerf.render import render_rays
+    from ngp_cli.volrend.render import render_rays
 
     g = torch.Generator().manual_seed(5)
     occupancy = (torch.rand(GRID_CELLS, generator=g) < 0.3).to(torch.uint8)
@@ -384,10 +378,10 @@ def test_eval_and_render_show_progress_per_view_and_frame(trained, ngp, tmp_path
 def test_evaluate_views_reports_each_view_as_it_finishes(trained):
     """``ngp eval`` emits a view's line when that view is done, not all at the end: on_view sees the views in order,
     each before the next one is rendered."""
-    from ngp_cli.tasks.nerf import evaluate
+    from ngp_cli.tasks.nerf import evaluate, views
 
     seen: list[int] = []
-    real = evaluate.render_view
+    real = views.render_view
     rendered: list[int] = []
 
     def spy(*args, **kwargs):
@@ -397,14 +391,14 @@ def test_evaluate_views_reports_each_view_as_it_finishes(trained):
     from ngp_cli.tasks import discover_tasks
 
     run, problem, _ = evaluate.load_run(discover_tasks()["nerf"], Path(trained.last("done")["run_dir"]), "torch")
-    from ngp_cli.tasks.nerf.fit import load_split
+    from ngp_cli.tasks.nerf.data import load_split
 
     ds = load_split(problem.cfg, "val")
-    evaluate.render_view = spy
+    views.render_view = spy
     try:
-        evaluate.evaluate_views(problem, ds, range(3), with_ssim=False, on_view=lambda row: seen.append(row["view"]))
+        views.evaluate_views(problem, ds, range(3), with_ssim=False, on_view=lambda row: seen.append(row["view"]))
     finally:
-        evaluate.render_view = real
+        views.render_view = real
     assert seen == [0, 1, 2] and rendered == [0, 1, 2]
 
 

@@ -1,4 +1,5 @@
-"""``ngp fit-image``: training (through the shared Trainer) and the tile-by-tile reconstruction, error map and PSNR."""
+"""``ngp fit-image``'s work: the training problem (run by the shared pipeline, :mod:`ngp_cli.pipeline`) and the
+tile-by-tile reconstruction, error map and PSNR."""
 
 from __future__ import annotations
 
@@ -11,15 +12,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ngp_cli.commands import TrainOptions, create_run, finish, prepare, restore, resumed_input
-from ngp_cli.console import info, is_quiet
 from ngp_cli.images import ImageWriter, colormap, from_float, read_image
 from ngp_cli.metrics import PSNRAccumulator
 from ngp_cli.nn.backend import Backend
 from ngp_cli.nn.model import NetworkWithInputEncoding
-from ngp_cli.tasks.gigapixel import ImageConfig, default_photo
+from ngp_cli.tasks.gigapixel.config import ImageConfig, default_photo
 from ngp_cli.tasks.gigapixel.data import ImageTarget, pixel_centers
-from ngp_cli.train import Trainer, make_loss, make_optimizer, sampling_generator, train_step
+from ngp_cli.train import TrainState, make_loss, make_optimizer, sampling_generator, train_step
 
 
 class ImageProblem:
@@ -27,6 +26,7 @@ class ImageProblem:
 
     def __init__(self, target: ImageTarget, cfg: ImageConfig, backend: Backend) -> None:
         self.target = target
+        self.cfg = cfg
         self.device = backend.device
         init = torch.Generator().manual_seed(cfg.seed)
         # N_max comes from the config: fit_image records the photo-relative value there before training.
@@ -123,48 +123,25 @@ def record_max_resolution(cfg: ImageConfig, target: ImageTarget) -> None:
         cfg.encoding.max_resolution = target.natural_max_resolution(cfg.image.max_resolution_factor)
 
 
-def _load_photo(photo: Path, max_pixels: int) -> tuple[Path, np.ndarray]:
-    image = read_image(photo, max_pixels)
-    return photo.expanduser().resolve(), image
+def load_target(cfg: ImageConfig, fresh: bool) -> ImageTarget:
+    """The photo ``image.path`` (refused over ``image.max_pixels``); on a ``fresh`` run its N_max is recorded in
+    ``cfg`` (:func:`record_max_resolution`). Raises DataError."""
+    target = ImageTarget(read_image(Path(cfg.image.path), cfg.image.max_pixels))
+    if fresh:
+        record_max_resolution(cfg, target)
+    return target
 
 
-def fit_image(task, opts: TrainOptions, photo: Path | None) -> None:
-    """The ``ngp fit-image`` command body (see the task's docstring). Raises NgpError subclasses on bad input."""
-    prep = prepare(task, opts)
-    cfg: ImageConfig = prep.cfg
-    if prep.run is None:
-        photo_path, image = _load_photo(photo if photo is not None else default_photo(), cfg.image.max_pixels)
-        cfg.image.path = str(photo_path)
-        record_max_resolution(cfg, ImageTarget(image))
-        run = create_run(task, opts, cfg, default_name=photo_path.stem)
-    else:
-        run = prep.run
-        photo_path, image = _load_photo(resumed_input(prep, photo, cfg.image.path, "image.path", "photo"),
-                                        cfg.image.max_pixels)
-
-    target = ImageTarget(image)
-    problem = ImageProblem(target, cfg, prep.backend)
-    n_params = sum(p.numel() for p in problem.model.parameters())
-    info(f"photo {photo_path.name}: {target.width}x{target.height}, {target.channels} channel(s), "
-         f"{image.dtype}; backend {prep.backend.name} on {prep.backend.device}; {n_params:,} parameters")
-
-    trainer = Trainer(problem, cfg, run, json_events=opts.json, quiet=is_quiet(), save_optimizer=opts.save_optimizer)
-    restore(trainer, prep)
-    state = trainer.fit()
-
+def final_evaluation(problem: ImageProblem, run: Any, state: TrainState) -> tuple[dict[str, Any], dict[str, str]]:
+    """:func:`evaluate` into the run's renders, the heat-map saturating at 3x the last batch's RMSE; the metrics lead
+    with the PSNR and add the training throughput."""
     last_mse = 10 ** (-(state.last or {}).get("psnr", 20.0) / 10) if state.last else 0.01
     error_vmax = max(3.0 * math.sqrt(last_mse), 1e-3)
-    with trainer.evaluation_weights():
-        metrics, artifacts = evaluate(problem, photo_path, cfg.image.render_scale, cfg.image.tile_pixels,
-                                      run.renders_dir, error_vmax)
-    metrics = {"psnr": metrics.pop("psnr"), "loss": (state.last or {}).get("loss"), "steps": state.step,
-               "train_s": round(state.elapsed_s, 3), "compile_s": round(state.compile_s, 3),
-               "samples_per_s": state.step * cfg.train.batch_size / max(state.elapsed_s, 1e-9), **metrics}
-    checkpoints = run.checkpoints()
-    artifacts["checkpoint"] = str(checkpoints[-1][1].with_suffix(".safetensors")) if checkpoints else None
-    info(f"PSNR {metrics['psnr']:.2f} dB after {state.step} steps ({metrics['train_s']:.1f} s training); "
-         f"reconstruction {artifacts['reconstruction']}")
-    finish(run, state.step, metrics, artifacts)
+    cfg = problem.cfg
+    metrics, artifacts = evaluate(problem, Path(cfg.image.path), cfg.image.render_scale, cfg.image.tile_pixels,
+                                  run.renders_dir, error_vmax)
+    samples_per_s = state.step * cfg.train.batch_size / max(state.elapsed_s, 1e-9)
+    return {"psnr": metrics.pop("psnr"), "samples_per_s": samples_per_s, **metrics}, artifacts
 
 
 def benchmark_step(backend: Backend, batch_size: int) -> Callable[[], Any]:

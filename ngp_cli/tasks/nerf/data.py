@@ -592,3 +592,10 @@ def _load_images(where: Path, frames: list[_Frame], downscale: int) -> tuple[Ten
             buf[k] = arr
     assert images is not None
     return images, raw_w, raw_h
+
+
+def load_split(cfg: Any, split: str) -> NerfDataset:
+    """Load ``split`` of the dataset ``cfg`` (a :class:`~ngp_cli.tasks.nerf.config.NerfConfig`) names, with its loading
+    options. Raises DataError."""
+    return load_dataset(Path(cfg.nerf.path), split, downscale=cfg.nerf.downscale,
+                        holdout_every=cfg.nerf.holdout_every, allow_outside_root=cfg.nerf.allow_outside_root)

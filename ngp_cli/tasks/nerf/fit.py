@@ -5,19 +5,17 @@ the shared :class:`~ngp_cli.train.Trainer`, then the held-out evaluation and ren
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-from ngp_cli.commands import TrainOptions, create_run, finish, prepare, restore, resumed_input
-from ngp_cli.console import info, is_quiet
-from ngp_cli.errors import ConfigError, DataError
+from ngp_cli.console import info
+from ngp_cli.errors import DataError
 from ngp_cli.nn.backend import Backend
-from ngp_cli.tasks.nerf import NerfConfig
-from ngp_cli.tasks.nerf.data import NerfDataset, load_dataset
+from ngp_cli.tasks.nerf.config import NerfConfig, cone_angle
+from ngp_cli.tasks.nerf.data import NerfDataset, load_split
 from ngp_cli.tasks.nerf.model import NerfNetwork
-from ngp_cli.tasks.nerf.render import composite, march_rays
-from ngp_cli.train import Trainer
+from ngp_cli.volrend.composite import composite
+from ngp_cli.volrend.march import march_rays
 
 # instant-ngp rounds the adaptive ray count to this granularity (BATCH_SIZE_GRANULARITY).
 _RAY_GRANULARITY = 128
@@ -29,27 +27,6 @@ def _rays_to_draw(wanted: int) -> int:
     rounded to the granularity, at most 2^20."""
     headroom = -(-int(wanted) * 5 // 4 // _RAY_GRANULARITY) * _RAY_GRANULARITY
     return min(max(headroom, _RAY_GRANULARITY), _MAX_RAYS)
-
-
-def cone_angle(cfg: NerfConfig, aabb_scale: int) -> float:
-    """The configured cone angle, or instant-ngp's default: 0 at aabb_scale 1, 1/256 otherwise."""
-    if cfg.nerf.cone_angle is not None:
-        return cfg.nerf.cone_angle
-    return 0.0 if aabb_scale == 1 else 1.0 / 256.0
-
-
-def scene_aabb_scale(cfg: NerfConfig, dataset: NerfDataset) -> int:
-    """``nerf.aabb_scale`` or the dataset's. Raises ConfigError unless a power of two in 1..128."""
-    scale = cfg.nerf.aabb_scale if cfg.nerf.aabb_scale is not None else dataset.aabb_scale
-    if scale < 1 or scale > 128 or scale & (scale - 1):
-        raise ConfigError(f"nerf.aabb_scale must be a power of two in 1..128, got {scale}")
-    return scale
-
-
-def load_split(cfg: NerfConfig, split: str) -> NerfDataset:
-    """Load ``split`` of the run's dataset with the run's loading options. Raises DataError."""
-    return load_dataset(Path(cfg.nerf.path), split, downscale=cfg.nerf.downscale,
-                        holdout_every=cfg.nerf.holdout_every, allow_outside_root=cfg.nerf.allow_outside_root)
 
 
 class NerfProblem:
@@ -155,7 +132,7 @@ class NerfProblem:
 
     def evaluate_held_out(self) -> dict:
         """PSNR on the first ``nerf.eval_views`` views of the held-out split (the periodic evaluation)."""
-        from ngp_cli.tasks.nerf.evaluate import evaluate_views
+        from ngp_cli.tasks.nerf.views import evaluate_views
 
         split = self.cfg.nerf.eval_split
         if self.eval_set is None:
@@ -172,62 +149,3 @@ class NerfProblem:
 
     def field(self, positions: torch.Tensor, directions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model(positions, directions)
-
-
-def _dataset_path(dataset: Path | None) -> Path:
-    if dataset is not None:
-        return dataset.expanduser().resolve()
-    from ngp_cli.tasks.nerf.synthetic import ensure_synthetic_scene
-
-    path = ensure_synthetic_scene()
-    info(f"no dataset given: training on the built-in synthetic scene {path}")
-    return path
-
-
-def train_nerf(task, opts: TrainOptions, dataset: Path | None) -> None:
-    """The ``ngp train-nerf`` command body. Raises NgpError subclasses on bad input."""
-    from ngp_cli.tasks.nerf.evaluate import final_evaluation, format_ssim
-
-    prep = prepare(task, opts)
-    cfg: NerfConfig = prep.cfg
-    if prep.run is None:
-        path = _dataset_path(dataset)
-        cfg.nerf.path = str(path)
-        train_set = load_split(cfg, "train")
-        aabb_scale = scene_aabb_scale(cfg, train_set)
-        cfg.nerf.aabb_scale = aabb_scale
-        if cfg.nerf.cone_angle is None:
-            cfg.nerf.cone_angle = cone_angle(cfg, aabb_scale)
-        name = path.stem if path.is_file() else path.name
-        run = None
-    else:
-        run = prep.run
-        resumed_input(prep, dataset, cfg.nerf.path, "nerf.path", "dataset")
-        train_set = load_split(cfg, "train")
-        aabb_scale = scene_aabb_scale(cfg, train_set)
-    problem = NerfProblem(train_set, cfg, prep.backend, aabb_scale)
-    if run is None:
-        run = create_run(task, opts, cfg, default_name=name)
-    n_params = sum(p.numel() for p in problem.model.parameters())
-    info(f"dataset {cfg.nerf.path}: {len(train_set)} training views {train_set.width}x{train_set.height}, "
-         f"aabb_scale {aabb_scale}; backend {prep.backend.name} on {prep.backend.device}; {n_params:,} parameters")
-
-    trainer = Trainer(problem, cfg, run, json_events=opts.json, quiet=is_quiet(), save_optimizer=opts.save_optimizer)
-    if not restore(trainer, prep):
-        marked = problem.prepare_grid()
-        info(f"occupancy grid: {problem.model.grid.cascades} cascade(s) of 128³, {marked:,} cells unseen by any "
-             "training camera")
-    state = trainer.fit()
-    with trainer.evaluation_weights():
-        metrics, artifacts = final_evaluation(problem, run, state.step)
-    metrics = {**metrics, "loss": (state.last or {}).get("loss"), "steps": state.step,
-               "train_s": round(state.elapsed_s, 3), "compile_s": round(state.compile_s, 3),
-               "occupied_fraction": problem.model.grid.occupied_fraction()}
-    checkpoints = run.checkpoints()
-    artifacts["checkpoint"] = str(checkpoints[-1][1].with_suffix(".safetensors")) if checkpoints else None
-    if metrics["n_views"]:
-        info(f"{cfg.nerf.eval_split} PSNR {metrics['psnr']:.2f} dB, SSIM {format_ssim(metrics['ssim'])} over "
-             f"{metrics['n_views']} views after {state.step} steps ({metrics['train_s']:.1f} s training)")
-    else:
-        info(f"trained {state.step} steps ({metrics['train_s']:.1f} s); {metrics['eval_skipped']}")
-    finish(run, state.step, metrics, artifacts)

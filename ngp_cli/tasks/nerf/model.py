@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ngp_cli.nn.mlp import FullyFusedMLP
 from ngp_cli.nn.model import KernelTargetMixin, build_encoding
-from ngp_cli.tasks.nerf.occupancy import OccupancyGrid, aabb_bounds
+from ngp_cli.volrend.grid import OccupancyGrid, aabb_bounds
 
 # exp of the log-density is clamped here (torch-ngp's trunc_exp idea) so an early large activation cannot overflow.
 _MAX_LOG_DENSITY = 15.0
@@ -28,7 +28,7 @@ class NerfNetwork(KernelTargetMixin, nn.Module):
     * ``dir_encoding``: SphericalHarmonics (degree 4) of the direction mapped to [0, 1]³ (tcnn's convention).
     * ``rgb_network``: the 16 density outputs (instant-ngp feeds all of them, log-density included) + the SH →
       ``rgb_network`` MLP → 3 outputs with its output activation (Sigmoid).
-    * ``grid``: :class:`~ngp_cli.tasks.nerf.occupancy.OccupancyGrid`.
+    * ``grid``: :class:`~ngp_cli.volrend.grid.OccupancyGrid`.
 
     ``kernel_target`` ("cpu"/"cuda"/None) selects the kernels of ngp_cli/cuda for the grid encoding, the MLPs, ray
     marching and compositing, or the torch references.

@@ -27,8 +27,8 @@ from ngp_cli.console import emit, info, warn
 from ngp_cli.images import write_image
 from ngp_cli.metrics import luminance
 from ngp_cli.runs import atomic_write, cache_dir
-from ngp_cli.tasks.nrc import NrcConfig
 from ngp_cli.tasks.nrc.cache import NeuralRadianceCache
+from ngp_cli.tasks.nrc.config import NrcConfig
 from ngp_cli.tasks.nrc.scene import Scene, cornell_box, load_scene
 from ngp_cli.tasks.nrc.tracer import Camera, SceneTensors, render_image, trace
 from ngp_cli.train import EMA, make_loss, make_optimizer

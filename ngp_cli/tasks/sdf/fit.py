@@ -21,14 +21,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ngp_cli.commands import TrainOptions, create_run, finish, prepare, restore, resumed_input
-from ngp_cli.console import info, is_quiet
+from ngp_cli.console import info
 from ngp_cli.errors import ConfigError
 from ngp_cli.mesh.bvh import MeshBVH
 from ngp_cli.mesh.io import InputMesh, UnitFrame, load_mesh
 from ngp_cli.nn.backend import Backend
 from ngp_cli.nn.model import NetworkWithInputEncoding
-from ngp_cli.tasks.sdf import SdfConfig
+from ngp_cli.tasks.sdf.config import SdfConfig
 from ngp_cli.train import Trainer
 
 
@@ -224,46 +223,15 @@ def load_input(cfg: SdfConfig) -> InputMesh:
     return mesh
 
 
-def train_sdf(task, opts: TrainOptions, mesh_path: Path | None) -> None:
-    """The ``ngp train-sdf`` command body. Raises NgpError subclasses on bad input."""
-    from ngp_cli.tasks.sdf.evaluate import final_evaluation
-
-    prep = prepare(task, opts)
-    cfg: SdfConfig = prep.cfg
-    if prep.run is None:
-        path = (mesh_path if mesh_path is not None else default_mesh()).expanduser().resolve()
-        cfg.sdf.path = str(path)
-        mesh = load_input(cfg)
-        run = None
-    else:
-        run = prep.run
-        resumed_input(prep, mesh_path, cfg.sdf.path, "sdf.path", "mesh")
-        mesh = load_input(cfg)
-    problem = SdfProblem(mesh, cfg, prep.backend)
-    if run is None:
-        run = create_run(task, opts, cfg, default_name=Path(cfg.sdf.path).stem)
-    n_params = sum(p.numel() for p in problem.model.parameters())
-    info(f"backend {prep.backend.name} on {prep.backend.device}; {n_params:,} parameters; unit-cube scale "
-         f"{problem.frame.scale:.6g}")
-
-    trainer = Trainer(problem, cfg, run, json_events=opts.json, quiet=is_quiet(), save_optimizer=opts.save_optimizer)
-    restore(trainer, prep)
+def prepare_bank(problem: SdfProblem, trainer: Trainer) -> None:
+    """Fill the sample bank (``sdf.sample_bank`` points with exact signed distances) before training continues; its
+    generator is seeded by the step, so a resumed run draws as an uninterrupted one would."""
+    cfg = problem.cfg
     if cfg.sdf.sample_bank and trainer.state.step < cfg.train.n_steps:
         t0 = time.perf_counter()
         bank_gen = torch.Generator().manual_seed(cfg.seed + 2 + trainer.state.step)
         problem.prepare_bank(bank_gen)
         info(f"sample bank: {cfg.sdf.sample_bank:,} exact signed distances in {time.perf_counter() - t0:.1f} s")
-    state = trainer.fit()
-    with trainer.evaluation_weights():
-        metrics, artifacts = final_evaluation(problem, run)
-    metrics = {**metrics, "loss": (state.last or {}).get("loss"), "steps": state.step,
-               "train_s": round(state.elapsed_s, 3),
-               "compile_s": round(state.compile_s, 3)}
-    checkpoints = run.checkpoints()
-    artifacts["checkpoint"] = str(checkpoints[-1][1].with_suffix(".safetensors")) if checkpoints else None
-    info(f"IoU {metrics['iou']:.5f} ({cfg.sdf.iou_points:,} points), Chamfer {metrics['chamfer']:.3e} after "
-         f"{state.step} steps ({metrics['train_s']:.1f} s training); mesh {artifacts.get('mesh')}")
-    finish(run, state.step, metrics, artifacts)
 
 
-__all__ = ["SampleBank", "SdfProblem", "SurfaceSampler", "default_mesh", "load_input", "train_sdf"]
+__all__ = ["SampleBank", "SdfProblem", "SurfaceSampler", "default_mesh", "load_input", "prepare_bank"]

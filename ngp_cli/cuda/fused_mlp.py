@@ -40,10 +40,9 @@ import torch
 from torch import Tensor
 
 from ngp_cli.cuda.cpu_mlp import CPUMLPFunction, cpu_compute_dtype, cpu_mlp
-from ngp_cli.nn.mlp import activation_derivative
+from ngp_cli.nn.activations import ACTIVATION_CODES, activation_derivative
 
 __all__ = [
-    "ACTIVATION_CODES",
     "BATCH_GRANULARITY",
     "LOSS_SCALE",
     "CPUMLPFunction",
@@ -57,11 +56,6 @@ __all__ = [
     "mlp_forward",
 ]
 
-# Activation codes of fused_mlp.cu (ACTIVATION / OUTPUT_ACTIVATION). Sine is missing: its derivative cannot be
-# expressed through the activation's output, the only thing the kernels keep (tcnn's FullyFusedMLP lacks it too).
-ACTIVATION_CODES = {
-    "None": 0, "ReLU": 1, "LeakyReLU": 2, "Exponential": 3, "Sigmoid": 5, "Squareplus": 6, "Softplus": 7, "Tanh": 8,
-}
 BATCH_GRANULARITY = 128  # the batch is padded to a multiple of this (every variant's rows per block divides it)
 LOSS_SCALE = 128.0  # tcnn's default fp16 loss scale
 _SHARED_LIMIT = 48 * 1024  # bytes of dynamic shared memory a kernel gets without an opt-in on every GPU
@@ -318,7 +312,7 @@ def fused_mlp(x: Tensor, weights: Sequence[Tensor], activation: str = "ReLU", ou
         x: (N, n_in) floating tensor on the target's device (N >= 0; padded internally to a multiple of 128).
         weights: n_hidden_layers + 1 (out, in) matrices as :class:`ngp_cli.nn.mlp.FullyFusedMLP` holds them:
             (width, n_in), (width, width)..., (n_out, width); width one of 16, 32, 64, 128.
-        activation, output_activation: tcnn names from :data:`ACTIVATION_CODES`.
+        activation, output_activation: tcnn names from :data:`ngp_cli.nn.activations.ACTIVATION_CODES`.
         target: "cuda" (CuPy, the GPU) or "cpu" (the kernel through the CPU emulation: slow, for testing).
         loss_scale: fp16 loss scale of the backward pass: a fixed number, or a :class:`LossScale` that the backward
             pass adjusts on the device (halved after an overflow, whose step then gets zero MLP gradients).

@@ -1,0 +1,131 @@
+"""The one training pipeline of every task that trains with :class:`~ngp_cli.train.Trainer` (issue 15).
+
+A task declares its training command (nerfstudio's method-spec idea): its name and help, its one positional input
+(:class:`ngp_cli.tasks.TrainInput`, the config key it is recorded in and resumed from) and its shorthand options
+(:class:`ngp_cli.tasks.Shorthand`, each a ``--set``), plus typed hooks on the task (:class:`ngp_cli.tasks.Task`): ``load_input``,
+``build_problem``, ``describe``, ``before_fit``, ``evaluate`` and ``result_line``. From that, :func:`register`
+builds the typer command (the shared options of :mod:`ngp_cli.commands` and the task's own) and :func:`train` runs
+the flow every task shares::
+
+    prepare (config, backend; --resume checks) -> the input (new: record it; resumed: check it is unchanged)
+    -> load_input -> build_problem -> the run directory (new runs) -> Trainer -> restore -> before_fit -> fit
+    -> evaluate (with the EMA weights) -> summary.json and the done line
+
+Imports no torch at module level (``ngp --help`` builds every command from here).
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from ngp_cli.commands import (
+    AllowInputChangeOpt,
+    BackendOpt,
+    JsonOpt,
+    NameOpt,
+    PresetOpt,
+    ResumeOpt,
+    RunsDirOpt,
+    SaveOptimizerOpt,
+    SetOpt,
+    StepsOpt,
+    TrainOptions,
+    create_run,
+    finish,
+    prepare,
+    restore,
+    resumed_input,
+)
+from ngp_cli.config import config_value, set_config_value
+from ngp_cli.console import info, is_quiet
+from ngp_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from ngp_cli.tasks import Task, TrainInput
+    from ngp_cli.train import TrainState
+
+__all__ = ["register", "run_name", "train"]
+
+
+# The options every training command shares (ngp_cli.commands), in --help order: (parameter, annotation, default).
+_SHARED = (("preset", PresetOpt, None), ("set_", SetOpt, None), ("runs_dir", RunsDirOpt, Path("runs")),
+           ("name", NameOpt, None), ("resume", ResumeOpt, None), ("json_events", JsonOpt, False),
+           ("backend", BackendOpt, None), ("steps", StepsOpt, None), ("allow_input_change", AllowInputChangeOpt, False),
+           ("save_optimizer", SaveOptimizerOpt, True))
+
+
+def register(task: Task, app: typer.Typer) -> None:
+    """Add ``task``'s training command (``task.train_command``) to ``app``: the positional input, the shared options
+    and the task's shorthands; its body is :func:`train`."""
+    spec: TrainInput = task.train_input
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params = [inspect.Parameter(spec.name, kind, default=None, annotation=Annotated[Path | None, typer.Argument(
+        help=spec.help, show_default=False)])]
+    params += [inspect.Parameter(name, kind, default=default, annotation=annotation)
+               for name, annotation, default in _SHARED]
+    params += [inspect.Parameter(s.parameter, kind, default=False if s.type is bool else None,
+                                 annotation=s.annotation()) for s in task.shorthands]
+
+    def command(**kwargs: Any) -> None:
+        sets = list(kwargs["set_"] or [])
+        sets += [a for s in task.shorthands if (a := s.assignment(kwargs[s.parameter])) is not None]
+        opts = TrainOptions(preset=kwargs["preset"], sets=sets, runs_dir=kwargs["runs_dir"], name=kwargs["name"],
+                            resume=kwargs["resume"], json=kwargs["json_events"], backend=kwargs["backend"],
+                            steps=kwargs["steps"], allow_input_change=kwargs["allow_input_change"],
+                            save_optimizer=kwargs["save_optimizer"])
+        train(task, opts, kwargs[spec.name])
+
+    command.__signature__ = inspect.Signature(params)  # what typer reads the options from
+    command.__doc__ = task.train_help
+    command.__name__ = task.train_command.replace("-", "_")
+    app.command(task.train_command)(command)
+
+
+def run_name(path: Path) -> str:
+    """A new run's default name: the input file's stem, or the input folder's name."""
+    return path.stem if path.is_file() else path.name
+
+
+def train(task: Task, opts: TrainOptions, given: Path | None) -> None:
+    """The training command body of every :class:`~ngp_cli.train.Trainer` task (see the module docstring).
+
+    Raises NgpError subclasses on bad input (UsageError without an input where the task has no default); nothing is
+    created on disk before the config, the input and the problem were built.
+    """
+    from ngp_cli.train import Trainer
+
+    prep = prepare(task, opts)
+    cfg = prep.cfg
+    spec: TrainInput = task.train_input
+    if prep.run is None:
+        if given is None and spec.default is None:
+            raise UsageError(f"give the {spec.name} to train on")
+        path = (given if given is not None else spec.default()).expanduser().resolve()
+        set_config_value(cfg, spec.key, str(path))
+    else:
+        path = resumed_input(prep, given, config_value(cfg, spec.key), spec.key, spec.name)
+    data = task.load_input(cfg, prep.run is None)
+    problem = task.build_problem(cfg, prep.backend, data)
+    run = prep.run if prep.run is not None else create_run(task, opts, cfg, default_name=run_name(path))
+    n_params = sum(p.numel() for p in problem.model.parameters())
+    info(f"{task.describe(cfg, data, problem)}; backend {prep.backend.name} on {prep.backend.device}; "
+         f"{n_params:,} parameters")
+    trainer = Trainer(problem, cfg, run, json_events=opts.json, quiet=is_quiet(), save_optimizer=opts.save_optimizer)
+    restored = restore(trainer, prep)
+    task.before_fit(problem, trainer, restored)
+    state = trainer.fit()
+    with trainer.evaluation_weights():
+        metrics, artifacts = task.evaluate(problem, run, state)
+    metrics = {**metrics, **_training_metrics(state)}
+    artifacts["checkpoint"] = run.latest_weights()
+    info(task.result_line(cfg, metrics, artifacts, state))
+    finish(run, state.step, metrics, artifacts)
+
+
+def _training_metrics(state: TrainState) -> dict[str, Any]:
+    return {"loss": (state.last or {}).get("loss"), "steps": state.step, "train_s": round(state.elapsed_s, 3),
+            "compile_s": round(state.compile_s, 3)}
