@@ -84,10 +84,6 @@ SaveOptimizerOpt = Annotated[bool, typer.Option(
 
 # Keys that define what a checkpoint contains or how it was trained: fixed once a run exists.
 _FROZEN_ON_RESUME = ("task", "seed", "encoding", "network", "optimizer", "loss")
-# Keys naming what a run trains on: a change on --resume needs --allow-input-change. The path keys are pinned in the
-# run's input.json (path, size, SHA-256 of the first MiB) when it is created.
-INPUT_PATH_KEYS = ("image.path", "sdf.path", "nerf.path", "nrc.scene")
-INPUT_KEYS = (*INPUT_PATH_KEYS, "nerf.aabb_scale")
 
 
 @dataclass
@@ -167,15 +163,16 @@ def prepare(task: Task, opts: TrainOptions) -> Prepared:
             raise ConfigError(f"--set {key} cannot change on --resume: the checkpoint was trained with "
                               f"the run's {key.split('.')[0]} settings")
     raw = apply_sets(recorded, opts.overrides())
-    changes = {k: (_lookup(recorded, k), _lookup(raw, k)) for k in INPUT_KEYS
-               if _input_value(k, _lookup(recorded, k)) != _input_value(k, _lookup(raw, k))}
+    path_keys = task.input_path_keys()
+    changes = {k: (_lookup(recorded, k), _lookup(raw, k)) for k in (*path_keys, *task.input_value_keys)
+               if _input_value(k in path_keys, _lookup(recorded, k)) != _input_value(k in path_keys, _lookup(raw, k))}
     if changes and not opts.allow_input_change:
         key, (old, new) = next(iter(changes.items()))
         raise ConfigError(f"--set {key} changes the run's input ({clip(old, 80)} -> {clip(new, 80)}); add "
                           "--allow-input-change to resume on it")
     cfg = build(cls, raw)
     for key in changes:
-        if key in INPUT_PATH_KEYS and changes[key][1]:  # recorded absolute, as a new run records its input
+        if key in path_keys and changes[key][1]:  # recorded absolute, as a new run records its input
             section, name = key.split(".")
             setattr(getattr(cfg, section), name, str(Path(changes[key][1]).expanduser().resolve()))
             changes[key] = (changes[key][0], getattr(getattr(cfg, section), name))
@@ -191,9 +188,9 @@ def prepare(task: Task, opts: TrainOptions) -> Prepared:
                     allow_input_change=opts.allow_input_change, pinned=pinned)
 
 
-def _input_value(key: str, value: Any) -> Any:
+def _input_value(is_path: bool, value: Any) -> Any:
     # the same file written another way (relative, ~) is no change
-    if key in INPUT_PATH_KEYS and isinstance(value, str) and value:
+    if is_path and isinstance(value, str) and value:
         return Path(value).expanduser().resolve()
     return value
 
@@ -217,10 +214,11 @@ def _check_task(run: RunDir, raw: dict[str, Any], task: Task) -> None:
 
 def create_run(task: Task, opts: TrainOptions, cfg: Any, default_name: str) -> RunDir:
     """Create the new run directory, write its config.yaml and input.json (the identity of every input path in
-    ``cfg``: :data:`INPUT_PATH_KEYS`). Raises OutputError, DataError (an input cannot be read)."""
+    ``cfg``: the task's :meth:`~ngp_cli.tasks.Task.input_path_keys`). Raises OutputError, DataError (an input cannot
+    be read)."""
     identities = {}
     raw = to_dict(cfg)
-    for key in INPUT_PATH_KEYS:
+    for key in task.input_path_keys():
         value = _lookup(raw, key)
         if isinstance(value, str) and value and Path(value).exists():
             identities[key] = input_identity(Path(value))

@@ -138,6 +138,16 @@ class Task:
     #: Its own options, each a ``--set``.
     shorthands: ClassVar[tuple[Shorthand, ...]] = ()
 
+    #: Config keys of the files a run trains on, beyond ``train_input.key``: pinned in the run's input.json (path,
+    #: size, SHA-256 of the first MiB) when it is created; a change on ``--resume`` needs ``--allow-input-change``.
+    extra_input_paths: ClassVar[tuple[str, ...]] = ()
+    #: Other config keys that decide what a run trains on (a change on ``--resume`` needs ``--allow-input-change``).
+    input_value_keys: ClassVar[tuple[str, ...]] = ()
+
+    def input_path_keys(self) -> tuple[str, ...]:
+        """The config keys of the files a run trains on: ``train_input.key`` and :attr:`extra_input_paths`."""
+        return ((self.train_input.key,) if self.train_input is not None else ()) + self.extra_input_paths
+
     def load_input(self, cfg: Any, fresh: bool) -> Any:
         """Read the input the config names (``train_input.key``, absolute) into whatever :meth:`build_problem` needs.
         On a ``fresh`` run it may also record what the input decides in ``cfg`` (e.g. N_max from a photo's size), so

@@ -32,6 +32,7 @@ class NerfTask(Task):
     default_preset = "nerf"
     default_preset_cpu = "nerf-cpu"
     run_commands_module = "ngp_cli.tasks.nerf.evaluate"
+    input_value_keys = ("nerf.aabb_scale",)
     train_command = "train-nerf"
     train_help = """Train a NeRF (hash grid + density/colour MLPs + occupancy grid) and write checkpoints, held-out PSNR,
     renders of held-out views and the summary.

@@ -26,6 +26,8 @@ class NrcTask(Task):
     commands = ("train-nrc",)
     default_preset = "nrc"
     default_preset_cpu = "nrc"
+    extra_input_paths = ("nrc.scene",)  # trained by its own loop: no train_input
+
 
     def config_class(self) -> type:
         return NrcConfig
