@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from ngp_cli.cuda import cpu_build, runtime, signature
+from ngp_cli.cuda.kernel_cache import CUDA_DIR, _headers
 from ngp_cli.cuda.runtime import KernelCompileError, KernelLaunchError, load_module, parse_kernels
 from ngp_cli.errors import EXIT_INTERNAL, NgpError
 from tests.cuda.nvcc import nvcc_compile_check
@@ -427,6 +428,15 @@ def test_disk_cache_is_reused(basic, kernels_dir):
     assert again.library.stat().st_mtime_ns == mtime
     assert load_module(kernels_dir / "basic.cu", "cpu") is again  # per-process cache
     assert str(basic.library).startswith(str(runtime.cache_dir()))
+
+
+def test_cache_key_headers_cover_every_emu_part():
+    # cpu_emu.h is an umbrella over emu/*.h: the cpu cache key must follow its includes, so editing a part recompiles.
+    emu = set((CUDA_DIR / "emu").glob("*.h"))
+    assert len(emu) > 1
+    headers = set(_headers(CUDA_DIR / "hashgrid.cu", [CUDA_DIR / "cpu_emu.h"]))
+    assert {p.resolve() for p in emu} <= headers
+    assert (CUDA_DIR / "cpu_emu.h").resolve() in headers and (CUDA_DIR / "common.cuh").resolve() in headers
 
 
 def test_compile_seconds_counts_compiler_runs_not_cache_hits(host_cxx, tmp_path):
