@@ -431,7 +431,8 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update()
             record = None
-            if self.state.step % tc.log_every == 0 or self.state.step == tc.n_steps:
+            log_step = self.state.step % tc.log_every == 0 or self.state.step == tc.n_steps
+            if log_step:  # read back before the step's time is taken: on a GPU, waiting for it is the step's work
                 loss_value, mse_value = self._read_back(loss, mse)
                 extra = log_metrics() if log_metrics is not None else {}
             compiling = min(max(runtime.compile_seconds() - compiled0, 0.0), time.perf_counter() - t0)
@@ -439,7 +440,7 @@ class Trainer:
             self.state.elapsed_s += time.perf_counter() - t0 - compiling
             window_t0 += compiling  # compilation is not part of the training rate either
             window_steps += 1
-            if self.state.step % tc.log_every == 0 or self.state.step == tc.n_steps:
+            if log_step:
                 now = time.perf_counter()
                 steps_per_s = window_steps / max(now - window_t0, 1e-9)
                 psnr = mse_to_psnr(mse_value)

@@ -347,13 +347,15 @@ def fused_mlp(x: Tensor, weights: Sequence[Tensor], activation: str = "ReLU", ou
 
 
 def mlp_forward(x: Tensor, weights: Sequence[Tensor], activation: str, output_activation: str, target: str,
-                loss_scale: float | LossScale = LOSS_SCALE) -> Tensor:
-    """The fastest implementation for ``target``: "cuda" the fused kernel (with ``loss_scale``), "cpu"
+                loss_scale: float | LossScale | None = None) -> Tensor:
+    """The fastest implementation for ``target``: "cuda" the fused kernel (with ``loss_scale``; None: a fixed
+    :data:`LOSS_SCALE`), "cpu"
     :func:`~ngp_cli.cuda.cpu_mlp.cpu_mlp` (the path measured fastest on this CPU,
     :func:`ngp_cli.cuda.cpu_mlp.cpu_mlp_path`). Raises ConfigError for an invalid ``NGP_CPU_MLP`` (cpu), ValueError
     for another target."""
     if target == "cuda":
-        return fused_mlp(x, weights, activation, output_activation, target="cuda", loss_scale=loss_scale)
+        return fused_mlp(x, weights, activation, output_activation, target="cuda",
+                         loss_scale=LOSS_SCALE if loss_scale is None else loss_scale)
     if target == "cpu":
         return cpu_mlp(x, weights, activation, output_activation)
     raise ValueError(f"mlp_forward: target must be 'cuda' or 'cpu', got {target!r}")

@@ -141,7 +141,7 @@ class FullyFusedMLP(nn.Module):
             if self.kernel_target == "cuda" and (self._loss_scale is None or self._loss_scale.scale.device != x.device):
                 self._loss_scale = LossScale(x.device)
             return mlp_forward(x, list(self.weights), self.activation, self.output_activation, self.kernel_target,
-                               **({"loss_scale": self._loss_scale} if self.kernel_target == "cuda" else {}))
+                               loss_scale=self._loss_scale)
         h = x.to(self.weights[0].dtype)
         last = len(self.weights) - 1
         for i, w in enumerate(self.weights):
