@@ -10,7 +10,6 @@ task plugins' included. This module imports neither torch nor CuPy.
 from __future__ import annotations
 
 import copy
-import inspect
 import os
 import sys
 import traceback
@@ -22,26 +21,21 @@ from typer.core import TyperGroup
 
 from ngp_cli import __version__
 from ngp_cli.bench import BENCHMARKS
-from ngp_cli.commands import BACKENDS, BackendOpt, choices, plain_choice
+from ngp_cli.commands import BACKENDS, choices, plain_choice
 from ngp_cli.console import emit, error_line, is_quiet, set_quiet, warn
 from ngp_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, NgpError
+from ngp_cli.run_commands import add_run_commands
 
 #: The longest error line ngp prints: the values quoted in messages are cut at 200 characters where they are made
 #: (config.py); this cap is the backstop for every other message, keeping its head.
 MAX_ERROR_LINE = 280
 
-SplitChoice = choices("SplitChoice", ("val", "test", "train"))
 FormatChoice = choices("FormatChoice", ("json", "yaml"))
 BenchBackendChoice = choices("BenchBackendChoice", tuple(b for b in BACKENDS if b != "auto"))
 BenchmarkChoice = choices("BenchmarkChoice", BENCHMARKS)
 # The paper's largest batch is 2^21; 2^24 (2 GiB of encoder output) leaves headroom, and a typo such as 10^12 is a
 # usage error instead of a failed allocation.
 MAX_BENCH_BATCH = 1 << 24
-
-DataOpt = Annotated[Path | None, typer.Option(
-    "--data", help="The run's input dataset or mesh, when it moved since training (default: the path in its "
-                   "config.yaml).")]
-
 
 def one_line(message: str, limit: int) -> str:
     """``message`` as one line of at most ``limit`` characters: every line break (anything ``str.splitlines`` splits
@@ -252,83 +246,7 @@ def build_app() -> typer.Typer:
             out = output
         run_bench(tasks, backend, batch, dims, only, repeats, warmup, out)
 
-    def _run_task(run: Path, command: str, data: Path | None, **options: Any) -> None:
-        """Hand ``ngp <command> RUN`` to the run's task. ``data`` (``--data``) is passed as ``data=`` only when given,
-        and refused (exit 2) by a task whose function does not take it."""
-        from ngp_cli.errors import DataError, UsageError
-        from ngp_cli.runs import RunDir
-
-        task_name = RunDir.open(run).read_config().get("task")
-        task = tasks.get(task_name)
-        if task is None:
-            raise DataError(f"{run}: its task '{task_name}' is not installed (installed: {', '.join(tasks)})")
-        fn = task.run_command(command)
-        if fn is None:
-            raise UsageError(f"'{task_name}' runs have no 'ngp {command}'")
-        if data is not None:
-            params = inspect.signature(fn).parameters.values()
-            if not any(p.name == "data" or p.kind is p.VAR_KEYWORD for p in params):
-                raise UsageError(f"'ngp {command}' on '{task_name}' runs does not take --data")
-            options["data"] = data
-        fn(run, **options)
-
-    @app.command("eval")
-    def eval_cmd(
-        run: Annotated[Path, typer.Argument(help="A run directory (runs/<task>/<name>).")],
-        split: Annotated[SplitChoice | None, typer.Option(
-            "--split", callback=plain_choice,
-            help="NeRF: the split to evaluate (default: the run's nerf.eval_split).")] = None,
-        backend: BackendOpt = None,
-        data: DataOpt = None,
-    ) -> None:
-        """Evaluate a trained run; metrics go to a JSON file in the run and to the final {"event":"done"} line."""
-        _run_task(run, "eval", data, split=split, backend=backend)
-
-    @app.command("render")
-    def render_cmd(
-        run: Annotated[Path, typer.Argument(help="A run directory (runs/<task>/<name>).")],
-        camera_path: Annotated[Path | None, typer.Option(
-            "--camera-path", help="Camera path JSON: transforms.json-style frames or nerfstudio's camera_path.json.")] = None,
-        orbit: Annotated[int | None, typer.Option("--orbit", help="Render an N-frame orbit around the scene.")] = None,
-        resolution: Annotated[str | None, typer.Option(
-            "--resolution", help="WIDTHxHEIGHT (default: the training images').")] = None,
-        out: Annotated[Path | None, typer.Option(
-            "--out", help="video.mp4 (or .gif) or a folder for PNG frames (default: RUN/renders/orbit.mp4).")] = None,
-        fps: Annotated[int, typer.Option("--fps", min=1, help="Video frame rate.")] = 30,
-        backend: BackendOpt = None,
-        data: DataOpt = None,
-    ) -> None:
-        """Render novel views of a trained run to a video or PNG frames."""
-        _run_task(run, "render", data, camera_path=camera_path, orbit=orbit, resolution=resolution, out=out, fps=fps,
-                  backend=backend)
-
-    @app.command("extract-mesh")
-    def extract_mesh_cmd(
-        run: Annotated[Path, typer.Argument(help="A run directory (runs/<task>/<name>): an SDF or NeRF run.")],
-        resolution: Annotated[int, typer.Option(
-            "--resolution", min=16, max=2048, help="Marching-cubes grid nodes per axis (256..1024 typical).")] = 256,
-        level: Annotated[float, typer.Option(
-            "--level", help="SDF: the iso-level, in unit-cube units (0: the surface).")] = 0.0,
-        threshold: Annotated[float, typer.Option(
-            "--threshold", help="NeRF: the density iso-level (instant-ngp's default 2.5).")] = 2.5,
-        out: Annotated[Path | None, typer.Option(
-            "--out", help="mesh.ply, .obj, .glb, .stl or .off (default: RUN/meshes/mesh_<resolution>.ply).")] = None,
-        normals: Annotated[bool, typer.Option(
-            "--normals/--no-normals", help="Vertex normals from the field's gradient.")] = True,
-        colors: Annotated[bool, typer.Option(
-            "--colors/--no-colors", help="NeRF: vertex colours from the colour network, viewed along the normal.")] = True,
-        min_component: Annotated[float, typer.Option(
-            "--min-component", min=0.0, max=1.0,
-            help="Drop connected pieces with fewer triangles than this fraction of the largest piece's (NeRF "
-                 "floaters; e.g. 0.05). 0 keeps every piece.")] = 0.0,
-        backend: BackendOpt = None,
-        data: DataOpt = None,
-    ) -> None:
-        """Extract a triangle mesh (marching cubes) from a trained run, in the input's coordinate frame, with shaded
-        renders in RUN/renders/ and, for SDF runs, its Chamfer distance to the input mesh."""
-        _run_task(run, "extract-mesh", data, resolution=resolution, level=level, threshold=threshold, out=out,
-                  normals=normals, colors=colors, min_component=min_component, backend=backend)
-
+    add_run_commands(app, tasks)
     for task in tasks.values():
         task.register(app)
     return app

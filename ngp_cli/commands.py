@@ -82,6 +82,36 @@ SaveOptimizerOpt = Annotated[bool, typer.Option(
                                                  "bit-exact --resume; without it the moments restart).")]
 
 
+# Options of the commands on trained runs (ngp_cli.run_commands) that several tasks declare, as the
+# (parameter, annotation, default) triples of ngp_cli.tasks.RunCommand.options; every run command also has
+# RUN_OPTIONS (--backend, --data).
+DataOpt = Annotated[Path | None, typer.Option(
+    "--data", help="The run's input dataset or mesh, when it moved since training (default: the path in its "
+                   "config.yaml).")]
+ORBIT_OPTION = ("orbit", Annotated[int | None, typer.Option(
+    "--orbit", min=1, help="Render an N-frame orbit around the scene.")], None)
+RENDER_OPTIONS = (
+    ("resolution", Annotated[str | None, typer.Option(
+        "--resolution", help="WIDTHxHEIGHT (default: the training images').")], None),
+    ("out", Annotated[Path | None, typer.Option(
+        "--out", help="video.mp4 (or .gif) or a folder for PNG frames (default: RUN/renders/orbit.mp4).")], None),
+    ("fps", Annotated[int, typer.Option("--fps", min=1, help="Video frame rate.")], 30),
+)
+MESH_OPTIONS = (
+    ("resolution", Annotated[int, typer.Option(
+        "--resolution", min=16, max=2048, help="Marching-cubes grid nodes per axis (256..1024 typical).")], 256),
+    ("out", Annotated[Path | None, typer.Option(
+        "--out", help="mesh.ply, .obj, .glb, .stl or .off (default: RUN/meshes/mesh_<resolution>.ply).")], None),
+    ("normals", Annotated[bool, typer.Option(
+        "--normals/--no-normals", help="Vertex normals from the field's gradient.")], True),
+    ("min_component", Annotated[float, typer.Option(
+        "--min-component", min=0.0, max=1.0,
+        help="Drop connected pieces with fewer triangles than this fraction of the largest piece's (floaters; "
+             "e.g. 0.05). 0 keeps every piece.")], 0.0),
+)
+RUN_OPTIONS = (("backend", BackendOpt, None), ("data", DataOpt, None))
+
+
 # Keys that define what a checkpoint contains or how it was trained: fixed once a run exists.
 _FROZEN_ON_RESUME = ("task", "seed", "encoding", "network", "optimizer", "loss")
 
@@ -329,19 +359,19 @@ def open_run(task: Task, run_path: Path, backend: str | None) -> tuple[RunDir, A
     return run, cfg, resolve_backend(cfg.backend, cfg.device)
 
 
-def relocated_input(section: Any, key: str, data: Path | None, what: str) -> None:
-    """For ``eval``/``render``/``extract-mesh`` on a trained run: point the input path ``key`` ("nerf.path",
-    "sdf.path") of the run's config ``section`` at ``data`` (``--data``: the input's new place; config.yaml is not
-    rewritten), or check that the recorded input still exists. Raises DataError naming the path and suggesting
-    ``--data``."""
-    attr = key.rpartition(".")[2]
+def relocated_input(cfg: Any, key: str, data: Path | None, what: str) -> None:
+    """For a command on a trained run: point the input path ``key`` of the run's config ``cfg`` at ``data``
+    (``--data``: the input's new place; config.yaml is not rewritten), or check that the recorded input still exists.
+    ``what`` names the input in messages ("dataset"). Raises DataError naming the path and suggesting ``--data``."""
+    from ngp_cli.config import config_value, set_config_value
+
     if data is not None:
         data = data.expanduser().resolve()
         if not data.exists():
             raise DataError(f"{data}: --data: no such file or directory (expected the run's {what})")
-        setattr(section, attr, str(data))
-    elif not Path(getattr(section, attr)).exists():
-        raise DataError(f"{getattr(section, attr)}: the run's {what} ({key}) is gone; if it was moved, give its new "
+        set_config_value(cfg, key, str(data))
+    elif not Path(config_value(cfg, key)).exists():
+        raise DataError(f"{config_value(cfg, key)}: the run's {what} ({key}) is gone; if it was moved, give its new "
                         "place with --data PATH")
 
 

@@ -36,7 +36,9 @@ from ngp_cli.commands import (
     TrainOptions,
     create_run,
     finish,
+    open_run,
     prepare,
+    relocated_input,
     restore,
     resumed_input,
 )
@@ -45,10 +47,11 @@ from ngp_cli.console import info, is_quiet
 from ngp_cli.errors import UsageError
 
 if TYPE_CHECKING:
+    from ngp_cli.runs import RunDir
     from ngp_cli.tasks import Task, TrainInput
     from ngp_cli.train import TrainState
 
-__all__ = ["register", "run_name", "train"]
+__all__ = ["load_trained", "register", "run_name", "train"]
 
 
 # The options every training command shares (ngp_cli.commands), in --help order: (parameter, annotation, default).
@@ -129,3 +132,20 @@ def train(task: Task, opts: TrainOptions, given: Path | None) -> None:
 def _training_metrics(state: TrainState) -> dict[str, Any]:
     return {"loss": (state.last or {}).get("loss"), "steps": state.step, "train_s": round(state.elapsed_s, 3),
             "compile_s": round(state.compile_s, 3)}
+
+
+def load_trained(task: Task, run_path: Path, backend: str | None,
+                 data: Path | None = None) -> tuple[RunDir, Any, dict[str, Any]]:
+    """Rebuild a trained run of ``task`` for a command on it (``ngp eval RUN`` ...): its config with ``backend``
+    (``--backend``) applied, its input (``data``, ``--data``, replaces the recorded path: :func:`relocated_input`),
+    the problem, and the newest checkpoint's weights, the EMA when the run kept one.
+
+    Returns ``(run, problem, checkpoint meta)``; ``meta["step"]`` is the step trained. Raises DataError (not a run of
+    ``task``, no checkpoint, the input gone), ConfigError, NoGPUError.
+    """
+    from ngp_cli.train import load_trained_weights
+
+    run, cfg, prepared = open_run(task, run_path, backend)
+    relocated_input(cfg, task.train_input.key, data, f"input {task.train_input.name}")
+    problem = task.build_problem(cfg, prepared, task.load_input(cfg, False))
+    return run, problem, load_trained_weights(run, problem.model, cfg)

@@ -261,37 +261,66 @@ def test_one_line_keeps_short_messages():
 
 
 @pytest.fixture
-def fake_run_commands(monkeypatch, tmp_path):
-    """A minimal 'sdf' run whose task's eval/render/extract-mesh functions are fakes recording their options."""
-    from ngp_cli.tasks import Task
+def fake_run(monkeypatch, tmp_path):
+    """A minimal run of ``task`` (a config.yaml naming it) whose run commands are fakes recording their options."""
+    from ngp_cli.tasks import RunCommand
 
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.yaml").write_text("task: sdf\n")
     calls = []
 
-    def with_data(run_path, *, data=None, **options):
-        calls.append({"run": run_path, "data": data, **options})
+    def make(task: str):
+        run = tmp_path / task
+        run.mkdir()
+        (run / "config.yaml").write_text(f"task: {task}\n")
+        return run
 
-    def without_data(run_path, *, resolution=256, level=0.0, threshold=2.5, out=None, normals=True, colors=True,
-                     min_component=0.0, backend=None):
-        calls.append({"run": run_path, "resolution": resolution})
+    def record(self):
+        return lambda task, run_path, **options: calls.append({"command": self.name, "task": task.name,
+                                                               "run": run_path, **options})
 
-    fns = {"eval": with_data, "render": with_data, "extract-mesh": without_data}
-    monkeypatch.setattr(Task, "run_command", lambda self, command: fns[command])
-    return run, calls
+    monkeypatch.setattr(RunCommand, "load", record)
+    return make, calls
 
 
-def test_data_option_is_passed_only_when_given(ngp, fake_run_commands, tmp_path):
-    run, calls = fake_run_commands
-    assert ngp("eval", run).exit_code == 0
-    assert ngp("eval", run, "--data", tmp_path / "moved.obj", "--split", "test").exit_code == 0
-    assert ngp("render", run, "--data", tmp_path / "moved.obj", "--orbit", "4").exit_code == 0
-    assert calls[0]["data"] is None
-    assert calls[1]["data"] == tmp_path / "moved.obj" and calls[1]["split"] == "test"
-    assert calls[2]["data"] == tmp_path / "moved.obj" and calls[2]["orbit"] == 4
-    # a task function that does not take data= is never handed it, and --data is refused in one line
-    assert ngp("extract-mesh", run).exit_code == 0 and "data" not in calls[3]
-    res = ngp("extract-mesh", run, "--data", tmp_path / "moved.obj")
-    assert_one_line_error(res, EXIT_USAGE, "does not take --data")
-    assert len(calls) == 4
+def test_run_commands_take_their_tasks_options_only(ngp, fake_run, tmp_path):
+    make, calls = fake_run
+    nerf, sdf = make("nerf"), make("sdf")
+    assert ngp("eval", nerf).exit_code == 0
+    assert calls[-1] == {"command": "eval", "task": "nerf", "run": nerf, "split": None, "backend": None, "data": None}
+    assert ngp("eval", nerf, "--data", tmp_path / "moved", "--split", "test").exit_code == 0
+    assert calls[-1]["data"] == tmp_path / "moved" and calls[-1]["split"] == "test"
+    assert ngp("render", "--orbit", "4", "--backend", "torch", nerf).exit_code == 0  # options before RUN too
+    assert calls[-1]["orbit"] == 4 and calls[-1]["backend"] == "torch" and calls[-1]["camera_path"] is None
+    assert ngp("extract-mesh", sdf, "--level", "0.01", "--resolution=32").exit_code == 0
+    assert calls[-1] == {"command": "extract-mesh", "task": "sdf", "run": sdf, "resolution": 32, "level": 0.01,
+                         "out": None, "normals": True, "min_component": 0.0, "backend": None, "data": None}
+    assert ngp("eval", sdf).exit_code == 0 and set(calls[-1]) == {"command", "task", "run", "backend", "data"}
+    assert len(calls) == 5
+    # another task's option is refused in one line naming its task; a typo gets the nearest option
+    assert_one_line_error(ngp("eval", sdf, "--split", "val"), EXIT_USAGE, "--split is for nerf runs, not sdf runs")
+    assert_one_line_error(ngp("extract-mesh", nerf, "--level", "0.1"), EXIT_USAGE, "--level is for sdf runs")
+    assert_one_line_error(ngp("render", nerf, "--orbitt", "3"), EXIT_USAGE, "No such option: --orbitt (did you "
+                                                                            "mean --orbit?)")
+    assert_one_line_error(ngp("render", "--orbit", "3"), EXIT_USAGE, "Missing argument 'run'")
+    assert_one_line_error(ngp("eval", make("image")), EXIT_USAGE, "'image' runs have no 'ngp eval'")
+    assert len(calls) == 5
+
+
+def test_run_command_help_shows_the_runs_task_options(app, fake_run):
+    from typer.testing import CliRunner
+
+    make, _ = fake_run
+    nerf, sdf = make("nerf"), make("sdf")
+
+    def helptext(*argv):
+        res = CliRunner().invoke(app, [str(a) for a in argv], env={"COLUMNS": "200"})
+        assert res.exit_code == 0, res.output
+        return res.stdout
+
+    assert "--threshold" in helptext("extract-mesh", nerf, "--help") and "--level" not in helptext(
+        "extract-mesh", nerf, "--help")
+    assert "--level" in helptext("extract-mesh", "-h", sdf) and "--colors" not in helptext("extract-mesh", sdf, "-h")
+    assert "--split" not in helptext("eval", sdf, "--help") and "--data" in helptext("eval", sdf, "--help")
+    assert "--camera-path" in helptext("render", nerf, "-h") and "--camera-path" not in helptext("render", sdf, "-h")
+    overview = helptext("extract-mesh", "--help")  # without RUN: every task's, by task
+    assert "Options on nerf runs" in overview and "Options on sdf runs" in overview
+    assert overview.index("--threshold") < overview.index("Options on sdf runs") < overview.index("--level")

@@ -6,13 +6,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import torch
 import typer
 from typer.testing import CliRunner
 
 from ngp_cli.config import RunConfig, opt, section
-from ngp_cli.tasks import Shorthand, Task, TrainInput
+from ngp_cli.console import emit
+from ngp_cli.pipeline import load_trained
+from ngp_cli.run_commands import add_run_commands
+from ngp_cli.tasks import RunCommand, Shorthand, Task, TrainInput
 
 
 # --- the plugin (the "under 50 lines") -------------------------------------------------------------------
@@ -39,11 +43,17 @@ class LineProblem:
         return loss, loss.detach()
 
 
+def eval_line(task, run, *, x, backend, data):  # ngp eval RUN --x X: the trained line at x
+    _, problem, meta = load_trained(task, run, backend, data)
+    emit("done", step=meta["step"], metrics={"y": problem.model(torch.tensor([[x]])).item()})
+
+
 class LineTask(Task):
     name, summary, commands, default_preset = "line", "Fit a line", ("train-line",), "defaults"
     train_command, train_help = "train-line", "Fit y = a x + b."
     train_input = TrainInput("coefficients", "line.path", help="A text file 'a b'.")
     shorthands = (Shorthand("--scale", "line.scale", "Scale the target.", float, min=0.0),)
+    run_commands = (RunCommand("eval", eval_line, "y at x.", (("x", Annotated[float, typer.Option("--x")], 0.0),)),)
 
     def config_class(self):
         return LineConfig
@@ -59,13 +69,17 @@ class LineTask(Task):
 # -------------------------------------------------------------------------------------------------------------------
 
 
-def _train(tmp_path: Path, *args: str):
-    app = typer.Typer()
-    LineTask().register(app)
-    app.command("unused")(lambda: None)  # a second command keeps typer from folding train-line into the app
-    result = CliRunner().invoke(app, ["train-line", *args, "--runs-dir", str(tmp_path / "runs"), "--json"])
+def _ngp(*args: str):
+    app, task = typer.Typer(), LineTask()
+    task.register(app)
+    add_run_commands(app, {task.name: task})
+    result = CliRunner().invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def _train(tmp_path: Path, *args: str):
+    return _ngp("train-line", *args, "--runs-dir", str(tmp_path / "runs"), "--json")
 
 
 def test_a_plugin_trains_evaluates_and_resumes_through_the_pipeline(tmp_path):
@@ -83,3 +97,6 @@ def test_a_plugin_trains_evaluates_and_resumes_through_the_pipeline(tmp_path):
     resumed = _train(tmp_path, "--resume", str(run), "--steps", "200")[-1]
     assert resumed["run_dir"] == str(run) and resumed["step"] == 200
     assert abs(resumed["metrics"]["a"] - 1.0) < 0.05
+    # a command on the trained run, with the task's own option: the newest checkpoint (step 200) at x = 2
+    evaluated = _ngp("eval", run, "--x", "2", "--backend", "torch")[-1]
+    assert evaluated["step"] == 200 and abs(evaluated["metrics"]["y"] - 1.5) < 0.1

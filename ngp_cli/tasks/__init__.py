@@ -14,6 +14,7 @@ them (``ngp --help``) stays fast and needs no GPU. Nothing outside this module i
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,6 +89,33 @@ class Shorthand:
         return None if value is None else f"{self.key}={value}"
 
 
+@dataclass(frozen=True)
+class RunCommand:
+    """``ngp <name> RUN`` on a task's trained runs, declared by the task (nerfstudio's spec idea): the root command
+    reads RUN's task and parses the rest with only that task's options (:mod:`ngp_cli.run_commands`).
+
+    Attributes:
+        name: the command ("eval", "render", "extract-mesh", or a plugin's own).
+        function: what serves it, called as ``function(task, run_path, **options)`` with every option below plus
+            ``backend`` (str or None) and ``data`` (Path or None: ``--data``, the input's new place): a callable or
+            ``"module:function"``, imported only when the command runs (``ngp --help`` stays torch-free).
+        help: its ``--help`` text on this task's runs (first line: the summary).
+        options: its own options as ``(parameter, typer annotation, default)`` triples; those several tasks share are
+            in :mod:`ngp_cli.commands` (``RENDER_OPTIONS``, ...).
+    """
+
+    name: str
+    function: Callable[..., None] | str
+    help: str
+    options: tuple[tuple[str, Any, Any], ...] = ()
+
+    def load(self) -> Callable[..., None]:
+        """The function, imported when given as ``"module:function"``."""
+        if callable(self.function):
+            return self.function
+        module, _, attr = self.function.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
 
 class Task:
     """Base class of a task plugin.
@@ -105,22 +133,13 @@ class Task:
     default_preset: ClassVar[str] = ""
     default_preset_cpu: ClassVar[str] = ""
 
-    #: Module whose ``eval_command`` / ``render_command`` / ``extract_mesh_command`` (each called as
-    #: ``fn(task, run_path, **options)``) serve ``ngp eval`` / ``ngp render`` / ``ngp extract-mesh`` on this task's
-    #: runs; imported only when one of those commands runs. Empty: none of them.
-    run_commands_module: ClassVar[str] = ""
+    #: The commands on this task's trained runs (``ngp eval RUN``, ``ngp render RUN``, ``ngp extract-mesh RUN``; a
+    #: plugin may add its own name): each with its own options, shown by ``ngp <command> RUN --help``.
+    run_commands: ClassVar[tuple[RunCommand, ...]] = ()
 
-    def run_command(self, command: str):
-        """The function serving ``ngp <command>`` ("eval", "render" or "extract-mesh") on this task's runs, with the
-        task bound as its first argument, or None when the task has none."""
-        import functools
-        import importlib
-
-        if not self.run_commands_module:
-            return None
-        name = command.replace("-", "_") + "_command"
-        fn = getattr(importlib.import_module(self.run_commands_module), name, None)
-        return None if fn is None else functools.partial(fn, self)
+    def run_command(self, name: str) -> RunCommand | None:
+        """The declaration of ``ngp <name> RUN`` on this task's runs, or None when the task has none."""
+        return next((c for c in self.run_commands if c.name == name), None)
 
     def config_class(self) -> type:
         """The task's config dataclass (a :class:`ngp_cli.config.RunConfig` subclass with the task's own section)."""

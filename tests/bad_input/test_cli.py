@@ -25,7 +25,8 @@ _FAST = ["--steps", "1", "--backend", "torch", "--set", "train.batch_size=256", 
          "--set", "encoding.log2_hashmap_size=10"]
 
 # (argv, exit code, needle). Placeholders: {photo} (a good photo), {runs} (a fresh runs root), {run} (a private copy
-# of a finished fit-image run). Every row is a different mistake; the runs root, the photo's folder and the run are
+# of a finished fit-image run), {sdf} and {nerf} (run directories of those tasks, a config.yaml only: a run command
+# parses its options before it loads anything). Every row is a different mistake; the runs root, the photo's folder and the run are
 # checked unchanged byte for byte, so nothing is created on the way to the refusal.
 CASES = {
     # commands, arguments, option syntax
@@ -59,10 +60,10 @@ CASES = {
     "frames-zero": (["train-nrc", "--runs-dir", "{runs}", "--frames", "0"], EXIT_USAGE,
                     "Invalid value for '--frames'"),
     "spp-negative": (["train-nrc", "--runs-dir", "{runs}", "--spp", "-1"], EXIT_USAGE, "Invalid value for '--spp'"),
-    "fps-zero": (["render", "{run}", "--fps", "0"], EXIT_USAGE, "Invalid value for '--fps'"),
-    "mesh-resolution-too-small": (["extract-mesh", "{run}", "--resolution", "8"], EXIT_USAGE,
+    "fps-zero": (["render", "{sdf}", "--fps", "0"], EXIT_USAGE, "Invalid value for '--fps'"),
+    "mesh-resolution-too-small": (["extract-mesh", "{nerf}", "--resolution", "8"], EXIT_USAGE,
                                   "Invalid value for '--resolution'"),
-    "min-component-above-one": (["extract-mesh", "{run}", "--min-component", "2"], EXIT_USAGE,
+    "min-component-above-one": (["extract-mesh", "{sdf}", "--min-component", "2"], EXIT_USAGE,
                                 "Invalid value for '--min-component'"),
     "bench-batch-zero": (["bench", "--backend", "torch", "--batch", "0"], EXIT_USAGE, "Invalid value for '--batch'"),
     "bench-batch-absurd": (["bench", "--backend", "torch", "--batch", str(10**12)], EXIT_USAGE,
@@ -70,14 +71,14 @@ CASES = {
     "bench-dims-7": (["bench", "--backend", "torch", "--dims", "7"], EXIT_USAGE, "Invalid value for '--dims'"),
     "bench-repeats-zero": (["bench", "--repeats", "0"], EXIT_USAGE, "Invalid value for '--repeats'"),
     "bench-warmup-negative": (["bench", "--warmup", "-1"], EXIT_USAGE, "Invalid value for '--warmup'"),
-    "threshold-not-a-number": (["extract-mesh", "{run}", "--threshold", "high"], EXIT_USAGE,
+    "threshold-not-a-number": (["extract-mesh", "{nerf}", "--threshold", "high"], EXIT_USAGE,
                                "Invalid value for '--threshold'"),
     "runs-dir-empty": (["fit-image", "{photo}", "--runs-dir", "", *_FAST], EXIT_USAGE,
                        "Invalid value for '--runs-dir': is empty"),
     # choices: a usage error naming the valid values
     "backend-gpu-on-a-training-command": (["fit-image", "{photo}", "--runs-dir", "{runs}", "--backend", "gpu"],
                                           EXIT_USAGE, "'gpu' is not one of 'auto', 'cuda', 'cpu', 'torch'"),
-    "backend-gpu-on-a-run-command": (["eval", "{run}", "--backend", "gpu"], EXIT_USAGE,
+    "backend-gpu-on-a-run-command": (["eval", "{sdf}", "--backend", "gpu"], EXIT_USAGE,
                                      "'gpu' is not one of 'auto', 'cuda', 'cpu', 'torch'"),
     "backend-auto-on-bench": (["bench", "--backend", "auto"], EXIT_USAGE, "'auto' is not one of 'cuda', 'cpu', 'torch'"),
     "format-xml": (["presets", "show", "image", "--format", "xml"], EXIT_USAGE, "'xml' is not one of 'json', 'yaml'"),
@@ -108,8 +109,13 @@ CASES = {
 def test_bad_command_line_is_refused(ngp, photo, image_run, tmp_path, case):
     argv, code, needle = CASES[case]
     runs = tmp_path / "new-runs"  # image_run lives under tmp_path / "runs"
-    argv = [a.format(photo=photo, runs=runs, run=image_run) for a in argv]
-    with unchanged(runs, photo.parent, image_run):
+    task_runs = {task: tmp_path / "task-runs" / task for task in ("sdf", "nerf")}
+    for task, run in task_runs.items():
+        for sub in ("checkpoints", "renders"):
+            (run / sub).mkdir(parents=True)
+        (run / "config.yaml").write_text(f"task: {task}\n")
+    argv = [a.format(photo=photo, runs=runs, run=image_run, **task_runs) for a in argv]
+    with unchanged(runs, photo.parent, image_run, *task_runs.values()):
         res = ngp(*argv)
     assert_refused(res, code, needle)
     assert not runs.exists()

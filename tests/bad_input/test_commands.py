@@ -128,7 +128,7 @@ CASES = {
     "render-uninstalled-task": (["render", "{alien}", "--orbit", "2"], EXIT_DATA, "'martian' is not installed"),
     "render-image-run": (["render", "{image}", "--orbit", "2"], EXIT_USAGE, "'image' runs have no 'ngp render'"),
     "eval-without-checkpoint": (["eval", "{sdf}"], EXIT_DATA, "no checkpoint"),
-    "split-on-an-sdf-run": (["eval", "{sdf}", "--split", "val"], EXIT_USAGE, "--split is for NeRF runs"),
+    "split-on-an-sdf-run": (["eval", "{sdf}", "--split", "val"], EXIT_USAGE, "--split is for nerf runs"),
     "extract-mesh-unknown-format": (["extract-mesh", "{sdf}", "--out", "{in}/mesh.xyz"], EXIT_USAGE,
                                     "mesh format must be one of"),
     "extract-mesh-out-in-missing-folder": (["extract-mesh", "{sdf}", "--out", "{in}/no/such/mesh.ply"], EXIT_OUTPUT,

@@ -136,7 +136,7 @@ def _pose() -> list[list[float]]:
     (json.dumps({"frames": [{"transform_matrix": [[math.nan, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 4], [0, 0, 0, 1]]}]}),
      "NaN"),
     (json.dumps({"frames": [{"transform_matrix": [[1, 0, 0], [0, 1, 0]]}]}), "4x4"),
-    (json.dumps({"camera_path": [{"camera_to_world": list(range(16)), "fov": 200}]}), "fov"),
+    (json.dumps({"camera_path": [{"camera_to_world": [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1], "fov": 200}]}), "fov"),
 ], ids=["missing", "malformed", "empty-frames", "nan-matrix", "wrong-shape", "fov-out-of-range"])
 def test_render_bad_camera_path(ngp, nerf_run, tmp_path, content, needle):
     path = tmp_path / "path.json"

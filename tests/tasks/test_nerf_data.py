@@ -247,6 +247,25 @@ def test_bad_transforms_raise_data_error_naming_the_file(tmp_path, doc, match):
     assert err.value.exit_code == 4
 
 
+@pytest.mark.parametrize("matrix, match", [
+    ([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]], r"'?transform_matrix'? has a degenerate rotation \(determinant 0\)"),
+    ([[1, 0, 0, float("nan")], [0, 1, 0, 0], [0, 0, 1, 0]], r"'?transform_matrix'? contains NaN or infinite values"),
+    ([[1, 0, 0], [0, 1, 0], [0, 0, 1]], r"'?transform_matrix'? must be a 3x4 or 4x4 matrix, got shape \(3, 3\)"),
+], ids=["degenerate", "nan", "3x3"])
+def test_datasets_and_camera_paths_share_the_matrix_checks(tmp_path, matrix, match):
+    """One home (tasks/nerf/transforms.py) for the checks of transforms.json captures and camera paths."""
+    from ngp_cli.tasks.nerf.camera_path import load_camera_path
+
+    write_images(tmp_path / "imgs", 1)
+    path = write_transforms(tmp_path / "transforms.json", frames=[{"file_path": "./imgs/r_0", "transform_matrix":
+                                                                   matrix}], camera_angle_x=0.7)
+    with pytest.raises(DataError, match=match) as from_dataset:
+        load_dataset(tmp_path, "train")
+    with pytest.raises(DataError, match=match) as from_camera_path:
+        load_camera_path(path)
+    assert str(from_dataset.value).startswith(str(path)) and str(from_camera_path.value).startswith(str(path))
+
+
 def test_mixed_sizes_and_corrupt_images(tmp_path):
     write_images(tmp_path / "imgs", 2)
     iio.imwrite(tmp_path / "imgs" / "r_2.png", np.zeros((5, 8, 3), np.uint8))

@@ -265,15 +265,15 @@ GOOD = [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 3], [0, 0, 0, 1]]
         ({"frames": [{"file_path": "x"}]}, r"frames\[0\] has no 'transform_matrix'"),
         (
             {"frames": [{"transform_matrix": GOOD}, {"transform_matrix": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]}]},
-            r"frames\[1\]\.transform_matrix must be a 4x4 matrix, got shape \(3, 3\)",
+            r"frames\[1\]\.transform_matrix must be a 3x4 or 4x4 matrix, got shape \(3, 3\)",
         ),
         (
             {"frames": [{"transform_matrix": [[1, 0, 0, 0], [0, 1, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}]},
-            r"frames\[0\]\.transform_matrix must be a 4x4 matrix, got rows of different lengths",
+            r"frames\[0\]\.transform_matrix must be a 3x4 or 4x4 matrix, got rows of different lengths",
         ),
         (
             {"frames": [{"transform_matrix": [[1, 0, 0, "a"]] * 4}]},
-            r"frames\[0\]\.transform_matrix must be a 4x4 matrix of numbers",
+            r"frames\[0\]\.transform_matrix must be a 3x4 or 4x4 matrix of numbers",
         ),
         (
             '{"frames": [{"transform_matrix": [[NaN, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}]}',
@@ -290,7 +290,7 @@ GOOD = [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 3], [0, 0, 0, 1]]
         ({"fps": 0, "frames": [{"transform_matrix": GOOD}]}, r"'fps' must be a finite number > 0"),
         (
             {"camera_path": [{"camera_to_world": list(range(12)), "fov": 50}]},
-            r"camera_path\[0\]\.camera_to_world must be a 4x4 matrix or 16 numbers, got shape \(12,\)",
+            r"camera_path\[0\]\.camera_to_world must be a 3x4 or 4x4 matrix or 16 numbers, got shape \(12,\)",
         ),
         ({"camera_path": [{"camera_to_world": sum(GOOD, [])}]}, r"camera_path\[0\] has no 'fov'"),
         (

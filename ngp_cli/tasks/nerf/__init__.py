@@ -8,10 +8,13 @@ imported inside its hooks, from :mod:`ngp_cli.tasks.nerf.fit` and :mod:`ngp_cli.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
+
+from ngp_cli.commands import MESH_OPTIONS, ORBIT_OPTION, RENDER_OPTIONS, choices, plain_choice
 from ngp_cli.console import info
-from ngp_cli.tasks import Shorthand, Task, TrainInput
+from ngp_cli.tasks import RunCommand, Shorthand, Task, TrainInput
 from ngp_cli.tasks.nerf.config import NerfConfig, NerfSection
 
 __all__ = ["NerfConfig", "NerfSection", "NerfTask"]
@@ -25,13 +28,38 @@ def _default_scene() -> Path:
     return path
 
 
+SplitChoice = choices("SplitChoice", ("val", "test", "train"))
+_EVALUATE = "ngp_cli.tasks.nerf.evaluate"
+
+
 class NerfTask(Task):
     name = "nerf"
     summary = "Neural radiance field from posed photos, occupancy-grid ray marching (paper §5.4)"
     commands = ("train-nerf", "eval", "render", "extract-mesh")
     default_preset = "nerf"
     default_preset_cpu = "nerf-cpu"
-    run_commands_module = "ngp_cli.tasks.nerf.evaluate"
+    run_commands = (
+        RunCommand("eval", f"{_EVALUATE}:eval_command", """Evaluate a NeRF run on held-out views: PSNR and SSIM per view
+        (a {"event":"view"} line each), their means in RUN/eval_<split>.json and the final {"event":"done"} line.""",
+                   options=(("split", Annotated[SplitChoice | None, typer.Option(
+                       "--split", callback=plain_choice, help="The split to evaluate (default: the run's "
+                                                              "nerf.eval_split).")], None),)),
+        RunCommand("render", f"{_EVALUATE}:render_command", """Render novel views of a NeRF run along a camera path or
+        an orbit, to a video or PNG frames.""", options=(
+            ("camera_path", Annotated[Path | None, typer.Option(
+                "--camera-path", help="Camera path JSON: transforms.json-style frames or nerfstudio's "
+                                      "camera_path.json.")], None),
+            ORBIT_OPTION, *RENDER_OPTIONS)),
+        RunCommand("extract-mesh", f"{_EVALUATE}:extract_mesh_command", """Extract the density level set of a NeRF
+        run as a triangle mesh (marching cubes), in the dataset's world frame, with vertex colours and shaded renders
+        in RUN/renders/.""", options=(
+            *MESH_OPTIONS,
+            ("threshold", Annotated[float, typer.Option(
+                "--threshold", help="The density iso-level (instant-ngp's default 2.5).")], 2.5),
+            ("colors", Annotated[bool, typer.Option(
+                "--colors/--no-colors", help="Vertex colours from the colour network, viewed along the "
+                                             "normal.")], True))),
+    )
     input_value_keys = ("nerf.aabb_scale",)
     train_command = "train-nerf"
     train_help = """Train a NeRF (hash grid + density/colour MLPs + occupancy grid) and write checkpoints, held-out PSNR,

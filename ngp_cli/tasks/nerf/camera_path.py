@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ngp_cli.errors import DataError
+from ngp_cli.tasks.nerf.transforms import frame_list, matrix, number, read_object
 
 __all__ = ["CameraPath", "load_camera_path", "look_at", "orbit_path", "scene_center", "up_axis"]
 
@@ -257,73 +258,27 @@ class CameraPath:
         return None
 
 
-def _read_json(path: Path) -> Any:
-    from ngp_cli.tasks.nerf.data import read_json
-
-    return read_json(path, "a camera path JSON file")
+def _fps(name: Path, doc: dict) -> float | None:
+    return number(name, "'fps'", doc["fps"], positive=True) if doc.get("fps") is not None else None
 
 
-def _number(name: str, where: str, value: Any, *, positive: bool = True, below: float | None = None) -> float:
-    """A finite (positive) JSON number, else DataError."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise DataError(f"{name}: {where} must be a number, got {json.dumps(value)[:40]}")
-    v = float(value)
-    if not math.isfinite(v) or (positive and v <= 0.0) or (below is not None and v >= below):
-        bound = f" in (0, {below:g})" if below is not None else (" > 0" if positive else "")
-        raise DataError(f"{name}: {where} must be a finite number{bound}, got {value}")
-    return v
-
-
-def _matrix(name: str, where: str, value: Any, *, flat_ok: bool) -> np.ndarray:
-    """A 4x4 (or 3x4) matrix from nested lists (or, if ``flat_ok``, 16 numbers row-major) -> (3, 4) float64."""
-    ok = isinstance(value, list) and all(
-        isinstance(x, (int, float))
-        and not isinstance(x, bool)
-        or isinstance(x, list)
-        and all(isinstance(y, (int, float)) and not isinstance(y, bool) for y in x)
-        for x in value
-    )
-    if not ok:
-        raise DataError(f"{name}: {where} must be a 4x4 matrix of numbers")
-    try:
-        m = np.array(value, dtype=np.float64)
-    except ValueError:  # ragged rows
-        raise DataError(f"{name}: {where} must be a 4x4 matrix, got rows of different lengths") from None
-    if flat_ok and m.shape == (16,):
-        m = m.reshape(4, 4)
-    if m.shape not in ((4, 4), (3, 4)):
-        want = "a 4x4 matrix or 16 numbers" if flat_ok else "a 4x4 matrix"
-        raise DataError(f"{name}: {where} must be {want}, got shape {m.shape}")
-    if not np.isfinite(m).all():
-        raise DataError(f"{name}: {where} contains NaN or infinite values")
-    return m[:3]
-
-
-def _fps(name: str, doc: dict) -> float | None:
-    return _number(name, "'fps'", doc["fps"]) if doc.get("fps") is not None else None
-
-
-def _size(name: str, doc: dict, key: str) -> int | None:
+def _size(name: Path, doc: dict, key: str) -> int | None:
     if doc.get(key) is None:
         return None
-    v = _number(name, f"'{key}'", doc[key])
+    v = number(name, f"'{key}'", doc[key], positive=True)
     if v != int(v):
         raise DataError(f"{name}: '{key}' must be a whole number of pixels, got {doc[key]}")
     return int(v)
 
 
-def _load_transforms(name: str, doc: dict) -> CameraPath:
-    frames = doc["frames"]
-    if not isinstance(frames, list):
-        raise DataError(f"{name}: 'frames' must be a list")
-    if not frames:
-        raise DataError(f"{name}: no frames ('frames' is empty)")
+def _load_transforms(name: Path, doc: dict) -> CameraPath:
+    frames = frame_list(name, doc, "frames")
     width = _size(name, doc, "w")
     top: tuple[str, float] | None = None
     if doc.get("fl_x") is not None:
-        top = ("fl", _number(name, "'fl_x'", doc["fl_x"]))
+        top = ("fl", number(name, "'fl_x'", doc["fl_x"], positive=True))
     elif doc.get("camera_angle_x") is not None:
-        top = ("fov", _number(name, "'camera_angle_x'", doc["camera_angle_x"], below=math.pi))
+        top = ("fov", number(name, "'camera_angle_x'", doc["camera_angle_x"], below=math.pi))
     mats, intr = [], []
     for i, fr in enumerate(frames):
         where = f"frames[{i}]"
@@ -331,11 +286,11 @@ def _load_transforms(name: str, doc: dict) -> CameraPath:
             raise DataError(f"{name}: {where} must be an object")
         if "transform_matrix" not in fr:
             raise DataError(f"{name}: {where} has no 'transform_matrix'")
-        mats.append(_matrix(name, f"{where}.transform_matrix", fr["transform_matrix"], flat_ok=False))
+        mats.append(matrix(name, f"{where}.transform_matrix", fr["transform_matrix"]))
         if fr.get("fl_x") is not None:
-            intr.append(("fl", _number(name, f"{where}.fl_x", fr["fl_x"])))
+            intr.append(("fl", number(name, f"{where}.fl_x", fr["fl_x"], positive=True)))
         elif fr.get("camera_angle_x") is not None:
-            intr.append(("fov", _number(name, f"{where}.camera_angle_x", fr["camera_angle_x"], below=math.pi)))
+            intr.append(("fov", number(name, f"{where}.camera_angle_x", fr["camera_angle_x"], below=math.pi)))
         else:
             intr.append(top)
     path = CameraPath(
@@ -361,12 +316,8 @@ def _load_transforms(name: str, doc: dict) -> CameraPath:
     return path
 
 
-def _load_nerfstudio(name: str, doc: dict) -> CameraPath:
-    cams = doc["camera_path"]
-    if not isinstance(cams, list):
-        raise DataError(f"{name}: 'camera_path' must be a list")
-    if not cams:
-        raise DataError(f"{name}: no frames ('camera_path' is empty)")
+def _load_nerfstudio(name: Path, doc: dict) -> CameraPath:
+    cams = frame_list(name, doc, "camera_path")
     ctype = doc.get("camera_type", "perspective")
     if ctype != "perspective":
         raise DataError(f"{name}: unsupported camera_type {json.dumps(ctype)[:40]} (only 'perspective' is supported)")
@@ -377,10 +328,10 @@ def _load_nerfstudio(name: str, doc: dict) -> CameraPath:
             raise DataError(f"{name}: {where} must be an object")
         if "camera_to_world" not in cam:
             raise DataError(f"{name}: {where} has no 'camera_to_world'")
-        mats.append(_matrix(name, f"{where}.camera_to_world", cam["camera_to_world"], flat_ok=True))
+        mats.append(matrix(name, f"{where}.camera_to_world", cam["camera_to_world"], flat_ok=True))
         if cam.get("fov") is None:
             raise DataError(f"{name}: {where} has no 'fov' (vertical field of view in degrees)")
-        fovs.append(math.radians(_number(name, f"{where}.fov", cam["fov"], below=180.0)))
+        fovs.append(math.radians(number(name, f"{where}.fov", cam["fov"], below=180.0)))
     return CameraPath(
         c2w=np.stack(mats).astype(np.float32),
         fov_y=np.array(fovs, dtype=np.float32),
@@ -402,11 +353,8 @@ def load_camera_path(path: str | os.PathLike) -> CameraPath:
     ``camera_path``, has no frames, a frame without a matrix, a matrix of the wrong shape or with non-numbers,
     NaN/inf values, or a non-positive / out-of-range fov, focal length, fps or size.
     """
-    p = Path(path)
-    name = str(p)
-    doc = _read_json(p)
-    if not isinstance(doc, dict):
-        raise DataError(f"{name}: expected a JSON object with 'frames' or 'camera_path', got a {type(doc).__name__}")
+    name = Path(path)
+    doc = read_object(name, "a camera path JSON file")
     if "frames" in doc:
         return _load_transforms(name, doc)
     if "camera_path" in doc:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from ngp_cli.errors import DataError
 from ngp_cli.images import read_image
 
 from .cameras import generate_rays, nerf_matrix_to_ngp, pixel_grid
+from .transforms import frame_list, is_number, matrix, number, read_object
 
 __all__ = ["IMAGE_SUFFIXES_TRIED", "SPLITS", "NerfDataset", "load_dataset"]
 
@@ -179,73 +179,6 @@ class _Frame:
     dist: tuple[float, float, float, float]
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def _number(json_path: Path, where: str, key: str, value) -> float:
-    if not _is_number(value):
-        raise DataError(f"{json_path}: {where}'{key}' must be a number, got {json.dumps(value)[:40]}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise DataError(f"{json_path}: {where}'{key}' is not finite ({value})")
-    return v
-
-
-def read_json(json_path: Path, what: str) -> Any:
-    """Parse a JSON file (UTF-8, optional BOM) the datasets and camera paths of this task read.
-
-    Raises:
-        DataError: one line starting with the path: missing, a directory, unreadable, empty, not UTF-8, or
-            malformed JSON (with line and column); ``what`` (e.g. "a transforms JSON file") completes the message.
-    """
-    try:
-        text = json_path.read_bytes()
-    except (FileNotFoundError, NotADirectoryError):
-        raise DataError(f"{json_path}: file does not exist") from None
-    except IsADirectoryError:
-        raise DataError(f"{json_path}: is a directory, expected {what}") from None
-    except OSError as e:
-        raise DataError(f"{json_path}: cannot read file: {e.strerror or e}") from None
-    try:
-        decoded = text.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{json_path}: not UTF-8 text (byte {e.start}), expected {what}") from None
-    if not decoded.strip():
-        raise DataError(f"{json_path}: file is empty, expected {what}")
-    try:
-        return json.loads(decoded)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{json_path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    except RecursionError:
-        raise DataError(f"{json_path}: malformed JSON: nested too deeply") from None
-
-
-def _read_json(json_path: Path) -> dict:
-    doc = read_json(json_path, "a transforms JSON file")
-    if not isinstance(doc, dict):
-        raise DataError(f"{json_path}: expected a JSON object at the top level, got {type(doc).__name__}")
-    return doc
-
-
-def _matrix(json_path: Path, label: str, value) -> np.ndarray:
-    shape_msg = f"{json_path}: {label}: 'transform_matrix' must be a 3x4 or 4x4 matrix of numbers"
-    if not isinstance(value, list) or len(value) not in (3, 4):
-        raise DataError(shape_msg)
-    for row in value:
-        if not isinstance(row, list) or len(row) != 4 or not all(_is_number(x) for x in row):
-            raise DataError(shape_msg)
-    m = np.asarray(value, dtype=np.float64)
-    if not np.all(np.isfinite(m)):
-        raise DataError(f"{json_path}: {label}: 'transform_matrix' contains NaN or infinite values")
-    det = float(np.linalg.det(m[:3, :3]))
-    if not math.isfinite(det) or abs(det) < 1e-6:
-        raise DataError(
-            f"{json_path}: {label}: 'transform_matrix' has a degenerate rotation (determinant {det:.3g})"
-        )
-    return m[:3, :]
-
-
 def _resolve_image(json_path: Path, root: Path, label: str, file_path: str, allow_outside_root: bool) -> Path | None:
     """The image file of a frame, or None when it does not exist. Containment is checked lexically (``..`` and
     absolute paths), so a dataset may keep its images behind a symlink."""
@@ -273,15 +206,11 @@ def _lookup(frame: dict, top: dict, key: str):
 
 
 def _parse_file(json_path: Path, root: Path, doc: dict, allow_outside_root: bool) -> list[_Frame]:
-    frames = doc.get("frames")
     if "frames" not in doc:
         raise DataError(
             f"{json_path}: missing 'frames' (expected a list of frames with file_path and transform_matrix)"
         )
-    if not isinstance(frames, list):
-        raise DataError(f"{json_path}: 'frames' must be a list, got {type(frames).__name__}")
-    if not frames:
-        raise DataError(f"{json_path}: 'frames' is empty")
+    frames = frame_list(json_path, doc, "frames")
     out: list[_Frame] = []
     for i, fr in enumerate(frames):
         if not isinstance(fr, dict):
@@ -292,14 +221,14 @@ def _parse_file(json_path: Path, root: Path, doc: dict, allow_outside_root: bool
         label = f"frame {i} ({fp})"
         if "transform_matrix" not in fr:
             raise DataError(f"{json_path}: {label}: missing 'transform_matrix'")
-        m = _matrix(json_path, label, fr["transform_matrix"])
+        m = matrix(json_path, f"{label}: 'transform_matrix'", fr["transform_matrix"])
 
-        def opt(key: str, fr=fr, label=label):
+        def opt(key: str, fr=fr, label=label, positive=False):
             v = _lookup(fr, doc, key)
             if v is None:
                 return None
             where = f"{label}: " if key in fr else ""
-            return _number(json_path, where, key, v)
+            return number(json_path, f"{where}'{key}'", v, positive=positive)
 
         # A frame giving any focal key (fl_x, fl_y, camera_angle_x, camera_angle_y) replaces the top level's focal
         # lengths as a whole (a single axis then sets both), like instant-ngp's per-frame read_focal_length.
@@ -310,17 +239,14 @@ def _parse_file(json_path: Path, root: Path, doc: dict, allow_outside_root: bool
         for axis in ("x", "y"):
             f_val = src.get(f"fl_{axis}")
             a_val = src.get(f"camera_angle_{axis}")
-            fl.append(None if f_val is None else _number(json_path, where, f"fl_{axis}", f_val))
-            angle.append(None if a_val is None else _number(json_path, where, f"camera_angle_{axis}", a_val))
+            fl.append(None if f_val is None else number(json_path, f"{where}'fl_{axis}'", f_val))
+            angle.append(None if a_val is None else number(json_path, f"{where}'camera_angle_{axis}'", a_val))
         if all(v is None for v in (*fl, *angle)):
             raise DataError(
                 f"{json_path}: {label}: no camera intrinsics (expected fl_x/fl_y or camera_angle_x/camera_angle_y "
                 "at the top level or in the frame)"
             )
-        wh = (opt("w"), opt("h"))
-        for key, v in zip(("w", "h"), wh, strict=True):
-            if v is not None and v <= 0:
-                raise DataError(f"{json_path}: {label}: '{key}' must be positive, got {v:g}")
+        wh = (opt("w", positive=True), opt("h", positive=True))
         dist = tuple(opt(k) or 0.0 for k in _DIST_KEYS)
         image = _resolve_image(json_path, root, label, fp, allow_outside_root)
         out.append(_Frame(json_path, i, label, m, image, (fl[0], fl[1]), (angle[0], angle[1]),
@@ -329,10 +255,7 @@ def _parse_file(json_path: Path, root: Path, doc: dict, allow_outside_root: bool
 
 
 def _aabb_scale(json_path: Path, doc: dict) -> int:
-    v = doc.get("aabb_scale", 1)
-    v = _number(json_path, "", "aabb_scale", v)
-    if v <= 0:
-        raise DataError(f"{json_path}: 'aabb_scale' must be positive, got {v:g}")
+    v = number(json_path, "'aabb_scale'", doc.get("aabb_scale", 1), positive=True)
     p = 1 << max(0, math.ceil(math.log2(v) - 1e-9))  # round up to a power of two
     if p > MAX_AABB_SCALE:
         warn(
@@ -343,13 +266,11 @@ def _aabb_scale(json_path: Path, doc: dict) -> int:
 
 
 def _scale_offset(json_path: Path, doc: dict) -> tuple[float, tuple[float, float, float]]:
-    scale = _number(json_path, "", "scale", doc.get("scale", DEFAULT_SCALE))
-    if scale <= 0:
-        raise DataError(f"{json_path}: 'scale' must be positive, got {scale:g}")
+    scale = number(json_path, "'scale'", doc.get("scale", DEFAULT_SCALE), positive=True)
     off = doc.get("offset", list(DEFAULT_OFFSET))
     if not isinstance(off, list) or len(off) != 3:
         raise DataError(f"{json_path}: 'offset' must be a list of 3 numbers")
-    offset = tuple(_number(json_path, "", "offset", v) for v in off)
+    offset = tuple(number(json_path, "'offset'", v) for v in off)
     return scale, offset  # type: ignore[return-value]
 
 
@@ -477,12 +398,12 @@ def load_dataset(
     frames: list[_Frame] = []
     aabb_scale, scale, offset = 1, DEFAULT_SCALE, DEFAULT_OFFSET
     for n_file, jf in enumerate(files):
-        doc = _read_json(jf)
+        doc = read_object(jf, "a transforms JSON file")
         if n_file == 0:
             aabb_scale = _aabb_scale(jf, doc)
             scale, offset = _scale_offset(jf, doc)
         parsed = _parse_file(jf, root, doc, allow_outside_root)
-        if any(k in doc and _is_number(doc[k]) and doc[k] != 0 for k in ("k3", "k4")) or doc.get("is_fisheye"):
+        if any(k in doc and is_number(doc[k]) and doc[k] != 0 for k in ("k3", "k4")) or doc.get("is_fisheye"):
             warn(f"{jf}: k3/k4/fisheye distortion is not supported; only k1, k2, p1, p2 are used")
         if holdout_applies and holdout_every > 0 and split != "all":
             keep_val = split in ("val", "test")

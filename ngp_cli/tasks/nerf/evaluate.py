@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ngp_cli.commands import open_run, parse_resolution, relocated_input
+from ngp_cli.commands import parse_resolution
 from ngp_cli.console import emit, info, progress, to_json
 from ngp_cli.errors import DataError, UsageError
 from ngp_cli.metrics import peak_rss_mib
+from ngp_cli.pipeline import load_trained
 from ngp_cli.runs import RunDir, atomic_write_text
 from ngp_cli.tasks.nerf.data import load_split
 from ngp_cli.tasks.nerf.views import evaluate_views, format_ssim, render_view
@@ -77,19 +78,9 @@ def final_evaluation(problem, run: RunDir, step: int) -> tuple[dict[str, Any], d
 
 
 def load_run(task, run_path: Path, backend: str | None, data: Path | None = None):
-    """Rebuild a NeRF run's problem (dataset of its training split, model with its newest checkpoint's weights, the
-    EMA applied when the run kept one); ``data`` replaces the recorded dataset path
-    (:func:`ngp_cli.commands.relocated_input`). Raises
-    DataError (not a NeRF run, no checkpoint, dataset gone), ConfigError, NoGPUError."""
-    from ngp_cli.tasks.nerf.config import scene_aabb_scale
-    from ngp_cli.tasks.nerf.fit import NerfProblem
-    from ngp_cli.train import load_trained_weights
-
-    run, cfg, prepared = open_run(task, run_path, backend)
-    relocated_input(cfg.nerf, "nerf.path", data, "dataset folder or transforms JSON")
-    train_set = load_split(cfg, "train")
-    problem = NerfProblem(train_set, cfg, prepared, scene_aabb_scale(cfg, train_set))
-    meta = load_trained_weights(run, problem.model, cfg)
+    """A NeRF run's problem (its training split, the model with the newest checkpoint's weights) and step:
+    :func:`ngp_cli.pipeline.load_trained`."""
+    run, problem, meta = load_trained(task, run_path, backend, data)
     return run, problem, int(meta["step"])
 
 
@@ -167,7 +158,7 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None, orb
          artifacts={"out": str(out)})
 
 
-def extract_mesh_command(task, run_path: Path, *, resolution: int = 256, level: float = 0.0, threshold: float = 2.5,
+def extract_mesh_command(task, run_path: Path, *, resolution: int = 256, threshold: float = 2.5,
                          out: Path | None = None, normals: bool = True, colors: bool = True,
                          min_component: float = 0.0, backend: str | None = None, data: Path | None = None) -> None:
     """``ngp extract-mesh RUN [--data PATH]`` for a NeRF run: marching cubes of the density σ = ``threshold``
@@ -180,8 +171,6 @@ def extract_mesh_command(task, run_path: Path, *, resolution: int = 256, level: 
     from ngp_cli.mesh.io import check_output_path, write_mesh
     from ngp_cli.mesh.shade import render_views
 
-    if level != 0.0:
-        raise UsageError("--level is for SDF runs; a NeRF mesh is the density level set --threshold")
     if not threshold > 0.0:
         raise UsageError(f"--threshold must be a positive density, got {threshold}")
     if out is not None:

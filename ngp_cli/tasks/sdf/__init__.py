@@ -8,9 +8,12 @@ work is imported inside its hooks, from :mod:`ngp_cli.tasks.sdf.fit` and :mod:`n
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from ngp_cli.tasks import Task, TrainInput
+import typer
+
+from ngp_cli.commands import MESH_OPTIONS, ORBIT_OPTION, RENDER_OPTIONS
+from ngp_cli.tasks import RunCommand, Task, TrainInput
 from ngp_cli.tasks.sdf.config import UP_AXES, SdfConfig, SdfSection
 
 __all__ = ["UP_AXES", "SdfConfig", "SdfSection", "SdfTask"]
@@ -22,13 +25,29 @@ def _default_mesh() -> Path:
     return default_mesh()
 
 
+_EVALUATE = "ngp_cli.tasks.sdf.evaluate"
+
+
 class SdfTask(Task):
     name = "sdf"
     summary = "Signed distance function of a triangle mesh, marching-cubes meshes, IoU and Chamfer (paper §5.2)"
     commands = ("train-sdf", "extract-mesh", "eval", "render")
     default_preset = "sdf"
     default_preset_cpu = "sdf-cpu"
-    run_commands_module = "ngp_cli.tasks.sdf.evaluate"
+    run_commands = (
+        RunCommand("eval", f"{_EVALUATE}:eval_command", """Evaluate an SDF run against its input mesh: IoU at
+        sdf.iou_points points, then the mesh at sdf.mesh_resolution with its Chamfer distance and normal consistency,
+        in RUN/eval.json and the final {"event":"done"} line."""),
+        RunCommand("render", f"{_EVALUATE}:render_command", """Render an orbit around an SDF run's mesh (at
+        sdf.mesh_resolution), shaded and ray cast, to a video or PNG frames (default 512x512).""",
+                   options=(ORBIT_OPTION, *RENDER_OPTIONS)),
+        RunCommand("extract-mesh", f"{_EVALUATE}:extract_mesh_command", """Extract an SDF run's level set as a
+        triangle mesh (marching cubes), in the input mesh's frame, with its Chamfer distance to the input and shaded
+        renders in RUN/renders/.""", options=(
+            *MESH_OPTIONS,
+            ("level", Annotated[float, typer.Option(
+                "--level", help="The iso-level, in unit-cube units (0: the surface).")], 0.0))),
+    )
     train_command = "train-sdf"
     train_help = """Train a hash-grid + MLP signed distance function of a mesh; write checkpoints, the IoU, an extracted
     mesh with its Chamfer distance to the input, and shaded renders.
@@ -45,7 +64,7 @@ class SdfTask(Task):
     def load_input(self, cfg: SdfConfig, fresh: bool) -> Any:
         from ngp_cli.tasks.sdf.fit import load_input
 
-        return load_input(cfg)
+        return load_input(cfg, report=fresh)
 
     def build_problem(self, cfg: SdfConfig, backend: Any, data: Any) -> Any:
         from ngp_cli.tasks.sdf.fit import SdfProblem

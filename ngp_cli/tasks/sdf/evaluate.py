@@ -14,12 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ngp_cli.commands import open_run, parse_resolution, relocated_input
+from ngp_cli.commands import parse_resolution
 from ngp_cli.console import emit, info, progress, to_json
 from ngp_cli.errors import DataError
 from ngp_cli.mesh.extract import extract_isosurface, field_gradients, unit_normals
 from ngp_cli.mesh.io import UnitFrame, check_output_path, write_mesh
 from ngp_cli.metrics import peak_rss_mib
+from ngp_cli.pipeline import load_trained
 from ngp_cli.runs import RunDir, atomic_write_text
 
 SPARSE_BLOCK = 8  # cells per block side of the sparse marching-cubes evaluation
@@ -105,33 +106,20 @@ def final_evaluation(problem, run: RunDir) -> tuple[dict[str, Any], dict[str, An
 
 
 def load_run(task, run_path: Path, backend: str | None, data: Path | None = None):
-    """Rebuild an SDF run's problem (input mesh, model with the newest checkpoint's weights, EMA applied); ``data``
-    replaces the recorded mesh path (:func:`ngp_cli.commands.relocated_input`). Raises DataError (not an SDF run,
-    no checkpoint, input mesh gone or changed), ConfigError, NoGPUError."""
-    from ngp_cli.mesh.io import load_mesh
-    from ngp_cli.tasks.sdf.fit import SdfProblem
-    from ngp_cli.train import load_trained_weights
-
-    run, cfg, prepared = open_run(task, run_path, backend)
-    relocated_input(cfg.sdf, "sdf.path", data, "input mesh")
-    mesh = load_mesh(Path(cfg.sdf.path))  # quietly: training already reported the mesh; a refusal stays one line
-    problem = SdfProblem(mesh, cfg, prepared)
-    meta = load_trained_weights(run, problem.model, cfg)
+    """An SDF run's problem (the input mesh, the model with the newest checkpoint's weights) and checkpoint meta:
+    :func:`ngp_cli.pipeline.load_trained`, and a check that the mesh still has the bounding box the run was trained
+    in. Raises DataError (the mesh changed), and what ``load_trained`` raises."""
+    run, problem, meta = load_trained(task, run_path, backend, data)
     saved = UnitFrame(tuple(float(c) for c in problem.model.frame_centre), float(problem.model.frame_scale[0]))
     if not np.allclose(saved.centre, problem.frame.centre, rtol=0, atol=1e-9 / saved.scale) or \
             not np.isclose(saved.scale, problem.frame.scale, rtol=1e-9):
-        raise DataError(f"{cfg.sdf.path} has changed since {run.path} was trained (its bounding box differs)")
+        raise DataError(f"{problem.cfg.sdf.path} has changed since {run.path} was trained (its bounding box differs)")
     return run, problem, meta
 
 
-def eval_command(task, run_path: Path, *, split: str | None = None, backend: str | None = None,
-                 data: Path | None = None) -> None:
+def eval_command(task, run_path: Path, *, backend: str | None = None, data: Path | None = None) -> None:
     """``ngp eval RUN`` for an SDF run: IoU at ``sdf.iou_points`` points, then the mesh at ``sdf.mesh_resolution``
     and its Chamfer distance and normal consistency; written to ``RUN/eval.json`` and the ``done`` line."""
-    from ngp_cli.errors import UsageError
-
-    if split is not None:
-        raise UsageError("--split is for NeRF runs; an SDF run is evaluated against its input mesh")
     run, problem, meta = load_run(task, run_path, backend, data)
     sc = problem.cfg.sdf
     step = int(meta["step"])
@@ -149,12 +137,11 @@ def eval_command(task, run_path: Path, *, split: str | None = None, backend: str
     emit("done", run_dir=str(run.path), step=step, metrics=metrics, artifacts={"eval": str(path)})
 
 
-def extract_mesh_command(task, run_path: Path, *, resolution: int = 256, level: float = 0.0, threshold: float = 2.5,
-                         out: Path | None = None, normals: bool = True, colors: bool = True,
-                         min_component: float = 0.0, backend: str | None = None, data: Path | None = None) -> None:
+def extract_mesh_command(task, run_path: Path, *, resolution: int = 256, level: float = 0.0, out: Path | None = None,
+                         normals: bool = True, min_component: float = 0.0, backend: str | None = None,
+                         data: Path | None = None) -> None:
     """``ngp extract-mesh RUN [--data MESH]`` for an SDF run: marching cubes of SDF = ``level``, written in the
-    input's frame, with its Chamfer distance to the input and shaded renders (``threshold`` and ``colors`` are NeRF options); pieces
-    under ``min_component`` × the largest are dropped."""
+    input's frame, with its Chamfer distance to the input and shaded renders; pieces under ``min_component`` × the largest are dropped."""
     if out is not None:
         out = check_output_path(out)
     run, problem, meta = load_run(task, run_path, backend, data)
@@ -174,9 +161,8 @@ def extract_mesh_command(task, run_path: Path, *, resolution: int = 256, level: 
          artifacts={"mesh": str(path), "renders": renders})
 
 
-def render_command(task, run_path: Path, *, camera_path: Path | None = None, orbit: int | None = None,
-                   resolution: str | None = None, out: Path | None = None, fps: int = 30,
-                   backend: str | None = None, data: Path | None = None) -> None:
+def render_command(task, run_path: Path, *, orbit: int | None = None, resolution: str | None = None,
+                   out: Path | None = None, fps: int = 30, backend: str | None = None, data: Path | None = None) -> None:
     """``ngp render RUN --orbit N [--resolution WxH] [--out video.mp4|frames/] [--data MESH]`` for an SDF run: the
     mesh at ``sdf.mesh_resolution``, shaded and ray cast from N cameras on a circle around it (20° above its equator, up axis
     ``sdf.up``). Camera paths are for NeRF runs."""
@@ -185,8 +171,6 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None, orb
     from ngp_cli.mesh.shade import mesh_orbit, render_mesh
     from ngp_cli.video import FrameWriter
 
-    if camera_path is not None:
-        raise UsageError("an SDF run renders an --orbit N; --camera-path is for NeRF runs")
     if orbit is None or orbit < 1:
         raise UsageError("give --orbit N (N >= 1 frames)")
     width, height = parse_resolution(resolution, (512, 512))

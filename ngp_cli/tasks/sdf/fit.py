@@ -205,9 +205,11 @@ def default_mesh() -> Path:
     return path
 
 
-def load_input(cfg: SdfConfig) -> InputMesh:
-    """Load ``sdf.path`` and report what was found. Raises DataError."""
+def load_input(cfg: SdfConfig, report: bool = True) -> InputMesh:
+    """Load ``sdf.path`` and, with ``report``, say what was found. Raises DataError."""
     mesh = load_mesh(Path(cfg.sdf.path))
+    if not report:  # a command on a trained run: training already reported the mesh
+        return mesh
     notes = []
     if mesh.parts > 1:
         notes.append(f"{mesh.parts} parts merged")
