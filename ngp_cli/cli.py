@@ -21,6 +21,7 @@ from typer.core import TyperGroup
 
 from ngp_cli import __version__
 from ngp_cli.bench import BENCHMARKS
+from ngp_cli.capture.command import register as register_process_data
 from ngp_cli.commands import BACKENDS, choices, plain_choice
 from ngp_cli.console import emit, error_line, is_quiet, set_quiet, warn
 from ngp_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, NgpError
@@ -246,6 +247,7 @@ def build_app() -> typer.Typer:
             out = output
         run_bench(tasks, backend, batch, dims, only, repeats, warmup, out)
 
+    register_process_data(app)  # ngp process-data (ngp_cli/capture)
     add_run_commands(app, tasks)
     for task in tasks.values():
         task.register(app)

@@ -90,12 +90,21 @@ DataOpt = Annotated[Path | None, typer.Option(
                    "config.yaml).")]
 ORBIT_OPTION = ("orbit", Annotated[int | None, typer.Option(
     "--orbit", min=1, help="Render an N-frame orbit around the scene.")], None)
+RenderOutputChoice = choices("RenderOutputChoice", ("rgb", "depth", "accumulation", "normals"))
 RENDER_OPTIONS = (
     ("resolution", Annotated[str | None, typer.Option(
-        "--resolution", help="WIDTHxHEIGHT (default: the training images').")], None),
+        "--resolution", help="WIDTHxHEIGHT (default: a NeRF camera path's size, else the training images'; SDF "
+                             "runs: 512x512).")], None),
     ("out", Annotated[Path | None, typer.Option(
-        "--out", help="video.mp4 (or .gif) or a folder for PNG frames (default: RUN/renders/orbit.mp4).")], None),
-    ("fps", Annotated[int, typer.Option("--fps", min=1, help="Video frame rate.")], 30),
+        "--out", help="video.mp4 (or .gif) or a folder for PNG frames (default: RUN/renders/orbit.mp4, "
+                      "orbit_<output>.mp4 for other outputs).")], None),
+    ("fps", Annotated[int | None, typer.Option(
+        "--fps", min=1, help="Frame rate (default: the camera path's, else 30); a keyframed path is sampled at "
+                             "it.")], None),
+    ("output", Annotated[RenderOutputChoice, typer.Option(
+        "--output", callback=plain_choice,
+        help="What the frames show: rgb; depth (distance along the ray in world units, colour-mapped; a frame folder "
+             "also gets float32 EXRs); accumulation (opacity, NeRF only); normals (mapped from [-1, 1]).")], "rgb"),
 )
 MESH_OPTIONS = (
     ("resolution", Annotated[int, typer.Option(
@@ -263,12 +272,22 @@ def create_run(task: Task, opts: TrainOptions, cfg: Any, default_name: str) -> R
 
 
 def finish(run: RunDir, step: int, metrics: dict[str, Any], artifacts: dict[str, Any]) -> None:
-    """Write summary.json (last, atomically) and emit the final ``done`` JSON line. Both carry ``machine``
-    (:func:`ngp_cli.machine.machine_info`: CPU model and ISA features, threads, versions, the cpu MLP's precision), so
-    every result names the machine it came from."""
+    """Draw ``renders/curves.png`` (:func:`ngp_cli.curves.write_curves`: loss and held-out metric against training
+    time, from metrics.jsonl; listed in the artifacts as ``curves``; none when no step was logged), then write
+    summary.json (last, atomically) and emit the final ``done`` JSON line. A picture that cannot be drawn or written
+    is a warning, never a lost run. Both carry ``machine`` (:func:`ngp_cli.machine.machine_info`: CPU model and ISA
+    features, threads, versions, the cpu MLP's precision), so every result names the machine it came from."""
     from ngp_cli.machine import machine_info
 
     artifacts = {"config": str(run.config_path), "metrics": str(run.metrics_path), **artifacts}
+    curves = run.renders_dir / "curves.png"
+    try:
+        from ngp_cli.curves import write_curves
+
+        if write_curves(run.metrics_path, curves, title=f"{run.path.parent.name}/{run.path.name}"):
+            artifacts["curves"] = str(curves)
+    except Exception as exc:  # noqa: BLE001 (matplotlib, a full disk: the run's results matter more than its picture)
+        warn(f"{curves}: training curves not drawn ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})")
     summary = {"run_dir": str(run.path), "step": step, "metrics": metrics, "artifacts": artifacts,
                "machine": machine_info()}
     run.write_summary(summary)

@@ -9,7 +9,8 @@ The grid stores, per cell, an exponential moving average of the *optical thickne
 density network at random points in the cell (instant-ngp ``splat_grid_samples_nerf_max_nearest_neighbor`` and
 ``ema_grid_samples_nerf``), and a cell is occupied when its value exceeds ``min(0.01, mean of cascade 0)``
 (``grid_to_bitfield``). Cells that no training camera sees are marked -1 and stay empty
-(``mark_untrained_density_grid``).
+(``mark_untrained_density_grid``). Optionally (ngp's own, ``nerf.occupancy_init: points``) the grid starts from the cells
+around a sparse point cloud instead (:meth:`OccupancyGrid.seed_from_points`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ngp_cli.volrend.constants import GRID_CELLS, GRID_SIZE, MIN_CONE_STEPSIZE, MIN_OPTICAL_THICKNESS
+from ngp_cli.volrend.constants import (
+    GRID_CELLS,
+    GRID_SIZE,
+    MIN_CONE_STEPSIZE,
+    MIN_OPTICAL_THICKNESS,
+    SEED_OPTICAL_THICKNESS,
+)
 
 __all__ = ["OccupancyGrid", "aabb_bounds", "cell_index", "mip_from_dt", "mip_from_pos", "n_cascades"]
 
@@ -129,6 +136,59 @@ class OccupancyGrid(nn.Module):
             marked += int(unseen.sum())
         self._update_occupancy(MIN_OPTICAL_THICKNESS)
         return marked
+
+    @torch.no_grad()
+    def point_cells(self, points: Tensor, dilation: int) -> Tensor:
+        """The cells around ``points``: (cascades·128³,) bool, True for every cell within ``dilation`` cells (Chebyshev
+        distance: a (2·dilation + 1)³ block, clipped at the cascade's faces) of a cell holding a point, in every
+        cascade whose box holds that point (a point of the unit cube marks its cell in all cascades, since marching
+        looks up coarser cascades for longer steps, :func:`mip_from_dt`). Cells of a point are found as
+        :func:`cell_index` finds them. ``points``: (N, 3) float ngp-frame positions (float32 on the grid's device is
+        used); points outside the outermost cascade mark nothing. Raises ValueError for a negative dilation."""
+        if dilation < 0:
+            raise ValueError(f"dilation must be >= 0, got {dilation}")
+        dev = self.density.device
+        p = points.to(device=dev, dtype=torch.float32).reshape(-1, 3)
+        mask = torch.zeros(self.n_cells, dtype=torch.bool, device=dev)
+        k = 2 * int(dilation) + 1
+        for cascade in range(self.cascades):
+            cells = torch.floor(((p - 0.5) * 2.0 ** -cascade + 0.5) * GRID_SIZE)
+            inside = ((cells >= 0) & (cells < GRID_SIZE)).all(dim=-1)
+            ijk = cells[inside].to(torch.int64)
+            if ijk.numel() == 0:
+                continue
+            volume = torch.zeros(GRID_CELLS, device=dev)
+            volume[ijk[:, 0] + GRID_SIZE * (ijk[:, 1] + GRID_SIZE * ijk[:, 2])] = 1.0
+            volume = volume.view(1, 1, GRID_SIZE, GRID_SIZE, GRID_SIZE)  # [z, y, x]
+            if dilation:  # a cube dilation is separable: one max filter per axis
+                for kernel in ((k, 1, 1), (1, k, 1), (1, 1, k)):
+                    pad = tuple(s // 2 for s in kernel)
+                    volume = torch.nn.functional.max_pool3d(volume, kernel, stride=1, padding=pad)
+            mask[cascade * GRID_CELLS:(cascade + 1) * GRID_CELLS] = volume.reshape(-1) > 0
+        return mask
+
+    @torch.no_grad()
+    def seed_from_points(self, points: Tensor, dilation: int, value: float = SEED_OPTICAL_THICKNESS) -> int:
+        """Start the grid from the cells around a sparse point cloud instead of a full grid (``nerf.occupancy_init:
+        points``; ngp's own, after the geometry-prior idea of issue 16): the cells of :meth:`point_cells` that a
+        training camera sees (density not -1) get the optical thickness ``value``, every other seen cell 0, and the
+        occupancy bits are recomputed, so exactly those cells are occupied. Cells marked -1 stay -1. The grid updates
+        then proceed as usual: a seeded cell decays by ``decay`` per update unless the network's density keeps it,
+        and the other cells become occupied once the network's thickness there exceeds the threshold (with
+        ``value`` = 1 and seeded cells over 1% of cascade 0, the threshold stays at its cap, above the untrained
+        network's thickness).
+
+        Call after :meth:`mark_untrained`, before training. ``points``: (N, 3) ngp-frame positions. Returns the number
+        of cells seeded; when that is 0 (no point near a seen cell) the grid is left as it was.
+        """
+        seeded = self.point_cells(points, dilation) & (self.density >= 0)
+        count = int(seeded.sum())
+        if count == 0:
+            return 0
+        self.density.copy_(torch.where(seeded, torch.full_like(self.density, float(value)),
+                                       torch.where(self.density < 0, self.density, torch.zeros_like(self.density))))
+        self._update_occupancy(MIN_OPTICAL_THICKNESS)
+        return count
 
     @torch.no_grad()
     def update(self, density_fn: Callable[[Tensor], Tensor], generator: torch.Generator, *, all_cells: bool,

@@ -1,10 +1,15 @@
 """Rendering rays for evaluation: occupancy-grid marching (:mod:`ngp_cli.volrend.march`) and compositing
 (:mod:`ngp_cli.volrend.composite`) in rounds, with early ray termination, on the kernels or the torch references.
+
+Besides colour, :func:`render_ray_maps` composites other per-sample quantities with the same weights ``w_j`` (the
+compositing kernels take them as a "colour"): the expected distance ``Σ w_j t_j`` (a depth map), the opacity ``Σ w_j``
+(accumulation) and the weighted mean of the unit normals ``n_j = -∇σ_j / |∇σ_j|`` (instant-ngp's Depth and Normals
+render modes; nerfstudio's expected depth, which also composites the sample distances).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -13,26 +18,70 @@ from ngp_cli.volrend.composite import composite
 from ngp_cli.volrend.constants import MIN_TRANSMITTANCE
 from ngp_cli.volrend.march import march_rays
 
-__all__ = ["render_rays"]
+__all__ = ["RAY_MAPS", "render_ray_maps", "render_rays"]
+
+#: What :func:`render_ray_maps` can composite.
+RAY_MAPS = ("rgb", "depth", "opacity", "normals")
+
+Field = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def _density_normals(field: Field, positions: Tensor, directions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """σ, rgb and the unit normals ``-∇σ / |∇σ|`` (zero where the gradient vanishes) at the samples, by
+    backpropagating σ to the positions."""
+    with torch.enable_grad():
+        x = positions.detach().requires_grad_(True)
+        sigma, rgb = field(x, directions)
+        (grad,) = torch.autograd.grad(sigma.float().sum(), x)
+    norm = torch.linalg.vector_norm(grad, dim=-1, keepdim=True)
+    normals = torch.where(norm > 0, -grad / norm.clamp_min(1e-30), torch.zeros_like(grad))
+    return sigma.detach(), rgb.detach(), normals.float().contiguous()
 
 
 @torch.no_grad()
-def render_rays(field: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], origins: Tensor, directions: Tensor,
-                occupancy: Tensor, aabb_scale: int, *, cone_angle: float, near_distance: float,
-                background: Tensor | None, chunk_rays: int = 4096, samples_per_round: int = 64,
-                kernel_target: str | None = None) -> Tensor:
+def render_ray_maps(field: Field, origins: Tensor, directions: Tensor, occupancy: Tensor, aabb_scale: int, *,
+                    cone_angle: float, near_distance: float, background: Tensor | None,
+                    maps: Iterable[str] = ("rgb",), chunk_rays: int = 4096, samples_per_round: int = 64,
+                    kernel_target: str | None = None) -> dict[str, Tensor]:
     """Render rays for evaluation: march, query ``field(positions (S,3), directions (S,3)) -> (σ (S,), rgb (S,3))``,
-    composite, add ``background`` ((3,) or (R, 3), or None for black). Returns (R, 3) float32.
+    composite, and return the requested ``maps`` (a subset of :data:`RAY_MAPS`), each over the R rays:
+
+    * ``rgb``: (R, 3) float32, colour plus ``background`` ((3,) or (R, 3), or None for black) times the
+      transmittance left;
+    * ``depth``: (R,) float32 ``Σ w_j t_j``, the expected distance along the ray in the units of the ray's
+      parameter (the ngp frame's for unit directions); a ray through empty space gives 0, a half-covered pixel half
+      its surface's distance (divide by ``opacity`` for the distance given a hit);
+    * ``opacity``: (R,) float32 ``Σ w_j = 1 - transmittance`` left (accumulation);
+    * ``normals``: (R, 3) float32 ``Σ w_j n_j`` with ``n_j = -∇σ_j / |∇σ_j|`` (∇ by autograd through ``field``, so
+      it must be differentiable in the positions), not normalised.
 
     Rays are marched in rounds of at most ``samples_per_round`` samples, each round resuming where the last stopped
     (same step lattice), and a ray stops once its transmittance falls below 1e-4, so opaque surfaces hide what lies
     behind them from the network (instant-ngp's inference marching does the same with compaction). ``chunk_rays``
-    rays at a time, so memory stays bounded.
+    rays at a time, so memory stays bounded. Each map is composited by :func:`~ngp_cli.volrend.composite.composite`
+    (the kernels or the torch reference) with the sample distances or normals in the place of the colours.
+
+    Raises ``ValueError`` for a map not in :data:`RAY_MAPS`.
     """
-    out = torch.empty(origins.shape[0], 3, device=origins.device)
-    for s in range(0, origins.shape[0], chunk_rays):
+    maps = tuple(maps)
+    unknown = [m for m in maps if m not in RAY_MAPS]
+    if unknown:
+        raise ValueError(f"unknown ray maps {unknown}; choose from {RAY_MAPS}")
+    n, dev = origins.shape[0], origins.device
+    out: dict[str, Tensor] = {}
+    if "rgb" in maps:
+        out["rgb"] = torch.empty(n, 3, device=dev)
+    if "depth" in maps:
+        out["depth"] = torch.empty(n, device=dev)
+    if "opacity" in maps:
+        out["opacity"] = torch.empty(n, device=dev)
+    if "normals" in maps:
+        out["normals"] = torch.empty(n, 3, device=dev)
+    for s in range(0, n, chunk_rays):
         o, d = origins[s:s + chunk_rays], directions[s:s + chunk_rays]
         colour = torch.zeros(o.shape[0], 3, device=o.device)
+        depth = torch.zeros(o.shape[0], device=o.device)
+        normal = torch.zeros(o.shape[0], 3, device=o.device)
         transmittance = torch.ones(o.shape[0], device=o.device)
         active = torch.arange(o.shape[0], device=o.device)
         t_start = None
@@ -42,17 +91,44 @@ def render_rays(field: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], origin
                                  kernel_target=kernel_target)
             if not samples.n_samples:
                 break
-            sigma, rgb = field(samples.positions, d[active][samples.ray_index])
+            dirs = d[active][samples.ray_index]
+            if "normals" in maps:
+                sigma, rgb, normals = _density_normals(field, samples.positions, dirs)
+            else:
+                sigma, rgb = field(samples.positions, dirs)
             c, opacity = composite(sigma, rgb, samples.dts, samples.offsets, kernel_target)
-            colour[active] += transmittance[active].unsqueeze(-1) * c
+            weight = transmittance[active]
+            colour[active] += weight.unsqueeze(-1) * c
+            if "depth" in maps:
+                ts = samples.ts.unsqueeze(-1).expand(-1, 3).contiguous()
+                depth[active] += weight * composite(sigma, ts, samples.dts, samples.offsets, kernel_target)[0][:, 0]
+            if "normals" in maps:
+                normal[active] += weight.unsqueeze(-1) * composite(sigma, normals, samples.dts, samples.offsets,
+                                                                   kernel_target)[0]
             transmittance[active] *= 1.0 - opacity
             counts = samples.offsets[1:] - samples.offsets[:-1]
             going = (counts == samples_per_round) & (transmittance[active] >= MIN_TRANSMITTANCE)
             last = (samples.offsets[1:] - 1).clamp_min(0)[going]
             t_start = samples.ts[last] + samples.dts[last]
             active = active[going]
-        if background is not None:
-            bg = background if background.dim() == 1 else background[s:s + chunk_rays]
-            colour = colour + transmittance.unsqueeze(-1) * bg
-        out[s:s + chunk_rays] = colour
+        if "rgb" in maps:
+            if background is not None:
+                bg = background if background.dim() == 1 else background[s:s + chunk_rays]
+                colour = colour + transmittance.unsqueeze(-1) * bg
+            out["rgb"][s:s + chunk_rays] = colour
+        if "depth" in maps:
+            out["depth"][s:s + chunk_rays] = depth
+        if "opacity" in maps:
+            out["opacity"][s:s + chunk_rays] = 1.0 - transmittance
+        if "normals" in maps:
+            out["normals"][s:s + chunk_rays] = normal
     return out
+
+
+def render_rays(field: Field, origins: Tensor, directions: Tensor, occupancy: Tensor, aabb_scale: int, *,
+                cone_angle: float, near_distance: float, background: Tensor | None, chunk_rays: int = 4096,
+                samples_per_round: int = 64, kernel_target: str | None = None) -> Tensor:
+    """The colour of rays (R, 3) float32: :func:`render_ray_maps` with ``maps=("rgb",)``."""
+    return render_ray_maps(field, origins, directions, occupancy, aabb_scale, cone_angle=cone_angle,
+                           near_distance=near_distance, background=background, maps=("rgb",), chunk_rays=chunk_rays,
+                           samples_per_round=samples_per_round, kernel_target=kernel_target)["rgb"]

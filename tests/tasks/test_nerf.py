@@ -266,7 +266,7 @@ def test_train_nerf_writes_a_complete_run(trained):
     assert json.loads((run / "summary.json").read_text())["metrics"]["psnr"] == done["metrics"]["psnr"]
     ev = json.loads((run / "eval_val.json").read_text())
     assert ev["n_views"] == 3 and len(ev["views"]) == 3 and ev["psnr"] == pytest.approx(done["metrics"]["psnr"])
-    assert sorted(p.name for p in (run / "renders").iterdir()) == ["val_r_0.png", "val_r_1.png"]
+    assert sorted(p.name for p in (run / "renders").iterdir()) == ["curves.png", "val_r_0.png", "val_r_1.png"]
     assert Path(done["artifacts"]["checkpoint"]).is_file()
     evals = [e for e in trained.events if e["event"] == "eval"]
     assert [e["step"] for e in evals] == [10, 20, 30, 40] and all(e["eval"]["n_views"] == 1 for e in evals)

@@ -12,7 +12,15 @@ import pytest
 
 from ngp_cli.errors import DataError, OutputError
 from ngp_cli.images import read_image
-from ngp_cli.tasks.nerf.camera_path import CameraPath, load_camera_path, look_at, orbit_path, scene_center, up_axis
+from ngp_cli.tasks.nerf.camera_path import (
+    CameraPath,
+    frame_times,
+    load_camera_path,
+    look_at,
+    orbit_path,
+    scene_center,
+    up_axis,
+)
 from ngp_cli.tasks.nerf.synthetic import (
     default_scene_dir,
     ensure_synthetic_scene,
@@ -213,7 +221,7 @@ def test_load_transforms_style_path(tmp_path):
     )
     cp = load_camera_path(p)
     assert isinstance(cp, CameraPath) and len(cp) == 2
-    assert cp.c2w.dtype == np.float32 and cp.c2w.shape == (2, 3, 4)
+    assert cp.c2w.dtype == np.float64 and cp.c2w.shape == (2, 3, 4)
     np.testing.assert_allclose(cp.c2w, np.stack([m0, m1]), atol=1e-6)
     np.testing.assert_allclose(cp.fov_x, [0.7, 0.5], atol=1e-7)
     assert cp.fl_x is None and cp.fov_y is None and cp.fps == 24
@@ -259,9 +267,28 @@ GOOD = [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 3], [0, 0, 0, 1]]
         ('{\n  "frames": [}\n', r"malformed JSON at line 2, column 14"),
         ("", r"file is empty"),
         ("[1, 2]", r"expected a JSON object"),
-        ({"poses": []}, r"no 'frames' .* or 'camera_path'"),
+        ({"poses": []}, r"no 'frames' .* or 'camera_path'.* or 'path' \(instant-ngp base_cam\.json\) list$"),
         ({"frames": []}, r"no frames"),
         ({"camera_path": []}, r"no frames"),
+        ({"keyframes": []}, r"no keyframes \('keyframes' is empty\)$"),
+        ({"path": []}, r"no keyframes \('path' is empty\)$"),
+        ({"path": {}}, r"'path' must be a list, got dict$"),
+        ({"path": [{"R": [0, 0, 0, 1], "T": [0, 0, 0]}]}, r"path\[0\] has no 'fov'"),
+        ({"path": [{"R": [0, 0, 0, 0], "T": [0, 0, 0], "fov": 50}]}, r"path\[0\]\.R is a zero quaternion"),
+        ({"path": [{"R": [0, 0, 1], "T": [0, 0, 0], "fov": 50}]}, r"path\[0\]\.R must be a list of 4 numbers"),
+        ({"path": [{"R": [0, 0, 0, 1], "T": [0, 0, "x"], "fov": 50}]}, r"path\[0\]\.T must be a list of 3 numbers"),
+        ({"path": [{"R": [0, 0, 0, 1], "T": [0, 0, 0], "fov": 0}]}, r"path\[0\]\.fov must be a finite number in"),
+        ({"path": [{"R": [0, 0, 0, 1], "T": [0, 0, 0], "fov": 50}], "loop": 1}, r"'loop' must be true or false"),
+        (
+            {"keyframes": [{"matrix": sum(GOOD, []), "fov": 50}, {"matrix": [0] * 16, "fov": 50}]},
+            r"keyframes\[1\]\.matrix has a degenerate rotation \(determinant 0\)$",
+        ),
+        (
+            {"keyframes": [{"matrix": sum(GOOD, []), "fov": 50},
+                           {"matrix": [-1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1], "fov": 50}]},
+            r"keyframes\[1\]\.matrix is a reflection \(determinant < 0\)",
+        ),
+        ({"keyframes": [{"matrix": sum(GOOD, [])}]}, r"keyframes\[0\] has no 'fov'"),
         ({"frames": [{"file_path": "x"}]}, r"frames\[0\] has no 'transform_matrix'"),
         (
             {"frames": [{"transform_matrix": GOOD}, {"transform_matrix": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]}]},
@@ -308,6 +335,156 @@ def test_load_camera_path_rejects_bad_input(tmp_path, content, match):
     with pytest.raises(DataError, match="^" + re.escape(str(p)) + ": " + match) as info:
         load_camera_path(p)
     assert "\n" not in str(info.value)
+
+
+# -- keyframed paths: instant-ngp base_cam.json, nerfstudio keyframes, dataparser transforms --------------------------
+
+
+def _ingp_matrix(c2w: np.ndarray, scale: float = 0.33, offset=(0.5, 0.5, 0.5)) -> np.ndarray:
+    """instant-ngp's nerf_matrix_to_ngp (nerf_loader.h), written out independently: flip the camera's y and z
+    columns, scale and offset the translation, then cycle the rows (x <- y, y <- z, z <- x)."""
+    m = np.array(c2w[:3], dtype=np.float64)
+    m[:, 1:3] *= -1.0
+    m[:, 3] = m[:, 3] * scale + np.asarray(offset)
+    return m[[1, 2, 0]]
+
+
+def _base_cam_keyframe(c2w: np.ndarray, fov: float = 50.0, **extra) -> dict:
+    from scipy.spatial.transform import Rotation
+
+    m = _ingp_matrix(c2w)
+    return {"R": Rotation.from_matrix(m[:, :3]).as_quat().tolist(), "T": m[:, 3].tolist(), "fov": fov,
+            "slice": 0.0, "scale": 1.5, "dof": 0.0, **extra}
+
+
+def _ngp(c2w: np.ndarray, scale: float = 0.33, offset=(0.5, 0.5, 0.5)) -> np.ndarray:
+    """Our ngp frame: the NeRF frame scaled and offset, axes kept (cameras.nerf_matrix_to_ngp)."""
+    m = np.array(c2w[:3], dtype=np.float64)
+    m[:, 3] = m[:, 3] * scale + np.asarray(offset)
+    return m
+
+
+def test_base_cam_two_keyframes_interpolate_positions_and_slerp_rotations(tmp_path):
+    from scipy.spatial.transform import Rotation
+
+    a = look_at([0, -4, 1], [0, 0, 0], [0, 0, 1])
+    b = look_at([4, 0, 2], [0, 0, 0.5], [0, 0, 1])
+    doc = {"loop": False, "time": 0.3, "path": [_base_cam_keyframe(a, 40.0), _base_cam_keyframe(b, 60.0)]}
+    cp = load_camera_path(_write(tmp_path, doc, "base_cam.json"), fps=4)
+    # 1 s per transition by default, the end of the path not a frame (instant-ngp's run.py): t = 0, 1/4, 1/2, 3/4.
+    assert (cp.kind, cp.frame, cp.keyframes, cp.seconds, len(cp)) == ("instant-ngp", "ngp", 2, 1.0, 4)
+    np.testing.assert_allclose(cp.c2w[0], _ngp(a), atol=1e-6)  # instant-ngp's frame taken back into ours
+    mid = cp.c2w[2].astype(np.float64)
+    np.testing.assert_allclose(mid[:, 3], 0.5 * (_ngp(a)[:, 3] + _ngp(b)[:, 3]), atol=1e-6)  # midpoint position
+    half = Rotation.from_matrix(a[:, :3]) * Rotation.from_rotvec(
+        0.5 * (Rotation.from_matrix(a[:, :3]).inv() * Rotation.from_matrix(b[:, :3])).as_rotvec())
+    np.testing.assert_allclose(mid[:, :3], half.as_matrix(), atol=1e-6)  # half way along the shorter arc
+    np.testing.assert_allclose(np.degrees(cp.fov_y), [40, 45, 50, 55], atol=1e-4)  # vertical fov, linear
+    np.testing.assert_allclose(cp.focal_lengths(100, 80)[0], 40 / math.tan(math.radians(20)), rtol=1e-6)
+    # --seconds and --fps set the frame count; a loop comes back to keyframe 0 instead of stopping at keyframe 1.
+    assert len(load_camera_path(_write(tmp_path, doc, "base_cam.json"), fps=10, seconds=3)) == 30
+    looped = load_camera_path(_write(tmp_path, {**doc, "loop": True}, "loop.json"), fps=2)
+    assert len(looped) == 4 and looped.seconds == 2.0  # two transitions, 1 s each
+    np.testing.assert_allclose(looped.c2w[2], _ngp(b), atol=1e-5)
+    # A single keyframe is one frame, exactly that camera; depth of field is noted, not rendered.
+    one = load_camera_path(_write(tmp_path, {"path": [_base_cam_keyframe(b, dof=0.05)]}, "one.json"))
+    assert len(one) == 1 and one.notes and "depth of field" in one.notes[0]
+    np.testing.assert_allclose(one.c2w[0], _ngp(b), atol=1e-6)
+
+
+def _ns_matrix(c2w: np.ndarray, transform: np.ndarray, scale: float) -> list[float]:
+    """A world camera in nerfstudio's normalised frame: ``[A | b]`` applied, then the translation scaled, as flat
+    row-major 16 numbers."""
+    m = np.eye(4)
+    m[:3] = c2w
+    m = np.vstack([transform, [0, 0, 0, 1]]) @ m
+    m[:3, 3] *= scale
+    return m.ravel().tolist()
+
+
+def test_nerfstudio_paths_map_through_the_dataparser_transform(tmp_path):
+    from scipy.spatial.transform import Rotation
+
+    rot = Rotation.from_euler("zx", [30, -10], degrees=True).as_matrix()
+    transform = np.hstack([rot, [[0.2], [-0.1], [0.4]]])
+    scale = 0.25
+    cams = [look_at([0, -4, 1], [0, 0, 0], [0, 0, 1]), look_at([4, 0, 1], [0, 0, 0], [0, 0, 1]),
+            look_at([0, 4, 2], [0, 0, 0], [0, 0, 1])]
+    keyframes = [{"matrix": _ns_matrix(c, transform, scale), "fov": 50 + 10 * i, "aspect": 1.0,
+                  "override_transition_enabled": i == 2, "override_transition_sec": 2.0 if i == 2 else None}
+                 for i, c in enumerate(cams)]
+    folder = tmp_path / "camera_paths"
+    folder.mkdir()
+    (folder / "dataparser_transforms.json").write_text(json.dumps({"transform": transform.tolist(),
+                                                                    "scale": scale}))
+    doc = {"camera_type": "perspective", "render_width": 64, "render_height": 48, "fps": 2, "seconds": 3.0,
+           "is_cycle": False, "default_transition_sec": 1.0, "keyframes": keyframes}
+    # Keyframes only: interpolated; keyframe times 0, 1 (default transition) and 3 (its own 2 s transition).
+    cp = load_camera_path(_write(folder, doc, "path.json"))
+    assert cp.kind == "nerfstudio" and cp.dataparser == folder / "dataparser_transforms.json" and not cp.notes
+    assert (len(cp), cp.keyframes, cp.seconds, cp.fps, cp.width, cp.height) == (6, 3, 3.0, 2, 64, 48)
+    np.testing.assert_allclose(cp.c2w[0], cams[0], atol=1e-5)  # t = 0: keyframe 0, back in the dataset's frame
+    np.testing.assert_allclose(cp.c2w[2], cams[1], atol=1e-5)  # t = 1 s: keyframe 1
+    np.testing.assert_allclose(np.degrees(cp.fov_y[[0, 2, 3]]), [50, 60, 62.5], atol=1e-4)
+    # The same poses as nerfstudio's own camera_path: taken as they are, mapped the same way.
+    flat = {**doc, "camera_path": [{"camera_to_world": k["matrix"], "fov": k["fov"]} for k in keyframes]}
+    flat["seconds"] = 1.5
+    cp = load_camera_path(_write(folder, flat, "path.json"))
+    assert cp.keyframes == 0 and len(cp) == 3
+    np.testing.assert_allclose(cp.c2w, np.stack(cams), atol=1e-5)
+    # Another transform given explicitly wins; without any, the path stays in its own frame, with a note.
+    ident = tmp_path / "identity.json"
+    ident.write_text(json.dumps({"transform": np.eye(4)[:3].tolist(), "scale": 1.0}))
+    cp = load_camera_path(folder / "path.json", dataparser_transforms=ident)
+    np.testing.assert_allclose(cp.c2w[0].ravel(), np.array(keyframes[0]["matrix"]).reshape(4, 4)[:3].ravel(),
+                               atol=1e-6)
+    cp = load_camera_path(_write(tmp_path, flat, "alone.json"))
+    assert cp.dataparser is None and "dataset's own frame" in cp.notes[0]
+    with pytest.raises(DataError, match=r"identity\.json: 'transform' has a degenerate rotation"):
+        ident.write_text(json.dumps({"transform": np.zeros((3, 4)).tolist(), "scale": 1.0}))
+        load_camera_path(folder / "path.json", dataparser_transforms=ident)
+    with pytest.raises(DataError, match=r"'scale' must be a finite number > 0"):
+        ident.write_text(json.dumps({"transform": np.eye(4)[:3].tolist(), "scale": 0}))
+        load_camera_path(folder / "path.json", dataparser_transforms=ident)
+
+
+def test_fps_and_seconds_resample_a_nerfstudio_camera_path(tmp_path):
+    cams = [look_at([4 * math.cos(a), 4 * math.sin(a), 1], [0, 0, 0], [0, 0, 1]) for a in np.linspace(0, 1.5, 4)]
+    rows = [np.vstack([c, [0, 0, 0, 1]]).ravel().tolist() for c in cams]
+    doc = {"fps": 2, "seconds": 2, "camera_path": [{"camera_to_world": r, "fov": 40} for r in rows]}
+    p = _write(tmp_path, doc)
+    assert len(load_camera_path(p)) == 4 and len(load_camera_path(p, fps=2)) == 4  # the file's own frames
+    cp = load_camera_path(p, fps=4)  # same 2 s at twice the rate: every other frame is one of the file's
+    assert len(cp) == 8 and cp.seconds == 2 and cp.fps == 2  # cp.fps: what the file says
+    np.testing.assert_allclose(cp.c2w[::2], np.stack(cams), atol=1e-5)
+    between = cp.c2w[1, :, 3]
+    assert 0.1 < np.linalg.norm(between - cams[0][:, 3]) < np.linalg.norm(cams[1][:, 3] - cams[0][:, 3])
+    cp = load_camera_path(p, seconds=4)  # slowed down: 8 frames at the file's 2 fps
+    assert len(cp) == 8
+    np.testing.assert_allclose(cp.c2w[::2], np.stack(cams), atol=1e-5)
+    np.testing.assert_allclose(frame_times(1.0, 4), [0, 0.25, 0.5, 0.75])
+    assert len(frame_times(0.0, 30)) == 1
+
+
+def test_docs_example_paths_are_the_same_loop_in_both_formats(tmp_path):
+    docs = Path(__file__).resolve().parents[2] / "docs" / "examples"
+    ns = load_camera_path(docs / "camera_path.json")  # nerfstudio's own frames, in the built-in scene's frame
+    assert (ns.kind, ns.keyframes, len(ns), ns.fps, ns.width, ns.height) == ("nerfstudio", 0, 12, 2, 160, 120)
+    assert ns.notes  # no dataparser_transforms.json beside it: said so
+    again = load_camera_path(docs / "camera_path.json", fps=2, seconds=6.0)  # the same, taken as it is
+    np.testing.assert_array_equal(again.c2w, ns.c2w)
+    bc = load_camera_path(docs / "base_cam.json", fps=2, seconds=6.0)  # the same keyframes, instant-ngp's frame
+    assert (bc.kind, bc.keyframes, len(bc)) == ("instant-ngp", 3, 12)
+    world = bc.c2w.copy()
+    world[:, :, 3] = (world[:, :, 3] - 0.5) / 0.33  # our ngp frame -> the scene's (its default scale and offset)
+    np.testing.assert_allclose(world, ns.c2w, atol=1e-4)  # the files round to 6-7 digits
+    np.testing.assert_allclose(np.degrees(bc.fov_y), np.degrees(ns.fov_y), atol=1e-3)
+    # The keyframes of camera_path.json (nerfstudio's other list) interpolate to its camera_path, too.
+    doc = json.loads((docs / "camera_path.json").read_text())
+    del doc["camera_path"]
+    keyed = load_camera_path(_write(tmp_path, doc))
+    assert keyed.keyframes == 3
+    np.testing.assert_allclose(keyed.c2w, ns.c2w, atol=1e-5)
 
 
 def test_load_camera_path_missing_or_directory(tmp_path):

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from ngp_cli.commands import MESH_OPTIONS, ORBIT_OPTION, RENDER_OPTIONS, choices, plain_choice
-from ngp_cli.console import info
+from ngp_cli.console import info, warn
 from ngp_cli.tasks import RunCommand, Shorthand, Task, TrainInput
 from ngp_cli.tasks.nerf.config import NerfConfig, NerfSection
 
@@ -45,10 +45,17 @@ class NerfTask(Task):
                        "--split", callback=plain_choice, help="The split to evaluate (default: the run's "
                                                               "nerf.eval_split).")], None),)),
         RunCommand("render", f"{_EVALUATE}:render_command", """Render novel views of a NeRF run along a camera path or
-        an orbit, to a video or PNG frames.""", options=(
+        an orbit, to a video or PNG frames: colour, depth, accumulation or normals.""", options=(
             ("camera_path", Annotated[Path | None, typer.Option(
-                "--camera-path", help="Camera path JSON: transforms.json-style frames or nerfstudio's "
-                                      "camera_path.json.")], None),
+                "--camera-path", help="Camera path JSON: transforms.json-style frames, nerfstudio's camera_path.json "
+                                      "or instant-ngp's base_cam.json (docs/examples/).")], None),
+            ("dataparser_transforms", Annotated[Path | None, typer.Option(
+                "--dataparser-transforms", help="nerfstudio's dataparser_transforms.json, to map a nerfstudio path "
+                                                "from its normalised frame to the dataset's (default: the one beside "
+                                                "the path file, if any).")], None),
+            ("seconds", Annotated[float | None, typer.Option(
+                "--seconds", help="Duration of a keyframed path (default: nerfstudio's own; instant-ngp: 1 s per "
+                                  "keyframe transition).")], None),
             ORBIT_OPTION, *RENDER_OPTIONS)),
         RunCommand("extract-mesh", f"{_EVALUATE}:extract_mesh_command", """Extract the density level set of a NeRF
         run as a triangle mesh (marching cubes), in the dataset's world frame, with vertex colours and shaded renders
@@ -82,16 +89,36 @@ class NerfTask(Task):
         return NerfConfig
 
     def load_input(self, cfg: NerfConfig, fresh: bool) -> Any:
-        """The training split and the scene box; a fresh run records the box and the cone angle in the config."""
+        """The training split and the scene box; a fresh run records the box, the cone angle and, with
+        ``nerf.occupancy_init: points``, the sparse points' path in the config (after reading them, so a missing or
+        corrupt PLY is a DataError before anything is written). Warns, one line per finding, when the cameras sit far
+        outside the scene box or look at a point off its centre (:mod:`ngp_cli.tasks.nerf.placement`), on a fresh run."""
         from ngp_cli.tasks.nerf.config import cone_angle, scene_aabb_scale
         from ngp_cli.tasks.nerf.data import load_split
+        from ngp_cli.tasks.nerf.placement import (
+            measure_placement,
+            placement_findings,
+            read_sparse_points,
+            sparse_points_path,
+        )
 
         train_set = load_split(cfg, "train")
         aabb_scale = scene_aabb_scale(cfg, train_set)
-        if fresh:
+        if fresh:  # said once, when the run is made (not on --resume, eval or render)
+            placement = measure_placement(train_set.c2w, aabb_scale, train_set.intrinsics, train_set.width,
+                                          train_set.height)
+            for finding in placement_findings(placement, train_set.scale, train_set.offset):
+                warn(f"camera placement: {finding}")
             cfg.nerf.aabb_scale = aabb_scale
             if cfg.nerf.cone_angle is None:
                 cfg.nerf.cone_angle = cone_angle(cfg, aabb_scale)
+            if cfg.nerf.occupancy_init == "points":
+                path = sparse_points_path(cfg.nerf.sparse_points, train_set.root)
+                read_sparse_points(path)  # read again by NerfProblem.prepare_grid; here only to fail early
+                cfg.nerf.sparse_points = str(path)
+            elif cfg.nerf.sparse_points:
+                warn(f"nerf.sparse_points is set but nerf.occupancy_init is {cfg.nerf.occupancy_init}: the points are "
+                     "not used (set nerf.occupancy_init=points to seed the occupancy grid from them)")
         return train_set, aabb_scale
 
     def build_problem(self, cfg: NerfConfig, backend: Any, data: Any) -> Any:

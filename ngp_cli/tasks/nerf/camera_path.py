@@ -5,9 +5,10 @@ camera's x (right), y (up) and z axes in world coordinates, the camera looks dow
 Nothing here assumes a particular world frame: an orbit computed from matrices in the NeRF frame is in the NeRF frame,
 from matrices in instant-ngp's unit-cube frame it is in that frame.
 
-Path files (:func:`load_camera_path`) come in two formats:
+Path files (:func:`load_camera_path`) come in three formats (examples: docs/examples/camera_path.json and
+docs/examples/base_cam.json):
 
-1. transforms.json style (instant-ngp / NeRF)::
+1. transforms.json style (instant-ngp / NeRF), every frame rendered as it is, in the dataset's frame::
 
        {"fps": 30, "camera_angle_x": 0.69, "fl_x": 1111.1, "w": 800, "h": 800,
         "frames": [{"transform_matrix": [[...4 numbers...] x 4], "camera_angle_x": 0.69 or "fl_x": 1111.1}, ...]}
@@ -16,10 +17,29 @@ Path files (:func:`load_camera_path`) come in two formats:
    keys are optional.
 2. nerfstudio's ``camera_path.json`` (written by its viewer; read as in nerfstudio's ``get_path_from_json``)::
 
-       {"render_width": 1920, "render_height": 1080, "fps": 24, "camera_type": "perspective",
+       {"render_width": 1920, "render_height": 1080, "fps": 24, "seconds": 4, "camera_type": "perspective",
+        "is_cycle": false, "default_transition_sec": 2, "default_fov": 50,
+        "keyframes": [{"matrix": [16 numbers], "fov": 50, "override_transition_enabled": false, ...}, ...],
         "camera_path": [{"camera_to_world": [16 numbers, row-major 4x4], "fov": 50 (degrees, vertical)}, ...]}
 
-Matrices are taken as they are in the file (no re-orthonormalisation, no change of world frame).
+   ``camera_path`` holds nerfstudio's own interpolation, one entry per frame: rendered as it is (as ``ns-render``
+   does), or resampled when ``--fps``/``--seconds`` ask for other frames; a file with ``keyframes`` only is
+   interpolated. Poses live in nerfstudio's normalised frame and are mapped back to the dataset's through
+   ``dataparser_transforms.json`` (``{"transform": 3x4, "scale": s}``, written by ``ns-train`` next to the model) when
+   one is given or lies beside the path file.
+3. instant-ngp's ``base_cam.json`` (its GUI's camera path, camera_path.cu)::
+
+       {"loop": false, "time": 0.0,
+        "path": [{"R": [x, y, z, w], "T": [x, y, z], "fov": 50.6 (degrees, vertical), "slice": 0, "scale": 1.5,
+                  "dof": 0}, ...]}
+
+   Keyframes ``[R | T]`` in instant-ngp's unit-cube frame (the NeRF frame scaled and offset as ``transforms.json``'s
+   ``scale``/``offset`` say, axes cycled, OpenCV camera axes): mapped into this package's ngp frame, which shares the
+   scale and offset, so the run's dataset must be the one instant-ngp trained on. ``slice``/``scale`` (the GUI's
+   slice plane and look-at distance) do not change a pinhole render; depth of field (``dof``) is not rendered.
+
+Keyframed paths are interpolated by :func:`interpolate_keyframes` (positions on a cubic spline, rotations slerped,
+scipy), sampled at :func:`frame_times`.
 """
 
 from __future__ import annotations
@@ -27,16 +47,17 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ngp_cli.errors import DataError
-from ngp_cli.tasks.nerf.transforms import frame_list, matrix, number, read_object
+from ngp_cli.tasks.nerf.transforms import frame_list, matrix, number, read_object, vector
 
-__all__ = ["CameraPath", "load_camera_path", "look_at", "orbit_path", "scene_center", "up_axis"]
+__all__ = ["DEFAULT_FPS", "CameraPath", "frame_times", "interpolate_keyframes", "load_camera_path",
+           "load_dataparser_transforms", "look_at", "orbit_path", "scene_center", "up_axis"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -211,23 +232,41 @@ def orbit_path(c2w: Any, n_frames: int, *, center=None) -> np.ndarray:
         out[k] = look_at(eye, centre, up)
     return out
 
-
 # --------------------------------------------------------------------------------------------------------------------
 # Path files
 # --------------------------------------------------------------------------------------------------------------------
 
+#: Frame rate of a path whose file gives none, when ``--fps`` is not given either.
+DEFAULT_FPS = 30.0
+
+# instant-ngp's internal frame cycles the axes of the NeRF frame (nerf_loader.h ``nerf_matrix_to_ngp``: x <- y,
+# y <- z, z <- x) and uses OpenCV camera axes (y down, looking down +z). Our ngp frame keeps the NeRF axes, so a point
+# of instant-ngp's frame p maps to _FROM_INGP @ p, and a camera rotation M to _FROM_INGP @ M @ _FLIP_YZ.
+_FROM_INGP = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+_FLIP_YZ = np.diag([1.0, -1.0, -1.0])
+
 
 @dataclass
 class CameraPath:
-    """Cameras to render, from a path file or an orbit.
+    """Cameras to render, from a path file or an orbit: one entry per output frame.
 
     Attributes:
-        c2w: (F, 3, 4) float32 OpenGL camera-to-world matrices.
-        fov_x: (F,) float32 horizontal field of view in radians, or None.
-        fl_x: (F,) float32 horizontal focal length in pixels (for an image ``width`` pixels wide), or None.
-        fov_y: (F,) float32 vertical field of view in radians (nerfstudio paths), or None.
-        fps: frames per second from the file, or None.
+        c2w: (F, 3, 4) float64 OpenGL camera-to-world matrices, in the dataset's world frame (``frame == "world"``)
+            or already in the ngp frame (``frame == "ngp"``: instant-ngp base_cam.json paths, whose poses live in
+            instant-ngp's unit-cube frame).
+        fov_x: (F,) float64 horizontal field of view in radians, or None.
+        fl_x: (F,) float64 horizontal focal length in pixels (for an image ``width`` pixels wide), or None.
+        fov_y: (F,) float64 vertical field of view in radians (nerfstudio and instant-ngp paths), or None.
+    Kept in float64, so a camera of a path file gives the very rays of the same camera in a dataset.
+        fps: frames per second given by the file, or None.
         width, height: image size in pixels from the file (``w``/``h`` or ``render_width``/``render_height``), or None.
+        kind: ``"transforms"``, ``"nerfstudio"`` or ``"instant-ngp"``.
+        frame: ``"world"`` or ``"ngp"`` (see ``c2w``).
+        keyframes: the keyframes the frames were interpolated from (0: the file's frames taken as they are).
+        seconds: the duration the frames span, for paths with a time line (nerfstudio, instant-ngp), else None.
+        dataparser: the nerfstudio ``dataparser_transforms.json`` the poses were mapped through, or None.
+        notes: one-line remarks for the user (something in the file that is not rendered, a missing dataparser
+            transform).
     At most one of fov_x / fl_x / fov_y is set; all None means "use the training cameras' intrinsics".
     """
 
@@ -238,6 +277,12 @@ class CameraPath:
     fps: float | None = None
     width: int | None = None
     height: int | None = None
+    kind: str = "transforms"
+    frame: str = "world"
+    keyframes: int = 0
+    seconds: float | None = None
+    dataparser: Path | None = None
+    notes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.c2w.shape[0])
@@ -258,6 +303,65 @@ class CameraPath:
         return None
 
 
+def frame_times(seconds: float, fps: float) -> np.ndarray:
+    """The times (seconds) of the frames of a ``seconds`` long path at ``fps``: ``k · seconds / F`` for
+    ``k = 0 .. F-1``, ``F = max(1, round(seconds · fps))``. The end of the path is not a frame, as in nerfstudio's
+    viewer export (``i / num_frames``) and instant-ngp's ``scripts/run.py`` (``i / n_frames``), so a loop never shows
+    its first frame twice."""
+    n = max(1, int(round(seconds * fps)))
+    return seconds * np.arange(n, dtype=np.float64) / n
+
+
+def interpolate_keyframes(times: np.ndarray, c2w: np.ndarray, fov: np.ndarray, query: np.ndarray, *,
+                          loop_end: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Cameras between keyframes: positions on a cubic spline through the keyframe positions (scipy ``CubicSpline``,
+    natural ends; periodic for a loop), rotations slerped between consecutive keyframes along the shorter arc (scipy
+    ``Slerp``), the field of view interpolated linearly.
+
+    Args:
+        times: (K,) float64 strictly increasing keyframe times (any unit).
+        c2w: (K, 3, 4) camera-to-world matrices with proper rotations (a uniformly scaled rotation is taken as its
+            rotation; the caller refuses reflections).
+        fov: (K,) fields of view (any unit).
+        query: (F,) times to sample; clamped to ``[times[0], times[-1]]`` (a loop: taken modulo its period).
+        loop_end: for a closed path, the time at which it is back at keyframe 0 (> ``times[-1]``); None for an open
+            path.
+
+    Returns:
+        ``(c2w (F, 3, 4) float64 with orthonormal rotations, fov (F,) float64)``. A single keyframe (K = 1) is repeated
+        as it is, without re-orthonormalising its rotation.
+
+    Sources: the issue's rule (spline positions, slerped rotations, with scipy rather than our own); nerfstudio's viewer
+    (viewer/render_panel.py) uses Kochanek-Bartels splines for both, instant-ngp (camera_path.cu) a uniform cubic
+    B-spline of positions and quaternions: both pass near, not always through, the keyframes, where these splines
+    pass through every keyframe.
+    """
+    from scipy.interpolate import CubicSpline
+    from scipy.spatial.transform import Rotation, Slerp
+
+    times = np.asarray(times, dtype=np.float64)
+    query = np.asarray(query, dtype=np.float64)
+    c2w = np.asarray(c2w, dtype=np.float64)
+    fov = np.asarray(fov, dtype=np.float64)
+    if len(times) == 1:
+        return np.repeat(c2w[:1, :3], len(query), axis=0), np.repeat(fov[:1], len(query))
+    positions, rotations, values = c2w[:, :, 3], c2w[:, :, :3], fov
+    if loop_end is not None:
+        times = np.append(times, loop_end)
+        positions = np.concatenate([positions, positions[:1]])
+        rotations = np.concatenate([rotations, rotations[:1]])
+        values = np.append(values, values[0])
+        query = times[0] + np.mod(query - times[0], loop_end - times[0])
+        spline = CubicSpline(times, positions, axis=0, bc_type="periodic")
+    else:
+        query = np.clip(query, times[0], times[-1])
+        spline = CubicSpline(times, positions, axis=0, bc_type="natural")
+    out = np.empty((len(query), 3, 4))
+    out[:, :, :3] = Slerp(times, Rotation.from_matrix(rotations))(query).as_matrix()
+    out[:, :, 3] = spline(query)
+    return out, np.interp(query, times, values)
+
+
 def _fps(name: Path, doc: dict) -> float | None:
     return number(name, "'fps'", doc["fps"], positive=True) if doc.get("fps") is not None else None
 
@@ -269,6 +373,24 @@ def _size(name: Path, doc: dict, key: str) -> int | None:
     if v != int(v):
         raise DataError(f"{name}: '{key}' must be a whole number of pixels, got {doc[key]}")
     return int(v)
+
+
+def _flag(name: Path, doc: dict, key: str) -> bool:
+    value = doc.get(key, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise DataError(f"{name}: '{key}' must be true or false, got {json.dumps(value)[:40]}")
+    return value
+
+
+def _proper(name: Path, where: str, m: np.ndarray) -> np.ndarray:
+    """A keyframe matrix whose rotation can be interpolated: not a reflection (the shared check already refused a
+    degenerate one)."""
+    if np.linalg.det(m[:3, :3]) < 0:
+        raise DataError(f"{name}: {where} is a reflection (determinant < 0), not a camera rotation: it cannot be "
+                        "interpolated")
+    return m
 
 
 def _load_transforms(name: Path, doc: dict) -> CameraPath:
@@ -294,7 +416,7 @@ def _load_transforms(name: Path, doc: dict) -> CameraPath:
         else:
             intr.append(top)
     path = CameraPath(
-        c2w=np.stack(mats).astype(np.float32), fps=_fps(name, doc), width=width, height=_size(name, doc, "h")
+        c2w=np.stack(mats), fps=_fps(name, doc), width=width, height=_size(name, doc, "h")
     )
     known = [x for x in intr if x is not None]
     if not known:
@@ -306,57 +428,237 @@ def _load_transforms(name: Path, doc: dict) -> CameraPath:
         )
     kinds = {k for k, _ in known}
     if kinds == {"fov"}:
-        path.fov_x = np.array([v for _, v in known], dtype=np.float32)
+        path.fov_x = np.array([v for _, v in known], dtype=np.float64)
     elif kinds == {"fl"}:
-        path.fl_x = np.array([v for _, v in known], dtype=np.float32)
+        path.fl_x = np.array([v for _, v in known], dtype=np.float64)
     elif width is not None:  # mixed: express everything as focal lengths for the file's width
-        path.fl_x = np.array([v if k == "fl" else 0.5 * width / math.tan(0.5 * v) for k, v in known], np.float32)
+        path.fl_x = np.array([v if k == "fl" else 0.5 * width / math.tan(0.5 * v) for k, v in known], np.float64)
     else:
         raise DataError(f"{name}: frames mix 'fl_x' and 'camera_angle_x'; give the image width 'w' to combine them")
     return path
 
 
-def _load_nerfstudio(name: Path, doc: dict) -> CameraPath:
-    cams = frame_list(name, doc, "camera_path")
+def load_dataparser_transforms(path: str | os.PathLike) -> tuple[np.ndarray, float]:
+    """nerfstudio's ``dataparser_transforms.json`` (written next to a trained model by ``ns-train``):
+    ``{"transform": 3x4 (or 4x4) matrix, "scale": s}``, the map nerfstudio applied to the dataset's poses,
+    ``p_ns = s · (A p + b)`` with ``[A | b] = transform``.
+
+    Returns ``(transform (4, 4) float64, scale)``. Raises :class:`DataError` (one line, starting with the path) for a
+    file that is not such a JSON object, a non-invertible ``transform`` or a non-positive ``scale``.
+    """
+    name = Path(path)
+    doc = read_object(name, "nerfstudio's dataparser_transforms.json")
+    for key in ("transform", "scale"):
+        if key not in doc:
+            raise DataError(f"{name}: no '{key}' (expected nerfstudio's dataparser_transforms.json: "
+                            "{\"transform\": 3x4 matrix, \"scale\": number})")
+    m = np.eye(4)
+    m[:3] = matrix(name, "'transform'", doc["transform"])
+    return m, number(name, "'scale'", doc["scale"], positive=True)
+
+
+def _from_nerfstudio(mats: np.ndarray, transform: tuple[np.ndarray, float] | None) -> np.ndarray:
+    """(N, 3, 4) camera-to-world matrices of nerfstudio's normalised frame → the dataset's frame, as nerfstudio's
+    ``transform_poses_to_original_space`` (camera_utils.py) does: translation / scale, then the inverse transform
+    (OpenGL camera axes on both sides)."""
+    if transform is None:
+        return mats
+    m, scale = transform
+    full = np.zeros((len(mats), 4, 4))
+    full[:, :3] = mats
+    full[:, :3, 3] /= scale
+    full[:, 3, 3] = 1.0
+    return np.einsum("ij,njk->nik", np.linalg.inv(m), full)[:, :3]
+
+
+def _nerfstudio_keyframe_times(name: Path, doc: dict, frames: list, loop: bool) -> tuple[np.ndarray, float]:
+    """Keyframe times (seconds) and the path's duration, as nerfstudio's viewer times them: keyframe i > 0 comes
+    ``override_transition_sec`` (when ``override_transition_enabled``) or ``default_transition_sec`` after keyframe
+    i - 1; a loop adds keyframe 0's transition to close it. Without any transition in the file the keyframes are
+    spread evenly over its ``seconds`` (else 1 s per transition)."""
+    n_trans = len(frames) if loop else len(frames) - 1
+    default = doc.get("default_transition_sec")
+    if default is not None:
+        default = number(name, "'default_transition_sec'", default, positive=True)
+    elif n_trans:
+        total = number(name, "'seconds'", doc["seconds"], positive=True) if doc.get("seconds") is not None else None
+        default = total / n_trans if total is not None else 1.0
+    steps = []
+    for i in [*range(1, len(frames)), *([0] if loop else [])]:
+        kf = frames[i]
+        if kf.get("override_transition_enabled") and kf.get("override_transition_sec") is not None:
+            steps.append(number(name, f"keyframes[{i}].override_transition_sec", kf["override_transition_sec"],
+                                positive=True))
+        else:
+            steps.append(default)
+    cum = np.concatenate([[0.0], np.cumsum(steps)]) if steps else np.zeros(1)
+    return cum[:len(frames)], float(cum[-1])
+
+
+def _load_nerfstudio(name: Path, doc: dict, fps: float | None, seconds: float | None,
+                     transform: tuple[np.ndarray, float] | None) -> CameraPath:
     ctype = doc.get("camera_type", "perspective")
     if ctype != "perspective":
         raise DataError(f"{name}: unsupported camera_type {json.dumps(ctype)[:40]} (only 'perspective' is supported)")
+    file_fps = _fps(name, doc)
+    loop = _flag(name, doc, "is_cycle")
+    use_keyframes = "keyframes" in doc and not (isinstance(doc.get("camera_path"), list) and doc["camera_path"])
+    key, matrix_key = ("keyframes", "matrix") if use_keyframes else ("camera_path", "camera_to_world")
+    cams = frame_list(name, doc, key, "keyframes" if use_keyframes else "frames")
+    default_fov = doc.get("default_fov")
     mats, fovs = [], []
     for i, cam in enumerate(cams):
-        where = f"camera_path[{i}]"
+        where = f"{key}[{i}]"
         if not isinstance(cam, dict):
             raise DataError(f"{name}: {where} must be an object")
-        if "camera_to_world" not in cam:
-            raise DataError(f"{name}: {where} has no 'camera_to_world'")
-        mats.append(matrix(name, f"{where}.camera_to_world", cam["camera_to_world"], flat_ok=True))
-        if cam.get("fov") is None:
+        if matrix_key not in cam:
+            raise DataError(f"{name}: {where} has no '{matrix_key}'")
+        m = matrix(name, f"{where}.{matrix_key}", cam[matrix_key], flat_ok=True)
+        mats.append(_proper(name, f"{where}.{matrix_key}", m) if use_keyframes else m)
+        fov = cam.get("fov", default_fov if use_keyframes else None)
+        if fov is None:
             raise DataError(f"{name}: {where} has no 'fov' (vertical field of view in degrees)")
-        fovs.append(math.radians(number(name, f"{where}.fov", cam["fov"], below=180.0)))
-    return CameraPath(
-        c2w=np.stack(mats).astype(np.float32),
-        fov_y=np.array(fovs, dtype=np.float32),
-        fps=_fps(name, doc),
-        width=_size(name, doc, "render_width"),
-        height=_size(name, doc, "render_height"),
-    )
+        fovs.append(math.radians(number(name, f"{where}.fov", fov, below=180.0)))
+    mats_world = _from_nerfstudio(np.stack(mats), transform)
+    fovs_arr = np.array(fovs)
+    path = CameraPath(c2w=mats_world, fov_y=fovs_arr, fps=file_fps,
+                      width=_size(name, doc, "render_width"), height=_size(name, doc, "render_height"),
+                      kind="nerfstudio")
+    out_fps = fps if fps is not None else (file_fps or DEFAULT_FPS)
+    if use_keyframes:
+        times, duration = _nerfstudio_keyframe_times(name, doc, cams, loop)
+        if seconds is not None:
+            times, duration = (times * (seconds / duration) if duration > 0 else times), seconds
+        query = frame_times(duration, out_fps)
+        c2w, fov = interpolate_keyframes(times, mats_world, fovs_arr, query,
+                                         loop_end=duration if loop and len(cams) > 1 else None)
+        path.c2w, path.fov_y = c2w, fov
+        path.keyframes, path.seconds = len(cams), duration
+        return path
+    # camera_path: nerfstudio's own frames, entry i at time i / N of the path. Taken as they are unless --fps or
+    # --seconds asks for other frames than the file's, then resampled over the same path.
+    n = len(cams)
+    span_fps = file_fps or DEFAULT_FPS
+    file_seconds = (number(name, "'seconds'", doc["seconds"], positive=True) if doc.get("seconds") is not None
+                    else n / span_fps)
+    path.seconds = file_seconds
+    new_seconds = seconds if seconds is not None else file_seconds
+    if out_fps == span_fps and new_seconds == file_seconds:
+        return path
+    for i, m in enumerate(mats):
+        _proper(name, f"camera_path[{i}].camera_to_world", m)
+    query = frame_times(new_seconds, out_fps) / new_seconds  # in [0, 1) of the path
+    c2w, fov = interpolate_keyframes(np.arange(n) / n, mats_world, fovs_arr, query,
+                                     loop_end=1.0 if loop and n > 1 else None)
+    path.c2w, path.fov_y = c2w, fov
+    path.keyframes, path.seconds = n, new_seconds
+    return path
 
 
-def load_camera_path(path: str | os.PathLike) -> CameraPath:
-    """Read a camera path file: transforms.json style (``"frames"``) or nerfstudio's ``camera_path.json``.
+def _load_instant_ngp(name: Path, doc: dict, fps: float | None, seconds: float | None) -> CameraPath:
+    """instant-ngp's base_cam.json (camera_path.cu ``CameraPath::load``): ``{"path": [{"R": quaternion x, y, z, w,
+    "T": position, "fov": vertical degrees, "slice", "scale", "dof"/"aperture_size"}, ...], "loop": bool,
+    "time": playback position}``, poses in instant-ngp's unit-cube frame (camera ``[R | T]`` with OpenCV axes)."""
+    from scipy.spatial.transform import Rotation
 
-    See the module docstring for both formats. Returns a :class:`CameraPath` (matrices as float32 (F, 3, 4); a 4x4
-    matrix's last row is dropped unchecked). Field-of-view units: ``camera_angle_x`` radians (horizontal), nerfstudio
-    ``fov`` degrees (vertical, stored as radians in ``fov_y``), ``fl_x`` pixels.
+    keys = frame_list(name, doc, "path", "keyframes")
+    loop = _flag(name, doc, "loop")
+    mats, fovs, aperture = [], [], 0.0
+    for i, kf in enumerate(keys):
+        where = f"path[{i}]"
+        if not isinstance(kf, dict):
+            raise DataError(f"{name}: {where} must be an object")
+        for key in ("R", "T", "fov"):
+            if key not in kf:
+                raise DataError(f"{name}: {where} has no '{key}' (instant-ngp keyframes have R, a quaternion x, y, z, "
+                                "w; T, a position; fov, degrees)")
+        q = vector(name, f"{where}.R", kf["R"], 4)
+        if np.linalg.norm(q) < 1e-6:
+            raise DataError(f"{name}: {where}.R is a zero quaternion: not a rotation (the camera matrix would not be "
+                            "invertible)")
+        t = vector(name, f"{where}.T", kf["T"], 3)
+        fovs.append(math.radians(number(name, f"{where}.fov", kf["fov"], below=180.0)))
+        for key in ("slice", "scale"):
+            if kf.get(key) is not None:
+                number(name, f"{where}.{key}", kf[key])
+        dof = kf.get("dof", kf.get("aperture_size"))
+        if dof is not None:
+            aperture = max(aperture, number(name, f"{where}.dof", dof))
+        m = np.empty((3, 4))
+        m[:, :3] = _FROM_INGP @ Rotation.from_quat(q / np.linalg.norm(q)).as_matrix() @ _FLIP_YZ
+        m[:, 3] = _FROM_INGP @ t
+        mats.append(m)
+    n = len(keys)
+    closed = loop and n > 1
+    transitions = n if closed else n - 1
+    duration = seconds if seconds is not None else float(transitions)  # instant-ngp's file has no duration
+    step = duration / transitions if transitions else 0.0
+    c2w, fov = interpolate_keyframes(np.arange(n) * step, np.stack(mats), np.array(fovs),
+                                     frame_times(duration, fps if fps is not None else DEFAULT_FPS),
+                                     loop_end=n * step if closed else None)
+    path = CameraPath(c2w=c2w, fov_y=fov, kind="instant-ngp", frame="ngp",
+                      keyframes=n, seconds=duration)
+    if aperture > 0:
+        path.notes.append(f"{name}: depth of field (aperture {aperture:g}) is not rendered: pinhole cameras")
+    return path
 
-    Raises :class:`DataError` (one line, starting with the path) when the file is missing, a directory, unreadable,
-    not UTF-8, empty or malformed JSON (with line and column), not a JSON object, has neither ``frames`` nor
-    ``camera_path``, has no frames, a frame without a matrix, a matrix of the wrong shape or with non-numbers,
-    NaN/inf values, or a non-positive / out-of-range fov, focal length, fps or size.
+
+def load_camera_path(path: str | os.PathLike, *, fps: float | None = None, seconds: float | None = None,
+                     dataparser_transforms: str | os.PathLike | None = None) -> CameraPath:
+    """Read a camera path file and turn it into one camera per output frame.
+
+    Formats (see the module docstring): transforms.json style (``"frames"``, each frame rendered as it is),
+    nerfstudio's camera_path.json (``"camera_path"``, its frames as they are, or ``"keyframes"``, interpolated) and
+    instant-ngp's base_cam.json (``"path"`` of keyframes, interpolated). Keyframes are interpolated by
+    :func:`interpolate_keyframes` at the times :func:`frame_times` gives for the frame rate and duration.
+
+    Args:
+        path: the file.
+        fps: frames per second of the output (``--fps``), or None for the file's (nerfstudio), else
+            :data:`DEFAULT_FPS`. A nerfstudio ``camera_path`` is resampled over the same path when this (or
+            ``seconds``) differs from the file's.
+        seconds: duration of a keyframed path (``--seconds``), or None: nerfstudio's transitions / ``seconds``;
+            instant-ngp: 1 s per keyframe transition (a single keyframe: one frame).
+        dataparser_transforms: nerfstudio's ``dataparser_transforms.json`` to map a nerfstudio path from
+            nerfstudio's normalised frame to the dataset's (:func:`load_dataparser_transforms`), or None for one
+            found beside the path file; without either, a nerfstudio path is taken in the dataset's frame (noted in
+            ``notes``).
+
+    Returns:
+        :class:`CameraPath` (matrices float64 (F, 3, 4); a 4x4 matrix's last row is dropped unchecked). Field-of-view
+        units: ``camera_angle_x`` radians (horizontal), nerfstudio and instant-ngp ``fov`` degrees (vertical, stored
+        as radians in ``fov_y``), ``fl_x`` pixels.
+
+    Raises:
+        DataError: (one line, starting with the path) when the file is missing, a directory, unreadable, not UTF-8,
+            empty or malformed JSON (with line and column), not a JSON object, has none of ``frames``,
+            ``camera_path``/``keyframes`` or ``path``, has no frames or keyframes, a frame without a matrix, a matrix
+            of the wrong shape or with non-numbers, NaN/inf values, a non-invertible matrix (a degenerate rotation, a
+            zero quaternion; a reflection where rotations are interpolated), or a non-positive / out-of-range fov,
+            focal length, fps, duration or size; and the errors of :func:`load_dataparser_transforms`.
+        ValueError: a non-positive ``fps`` or ``seconds`` (the command line refuses them first).
     """
+    if fps is not None and not fps > 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    if seconds is not None and not seconds > 0:
+        raise ValueError(f"seconds must be positive, got {seconds}")
     name = Path(path)
     doc = read_object(name, "a camera path JSON file")
     if "frames" in doc:
         return _load_transforms(name, doc)
-    if "camera_path" in doc:
-        return _load_nerfstudio(name, doc)
-    raise DataError(f"{name}: no 'frames' (transforms.json style) or 'camera_path' (nerfstudio) list")
+    if "camera_path" in doc or "keyframes" in doc:
+        found = None
+        if dataparser_transforms is None and (name.parent / "dataparser_transforms.json").is_file():
+            found = name.parent / "dataparser_transforms.json"
+        source = Path(dataparser_transforms) if dataparser_transforms is not None else found
+        transform = load_dataparser_transforms(source) if source is not None else None
+        result = _load_nerfstudio(name, doc, fps, seconds, transform)
+        result.dataparser = source
+        if source is None:
+            result.notes.append(f"{name}: no dataparser_transforms.json given (--dataparser-transforms) or beside it: "
+                                "the nerfstudio path is taken in the dataset's own frame")
+        return result
+    if "path" in doc:
+        return _load_instant_ngp(name, doc, fps, seconds)
+    raise DataError(f"{name}: no 'frames' (transforms.json style) or 'camera_path'/'keyframes' (nerfstudio) or "
+                    "'path' (instant-ngp base_cam.json) list")

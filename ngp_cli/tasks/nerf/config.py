@@ -34,6 +34,14 @@ class NerfSection:
     grid_warmup_steps: int = opt(256, "steps during which every update evaluates every cell", ge=0, le=10**9)
     grid_decay: float = opt(0.95, "EMA decay of the occupancy grid per update", gt=0.0, lt=1.0)
     grid_threshold: float = opt(0.01, "occupancy threshold on optical thickness (capped by the grid's mean)", gt=0.0)
+    occupancy_init: str = opt("full", "how a new run's occupancy grid starts: full (instant-ngp: every cell a "
+                                      "training camera sees) or points (only the cells around the dataset's sparse "
+                                      "points, nerf.sparse_points, dilated by nerf.occupancy_dilation cells)",
+                              choices=("full", "points"))
+    sparse_points: str = opt("", "PLY point cloud in the dataset's world frame for occupancy_init=points; empty: "
+                                 "sparse_points.ply beside the dataset's transforms JSON (a new run records the path)")
+    occupancy_dilation: int = opt(3, "occupancy_init=points: cells within this many cells (per axis) of a point's "
+                                     "cell start occupied, in every cascade", ge=0, le=64)
     eval_split: str = opt("val", "held-out split for the periodic and final evaluation: val or test "
                                  "(the dataset's transforms_<split>.json, or its held-out frames)",
                           choices=("val", "test"))

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ngp_cli.commands import parse_resolution
-from ngp_cli.console import emit, info, progress, to_json
+from ngp_cli.console import emit, info, progress, to_json, warn
 from ngp_cli.errors import DataError, UsageError
 from ngp_cli.metrics import peak_rss_mib
 from ngp_cli.pipeline import load_trained
@@ -110,52 +110,96 @@ def eval_command(task, run_path: Path, *, split: str | None = None, backend: str
                   "eval_s": result["eval_s"]}, artifacts={"eval": str(path)})
 
 
-def render_command(task, run_path: Path, *, camera_path: Path | None = None, orbit: int | None = None,
-                   resolution: str | None = None, out: Path | None = None, fps: int = 30,
-                   backend: str | None = None, data: Path | None = None) -> None:
-    """``ngp render RUN (--camera-path FILE | --orbit N) [--resolution WxH] [--out video.mp4|frames/] [--data PATH]``,
-    with progress per frame written. Raises UsageError, DataError (bad camera path, dataset gone), OutputError."""
-    from ngp_cli.tasks.nerf.camera_path import load_camera_path, orbit_path
+def render_command(task, run_path: Path, *, camera_path: Path | None = None,
+                   dataparser_transforms: Path | None = None, seconds: float | None = None, orbit: int | None = None,
+                   resolution: str | None = None, out: Path | None = None, fps: int | None = None,
+                   output: str = "rgb", backend: str | None = None, data: Path | None = None) -> None:
+    """``ngp render RUN (--camera-path FILE | --orbit N) [--output rgb|depth|accumulation|normals] [--resolution WxH]
+    [--fps F] [--seconds S] [--dataparser-transforms FILE] [--out video.mp4|frames/] [--data PATH]``, with progress
+    per frame written.
+
+    The camera path (:func:`ngp_cli.tasks.nerf.camera_path.load_camera_path`: transforms.json-style frames,
+    nerfstudio's camera_path.json, instant-ngp's base_cam.json) is read before the run, so a bad file costs nothing.
+    ``--fps`` and ``--resolution`` override the file's values (its frame rate, else 30; its render size, else the
+    training images'); a keyframed path is sampled at ``--fps`` over ``--seconds``. Each frame is
+    :func:`ngp_cli.tasks.nerf.views.render_view_map` of ``output``, written by
+    :class:`ngp_cli.mesh.shade.MapFrameWriter` (depth: colour-mapped frames, plus float32 EXRs in a frame folder).
+
+    Raises UsageError (neither or both of --camera-path/--orbit, an option that does not apply to the path's format,
+    a non-positive --seconds), DataError (bad camera path or dataparser transforms, dataset gone), OutputError.
+    """
+    from ngp_cli.mesh.shade import MapFrameWriter
+    from ngp_cli.tasks.nerf.camera_path import DEFAULT_FPS, load_camera_path, orbit_path
     from ngp_cli.tasks.nerf.cameras import generate_rays, nerf_matrix_to_ngp, pixel_grid
-    from ngp_cli.video import FrameWriter
+    from ngp_cli.tasks.nerf.views import VIEW_MAPS, render_view_map
 
     if (camera_path is None) == (orbit is None):
         raise UsageError("give exactly one of --camera-path FILE or --orbit N")
     if orbit is not None and orbit < 1:
         raise UsageError(f"--orbit must be at least 1 frame, got {orbit}")
+    if output not in VIEW_MAPS:
+        raise UsageError(f"--output must be one of {', '.join(VIEW_MAPS)}, got '{output}'")
+    if seconds is not None and not seconds > 0:
+        raise UsageError(f"--seconds must be positive, got {seconds:g}")
+    for flag, value in (("--seconds", seconds), ("--dataparser-transforms", dataparser_transforms)):
+        if value is not None and orbit is not None:
+            raise UsageError(f"{flag} applies to --camera-path, not to --orbit")
+    path = None
+    if camera_path is not None:
+        path = load_camera_path(camera_path, fps=fps, seconds=seconds, dataparser_transforms=dataparser_transforms)
+        if seconds is not None and path.kind == "transforms":
+            raise UsageError(f"--seconds applies to keyframed paths (nerfstudio, instant-ngp base_cam.json); "
+                             f"{camera_path} lists its frames")
+        if dataparser_transforms is not None and path.kind != "nerfstudio":
+            raise UsageError(f"--dataparser-transforms applies to nerfstudio camera paths; {camera_path} is "
+                             f"{'an instant-ngp base_cam.json' if path.kind == 'instant-ngp' else 'transforms.json-style'}")
+        for note in path.notes:
+            warn(note)
+        if path.dataparser is not None:
+            info(f"nerfstudio poses mapped to the dataset's frame through {path.dataparser}")
     run, problem, step = load_run(task, run_path, backend, data)
     ds = problem.dataset
-    if orbit is not None:
+    if path is None:
         width, height = parse_resolution(resolution, (ds.width, ds.height))
         c2w = torch.as_tensor(orbit_path(ds.c2w, orbit), dtype=torch.float32)
         focals = None
     else:
-        path = load_camera_path(camera_path)
         width, height = parse_resolution(resolution, (path.width or ds.width, path.height or ds.height))
-        c2w = nerf_matrix_to_ngp(torch.as_tensor(path.c2w, dtype=torch.float64), ds.scale,
-                                 torch.tensor(ds.offset, dtype=torch.float64))
+        if path.frame == "ngp":  # instant-ngp's unit-cube frame, already taken into ours
+            c2w = torch.as_tensor(path.c2w, dtype=torch.float32)
+        else:
+            c2w = nerf_matrix_to_ngp(torch.as_tensor(path.c2w, dtype=torch.float64), ds.scale,
+                                     torch.tensor(ds.offset, dtype=torch.float64))
         focals = path.focal_lengths(width, height)
-        fps = int(path.fps or fps)
+    fps_out = fps if fps is not None else ((path.fps if path is not None else None) or DEFAULT_FPS)
     # Without a focal length in the path: the first training camera's, scaled to the output width.
     fx_default = float(ds.intrinsics[0, 0]) * width / ds.width
-    out = out if out is not None else run.renders_dir / ("orbit.mp4" if orbit is not None else "camera_path.mp4")
+    suffix = "" if output == "rgb" else f"_{output}"
+    out = out if out is not None else run.renders_dir / f"{'orbit' if orbit is not None else 'camera_path'}{suffix}.mp4"
     pixels = pixel_grid(width, height)
     background = (1.0, 1.0, 1.0) if ds.white_background else (0.0, 0.0, 0.0)
+    n_frames = int(c2w.shape[0])
     t0 = time.perf_counter()
     # Opened first: a destination that cannot be written is refused before any line or any rendering.
-    with FrameWriter(out, fps=fps) as writer, progress(int(c2w.shape[0]), "rendering") as advance:
-        info(f"rendering {c2w.shape[0]} frames at {width}x{height} from {run.path} (step {step}) to {out}")
-        for k in range(c2w.shape[0]):
+    with MapFrameWriter(out, fps_out, output) as writer, progress(n_frames, "rendering") as advance:
+        info(f"rendering {n_frames} {'' if output == 'rgb' else output + ' '}frames at {width}x{height} from "
+             f"{run.path} (step {step}) to {out}")
+        for k in range(n_frames):
             fx = fx_default if focals is None else float(focals[k])
             intr = torch.tensor([[fx, fx, width / 2.0, height / 2.0]], dtype=torch.float32).expand(pixels.shape[0], 4)
             origins, directions = generate_rays(c2w[k:k + 1].expand(pixels.shape[0], 3, 4), intr, pixels, None)
-            writer.write(render_view(problem, origins, directions, height, width, background))
+            writer.write(render_view_map(problem, origins, directions, height, width, background, output))
             advance()
-    seconds = time.perf_counter() - t0
-    info(f"wrote {out} ({c2w.shape[0]} frames, {seconds:.1f} s)")
-    emit("done", run_dir=str(run.path), step=step,
-         metrics={"frames": int(c2w.shape[0]), "width": width, "height": height, "render_s": round(seconds, 3)},
-         artifacts={"out": str(out)})
+    seconds_taken = time.perf_counter() - t0
+    info(f"wrote {out} ({n_frames} frames, {seconds_taken:.1f} s)" + (
+        f"; depth colours from 0 to {writer.vmax:.4g} world units" if writer.vmax is not None else ""))
+    metrics: dict[str, Any] = {"frames": n_frames, "width": width, "height": height, "fps": fps_out, "output": output,
+                               "render_s": round(seconds_taken, 3)}
+    if path is not None:
+        metrics.update({"path_format": path.kind, "keyframes": path.keyframes})
+    if writer.vmax is not None:
+        metrics["depth_vmax"] = writer.vmax
+    emit("done", run_dir=str(run.path), step=step, metrics=metrics, artifacts={"out": str(out)})
 
 
 def extract_mesh_command(task, run_path: Path, *, resolution: int = 256, threshold: float = 2.5,

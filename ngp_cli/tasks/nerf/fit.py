@@ -8,13 +8,14 @@ from collections.abc import Callable
 
 import torch
 
-from ngp_cli.console import info
+from ngp_cli.console import info, warn
 from ngp_cli.errors import DataError
 from ngp_cli.nn.backend import Backend
 from ngp_cli.tasks.nerf.config import NerfConfig, cone_angle
 from ngp_cli.tasks.nerf.data import NerfDataset, load_split
 from ngp_cli.tasks.nerf.model import NerfNetwork
 from ngp_cli.volrend.composite import composite
+from ngp_cli.volrend.grid import aabb_bounds
 from ngp_cli.volrend.march import march_rays
 
 # instant-ngp rounds the adaptive ray count to this granularity (BATCH_SIZE_GRANULARITY).
@@ -62,10 +63,42 @@ class NerfProblem:
         self._last: dict[str, torch.Tensor] = {}
 
     def prepare_grid(self) -> int:
-        """Mark cells no training camera sees (before the first step of a new run). Returns their number."""
+        """Before the first step of a new run: mark the cells no training camera sees, and with
+        ``nerf.occupancy_init: points`` seed the grid from the sparse points (:meth:`seed_grid`). Returns the number
+        of unseen cells. Raises DataError (an unreadable point cloud)."""
         ds = self.dataset
-        return self.model.grid.mark_untrained(ds.c2w, ds.intrinsics, ds.width, ds.height,
-                                              near=self.cfg.nerf.near_distance)
+        marked = self.model.grid.mark_untrained(ds.c2w, ds.intrinsics, ds.width, ds.height,
+                                                near=self.cfg.nerf.near_distance)
+        if self.cfg.nerf.occupancy_init == "points":
+            self.seed_grid()
+        return marked
+
+    def seed_grid(self) -> int:
+        """Seed the occupancy grid from ``nerf.sparse_points`` (default ``sparse_points.ply`` beside the transforms
+        JSON): the points are mapped into the ngp frame with the dataset's ``scale``/``offset`` exactly as the camera
+        positions are (:func:`~ngp_cli.tasks.nerf.placement.points_to_ngp`), and the cells within
+        ``nerf.occupancy_dilation`` cells of them start occupied, the others empty
+        (:meth:`~ngp_cli.volrend.grid.OccupancyGrid.seed_from_points`). One info line gives the counts; when no
+        point lies in a cell a training camera sees, the grid stays full (with a warning). Returns the cells seeded.
+        Raises DataError."""
+        from ngp_cli.tasks.nerf.placement import points_to_ngp, read_sparse_points, sparse_points_path
+
+        nc = self.cfg.nerf
+        ds = self.dataset
+        path = sparse_points_path(nc.sparse_points, ds.root)
+        world = read_sparse_points(path)
+        points = torch.from_numpy(points_to_ngp(world, ds.scale, ds.offset))
+        lo, hi = aabb_bounds(self.aabb_scale)
+        outside = int((~((points >= lo) & (points < hi)).all(dim=1)).sum())
+        grid = self.model.grid
+        seeded = grid.seed_from_points(points, nc.occupancy_dilation)
+        if seeded == 0:
+            warn(f"{path}: none of its {len(points):,} points lies in a cell a training camera sees inside the scene "
+                 "box: the occupancy grid starts full (nerf.occupancy_init=points ignored)")
+            return 0
+        info(f"occupancy grid seeded from {len(points):,} sparse points ({outside:,} outside the scene box) dilated "
+             f"by {nc.occupancy_dilation} cells: {seeded:,} cells occupied ({grid.occupied_fraction():.2%})")
+        return seeded
 
     def before_step(self, step: int, generator: torch.Generator) -> None:
         nc = self.cfg.nerf

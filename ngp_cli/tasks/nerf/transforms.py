@@ -17,7 +17,7 @@ import numpy as np
 
 from ngp_cli.errors import DataError
 
-__all__ = ["frame_list", "is_number", "matrix", "number", "read_json", "read_object"]
+__all__ = ["frame_list", "is_number", "matrix", "number", "read_json", "read_object", "vector"]
 
 
 def is_number(value: Any) -> bool:
@@ -62,13 +62,14 @@ def read_object(path: Path, what: str) -> dict[str, Any]:
     return doc
 
 
-def frame_list(path: Path, doc: dict[str, Any], key: str) -> list[Any]:
-    """``doc[key]`` (present): a non-empty list (else DataError)."""
+def frame_list(path: Path, doc: dict[str, Any], key: str, what: str = "frames") -> list[Any]:
+    """``doc[key]`` (present): a non-empty list (else DataError; ``what`` names its entries in the message: "no
+    keyframes ('path' is empty)")."""
     frames = doc[key]
     if not isinstance(frames, list):
         raise DataError(f"{path}: '{key}' must be a list, got {type(frames).__name__}")
     if not frames:
-        raise DataError(f"{path}: no frames ('{key}' is empty)")
+        raise DataError(f"{path}: no {what} ('{key}' is empty)")
     return frames
 
 
@@ -82,6 +83,16 @@ def number(path: Path, where: str, value: Any, *, positive: bool = False, below:
     if (positive or below is not None) and (v <= 0.0 or (below is not None and v >= below)):
         bound = f" in (0, {below:g})" if below is not None else " > 0"
         raise DataError(f"{path}: {where} must be a finite number{bound}, got {value}")
+    return v
+
+
+def vector(path: Path, where: str, value: Any, n: int) -> np.ndarray:
+    """``value`` as (n,) float64: a list of ``n`` finite numbers (else DataError naming ``where``, e.g. ``path[2].T``)."""
+    if not isinstance(value, list) or len(value) != n or not all(map(is_number, value)):
+        raise DataError(f"{path}: {where} must be a list of {n} numbers, got {json.dumps(value)[:60]}")
+    v = np.array(value, dtype=np.float64)
+    if not np.isfinite(v).all():
+        raise DataError(f"{path}: {where} contains NaN or infinite values")
     return v
 
 

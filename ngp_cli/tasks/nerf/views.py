@@ -1,5 +1,5 @@
 """Rendering and scoring dataset views of a NeRF problem: PSNR/SSIM per view against its photo (the periodic and final
-evaluations, ``ngp eval``).
+evaluations, ``ngp eval``), and the depth, accumulation and normal maps of a view (``ngp render --output``).
 
 Metrics are computed on 8-bit-range float images in [0, 1]: PSNR = -10 log10(MSE) per view, averaged over views (the
 NeRF papers' convention), and SSIM with an 11×11 Gaussian window, σ = 1.5 (scikit-image, as the NeRF evaluation
@@ -22,9 +22,12 @@ from ngp_cli.console import info
 from ngp_cli.images import write_image
 from ngp_cli.metrics import SSIM_MIN_SIDE, mse_to_psnr, ssim
 from ngp_cli.tasks.nerf.data import NerfDataset
-from ngp_cli.volrend.render import render_rays
+from ngp_cli.volrend.render import render_ray_maps, render_rays
 
-__all__ = ["evaluate_views", "format_ssim", "render_view"]
+__all__ = ["VIEW_MAPS", "evaluate_views", "format_ssim", "render_view", "render_view_map"]
+
+#: The outputs of :func:`render_view_map` (``ngp render --output`` on NeRF runs).
+VIEW_MAPS = ("rgb", "depth", "accumulation", "normals")
 
 
 def render_view(problem, origins: torch.Tensor, directions: torch.Tensor, height: int, width: int,
@@ -37,6 +40,42 @@ def render_view(problem, origins: torch.Tensor, directions: torch.Tensor, height
                       background=bg, chunk_rays=problem.cfg.nerf.eval_chunk_rays,
                       kernel_target=problem.kernel_target)
     return rgb.clamp(0.0, 1.0).reshape(height, width, 3).cpu().numpy()
+
+
+def render_view_map(problem, origins: torch.Tensor, directions: torch.Tensor, height: int, width: int,
+                    background: tuple[float, float, float] | None, output: str) -> np.ndarray:
+    """One map of a view of (H·W) rays (ngp frame, unit directions), with ``problem``'s model and occupancy grid:
+
+    * ``rgb``: (H, W, 3) float32 in [0, 1], exactly :func:`render_view`;
+    * ``depth``: (H, W) float32, the expected distance along each ray ``Σ w_i t_i`` in the dataset's world units (the
+      ngp frame's distances divided by the dataset's ``scale``; not the z-depth): 0 where the ray meets nothing, and
+      a fraction of the surface's distance on partly covered pixels;
+    * ``accumulation``: (H, W) float32 opacity ``Σ w_i`` in [0, 1];
+    * ``normals``: (H, W, 3) float32, the composited unit normals ``-∇σ / |∇σ|`` normalised again (unit vectors in the
+      dataset's world axes, which the ngp frame shares; zero where nothing was hit).
+
+    Source: instant-ngp's Depth / Normals render modes (testbed_nerf.cu), composited with the colour's weights
+    (:func:`ngp_cli.volrend.render.render_ray_maps`). Raises ``ValueError`` for another ``output``.
+    """
+    if output == "rgb":
+        return render_view(problem, origins, directions, height, width, background)
+    if output not in VIEW_MAPS:
+        raise ValueError(f"unknown output {output!r}; choose from {VIEW_MAPS}")
+    key = {"depth": "depth", "accumulation": "opacity", "normals": "normals"}[output]
+    dev = problem.device
+    result = render_ray_maps(problem.field, origins.to(dev), directions.to(dev), problem.model.grid.occupancy,
+                             problem.aabb_scale, cone_angle=problem.cone_angle,
+                             near_distance=problem.cfg.nerf.near_distance, background=None, maps=(key,),
+                             chunk_rays=problem.cfg.nerf.eval_chunk_rays, kernel_target=problem.kernel_target)[key]
+    if output == "depth":
+        result = result / float(problem.dataset.scale)
+    elif output == "normals":
+        norm = torch.linalg.vector_norm(result, dim=-1, keepdim=True)
+        result = torch.where(norm > 1e-12, result / norm.clamp_min(1e-12), torch.zeros_like(result))
+    else:
+        result = result.clamp(0.0, 1.0)
+    shape = (height, width, 3) if output == "normals" else (height, width)
+    return result.reshape(shape).float().cpu().numpy()
 
 
 def evaluate_views(problem, dataset: NerfDataset, views: Iterable[int], *, with_ssim: bool = True,

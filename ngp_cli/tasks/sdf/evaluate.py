@@ -161,41 +161,90 @@ def extract_mesh_command(task, run_path: Path, *, resolution: int = 256, level: 
          artifacts={"mesh": str(path), "renders": renders})
 
 
+SDF_OUTPUTS = ("rgb", "depth", "normals")
+
+
+def sdf_view_map(problem, origin: np.ndarray, rotation: np.ndarray, width: int, height: int,
+                 output: str) -> np.ndarray:
+    """Depth or normals of the network's SDF itself, seen by a pinhole camera at ``origin`` (the input mesh's frame)
+    with ``rotation`` (columns right, up, forward) and :func:`ngp_cli.mesh.shade.render_mesh`'s field of view: the
+    rays of :func:`~ngp_cli.mesh.shade.pinhole_rays`, taken into the unit cube and sphere traced there
+    (:func:`~ngp_cli.mesh.shade.sphere_trace`).
+
+    Returns ``depth`` (H, W) float32, the distance along each ray to the surface in the input mesh's units (0 where
+    the ray misses), or ``normals`` (H, W, 3) float32, the unit gradient of the SDF at the hit (outward, in the input
+    frame's axes, which the unit cube shares; zero where the ray misses). Raises ``ValueError`` for another output.
+    """
+    from ngp_cli.mesh.extract import field_gradients, unit_normals
+    from ngp_cli.mesh.shade import pinhole_rays, sphere_trace
+
+    if output not in ("depth", "normals"):
+        raise ValueError(f"sdf_view_map renders depth or normals, not {output!r}")
+    frame, device = problem.frame, problem.device
+    dirs = torch.from_numpy(pinhole_rays(rotation, width, height).astype(np.float32)).to(device)
+    o = torch.from_numpy(frame.to_unit(np.asarray(origin)[None]).astype(np.float32)).to(device).expand_as(dirs)
+    t, hit = sphere_trace(problem.field, o.contiguous(), dirs, chunk=problem.cfg.sdf.query_chunk)
+    if output == "depth":
+        return (t / frame.scale).reshape(height, width).cpu().numpy().astype(np.float32)
+    normals = np.zeros((width * height, 3), dtype=np.float32)
+    ok = hit.cpu().numpy()
+    if ok.any():
+        points = (o + t.unsqueeze(-1) * dirs)[hit].cpu().numpy()
+        normals[ok] = unit_normals(field_gradients(problem.field, points, device=device,
+                                                   chunk=problem.cfg.sdf.query_chunk))
+    return normals.reshape(height, width, 3)
+
+
 def render_command(task, run_path: Path, *, orbit: int | None = None, resolution: str | None = None,
-                   out: Path | None = None, fps: int = 30, backend: str | None = None, data: Path | None = None) -> None:
-    """``ngp render RUN --orbit N [--resolution WxH] [--out video.mp4|frames/] [--data MESH]`` for an SDF run: the
-    mesh at ``sdf.mesh_resolution``, shaded and ray cast from N cameras on a circle around it (20° above its equator, up axis
-    ``sdf.up``). Camera paths are for NeRF runs."""
+                   out: Path | None = None, fps: int | None = None, output: str = "rgb", backend: str | None = None,
+                   data: Path | None = None) -> None:
+    """``ngp render RUN --orbit N [--output rgb|depth|normals] [--resolution WxH] [--out video.mp4|frames/]
+    [--data MESH]`` for an SDF run: N cameras on a circle around the mesh at ``sdf.mesh_resolution`` (20° above its
+    equator, up axis ``sdf.up``, framing its bounding box). ``rgb``: that mesh shaded and ray cast; ``depth`` and
+    ``normals``: of the SDF network itself, sphere traced (:func:`sdf_view_map`), with the same cameras, so the
+    outputs line up pixel for pixel. Camera paths are for NeRF runs.
+
+    Raises UsageError (no orbit, ``--output accumulation``: an SDF has no opacity), DataError, OutputError.
+    """
     from ngp_cli.errors import UsageError
     from ngp_cli.mesh.bvh import MeshBVH
-    from ngp_cli.mesh.shade import mesh_orbit, render_mesh
-    from ngp_cli.video import FrameWriter
+    from ngp_cli.mesh.shade import MapFrameWriter, mesh_orbit, render_mesh
 
+    if output not in SDF_OUTPUTS:
+        raise UsageError(f"--output {output} is not rendered for SDF runs (an SDF has no opacity); they render "
+                         f"{', '.join(SDF_OUTPUTS)}")
     if orbit is None or orbit < 1:
         raise UsageError("give --orbit N (N >= 1 frames)")
     width, height = parse_resolution(resolution, (512, 512))
+    fps = fps if fps is not None else 30
     run, problem, meta = load_run(task, run_path, backend, data)
-    out = out if out is not None else run.renders_dir / "orbit.mp4"
+    suffix = "" if output == "rgb" else f"_{output}"
+    out = out if out is not None else run.renders_dir / f"orbit{suffix}.mp4"
     t0 = time.perf_counter()
     # Opened first: a destination that cannot be written is refused before any line or any work.
-    with FrameWriter(out, fps=fps) as writer:
+    with MapFrameWriter(out, fps, output) as writer:
         mesh = extract(problem, problem.cfg.sdf.mesh_resolution, normals=False)
         if not len(mesh["faces"]):
             raise DataError(f"the SDF of {run.path} has no zero crossing: nothing to render")
-        bvh = MeshBVH(mesh["vertices"], mesh["faces"], device=problem.device)
         cameras = mesh_orbit(mesh["vertices"], _up_vector(problem.cfg.sdf.up), orbit)
-        info(f"rendering {orbit} frames at {width}x{height} of the {problem.cfg.sdf.mesh_resolution}³ mesh of "
-             f"{run.path} (step {meta['step']}) to {out}")
+        bvh = MeshBVH(mesh["vertices"], mesh["faces"], device=problem.device) if output == "rgb" else None
+        what = f"the {problem.cfg.sdf.mesh_resolution}³ mesh" if output == "rgb" else f"the SDF's {output}"
+        info(f"rendering {orbit} frames at {width}x{height} of {what} of {run.path} (step {meta['step']}) to {out}")
         with progress(orbit, "rendering") as advance:
             for origin, rotation in cameras:
-                writer.write(render_mesh(bvh, origin, rotation, width, height))
+                if bvh is not None:
+                    writer.write(render_mesh(bvh, origin, rotation, width, height))
+                else:
+                    writer.write(sdf_view_map(problem, origin, rotation, width, height, output))
                 advance()
     seconds = time.perf_counter() - t0
     info(f"wrote {out} ({orbit} frames, {seconds:.1f} s)")
-    emit("done", run_dir=str(run.path), step=int(meta["step"]),
-         metrics={"frames": orbit, "width": width, "height": height, "render_s": round(seconds, 3)},
-         artifacts={"out": str(out)})
+    metrics = {"frames": orbit, "width": width, "height": height, "fps": fps, "output": output,
+               "render_s": round(seconds, 3)}
+    if writer.vmax is not None:
+        metrics["depth_vmax"] = writer.vmax
+    emit("done", run_dir=str(run.path), step=int(meta["step"]), metrics=metrics, artifacts={"out": str(out)})
 
 
-__all__ = ["eval_command", "extract", "extract_mesh_command", "final_evaluation", "iou_metrics", "load_run",
-           "mesh_report", "render_command"]
+__all__ = ["SDF_OUTPUTS", "eval_command", "extract", "extract_mesh_command", "final_evaluation", "iou_metrics",
+           "load_run", "mesh_report", "render_command", "sdf_view_map"]
