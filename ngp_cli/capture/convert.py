@@ -204,7 +204,8 @@ class NormalizedScene:
     scale: float
 
     def transform(self) -> np.ndarray:
-        """(4, 4) similarity COLMAP world -> transforms.json world: ``[[scale * rotation, -scale * center], [0, 1]]``."""
+        """(4, 4) similarity COLMAP world -> transforms.json world:
+        ``[[scale * rotation, -scale * center], [0, 1]]``."""
         out = np.eye(4)
         out[:3, :3] = self.scale * self.rotation
         out[:3, 3] = -self.scale * self.center

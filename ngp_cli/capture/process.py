@@ -272,8 +272,10 @@ def process_data(input_path: Path, out_dir: Path, *, matching: str = "exhaustive
                 raise DataError(f"{input_path}: {len(captured_list)} frame(s); structure from motion needs at least "
                                 f"{MIN_REGISTERED}")
         else:
-            how = f"downscaling {len(photos)} images by {downscale}" if downscale > 1 else f"copying {len(photos)} images"
-            _stage(1, f"{how} from {input_path}")
+            if downscale > 1:
+                _stage(1, f"downscaling {len(photos)} images from {input_path} by {downscale}")
+            else:
+                _stage(1, f"copying {len(photos)} images from {input_path}")
             with progress(len(photos), "images") as advance:
                 captured_list = import_images(photos, images_dir, downscale, advance)
         timings["frames"] = time.perf_counter() - t0
@@ -329,8 +331,8 @@ def process_data(input_path: Path, out_dir: Path, *, matching: str = "exhaustive
                             "help); nothing written")
         assert rec is not None
         _stage(5, "writing transforms.json, sparse_points.ply and the COLMAP model")
-        registered = sorted((im for im in rec.images.values() if im.has_pose), key=lambda im: im.name)
-        reg_names = {im.name for im in registered}
+        reg_images = sorted((im for im in rec.images.values() if im.has_pose), key=lambda im: im.name)
+        reg_names = {im.name for im in reg_images}
         unregistered = [c.name for c in captured_list if c.name not in reg_names]
         if unregistered:
             warn(f"{len(unregistered)} of {n_given} images not registered (left out of transforms.json): "
@@ -340,13 +342,16 @@ def process_data(input_path: Path, out_dir: Path, *, matching: str = "exhaustive
             warn(f"after {sfm.attempts} mapping runs the model still contradicts the matches of "
                  f"{len(consistency.strong)} image pair(s) (e.g. {a} - {b}, {n} inliers): some poses may be wrong; "
                  "more overlapping views, or removing views of repeated structure, may help")
-        cam_from_world = np.stack([im.cam_from_world().matrix() for im in registered])
+        cam_from_world = np.stack([im.cam_from_world().matrix() for im in reg_images])
         point_ids = sorted(rec.points3D.keys())
         xyz = np.array([rec.points3D[i].xyz for i in point_ids], dtype=np.float64).reshape(-1, 3)
         rgb = np.array([rec.points3D[i].color for i in point_ids], dtype=np.uint8).reshape(-1, 3)
-        scene = normalize_scene(cam_from_world, xyz)
+        try:
+            scene = normalize_scene(cam_from_world, xyz)
+        except ValueError as exc:
+            raise DataError(f"{input_path}: COLMAP's model cannot be used: {exc}") from None
         aabb_scale = choose_aabb_scale(scene.points)
-        doc = _transforms(rec, registered, scene, captured, aabb_scale)
+        doc = _transforms(rec, reg_images, scene, captured, aabb_scale)
         error = float(rec.compute_mean_reprojection_error())
 
         shutil.rmtree(work)  # the database and every model; the kept one is written again below

@@ -8,22 +8,25 @@ needed:
 1. :func:`pycolmap.extract_features`: SIFT on the CPU, camera model ``OPENCV`` (fx, fy, cx, cy, k1, k2, p1, p2; as
    colmap2nerf's default), one camera shared by all images when they have one size (``CameraMode.SINGLE``, as
    colmap2nerf's ``--ImageReader.single_camera 1``), else one per image;
-2. :func:`pycolmap.match_exhaustive` (every pair; for photos) or :func:`pycolmap.match_sequential` (each image with
-   its neighbours in name order; for video frames). colmap2nerf turns on guided matching; here it stays off: on the
-   CPU it made matching 14x slower (45 pairs of the fox photos at 1080x1920: 35 s instead of 2.4 s) for no more
-   registered images;
+2. matching of every pair (exhaustive; for photos) or of each image with its neighbours in name order (sequential;
+   for video frames), as :func:`pycolmap.match_exhaustive` / :func:`pycolmap.match_sequential` pair them, in chunks
+   (see :func:`_match`). colmap2nerf turns on guided matching (matching again under the verified two-view geometry);
+   here it is on only when the images have at most :data:`GUIDED_MAX_KEYPOINTS` (2000) SIFT keypoints on average,
+   because on the CPU its cost grows with the square of the keypoints (45 pairs of the fox photos: 1298 keypoints an
+   image 0.7 -> 1.4 s, 3996 keypoints 2.2 -> 16.7 s, 7700 keypoints at 1080x1920 2.4 -> 35 s), while on small images it
+   pays (the 200 px synthetic test video: rotation errors at most 0.39 degree instead of 0.88);
 3. :func:`pycolmap.incremental_mapping`, which may give several models; the one with the most registered images
    is kept (ties: the one with more 3-D points). COLMAP 4's structure-less registration fallback is turned off:
    images are registered through 3-D points only, as in COLMAP 3 and colmap2nerf.
 4. :func:`check_consistency`: every verified image pair of the database whose images are both registered is checked
    against the model: the pair's inlier matches must mostly (half or more) lie within 4 px of the epipolar lines of
    the model's relative pose. A mapping run can glue a group of views in at a wrong place through false matches
-   (repeated or symmetric structure): measured on instant-ngp's fox photos, one run in four put 10 of the 50 views
-   6.7 units away with the right rotations, contradicting pairs of up to 906 inliers, while its reprojection error
-   stayed 0.83 px; good runs contradict only pairs of at most 137 inliers (false matches), where three quarters of
-   the pairs have fewer than 254. When the model contradicts a pair with more inliers than three quarters of the
-   checked pairs, mapping runs again with another seed (at most :data:`MAPPING_ATTEMPTS` runs in all) and the model
-   that contradicts the least is kept.
+   (repeated or symmetric structure): of 8 runs on instant-ngp's fox photos, two put a group of views (10 and 19 of
+   the 50) about 6.7 units away with the right rotations, contradicting pairs of up to 906 inliers, while their
+   reprojection error stayed 0.83 px; good runs contradict only pairs of at most 137 inliers (false matches), where
+   three quarters of the pairs have fewer than 254. When the model contradicts a pair with more inliers than three
+   quarters of the checked pairs, mapping runs again with another seed (at most :data:`MAPPING_ATTEMPTS` runs in all)
+   and the model that contradicts the least is kept.
 
 COLMAP's threads are limited to :data:`DEFAULT_THREADS` (2) unless told otherwise, and every step runs on the CPU
 (``Device.cpu``, ``use_gpu = False``), so the result does not depend on a GPU being present. Random seeds are fixed
@@ -49,6 +52,7 @@ __all__ = [
     "CAMERA_MODEL",
     "DEFAULT_THREADS",
     "EPIPOLAR_PX",
+    "GUIDED_MAX_KEYPOINTS",
     "MAPPING_ATTEMPTS",
     "MATCHING",
     "SEED",
@@ -66,7 +70,9 @@ MAPPING_ATTEMPTS = 3
 EPIPOLAR_PX = 4.0  # COLMAP's RANSAC threshold for two-view geometry (TwoViewGeometryOptions.ransac.max_error)
 _MIN_PAIR_INLIERS = 15  # COLMAP's default TwoViewGeometryOptions.min_num_inliers
 _MAX_MATCH_CALLS = 20  # matching runs in at most this many chunks of pairs (Ctrl-C is seen between them) ...
-_MIN_PAIRS_PER_CALL = 64  # ... of at least this many pairs
+_MIN_PAIRS_PER_CALL = 64  # ... of at least this many pairs (sequential matching)
+GUIDED_MAX_KEYPOINTS = 2000  # guided matching only up to this mean number of SIFT keypoints an image
+_EXHAUSTIVE_GROUPS = 5  # exhaustive matching: images in 5 groups, one chunk per pair of groups (15 chunks)
 
 
 @dataclass
@@ -277,14 +283,35 @@ def run_sfm(
                     matched)
 
 
+def _chunks(pairs: list[tuple[int, int]], names: dict[int, str], matching: str) -> list[list[tuple[int, int]]]:
+    """Split ``pairs`` (image ids) into the chunks :func:`_match` matches one call each.
+
+    Each call loads the descriptors of every image in its chunk (about 0.05 s an image for 8192 SIFT features on a
+    busy 2-core machine), so chunks should touch few images. Sequential pairs are local already: runs of at least
+    :data:`_MIN_PAIRS_PER_CALL` in the generator's order, at most :data:`_MAX_MATCH_CALLS` of them. Exhaustive pairs
+    are grouped into blocks: the images, in name order, are cut into 5 groups, and each chunk is the pairs between
+    two groups (15 chunks, each touching at most 2/5 of the images).
+    """
+    if matching == "sequential":
+        size = max(_MIN_PAIRS_PER_CALL, -(-len(pairs) // _MAX_MATCH_CALLS))
+        return [pairs[k:k + size] for k in range(0, len(pairs), size)]
+    rank = {image_id: k for k, image_id in enumerate(sorted(names, key=lambda i: names[i]))}
+    block = max(1, -(-len(rank) // _EXHAUSTIVE_GROUPS))
+    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for i, j in pairs:
+        a, b = sorted((rank[i] // block, rank[j] // block))
+        groups.setdefault((a, b), []).append((i, j))
+    return [groups[key] for key in sorted(groups)]
+
+
 def _match(database: Path, matching: str, options: Any, verification: Any, threads: int, token: Any,
            matched: Callable[[int, int], None] | None) -> None:
     """Match and verify the image pairs of ``matching`` (pycolmap's exhaustive or sequential pair generator), in
-    chunks of pairs (:func:`pycolmap.match_image_pairs`), so that Ctrl-C is seen between chunks: pycolmap's matchers
-    hold on to the signal until they finish (measured: 130 s on the fox photos). The same pairs and, with the seeded
-    RANSAC, the same matches as one :func:`pycolmap.match_exhaustive` call (measured on 10 fox photos); each chunk
-    re-reads its images' descriptors (about 0.4 s a call). Names with white space cannot go into COLMAP's pair list
-    file: then one uninterruptible call does it all."""
+    chunks of pairs (:func:`pycolmap.match_image_pairs`, chunks from :func:`_chunks`), so that Ctrl-C is seen between
+    chunks: pycolmap's matchers hold on to the signal until they finish (measured: 130 s on the fox photos). The same
+    pairs and, with the seeded RANSAC, the same matches as one :func:`pycolmap.match_exhaustive` call (measured on 10
+    fox photos). Names with white space cannot go into COLMAP's pair list file: then one uninterruptible call does it
+    all."""
     import pycolmap
 
     cpu = pycolmap.Device.cpu
@@ -309,12 +336,10 @@ def _match(database: Path, matching: str, options: Any, verification: Any, threa
         if matched:
             matched(len(pairs), len(pairs))
         return
-    chunk = max(_MIN_PAIRS_PER_CALL, -(-len(pairs) // _MAX_MATCH_CALLS))
     pair_file = database.parent / "pairs.txt"
-    for start in range(0, len(pairs), chunk):
+    for part in _chunks([(int(i), int(j)) for i, j in pairs], names, matching):
         if _cancelled(token):
             raise KeyboardInterrupt
-        part = pairs[start:start + chunk]
         pair_file.write_text("".join(f"{names[int(i)]} {names[int(j)]}\n" for i, j in part), encoding="utf-8")
         imported = pycolmap.ImportedPairingOptions()
         imported.match_list_path = str(pair_file)
@@ -351,6 +376,12 @@ def _run(image_dir: Path, work_dir: Path, matching: str, single_camera: bool, th
     options = pycolmap.FeatureMatchingOptions()
     options.num_threads = threads
     options.use_gpu = False
+    db = pycolmap.Database.open(str(database))
+    try:
+        mean_keypoints = db.num_keypoints() / max(db.num_images(), 1)
+    finally:
+        db.close()
+    options.guided_matching = bool(mean_keypoints <= GUIDED_MAX_KEYPOINTS)
     verification = pycolmap.TwoViewGeometryOptions()
     verification.ransac.random_seed = SEED
     _match(database, matching, options, verification, threads, token, matched)

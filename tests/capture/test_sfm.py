@@ -10,12 +10,11 @@ import pytest
 
 from tests.capture.scene import orbit_poses, render_frames
 
-pycolmap = pytest.importorskip("pycolmap")
-
 
 @pytest.fixture(scope="module")
 def views(tmp_path_factory) -> Path:
     """12 views of the synthetic scene (a quarter of the test orbit), 160 x 160 PNG."""
+    pytest.importorskip("pycolmap")
     import imageio.v3 as iio
 
     folder = tmp_path_factory.mktemp("views")
@@ -24,7 +23,22 @@ def views(tmp_path_factory) -> Path:
     return folder
 
 
+def test_chunks_of_pairs_touch_few_images():
+    from ngp_cli.capture.sfm import _chunks
+
+    names = {i: f"{i:04d}.jpg" for i in range(1, 51)}
+    pairs = [(i, j) for i in range(1, 51) for j in range(i + 1, 51)]
+    chunks = _chunks(pairs, names, "exhaustive")
+    assert len(chunks) == 15 and sorted(p for c in chunks for p in c) == pairs
+    assert max(len({k for p in c for k in p}) for c in chunks) == 20  # 2 groups of 10 images
+    sequential = pairs[:300]
+    chunks = _chunks(sequential, names, "sequential")
+    assert [len(c) for c in chunks] == [64, 64, 64, 64, 44] and [p for c in chunks for p in c] == sequential
+
+
 def test_run_sfm_and_a_misplaced_view(views, tmp_path):
+    import pycolmap
+
     from ngp_cli.capture.sfm import check_consistency, run_sfm
 
     stages = []
