@@ -8,6 +8,7 @@ Each toy module is compiled once per session (module-scoped fixtures; the disk c
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -57,7 +58,10 @@ def test_cpu_workers_are_torchs_own_openmp_threads(basic, two_threads):
     assert lib.ngp_pool_openmp() == 1
     with open("/proc/self/maps") as f:
         gomp = {line.split()[-1] for line in f if "libgomp" in line}
-    assert len(gomp) == 1, f"more than one OpenMP runtime loaded: {sorted(gomp)}"
+    # A wheel's private copy (auditwheel names it libgomp-<hash>.so.*, e.g. pycolmap's, loaded when the capture tests
+    # run in this process) is linked by that wheel's own libraries only; the pool resolves libgomp.so.1.
+    shared = {p for p in gomp if not re.fullmatch(r"libgomp-[0-9a-f]{8}\.so.*", os.path.basename(p))}
+    assert len(shared) == 1, f"more than one OpenMP runtime loaded: {sorted(gomp)}"
     n = 1 << 16
     out = torch.zeros(n)
     basic.launch("saxpy", (n + 127) // 128, 128, [out, torch.ones(n), np.float32(3.0), u32(n)])
