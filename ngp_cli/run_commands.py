@@ -78,8 +78,9 @@ class _RunDispatch(TyperCommand):
     def invoke(self, ctx: Any) -> Any:
         args: list[str] = ctx.meta[_ARGS]
         commands = self._commands()
+        flags = {name: _option_flags(cmd) for name, cmd in commands.items()}  # each task's, computed once
         help_flags = set(ctx.parent.help_option_names) if ctx.parent is not None else {"--help"}
-        run, asked_help = _scan(args, commands, help_flags, self.name)
+        run, asked_help = _scan(args, flags, help_flags, self.name)
         if run is None:
             if asked_help:
                 typer.echo(ctx.get_help(), color=ctx.color)
@@ -91,7 +92,7 @@ class _RunDispatch(TyperCommand):
         if task_name not in commands:
             raise UsageError(f"'{task_name}' runs have no 'ngp {self.name}'")
         cmd = commands[task_name]
-        _refuse_other_tasks_options(args, cmd, commands, task_name, self.name)
+        _refuse_other_tasks_options(args, cmd, flags, task_name, self.name)
         cmd.params += [p for p in self.params if "--quiet" in p.opts]  # the root's -q, added to every command
         with cmd.make_context(ctx.info_name, list(args), parent=ctx.parent) as sub:
             return cmd.invoke(sub)
@@ -132,12 +133,14 @@ def _option_flags(cmd: Any) -> dict[str, bool]:
     return flags
 
 
-def _scan(args: list[str], commands: dict[str, Any], help_flags: set[str], name: str) -> tuple[str | None, bool]:
-    """RUN (the first argument that is neither an option nor an option's value) and whether help was asked for.
-    Raises UsageError for an option no task's ``ngp <name>`` has (with the nearest one)."""
+def _scan(args: list[str], flags: dict[str, dict[str, bool]], help_flags: set[str],
+          name: str) -> tuple[str | None, bool]:
+    """RUN (the first argument that is neither an option nor an option's value) and whether help was asked for;
+    ``flags``: each task's :func:`_option_flags`. Raises UsageError for an option no task's ``ngp <name>`` has (with
+    the nearest one)."""
     known = {"-q": False, "--quiet": False, **{f: False for f in help_flags}}
-    for cmd in commands.values():
-        known.update(_option_flags(cmd))
+    for task_flags in flags.values():
+        known.update(task_flags)
     run, asked_help, i = None, False, 0
     while i < len(args):
         arg = args[i]
@@ -158,17 +161,18 @@ def _scan(args: list[str], commands: dict[str, Any], help_flags: set[str], name:
     return run, asked_help
 
 
-def _refuse_other_tasks_options(args: list[str], cmd: Any, commands: dict[str, Any], task_name: str,
+def _refuse_other_tasks_options(args: list[str], cmd: Any, flags: dict[str, dict[str, bool]], task_name: str,
                                 name: str) -> None:
-    """Raise UsageError, saying whose option it is, for an option ``task_name``'s ``ngp <name>`` does not have."""
-    own = _option_flags(cmd)
+    """Raise UsageError, saying whose option it is, for an option ``task_name``'s ``ngp <name>`` (``cmd``) does not
+    have; ``flags``: each task's :func:`_option_flags`."""
+    own = flags[task_name]
     for arg in args:
         if arg == "--":
             return
         flag = arg.split("=", 1)[0]
         if not arg.startswith("--") or flag in own:
             continue
-        owners = [t for t, other in commands.items() if flag in _option_flags(other)]
+        owners = [t for t, task_flags in flags.items() if flag in task_flags]
         if owners:
             theirs = [p.opts[0] for p in cmd.params if getattr(p, "param_type_name", "") == "option"]
             raise UsageError(f"{flag} is for {' and '.join(owners)} runs, not {task_name} runs; 'ngp {name}' on "

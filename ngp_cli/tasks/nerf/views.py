@@ -30,15 +30,24 @@ __all__ = ["VIEW_MAPS", "evaluate_views", "format_ssim", "render_view", "render_
 VIEW_MAPS = ("rgb", "depth", "accumulation", "normals")
 
 
+def _rays_and_grid(problem, origins: torch.Tensor, directions: torch.Tensor) -> tuple:
+    """The positional arguments of the volrend renderers for ``problem``: field, rays on its device, grid, box."""
+    dev = problem.device
+    return problem.field, origins.to(dev), directions.to(dev), problem.model.grid.occupancy, problem.aabb_scale
+
+
+def _marching(problem) -> dict:
+    """The marching keywords of the volrend renderers, as ``problem`` trains with them."""
+    return {"cone_angle": problem.cone_angle, "near_distance": problem.cfg.nerf.near_distance,
+            "chunk_rays": problem.cfg.nerf.eval_chunk_rays, "kernel_target": problem.kernel_target}
+
+
 def render_view(problem, origins: torch.Tensor, directions: torch.Tensor, height: int, width: int,
                 background: tuple[float, float, float] | None) -> np.ndarray:
     """Render (H·W) rays of one view with ``problem``'s model and occupancy grid → (H, W, 3) float32 in [0, 1]."""
     dev = problem.device
     bg = torch.tensor(background, dtype=torch.float32, device=dev) if background is not None else None
-    rgb = render_rays(problem.field, origins.to(dev), directions.to(dev), problem.model.grid.occupancy,
-                      problem.aabb_scale, cone_angle=problem.cone_angle, near_distance=problem.cfg.nerf.near_distance,
-                      background=bg, chunk_rays=problem.cfg.nerf.eval_chunk_rays,
-                      kernel_target=problem.kernel_target)
+    rgb = render_rays(*_rays_and_grid(problem, origins, directions), background=bg, **_marching(problem))
     return rgb.clamp(0.0, 1.0).reshape(height, width, 3).cpu().numpy()
 
 
@@ -62,11 +71,8 @@ def render_view_map(problem, origins: torch.Tensor, directions: torch.Tensor, he
     if output not in VIEW_MAPS:
         raise ValueError(f"unknown output {output!r}; choose from {VIEW_MAPS}")
     key = {"depth": "depth", "accumulation": "opacity", "normals": "normals"}[output]
-    dev = problem.device
-    result = render_ray_maps(problem.field, origins.to(dev), directions.to(dev), problem.model.grid.occupancy,
-                             problem.aabb_scale, cone_angle=problem.cone_angle,
-                             near_distance=problem.cfg.nerf.near_distance, background=None, maps=(key,),
-                             chunk_rays=problem.cfg.nerf.eval_chunk_rays, kernel_target=problem.kernel_target)[key]
+    result = render_ray_maps(*_rays_and_grid(problem, origins, directions), background=None, maps=(key,),
+                             **_marching(problem))[key]
     if output == "depth":
         result = result / float(problem.dataset.scale)
     elif output == "normals":
