@@ -16,6 +16,12 @@ Where both the ``torch`` and the ``cpu`` backend ran on the CPU, :func:`speed_ra
 second's for ``mlp_training`` and ``train_step`` (the issue's targets: the cpu backend's step >= 3× the torch
 backend's, its MLP training never slower), measured in the same run.
 
+With ``--run RUN`` (a trained NeRF run) the bench also renders one held-out view of it per backend
+(:mod:`ngp_cli.tasks.nerf.bench`): ``render_network`` (the inference path of eval and render),
+``render_network_legacy`` (the schedule before it) and, with ``--baked FILE``, ``render_baked``. Their batch is the
+view's pixel count, so ns per element reads as milliseconds per megapixel, and the ratios add, per backend,
+``render_network`` (legacy time / network time) and ``render_baked`` (network time / baked time).
+
 torch is imported inside the functions, so the CLI reads :data:`BENCHMARKS` for ``ngp bench --help`` without it.
 """
 
@@ -37,8 +43,14 @@ if TYPE_CHECKING:
 
     from ngp_cli.nn.backend import Backend
 
-BENCHMARKS = ("encoding_forward", "encoding_forward_backward", "mlp_inference", "mlp_training", "train_step")
+BENCHMARKS = ("encoding_forward", "encoding_forward_backward", "mlp_inference", "mlp_training", "train_step",
+              "render_network", "render_network_legacy", "render_baked")
+#: Measured on a trained run (``--run RUN``, ``--baked FILE``): one view's render time, batch = its pixels.
+RENDER_BENCHMARKS = ("render_network", "render_network_legacy", "render_baked")
 RATIO_BENCHMARKS = ("mlp_training", "train_step")  # compared between the cpu and the torch backend
+#: Render speed-ups per backend, in the same run: (name, slower benchmark, faster benchmark).
+RENDER_RATIOS = (("render_network", "render_network_legacy", "render_network"),
+                 ("render_baked", "render_network", "render_baked"))
 GRID = dict(n_levels=16, n_features_per_level=2, log2_hashmap_size=19, base_resolution=16)
 PER_LEVEL_SCALE = {2: 2.0, 3: math.exp(math.log(2048 / 16) / 15)}
 MLP = dict(n_input_dims=32, n_output_dims=16, n_neurons=64, n_hidden_layers=2)
@@ -149,10 +161,13 @@ def _mlp_flops() -> int:
 
 def run_benchmarks(backends: list[Backend], batches: list[int], dims: list[int], which: list[str], *,
                    warmup: int = 2, repeats: int = 5, step_fn: Callable | None = None,
+                   render_fn: Callable | None = None,
                    on_result: Callable[[Result], None] | None = None) -> tuple[list[Result], dict[str, Any]]:
     """Run ``which`` benchmarks for every backend × batch (× dims for the encoding).
 
     ``step_fn(backend, batch) -> callable`` builds one full training step (the fit-image task provides it).
+    ``render_fn(backend) -> (device, [(name, pixels, callable), ...])`` builds the render benchmarks of a trained run
+    (the run's task provides them); they are measured once per backend, not per batch.
     Returns the results and the measured ceilings per device. Raises ConfigError for an unknown benchmark name.
     """
     import torch
@@ -227,6 +242,10 @@ def run_benchmarks(backends: list[Backend], batches: list[int], dims: list[int],
                 step = step_fn(backend, batch)
                 times = _timer(dev, step, warmup, repeats)
                 record(backend, "train_step", batch, times)
+        if render_fn is not None and set(RENDER_BENCHMARKS) & set(which):
+            render_dev, renders = render_fn(backend)
+            for name, pixels, fn in renders:
+                record(backend, name, pixels, _timer(render_dev, fn, warmup, repeats))
     return results, ceilings
 
 
@@ -236,15 +255,48 @@ def as_dict(result: Result) -> dict[str, Any]:
 
 def speed_ratios(results: list[Result]) -> dict[str, dict[str, float]]:
     """``{benchmark: {str(batch): torch-backend median / cpu-backend median}}`` for :data:`RATIO_BENCHMARKS`, both
-    on the CPU, for every batch where both were measured (so > 1 means the cpu backend is faster); rounded to 3
-    decimals. Benchmarks without a pair are left out."""
+    on the CPU, for every batch where both were measured (so > 1 means the cpu backend is faster); and for the render
+    benchmarks ``{name: {"backend@device": slower median / faster median}}`` per :data:`RENDER_RATIOS` (> 1: the
+    newer path is faster). Rounded to 3 decimals; benchmarks without a pair are left out."""
     torch_s = {(r.benchmark, r.batch): r.median_s for r in results if r.backend == "torch" and r.device == "cpu"}
     ratios: dict[str, dict[str, float]] = {}
     for r in results:
         t = torch_s.get((r.benchmark, r.batch))
         if r.benchmark in RATIO_BENCHMARKS and r.backend == "cpu" and t is not None and r.median_s > 0:
             ratios.setdefault(r.benchmark, {})[str(r.batch)] = round(t / r.median_s, 3)
+    by_backend = {(r.benchmark, r.backend, r.device): r.median_s for r in results if r.benchmark in RENDER_BENCHMARKS}
+    for name, slow, fast in RENDER_RATIOS:
+        for (bench, backend, device), fast_s in by_backend.items():
+            slow_s = by_backend.get((slow, backend, device))
+            if bench == fast and slow_s is not None and fast_s > 0:
+                ratios.setdefault(name, {})[f"{backend}@{device}"] = round(slow_s / fast_s, 3)
     return ratios
+
+
+def _render_fn(tasks: dict, which: list[str], only: list[str] | None, run: Path | None,
+               baked: Path | None) -> Callable | None:
+    """The render benchmarks' builder for :func:`run_benchmarks` (None when there is no ``run``), after checking the
+    options (see :func:`run_bench`)."""
+    from ngp_cli.errors import DataError, UsageError
+    from ngp_cli.runs import RunDir
+
+    asked = [w for w in (only or []) if w in RENDER_BENCHMARKS]
+    if run is None:
+        if asked:
+            raise UsageError(f"--only {asked[0]} measures a trained NeRF run: give --run RUN")
+        if baked is not None:
+            raise UsageError("--baked needs --run RUN (the run the file was baked from)")
+        return None
+    if "render_baked" in asked and baked is None:
+        raise UsageError("--only render_baked needs --baked FILE (made by 'ngp bake RUN')")
+    if baked is not None and not Path(baked).is_file():
+        raise DataError(f"--baked {baked}: no such file")
+    task_name = RunDir.open(run).read_config().get("task")
+    task = tasks.get(task_name)
+    if task is None or not hasattr(task, "benchmark_renders"):
+        raise UsageError(f"--run {run}: '{task_name}' runs have no render benchmarks (NeRF runs have)")
+    wanted = [w for w in which if w in RENDER_BENCHMARKS]
+    return lambda backend: task.benchmark_renders(run, backend.name, wanted, baked)
 
 
 def _batch_label(batch: int) -> str:
@@ -252,12 +304,16 @@ def _batch_label(batch: int) -> str:
 
 
 def run_bench(tasks: dict, backend_names: list[str] | None, batches: list[int] | None, dims: list[int] | None,
-              only: list[str] | None, repeats: int, warmup: int, out: Path | None) -> None:
+              only: list[str] | None, repeats: int, warmup: int, out: Path | None, run: Path | None = None,
+              baked: Path | None = None) -> None:
     """The ``ngp bench`` command body: JSON lines on stdout, a rich table on stderr, optionally the JSON file ``out``.
+    ``run`` (a trained run whose task offers render benchmarks) adds them; ``baked`` adds ``render_baked``.
 
     Raises ConfigError (unknown backend/benchmark, a backend not available here, an invalid ``NGP_CPU_MLP`` when the
-    cpu backend runs), NoGPUError (``cuda`` asked for without a GPU), UsageError (bad batch or dims), OutputError
-    (``out`` is a folder or in a missing one, checked before anything is measured; or cannot be written).
+    cpu backend runs), NoGPUError (``cuda`` asked for without a GPU), UsageError (bad batch or dims; a render
+    benchmark asked for with ``--only`` but no ``--run``, ``render_baked`` without ``--baked``, ``--baked`` without
+    ``--run``, a run whose task has no render benchmarks), DataError (not a run), OutputError (``out`` is a folder or
+    in a missing one, checked before anything is measured; or cannot be written).
     """
     from rich.table import Table
 
@@ -295,6 +351,11 @@ def run_bench(tasks: dict, backend_names: list[str] | None, batches: list[int] |
 
     step_fns = [t.benchmark_step for t in tasks.values() if hasattr(t, "benchmark_step")]
     step_fn = step_fns[0] if step_fns else None
+    render_fn = _render_fn(tasks, which, only, run, baked)
+    if render_fn is None:
+        which = [w for w in which if w not in RENDER_BENCHMARKS]
+    elif baked is None:
+        which = [w for w in which if w != "render_baked"]
     if any(b.name == "cpu" for b in backends):
         from ngp_cli.cuda.cpu_mlp import cpu_mlp_path
 
@@ -308,7 +369,7 @@ def run_bench(tasks: dict, backend_names: list[str] | None, batches: list[int] |
         emit("bench", **{k: v for k, v in as_dict(res).items() if k != "runs_s"})
 
     results, ceilings = run_benchmarks(backends, batches, dims, which, warmup=warmup, repeats=repeats,
-                                       step_fn=step_fn, on_result=on_result)
+                                       step_fn=step_fn, render_fn=render_fn, on_result=on_result)
     table = Table("benchmark", "D", "batch", "backend", "device", "median ms", "Melem/s", "ns/elem",
                   "ceiling %", title="ngp bench")
     for r in results:
@@ -322,9 +383,16 @@ def run_bench(tasks: dict, backend_names: list[str] | None, batches: list[int] |
     ratios = speed_ratios(results)
     if not is_quiet():  # the table repeats the JSON lines for humans
         console.print(table)
-        if ratios:
+        backend_ratios = {k: v for k, v in ratios.items() if k in RATIO_BENCHMARKS}
+        if backend_ratios:
             info("cpu backend speed-up over torch (torch time / cpu time, this run): " + "; ".join(
-                f"{name} {_batch_label(int(b))} {x:.2f}x" for name, per in ratios.items() for b, x in per.items()))
+                f"{name} {_batch_label(int(b))} {x:.2f}x" for name, per in backend_ratios.items()
+                for b, x in per.items()))
+        render_ratios = {k: v for k, v in ratios.items() if k not in RATIO_BENCHMARKS}
+        if render_ratios:
+            info("render speed-ups (this run): " + "; ".join(
+                f"{name} over {slow} on {b} {render_ratios[name][b]:.2f}x" for name, slow, _ in RENDER_RATIOS
+                if name in render_ratios for b in render_ratios[name]))
     doc = {"machine": machine, "ceilings": ceilings, "sizes": {"grid": GRID, "per_level_scale": PER_LEVEL_SCALE,
                                                                "mlp": MLP},
            "repeats": repeats, "warmup": warmup, "ratios": ratios, "results": [as_dict(r) for r in results]}

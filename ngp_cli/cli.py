@@ -232,8 +232,14 @@ def build_app() -> typer.Typer:
         out: Annotated[Path | None, typer.Option("--out", help="Also write all results as one JSON file.")] = None,
         output: Annotated[Path | None, typer.Option(
             "--output", hidden=True, help="Deprecated spelling of --out.")] = None,
+        run: Annotated[Path | None, typer.Option(
+            "--run", help="A trained NeRF run: also time rendering one of its held-out views (render_network, "
+                          "render_network_legacy; ns/elem is then ms per megapixel).")] = None,
+        baked: Annotated[Path | None, typer.Option(
+            "--baked", help="A file 'ngp bake' made from --run: also time render_baked.")] = None,
     ) -> None:
-        """Measure throughput of the encoding, the MLP and a fit-image training step on every available backend.
+        """Measure throughput of the encoding, the MLP and a fit-image training step on every available backend, and
+        with --run the render time of a NeRF run's view.
 
         stdout: one {"event":"bench",...} JSON line per figure, then {"event":"done",...}; stderr: a table.
         """
@@ -245,7 +251,7 @@ def build_app() -> typer.Typer:
                 raise UsageError("give --out only (--output is its deprecated spelling)")
             warn("--output is deprecated; use --out")
             out = output
-        run_bench(tasks, backend, batch, dims, only, repeats, warmup, out)
+        run_bench(tasks, backend, batch, dims, only, repeats, warmup, out, run=run, baked=baked)
 
     register_process_data(app)  # ngp process-data (ngp_cli/capture)
     add_run_commands(app, tasks)

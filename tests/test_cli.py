@@ -27,7 +27,7 @@ def test_tasks_lists_the_builtin_tasks(ngp):
     assert res.exit_code == 0
     tasks = {e["name"]: e for e in res.events if e["event"] == "task"}
     assert tasks["image"]["commands"] == ["fit-image"]
-    assert tasks["nerf"]["commands"] == ["train-nerf", "eval", "render", "extract-mesh"]
+    assert tasks["nerf"]["commands"] == ["train-nerf", "eval", "render", "extract-mesh", "bake"]
     assert tasks["sdf"]["commands"] == ["train-sdf", "extract-mesh", "eval", "render"]
     assert tasks["nrc"]["commands"] == ["train-nrc"]
     assert "image" in res.stderr and "nerf" in res.stderr  # the human table
@@ -214,13 +214,14 @@ def test_quiet_after_the_command_silences_training(ngp, astronaut_crop, tmp_path
     (["extract-mesh"], "<auto|cuda|cpu|torch>"),
     (["presets", "show"], "<json|yaml>"),
     (["bench"], "<list[cuda|cpu|torch]>"),
-    (["bench"], "<list[encoding_forward|encoding_forward_backward|mlp_inference|mlp_training|train_step]>"),
+    (["bench"], "<list[encoding_forward|encoding_forward_backward|mlp_inference|mlp_training|train_step|render_network"
+                "|render_network_legacy|render_baked]>"),
 ], ids=["fit-image backend", "train-nrc backend", "eval split", "render backend", "extract-mesh backend",
         "presets format", "bench backend", "bench only"])
 def test_choices_are_shown_in_help(app, argv, shown):
     from typer.testing import CliRunner
 
-    res = CliRunner().invoke(app, [*argv, "--help"], env={"COLUMNS": "250"})
+    res = CliRunner().invoke(app, [*argv, "--help"], env={"COLUMNS": "400"})
     assert res.exit_code == 0
     assert shown in res.stdout, res.stdout
 
@@ -229,7 +230,7 @@ def test_choice_options_hand_plain_strings_to_the_code(monkeypatch, ngp):
     import ngp_cli.bench
 
     seen = {}
-    monkeypatch.setattr(ngp_cli.bench, "run_bench", lambda tasks, *args: seen.setdefault("args", args))
+    monkeypatch.setattr(ngp_cli.bench, "run_bench", lambda tasks, *args, **kw: seen.setdefault("args", args))
     res = ngp("bench", "--backend", "torch", "--backend", "cpu", "--only", "mlp_inference")
     assert res.exit_code == 0, res.stderr
     backends, _, _, only = seen["args"][:4]
@@ -285,7 +286,8 @@ def test_run_commands_take_their_tasks_options_only(ngp, fake_run, tmp_path):
     make, calls = fake_run
     nerf, sdf = make("nerf"), make("sdf")
     assert ngp("eval", nerf).exit_code == 0
-    assert calls[-1] == {"command": "eval", "task": "nerf", "run": nerf, "split": None, "backend": None, "data": None}
+    assert calls[-1] == {"command": "eval", "task": "nerf", "run": nerf, "split": None, "baked": None, "backend": None,
+                         "data": None}
     assert ngp("eval", nerf, "--data", tmp_path / "moved", "--split", "test").exit_code == 0
     assert calls[-1]["data"] == tmp_path / "moved" and calls[-1]["split"] == "test"
     assert ngp("render", "--orbit", "4", "--backend", "torch", nerf).exit_code == 0  # options before RUN too

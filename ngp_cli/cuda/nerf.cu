@@ -22,7 +22,11 @@
 //    (inclusive) and fewer than max_samples were taken:
 //      dt = calc_dt(t) = clamp(t * cone_angle, min_dt, dt_max); mip = mip_from_dt(dt, pos); cell = cell(pos, mip);
 //      occupied: emit (pos, dt, t), t += dt;
-//      empty:    t_target = t + distance_to_next_voxel(pos, d, 1/d, mip); do t += calc_dt(t) while t < t_target.
+//      empty:    t_target = t + distance_to_next_voxel(pos, d, 1/d, mip); do t += calc_dt(t) while t < t_target
+//                (advance_on_lattice: runs of equal steps at once, bit for bit). With empty-space distances (empty,
+//                rendering; ngp_cli.volrend.grid.empty_distance), t_target is the face of the whole empty cube of
+//                radius empty[cell] - 1 around the cell: no lattice point inside it is in an occupied cell of any
+//                cascade, so the samples stay those of the reference.
 //    An empty-cell skip that cannot advance t (t so large that t + dt == t, where the torch reference loops
 //    forever) ends the ray. Products whose rounding matters (t*d, calc_dt*jitter) are rounded on their own (mul_rn,
 //    no FMA contraction) so both targets take the reference's float32 steps (the CPU build matches it bit for bit);
@@ -50,82 +54,19 @@
 //    The elementwise kernels handle `per_thread` consecutive elements per thread (1 on the GPU, thousands on the
 //    CPU).
 #include "common.cuh"
+// The cell math of marching (mul_rn, calc_dt, mip_from_dt, cell_index, distance_to_next_voxel), kahan_add and
+// NERF_GRID_SIZE / NERF_GRID_CELLS, shared with baked.cu.
+#include "volrend.cuh"
 
-#define NERF_GRID_SIZE 128
-#define NERF_GRID_CELLS (NERF_GRID_SIZE * NERF_GRID_SIZE * NERF_GRID_SIZE)
 #define NERF_FLT_MAX 3.402823466e+38f
-
-// a * b rounded on its own: never contracted into an FMA with a following add.
-__device__ __forceinline__ float mul_rn(float a, float b) {
-#ifdef NGP_CPU
-    float r = a * b;
-#if defined(__x86_64__) || defined(__i386__)
-    __asm__("" : "+x"(r));  // opaque to the optimiser: the product is materialised in a register
-#elif defined(__aarch64__)
-    __asm__("" : "+w"(r));
-#else
-    volatile float v = r;
-    r = v;
-#endif
-    return r;
-#else
-    return __fmul_rn(a, b);
-#endif
-}
-
-__device__ __forceinline__ float calc_dt(float t, float cone_angle, float min_dt, float dt_max) {
-    return fminf(fmaxf(t * cone_angle, min_dt), dt_max);
-}
-
-__device__ __forceinline__ int frexp_exponent(float x) {
-    int e;
-    frexpf(x, &e);
-    return e;
-}
-
-// Cascade of a step: at least the cascade holding pos (smallest k with max|pos - 0.5| < 2^(k-1)), and coarse
-// enough that a step spans at most about two cells; at most max_cascade.
-__device__ __forceinline__ int mip_from_dt(float dt, float px, float py, float pz, int max_cascade) {
-    const float maxval = fmaxf(fmaxf(fabsf(px - 0.5f), fabsf(py - 0.5f)), fabsf(pz - 0.5f));
-    const int mip = min(max(frexp_exponent(maxval) + 1, 0), max_cascade);
-    const float scaled = dt * (float)(2 * NERF_GRID_SIZE);
-    if (scaled < 1.0f) return mip;
-    return min(max_cascade, max(frexp_exponent(scaled), mip));
-}
-
-// Flat cell index of pos in cascade mip, or -1 outside that cascade.
-__device__ __forceinline__ int cell_index(float px, float py, float pz, int mip) {
-    const float scale = ldexpf(1.0f, -mip);
-    const float fx = floorf(((px - 0.5f) * scale + 0.5f) * (float)NERF_GRID_SIZE);
-    const float fy = floorf(((py - 0.5f) * scale + 0.5f) * (float)NERF_GRID_SIZE);
-    const float fz = floorf(((pz - 0.5f) * scale + 0.5f) * (float)NERF_GRID_SIZE);
-    const float hi = (float)NERF_GRID_SIZE;
-    if (!(fx >= 0.0f && fx < hi && fy >= 0.0f && fy < hi && fz >= 0.0f && fz < hi)) return -1;
-    return mip * NERF_GRID_CELLS + (int)fx + NERF_GRID_SIZE * ((int)fy + NERF_GRID_SIZE * (int)fz);
-}
-
-// torch.sign, as the reference uses (0 for +-0). instant-ngp's sign() is copysignf(1, x): for a zero direction
-// component its DDA distance ignores that axis, where torch.sign can make it -inf and the skip 0 (one step instead).
-// instant-ngp's sign(): copysign, so a zero component (+0 or -0) still points to a cell face.
-__device__ __forceinline__ float sign_of(float x) { return copysignf(1.0f, x); }
-
-// Distance along the ray from pos to the far face of its cell of cascade mip (DDA step), >= 0.
-__device__ __forceinline__ float distance_to_next_voxel(float px, float py, float pz, float dx, float dy, float dz,
-                                                        float ix, float iy, float iz, int mip) {
-    const float res = ldexpf((float)NERF_GRID_SIZE, -mip);
-    const float qx = res * (px - 0.5f), qy = res * (py - 0.5f), qz = res * (pz - 0.5f);
-    const float tx = (floorf(qx + 0.5f + 0.5f * sign_of(dx)) - qx) * ix;
-    const float ty = (floorf(qy + 0.5f + 0.5f * sign_of(dy)) - qy) * iy;
-    const float tz = (floorf(qz + 0.5f + 0.5f * sign_of(dz)) - qz) * iz;
-    const float t = fminf(fminf(tx, ty), tz) / res;
-    return t != t ? t : fmaxf(t, 0.0f);  // torch.clamp_min keeps NaN
-}
 
 // Marches ray r; returns its sample count. WRITE: also stores the samples from out_begin, at most `capacity`.
 template <bool WRITE>
 __device__ __forceinline__ int march(const float* __restrict__ origins, const float* __restrict__ directions,
                                      const float* __restrict__ jitter, const float* __restrict__ t_start,
-                                     const unsigned char* __restrict__ occupancy, unsigned int r, int max_cascade, float lo, float hi, float cone_angle,
+                                     const unsigned char* __restrict__ occupancy,
+                                     const unsigned char* __restrict__ empty, unsigned int r, int max_cascade, float lo,
+                                     float hi, float cone_angle,
                                      float near_distance, float min_dt, float dt_max, int max_samples,
                                      long long out_begin, long long capacity, float* __restrict__ positions,
                                      float* __restrict__ dts, float* __restrict__ ts,
@@ -170,18 +111,19 @@ __device__ __forceinline__ int march(const float* __restrict__ origins, const fl
             t += dt;  // (were t + dt == t, the ray ends at max_samples, as in the reference)
             continue;
         }
-        // Empty cell: steps on the dt lattice until past the cell's far face (the first one is dt itself).
-        const float t_target = t + distance_to_next_voxel(px, py, pz, dx, dy, dz, ix, iy, iz, mip);
-        bool stuck = false;
-        do {
-            const float next = t + calc_dt(t, cone_angle, min_dt, dt_max);
-            if (!(next > t)) {
-                stuck = true;
-                break;
-            }
-            t = next;
-        } while (t < t_target);
-        if (stuck) break;
+        // Empty cell: steps on the dt lattice until past the cell's far face (the first one is dt itself), runs of
+        // equal steps at once, bit for bit as one at a time (volrend.cuh); a step that cannot advance t ends the ray.
+        // With empty-space distances (rendering), the whole empty cube of radius empty[cell] - 1 cells around the
+        // cell is skipped: every lattice point inside lies in an empty cell of every cascade, so no sample changes.
+        float t_target;
+        if (empty && cell >= 0 && empty[cell] > 1) {
+            t_target = t + distance_to_cube_face(px, py, pz, dx, dy, dz, ix, iy, iz,
+                                                 pow2i(-mip) * (float)NERF_GRID_SIZE,
+                                                 pow2i(mip) * (1.0f / NERF_GRID_SIZE), (float)empty[cell]);
+        } else {
+            t_target = t + distance_to_next_voxel(px, py, pz, dx, dy, dz, ix, iy, iz, mip);
+        }
+        if (!advance_on_lattice(t, t_target, cone_angle, min_dt, dt_max)) break;
     }
     return n;
 }
@@ -192,15 +134,17 @@ extern "C" __global__ void march_rays_count(const float* __restrict__ origins, c
                                             const int cascades, const float lo, const float hi,
                                             const float cone_angle, const float near_distance, const float min_dt,
                                             const float dt_max, const int max_samples,
-                                            const long long* __restrict__ n_active, int* __restrict__ counts) {
+                                            const long long* __restrict__ n_active,
+                                            const unsigned char* __restrict__ empty, int* __restrict__ counts) {
     const unsigned int r = blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= n_rays) return;
     if (n_active && (long long)r >= n_active[0]) {
         counts[r] = 0;
         return;
     }
-    counts[r] = march<false>(origins, directions, jitter, t_start, occupancy, r, cascades - 1, lo, hi, cone_angle,
-                             near_distance, min_dt, dt_max, max_samples, 0, 0, nullptr, nullptr, nullptr, nullptr);
+    counts[r] = march<false>(origins, directions, jitter, t_start, occupancy, empty, r, cascades - 1, lo, hi,
+                             cone_angle, near_distance, min_dt, dt_max, max_samples, 0, 0, nullptr, nullptr, nullptr,
+                             nullptr);
 }
 
 extern "C" __global__ void march_rays_write(const float* __restrict__ origins, const float* __restrict__ directions,
@@ -211,14 +155,15 @@ extern "C" __global__ void march_rays_write(const float* __restrict__ origins, c
                                             const float dt_max, const int max_samples,
                                             const long long* __restrict__ offsets, const long long buffer_capacity,
                                             float* __restrict__ positions, float* __restrict__ dts,
-                                            float* __restrict__ ts, long long* __restrict__ ray_index) {
+                                            float* __restrict__ ts, long long* __restrict__ ray_index,
+                                            const unsigned char* __restrict__ empty) {
     const unsigned int r = blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= n_rays) return;
     const long long begin = offsets[r];
     const long long capacity = offsets[r + 1] - begin;
     if (capacity <= 0 || offsets[r + 1] > buffer_capacity) return;
-    march<true>(origins, directions, jitter, t_start, occupancy, r, cascades - 1, lo, hi, cone_angle, near_distance, min_dt,
-                dt_max, max_samples, begin, capacity, positions, dts, ts, ray_index);
+    march<true>(origins, directions, jitter, t_start, occupancy, empty, r, cascades - 1, lo, hi, cone_angle,
+                near_distance, min_dt, dt_max, max_samples, begin, capacity, positions, dts, ts, ray_index);
 }
 
 // Samples [begin, end) of ray r, clamped to [0, n_samples): malformed offsets never index out of bounds.
@@ -226,14 +171,6 @@ __device__ __forceinline__ void ray_range(const long long* __restrict__ offsets,
                                           long long& begin, long long& end) {
     begin = min(max(offsets[r], 0LL), n_samples);
     end = min(max(offsets[r + 1], begin), n_samples);
-}
-
-// Kahan summation step: sum + x with the rounding error carried in comp.
-__device__ __forceinline__ void kahan_add(float& sum, float& comp, float x) {
-    const float y = x - comp;
-    const float s = sum + y;
-    comp = (s - sum) - y;
-    sum = s;
 }
 
 extern "C" __global__ void composite_forward(const float* __restrict__ sigma, const float* __restrict__ rgb,

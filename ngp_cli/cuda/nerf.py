@@ -62,7 +62,7 @@ def _f32(t: Tensor) -> Tensor:
 def march_rays(origins: Tensor, directions: Tensor, occupancy: Tensor, aabb_scale: int, *, cone_angle: float,
                near_distance: float, jitter: Tensor | None = None, t_start: Tensor | None = None,
                max_samples: int = N_STEPS, n_active: Tensor | None = None, capacity: int | None = None,
-               target: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+               empty_distance: Tensor | None = None, target: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Occupancy-grid ray marching with the ``march_rays_count`` / ``march_rays_write`` kernels (instant-ngp
     ``generate_training_samples_nerf``, ``advance_to_next_voxel``, ``mip_from_dt``); the algorithm of
     :func:`ngp_cli.volrend.march.march_rays_reference`, one GPU thread per ray, in two passes (count, then
@@ -88,6 +88,9 @@ def march_rays(origins: Tensor, directions: Tensor, occupancy: Tensor, aabb_scal
         n_active: (1,) or 0-dim int64 device tensor, or None: only rays ``r < n_active`` are marched (the others get
             no samples), a count the host need not know.
         capacity: rows of the outputs (≥ 0), or None for exactly the samples taken.
+        empty_distance: (cascades·128³,) uint8 empty-space distances of ``occupancy``
+            (:func:`ngp_cli.volrend.grid.empty_distance`), or None: from an empty cell, the empty cube around it is
+            skipped whole, which takes the same samples in fewer steps (rendering).
         target: "cpu" or "cuda"; every tensor on that device.
 
     Returns:
@@ -99,7 +102,7 @@ def march_rays(origins: Tensor, directions: Tensor, occupancy: Tensor, aabb_scal
         ValueError: bad shapes, aabb_scale, max_samples, capacity, target or device.
     """
     _check_target(target, origins, directions, occupancy,
-                  *(t for t in (jitter, t_start, n_active) if t is not None))
+                  *(t for t in (jitter, t_start, n_active, empty_distance) if t is not None))
     if origins.dim() != 2 or origins.shape[1] != 3 or directions.shape != origins.shape:
         raise ValueError(f"march_rays expects origins and directions of shape (R, 3), got {tuple(origins.shape)} "
                          f"and {tuple(directions.shape)}")
@@ -141,7 +144,13 @@ def march_rays(origins: Tensor, directions: Tensor, occupancy: Tensor, aabb_scal
     grid, block = _ray_launch(target, n_rays)
     counts = _out(n_rays, torch.int32, device)
     active = None if n_active is None else n_active.reshape(1).contiguous()
-    mod.launch("march_rays_count", grid, block, common + [active, counts])
+    empty = None
+    if empty_distance is not None:
+        if empty_distance.dtype != torch.uint8 or empty_distance.numel() != occupancy.numel():
+            raise ValueError(f"march_rays expects uint8 empty-space distances of {occupancy.numel()} cells, got "
+                             f"{empty_distance.dtype} with {empty_distance.numel()} elements")
+        empty = empty_distance.contiguous()
+    mod.launch("march_rays_count", grid, block, common + [active, empty, counts])
     offsets[1:] = torch.cumsum(counts, 0, dtype=torch.int64)
     if capacity is None:
         n_samples = int(offsets[-1])  # the one synchronisation, without a capacity
@@ -153,7 +162,7 @@ def march_rays(origins: Tensor, directions: Tensor, occupancy: Tensor, aabb_scal
     else:
         positions, dts, ts, ray_index = sample_buffers(capacity, device)
     mod.launch("march_rays_write", grid, block, common + [offsets, np.int64(positions.shape[0]), positions, dts, ts,
-                                                          ray_index])
+                                                          ray_index, empty])
     return positions, dts, ts, offsets, ray_index
 
 

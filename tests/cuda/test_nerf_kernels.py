@@ -136,6 +136,38 @@ def test_march_matches_reference(cpu_target, poison, aabb_scale, cone_angle, kin
     _compare_samples(out, ref, seed)
 
 
+@pytest.mark.parametrize("aabb_scale, cone_angle", [(1, 0.0), (4, 1 / 256), (4, 0.0)])
+def test_march_skipping_empty_space_takes_the_reference_samples(cpu_target, poison, aabb_scale, cone_angle):
+    """With the empty-space distances (rendering), the empty cube around an empty cell is crossed in one skip: same
+    samples as the reference's cell-by-cell marching, resumed rounds included."""
+    from ngp_cli.volrend.baked import empty_distance
+
+    seed = _seed()
+    g = torch.Generator().manual_seed(seed)
+    grid = _grid("sphere", aabb_scale, g)
+    empty = empty_distance(grid, n_cascades(aabb_scale))
+    assert (empty > 2).any() and (empty == 0).any()  # long skips and occupied cells both met
+    origins, directions = _rays(aabb_scale, 768 if aabb_scale == 1 else 384, g)
+    ref = march_rays_reference(origins, directions, grid, aabb_scale, cone_angle=cone_angle, near_distance=0.05,
+                               max_samples=24)
+    out = nerf.march_rays(origins, directions, grid, aabb_scale, cone_angle=cone_angle, near_distance=0.05,
+                          max_samples=24, empty_distance=empty, target=cpu_target)
+    assert ref.n_samples > 1000, f"seed {seed}: too few samples to test anything"
+    _compare_samples(out, ref, seed)
+    # Resumed where the first round stopped (rendering in rounds).
+    last = (ref.offsets[1:] - 1).clamp_min(0)
+    t_start = torch.where(ref.offsets.diff() > 0, ref.ts[last] + ref.dts[last],
+                          torch.zeros_like(last, dtype=torch.float32))
+    ref2 = march_rays_reference(origins, directions, grid, aabb_scale, cone_angle=cone_angle, near_distance=0.05,
+                                max_samples=24, t_start=t_start)
+    out2 = nerf.march_rays(origins, directions, grid, aabb_scale, cone_angle=cone_angle, near_distance=0.05,
+                           max_samples=24, t_start=t_start, empty_distance=empty, target=cpu_target)
+    _compare_samples(out2, ref2, seed)
+    with pytest.raises(ValueError, match="empty-space distances"):
+        nerf.march_rays(origins, directions, grid, aabb_scale, cone_angle=cone_angle, near_distance=0.05,
+                        empty_distance=empty[:-1], target=cpu_target)
+
+
 def test_march_truncates_at_max_samples_and_near_distance(cpu_target, poison):
     seed = _seed()
     g = torch.Generator().manual_seed(seed)

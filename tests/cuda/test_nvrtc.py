@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from ngp_cli.cuda import nvrtc, runtime
+from ngp_cli.cuda.baked import module_defines as baked_defines
 from ngp_cli.cuda.fused_mlp import kernel_variant
 from ngp_cli.cuda.hashgrid import INTERPOLATION_CODES, module_defines
 from ngp_cli.nn.activations import ACTIVATION_CODES
@@ -54,6 +55,7 @@ MLP += [kernel_variant(16, 70, 20).defines, kernel_variant(128, 128, 16, "ReLU",
 # target asks for others: adam.py's ADAM_CHUNK is 1 on the GPU). A new .cu file must get an entry here.
 VARIANTS: dict[str, list[dict]] = {
     "adam.cu": [{"ADAM_CHUNK": 1}],
+    "baked.cu": [baked_defines(s, degree) for s in (1, 2, 3, 4) for degree in (1, 2)],
     "fused_mlp.cu": MLP,
     "hashgrid.cu": HASHGRID,
     "mesh.cu": [{}],

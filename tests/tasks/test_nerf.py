@@ -164,10 +164,38 @@ def test_rendering_in_rounds_equals_a_single_pass():
         return 2.0 + p[:, 0], torch.stack([p[:, 0], p[:, 1], d[:, 2].abs()], -1)
 
     kwargs = dict(cone_angle=0.0, near_distance=0.0, background=torch.tensor([1.0, 0.5, 0.0]))
-    one = render_rays(field, origins, directions, occupancy, 1, samples_per_round=1024, **kwargs)
-    rounds = render_rays(field, origins, directions, occupancy, 1, samples_per_round=7, chunk_rays=128, **kwargs)
+    one = render_rays(field, origins, directions, occupancy, 1, steps_per_round=(1024, 1024), **kwargs)
+    rounds = render_rays(field, origins, directions, occupancy, 1, steps_per_round=(7, 7), chunk_rays=128, **kwargs)
     torch.testing.assert_close(rounds, one, rtol=1e-4, atol=1e-5)
+    # instant-ngp's schedule: 1 step per live ray while most are alive, up to 8 as they end
+    adaptive = render_rays(field, origins, directions, occupancy, 1, steps_per_round=(1, 8), chunk_rays=128, **kwargs)
+    torch.testing.assert_close(adaptive, one, rtol=1e-4, atol=1e-5)
     assert one.std(0).min() > 0.01  # the rays do see different things
+
+
+def test_rendering_opaque_rays_queries_few_samples_past_the_surface():
+    """Rays that end on an opaque surface: the adaptive rounds give the single pass's colours while the network sees
+    a fraction of the samples (instant-ngp's inference schedule; the single pass evaluates every sample up to 1024)."""
+    from ngp_cli.volrend.render import render_ray_maps
+
+    g = torch.Generator().manual_seed(6)
+    occupancy = torch.ones(GRID_CELLS, dtype=torch.uint8)
+    origins = torch.rand(256, 3, generator=g) * 0.2 - 0.6
+    directions = torch.nn.functional.normalize(0.5 - origins + 0.1 * torch.randn(256, 3, generator=g), dim=-1)
+    seen = []
+
+    def field(p, d):  # opaque beyond the plane x = 0.4, colours varying along it
+        seen.append(p.shape[0])
+        return torch.where(p[:, 0] > 0.4, 5e4, 0.0), torch.stack([p[:, 1], p[:, 2], d[:, 0].abs()], -1)
+
+    kwargs = dict(cone_angle=0.0, near_distance=0.0, background=torch.tensor([0.0, 0.0, 1.0]),
+                  maps=("rgb", "opacity"))
+    one = render_ray_maps(field, origins, directions, occupancy, 1, steps_per_round=(1024, 1024), **kwargs)
+    n_one, seen[:] = sum(seen), []
+    adaptive = render_ray_maps(field, origins, directions, occupancy, 1, steps_per_round=(1, 8), **kwargs)
+    torch.testing.assert_close(adaptive["rgb"], one["rgb"], rtol=0, atol=2e-4)
+    assert (one["opacity"] > 0.999).float().mean() > 0.9  # most rays end on the plane
+    assert sum(seen) < 0.5 * n_one
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -165,14 +165,20 @@ def test_train_nerf_seeds_the_grid_from_the_points_beside_the_dataset_and_resume
     pts = np.random.default_rng(3).uniform(-0.6, 0.6, (300, 3))
     trimesh.PointCloud(pts).export(ds / "sparse_points.ply")
     runs = tmp_path / "runs"
-    res = ngp("train-nerf", ds, "--steps", "1", "--runs-dir", runs, "--set", "nerf.occupancy_init=points",
-              "--set", "nerf.occupancy_dilation=2", *_FAST)
+    # The default, occupancy_init=auto, seeds from a capture's sparse_points.ply (issue 16's measurement: +0.9 dB
+    # after 10 minutes on the processed fox); a dataset without one starts full (below).
+    res = ngp("train-nerf", ds, "--steps", "1", "--runs-dir", runs, "--set", "nerf.occupancy_dilation=2", *_FAST)
     assert res.exit_code == 0, res.stderr
     assert "occupancy grid seeded from 300 sparse points (0 outside the scene box) dilated by 2 cells" in res.stderr
     run = Path(res.last("done")["run_dir"])
     recorded = yaml.safe_load((run / "config.yaml").read_text())["nerf"]
     assert recorded["occupancy_init"] == "points" and recorded["sparse_points"] == str(ds.resolve() /
                                                                                         "sparse_points.ply")
+    plain = ngp("train-nerf", scene, "--steps", "1", "--runs-dir", runs, *_FAST)
+    assert plain.exit_code == 0, plain.stderr
+    assert "seeded" not in plain.stderr
+    plain_cfg = yaml.safe_load((Path(plain.last("done")["run_dir"]) / "config.yaml").read_text())["nerf"]
+    assert plain_cfg["occupancy_init"] == "full"
     # The seeding happens on a fresh run only: --resume needs no points (the grid is in the checkpoint).
     (ds / "sparse_points.ply").unlink()
     again = ngp("train-nerf", "--resume", run, "--steps", "2", "--backend", "torch")

@@ -53,7 +53,7 @@ def test_depth_opacity_and_normals_of_a_plane():
     occupancy = torch.ones(GRID_CELLS, dtype=torch.uint8)
     kwargs = dict(cone_angle=0.0, near_distance=0.0, background=torch.ones(3))
     maps = render_ray_maps(_plane_field(), origins, directions, occupancy, 1,
-                           maps=("rgb", "depth", "opacity", "normals"), samples_per_round=16, **kwargs)
+                           maps=("rgb", "depth", "opacity", "normals"), steps_per_round=(16, 16), **kwargs)
     expected = (_STOP - 0.1) / directions[:, 0]
     assert (maps["depth"] - expected).abs().max() < 1.5e-3  # within a marching step (√3/1024)
     torch.testing.assert_close(maps["opacity"], torch.ones(64), atol=1e-3, rtol=0)
@@ -61,7 +61,7 @@ def test_depth_opacity_and_normals_of_a_plane():
     torch.testing.assert_close(normals, torch.tensor([-1.0, 0, 0]).expand(64, 3), atol=1e-3, rtol=0)  # -∇σ
     # The colour is unchanged by the extra maps: exactly what render_rays gives.
     torch.testing.assert_close(maps["rgb"], render_rays(_plane_field(), origins, directions, occupancy, 1,
-                                                        samples_per_round=16, **kwargs), atol=0, rtol=0)
+                                                        steps_per_round=(16, 16), **kwargs), atol=0, rtol=0)
     # A ray that misses the wall: depth and opacity 0, its colour the background.
     miss = render_ray_maps(_plane_field(), torch.tensor([[0.1, 0.5, 0.5]]), torch.tensor([[-1.0, 0.0, 0.0]]),
                            occupancy, 1, maps=("depth", "opacity", "rgb"), **kwargs)
@@ -94,7 +94,7 @@ def test_maps_on_the_cpu_kernels_match_the_torch_reference(host_cxx):
     origins, directions = _rays_towards_plus_x(32)
     occupancy = torch.ones(GRID_CELLS, dtype=torch.uint8)
     kwargs = dict(cone_angle=0.0, near_distance=0.0, background=None, maps=("rgb", "depth", "opacity", "normals"),
-                  samples_per_round=16)
+                  steps_per_round=(16, 16))
     ref = render_ray_maps(_plane_field(), origins, directions, occupancy, 1, **kwargs)
     ker = render_ray_maps(_plane_field(), origins, directions, occupancy, 1, kernel_target="cpu", **kwargs)
     for key in ref:
@@ -383,3 +383,36 @@ def test_sdf_run_renders_depth_and_normals_of_its_sdf(sdf_run, ngp, tmp_path):
     assert np.abs(lengths[hit] - 1.0).max() < 0.02 and np.abs(lengths[~hit]).max() < 0.01  # misses: grey
     line = _one_line(ngp("render", sdf_run, *common, "--output", "accumulation", "--out", tmp_path / "a"), 2)
     assert "rgb, depth, normals" in line and not (tmp_path / "a").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# ngp bench --run: the render benchmarks of a trained run (issue 17)
+
+
+def test_bench_times_a_runs_view_on_the_inference_path_and_the_legacy_schedule(nerf_run, ngp):
+    res = ngp("bench", "--backend", "torch", "--run", nerf_run, "--only", "render_network", "--only",
+              "render_network_legacy", "--repeats", "2", "--warmup", "0")
+    assert res.exit_code == 0, res.stderr
+    rows = {e["benchmark"]: e for e in res.events if e["event"] == "bench"}
+    assert set(rows) == {"render_network", "render_network_legacy"}
+    for r in rows.values():  # one 16x16 held-out view; ns per pixel is ms per megapixel
+        assert r["batch"] == 256 and r["median_s"] > 0 and r["backend"] == "torch"
+    ratio = rows["render_network_legacy"]["median_s"] / rows["render_network"]["median_s"]
+    assert res.last("done")["ratios"] == {"render_network": {"torch@cpu": round(ratio, 3)}}
+    assert "render speed-ups (this run): render_network over render_network_legacy on torch@cpu" in res.stderr
+
+
+def test_bench_render_requests_need_a_nerf_run(nerf_run, sdf_run, ngp, tmp_path):
+    from ngp_cli.errors import EXIT_DATA, EXIT_USAGE
+
+    res = ngp("bench", "--backend", "torch", "--only", "render_network")
+    assert res.exit_code == EXIT_USAGE and "render_network measures a trained NeRF run: give --run RUN" in res.stderr
+    res = ngp("bench", "--backend", "torch", "--baked", tmp_path / "x.safetensors")
+    assert res.exit_code == EXIT_USAGE and "--baked needs --run RUN" in res.stderr
+    res = ngp("bench", "--backend", "torch", "--run", nerf_run, "--only", "render_baked")
+    assert res.exit_code == EXIT_USAGE and "render_baked needs --baked FILE" in res.stderr
+    res = ngp("bench", "--backend", "torch", "--run", nerf_run, "--baked", tmp_path / "missing.safetensors")
+    assert res.exit_code == EXIT_DATA and "no such file" in res.stderr
+    res = ngp("bench", "--backend", "torch", "--run", sdf_run, "--only", "render_network")
+    assert res.exit_code == EXIT_USAGE and "'sdf' runs have no render benchmarks" in res.stderr
+    assert "Traceback" not in res.stderr

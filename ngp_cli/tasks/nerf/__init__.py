@@ -30,12 +30,34 @@ def _default_scene() -> Path:
 
 SplitChoice = choices("SplitChoice", ("val", "test", "train"))
 _EVALUATE = "ngp_cli.tasks.nerf.evaluate"
+_BAKED_EVAL = ("baked", Annotated[Path | None, typer.Option(
+    "--baked", help="Also render every view from this baked grid (ngp bake) and report both PSNRs and the loss, in "
+                    "RUN/eval_<split>_baked.json.")], None)
+_BAKED_RENDER = ("baked", Annotated[Path | None, typer.Option(
+    "--baked", help="Render from this baked grid (ngp bake) instead of the network: rgb, depth or accumulation.")],
+                 None)
+_BAKE_OPTIONS = (
+    ("out", Annotated[Path | None, typer.Option(
+        "--out", help="The .safetensors file to write (default: RUN/baked.safetensors).")], None),
+    ("subdivisions", Annotated[int, typer.Option(
+        "--subdivisions", min=1, max=4, help="Fine voxels per occupied cell side (4: 512³ over the unit cube).")], 4),
+    ("sh_degree", Annotated[int, typer.Option(
+        "--sh-degree", min=1, max=2, help="Spherical-harmonics degree of the colour (1: 4 coefficients per channel, "
+                                          "2: 9).")], 2),
+    ("max_memory", Annotated[str, typer.Option(
+        "--max-memory", help="Memory budget of the bake's own buffers, e.g. 2GiB, 512MiB.")], "2GiB"),
+    ("min_alpha", Annotated[float, typer.Option(
+        "--min-alpha", min=0.0, max=0.999, help="Store the voxels whose opacity over one voxel reaches this, and their "
+                                                "neighbours.")], 0.1),
+    ("overwrite", Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an existing --out (only once the new file is complete).")], False),
+)
 
 
 class NerfTask(Task):
     name = "nerf"
     summary = "Neural radiance field from posed photos, occupancy-grid ray marching (paper §5.4)"
-    commands = ("train-nerf", "eval", "render", "extract-mesh")
+    commands = ("train-nerf", "eval", "render", "extract-mesh", "bake")
     default_preset = "nerf"
     default_preset_cpu = "nerf-cpu"
     run_commands = (
@@ -43,7 +65,8 @@ class NerfTask(Task):
         (a {"event":"view"} line each), their means in RUN/eval_<split>.json and the final {"event":"done"} line.""",
                    options=(("split", Annotated[SplitChoice | None, typer.Option(
                        "--split", callback=plain_choice, help="The split to evaluate (default: the run's "
-                                                              "nerf.eval_split).")], None),)),
+                                                              "nerf.eval_split).")], None),
+                            _BAKED_EVAL)),
         RunCommand("render", f"{_EVALUATE}:render_command", """Render novel views of a NeRF run along a camera path or
         an orbit, to a video or PNG frames: colour, depth, accumulation or normals.""", options=(
             ("camera_path", Annotated[Path | None, typer.Option(
@@ -56,7 +79,7 @@ class NerfTask(Task):
             ("seconds", Annotated[float | None, typer.Option(
                 "--seconds", help="Duration of a keyframed path (default: nerfstudio's own; instant-ngp: 1 s per "
                                   "keyframe transition).")], None),
-            ORBIT_OPTION, *RENDER_OPTIONS)),
+            ORBIT_OPTION, *RENDER_OPTIONS, _BAKED_RENDER)),
         RunCommand("extract-mesh", f"{_EVALUATE}:extract_mesh_command", """Extract the density level set of a NeRF
         run as a triangle mesh (marching cubes), in the dataset's world frame, with vertex colours and shaded renders
         in RUN/renders/.""", options=(
@@ -66,6 +89,9 @@ class NerfTask(Task):
             ("colors", Annotated[bool, typer.Option(
                 "--colors/--no-colors", help="Vertex colours from the colour network, viewed along the "
                                              "normal.")], True))),
+        RunCommand("bake", "ngp_cli.tasks.nerf.bake:bake_command", """Bake a NeRF run into a sparse voxel grid
+        (density and spherical-harmonics colour at the fine voxels of its occupied cells, docs/baked.md) that renders
+        without the network: RUN/baked.safetensors, for ngp render/eval RUN --baked FILE.""", options=_BAKE_OPTIONS),
     )
     input_value_keys = ("nerf.aabb_scale",)
     train_command = "train-nerf"
@@ -89,10 +115,12 @@ class NerfTask(Task):
         return NerfConfig
 
     def load_input(self, cfg: NerfConfig, fresh: bool) -> Any:
-        """The training split and the scene box; a fresh run records the box, the cone angle and, with
-        ``nerf.occupancy_init: points``, the sparse points' path in the config (after reading them, so a missing or
-        corrupt PLY is a DataError before anything is written). Warns, one line per finding, when the cameras sit far
-        outside the scene box or look at a point off its centre (:mod:`ngp_cli.tasks.nerf.placement`), on a fresh run."""
+        """The training split and the scene box; a fresh run records the box, the cone angle, the occupancy start
+        (``nerf.occupancy_init``'s ``auto`` becomes ``points`` when ``nerf.sparse_points`` is set or the dataset holds
+        ``sparse_points.ply``, as ``ngp process-data`` writes it, else ``full``) and, with ``points``, the sparse
+        points' path (after reading them, so a missing or corrupt PLY is a DataError before anything is written).
+        Warns, one line per finding, when the cameras sit far outside the scene box or look at a point off its centre
+        (:mod:`ngp_cli.tasks.nerf.placement`), on a fresh run."""
         from ngp_cli.tasks.nerf.config import cone_angle, scene_aabb_scale
         from ngp_cli.tasks.nerf.data import load_split
         from ngp_cli.tasks.nerf.placement import (
@@ -112,6 +140,9 @@ class NerfTask(Task):
             cfg.nerf.aabb_scale = aabb_scale
             if cfg.nerf.cone_angle is None:
                 cfg.nerf.cone_angle = cone_angle(cfg, aabb_scale)
+            if cfg.nerf.occupancy_init == "auto":  # points where the capture has them (issue 16's measurement)
+                found = sparse_points_path(cfg.nerf.sparse_points, train_set.root).is_file()
+                cfg.nerf.occupancy_init = "points" if found or cfg.nerf.sparse_points else "full"
             if cfg.nerf.occupancy_init == "points":
                 path = sparse_points_path(cfg.nerf.sparse_points, train_set.root)
                 read_sparse_points(path)  # read again by NerfProblem.prepare_grid; here only to fail early
@@ -143,6 +174,13 @@ class NerfTask(Task):
 
         metrics, artifacts = final_evaluation(problem, run, state.step)
         return {**metrics, "occupied_fraction": problem.model.grid.occupied_fraction()}, artifacts
+
+    def benchmark_renders(self, run_path: Path, backend: str, which: list[str], baked: Path | None = None):
+        """The render benchmarks of a NeRF run for ``ngp bench --run RUN``
+        (:func:`ngp_cli.tasks.nerf.bench.render_benchmarks`)."""
+        from ngp_cli.tasks.nerf.bench import render_benchmarks
+
+        return render_benchmarks(self, run_path, backend, which, baked)
 
     def result_line(self, cfg: NerfConfig, metrics: dict[str, Any], artifacts: dict[str, Any], state: Any) -> str:
         from ngp_cli.tasks.nerf.views import format_ssim

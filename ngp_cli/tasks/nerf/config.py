@@ -34,10 +34,12 @@ class NerfSection:
     grid_warmup_steps: int = opt(256, "steps during which every update evaluates every cell", ge=0, le=10**9)
     grid_decay: float = opt(0.95, "EMA decay of the occupancy grid per update", gt=0.0, lt=1.0)
     grid_threshold: float = opt(0.01, "occupancy threshold on optical thickness (capped by the grid's mean)", gt=0.0)
-    occupancy_init: str = opt("full", "how a new run's occupancy grid starts: full (instant-ngp: every cell a "
-                                      "training camera sees) or points (only the cells around the dataset's sparse "
-                                      "points, nerf.sparse_points, dilated by nerf.occupancy_dilation cells)",
-                              choices=("full", "points"))
+    occupancy_init: str = opt("auto", "how a new run's occupancy grid starts: full (instant-ngp: every cell a "
+                                      "training camera sees), points (only the cells around the dataset's sparse "
+                                      "points, nerf.sparse_points, dilated by nerf.occupancy_dilation cells), or auto "
+                                      "(points when the dataset has them, as 'ngp process-data' writes them; else "
+                                      "full). A new run records the choice made",
+                              choices=("auto", "full", "points"))
     sparse_points: str = opt("", "PLY point cloud in the dataset's world frame for occupancy_init=points; empty: "
                                  "sparse_points.ply beside the dataset's transforms JSON (a new run records the path)")
     occupancy_dilation: int = opt(3, "occupancy_init=points: cells within this many cells (per axis) of a point's "
@@ -49,8 +51,9 @@ class NerfSection:
                              "evaluation uses all", ge=1, le=10**6)
     render_views: int = opt(8, "views of eval_split whose renders are written to renders/ at the end", ge=0,
                             le=10**6)
-    eval_chunk_rays: int = opt(8192, "rays per chunk when rendering for evaluation (at most 2^24)", ge=256,
-                               le=1 << 24)
+    eval_chunk_rays: int = opt(1 << 17, "rays rendered together for evaluation and renders (at most 2^24; at least "
+                                        "2^17 are used, see docs/nerf.md: a round's network batch is at most this "
+                                        "many samples)", ge=256, le=1 << 24)
 
 
 @dataclass

@@ -84,17 +84,68 @@ def load_run(task, run_path: Path, backend: str | None, data: Path | None = None
     return run, problem, int(meta["step"])
 
 
-def eval_command(task, run_path: Path, *, split: str | None = None, backend: str | None = None,
-                 data: Path | None = None) -> None:
-    """``ngp eval RUN [--split val|test] [--data PATH]``: PSNR and SSIM per view, a ``view`` line as each view
-    finishes (with progress on stderr), their means written to ``RUN/eval_<split>.json`` and the ``done`` line.
-    Raises UsageError (bad split), DataError (no such split, dataset gone; see
-    :func:`ngp_cli.commands.relocated_input`)."""
+def _baked_on(grid, baked: Path, run: RunDir, step: int, problem):
+    """The baked grid ``grid`` (read from ``--baked FILE``) on ``problem``'s device, with a warning line when it was
+    baked from another run or another step of this one (a PSNR loss is then not against the network it came from)."""
+    grid = grid.to(problem.device)
+    source, source_step = grid.meta.get("source_run"), grid.meta.get("source_step")
+    if source and Path(source) != run.path.resolve():
+        warn(f"{baked} was baked from {source}, not {run.path}")
+    elif source_step is not None and source_step != step:
+        warn(f"{baked} was baked from step {source_step} of {run.path}, whose newest checkpoint is step {step}")
+    return grid
+
+
+def _eval_baked(run: RunDir, problem, dataset, split: str, step: int, baked: Path, grid) -> None:
+    """``ngp eval RUN --baked FILE``: the split rendered from the baked grid and from the network, both scored; written
+    to ``RUN/eval_<split>_baked.json`` (the network's eval file is left alone) and the ``done`` line."""
+    from ngp_cli.tasks.nerf.views import evaluate_views_baked
+
+    info(f"evaluating {baked} ({grid.n_voxels:,} voxels) against the network of {run.path} (step {step}) on "
+         f"{len(dataset)} {split} views")
+    with progress(len(dataset), f"evaluating {split} (baked and network)") as advance, torch.no_grad():
+        def on_view(row: dict[str, Any]) -> None:
+            emit("view", split=split, **row)
+            advance()
+
+        result = evaluate_views_baked(problem, grid, dataset, range(len(dataset)), on_view=on_view)
+    n = len(result["views"])
+    metrics = {k: result[k] for k in ("psnr_baked", "psnr_network", "psnr_loss_db", "ssim_baked", "ssim_network",
+                                      "baked_s", "network_s", "eval_s")}
+    metrics.update({"n_views": n, "baked_ms_per_view": round(1000 * result["baked_s"] / max(1, n), 2),
+                    "network_ms_per_view": round(1000 * result["network_s"] / max(1, n), 2)})
+    path = run.path / f"eval_{split}_baked.json"
+    atomic_write_text(path, to_json({"split": split, "step": step, "baked": str(baked), "n_voxels": grid.n_voxels,
+                                     **metrics, "views": result["views"]}) + "\n")
+    fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+    info(f"{split}: baked PSNR {fmt(result['psnr_baked'])} dB, network {fmt(result['psnr_network'])} dB (loss "
+         f"{fmt(result['psnr_loss_db'])} dB) over {n} views; {metrics['baked_ms_per_view']:.0f} ms per baked view, "
+         f"{metrics['network_ms_per_view']:.0f} ms per network view; {path}")
+    emit("done", run_dir=str(run.path), step=step, split=split, metrics=metrics,
+         artifacts={"eval": str(path), "baked": str(baked)})
+
+
+def eval_command(task, run_path: Path, *, split: str | None = None, baked: Path | None = None,
+                 backend: str | None = None, data: Path | None = None) -> None:
+    """``ngp eval RUN [--split val|test] [--baked FILE] [--data PATH]``: PSNR and SSIM per view, a ``view`` line as
+    each view finishes (with progress on stderr), their means written to ``RUN/eval_<split>.json`` and the ``done``
+    line. With ``--baked FILE`` (``ngp bake``'s grid) every view is rendered from the grid and from the network:
+    ``psnr_baked``, ``psnr_network`` and ``psnr_loss_db`` (their difference) per view and in the mean, written to
+    ``RUN/eval_<split>_baked.json``. Raises UsageError (bad split), DataError (no such split, dataset gone, see
+    :func:`ngp_cli.commands.relocated_input`; a bad or newer baked file)."""
     if split is not None and split not in ("val", "test", "train"):
         raise UsageError(f"--split must be val, test or train, got '{split}'")
+    grid = None
+    if baked is not None:
+        from ngp_cli.volrend.baked import load_baked
+
+        grid = load_baked(baked)  # a bad or newer file is refused before the run is loaded
     run, problem, step = load_run(task, run_path, backend, data)
     split = split or problem.cfg.nerf.eval_split
     dataset = load_split(problem.cfg, split)
+    if baked is not None:
+        _eval_baked(run, problem, dataset, split, step, baked, _baked_on(grid, baked, run, step, problem))
+        return
     info(f"evaluating {run.path} (step {step}) on {len(dataset)} {split} views")
     with progress(len(dataset), f"evaluating {split}") as advance, torch.no_grad():
         def on_view(row: dict[str, Any]) -> None:
@@ -113,10 +164,13 @@ def eval_command(task, run_path: Path, *, split: str | None = None, backend: str
 def render_command(task, run_path: Path, *, camera_path: Path | None = None,
                    dataparser_transforms: Path | None = None, seconds: float | None = None, orbit: int | None = None,
                    resolution: str | None = None, out: Path | None = None, fps: int | None = None,
-                   output: str = "rgb", backend: str | None = None, data: Path | None = None) -> None:
+                   output: str = "rgb", baked: Path | None = None, backend: str | None = None,
+                   data: Path | None = None) -> None:
     """``ngp render RUN (--camera-path FILE | --orbit N) [--output rgb|depth|accumulation|normals] [--resolution WxH]
-    [--fps F] [--seconds S] [--dataparser-transforms FILE] [--out video.mp4|frames/] [--data PATH]``, with progress
-    per frame written.
+    [--fps F] [--seconds S] [--dataparser-transforms FILE] [--out video.mp4|frames/] [--baked FILE] [--data PATH]``,
+    with progress per frame written. With ``--baked FILE`` (``ngp bake``'s grid) the frames come from the grid
+    (:func:`ngp_cli.tasks.nerf.views.render_view_baked`; rgb, depth or accumulation), the run giving the cameras,
+    and the default output names end in ``_baked``.
 
     The camera path (:func:`ngp_cli.tasks.nerf.camera_path.load_camera_path`: transforms.json-style frames,
     nerfstudio's camera_path.json, instant-ngp's base_cam.json) is read before the run, so a bad file costs nothing.
@@ -126,12 +180,13 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None,
     :class:`ngp_cli.mesh.shade.MapFrameWriter` (depth: colour-mapped frames, plus float32 EXRs in a frame folder).
 
     Raises UsageError (neither or both of --camera-path/--orbit, an option that does not apply to the path's format,
-    a non-positive --seconds), DataError (bad camera path or dataparser transforms, dataset gone), OutputError.
+    a non-positive --seconds, --output normals with --baked), DataError (bad camera path or dataparser transforms,
+    dataset gone, a bad or newer baked file), OutputError.
     """
     from ngp_cli.mesh.shade import MapFrameWriter
     from ngp_cli.tasks.nerf.camera_path import DEFAULT_FPS, load_camera_path, orbit_path
     from ngp_cli.tasks.nerf.cameras import generate_rays, nerf_matrix_to_ngp, pixel_grid
-    from ngp_cli.tasks.nerf.views import VIEW_MAPS, render_view_map
+    from ngp_cli.tasks.nerf.views import VIEW_MAPS, render_view_baked, render_view_map
 
     if (camera_path is None) == (orbit is None):
         raise UsageError("give exactly one of --camera-path FILE or --orbit N")
@@ -157,8 +212,18 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None,
             warn(note)
         if path.dataparser is not None:
             info(f"nerfstudio poses mapped to the dataset's frame through {path.dataparser}")
+    grid = None
+    if baked is not None:
+        if output == "normals":
+            raise UsageError("--output normals is not available with --baked (the baked grid stores no density "
+                             "gradients); choose rgb, depth or accumulation")
+        from ngp_cli.volrend.baked import load_baked
+
+        grid = load_baked(baked)  # a bad or newer file is refused before the run is loaded
     run, problem, step = load_run(task, run_path, backend, data)
     ds = problem.dataset
+    if grid is not None:
+        grid = _baked_on(grid, baked, run, step, problem)
     if path is None:
         width, height = parse_resolution(resolution, (ds.width, ds.height))
         c2w = torch.as_tensor(orbit_path(ds.c2w, orbit), dtype=torch.float32)
@@ -174,7 +239,7 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None,
     fps_out = fps if fps is not None else ((path.fps if path is not None else None) or DEFAULT_FPS)
     # Without a focal length in the path: the first training camera's, scaled to the output width.
     fx_default = float(ds.intrinsics[0, 0]) * width / ds.width
-    suffix = "" if output == "rgb" else f"_{output}"
+    suffix = ("" if output == "rgb" else f"_{output}") + ("_baked" if grid is not None else "")
     out = out if out is not None else run.renders_dir / f"{'orbit' if orbit is not None else 'camera_path'}{suffix}.mp4"
     pixels = pixel_grid(width, height)
     background = (1.0, 1.0, 1.0) if ds.white_background else (0.0, 0.0, 0.0)
@@ -182,13 +247,18 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None,
     t0 = time.perf_counter()
     # Opened first: a destination that cannot be written is refused before any line or any rendering.
     with MapFrameWriter(out, fps_out, output) as writer, progress(n_frames, "rendering") as advance:
+        source = f"{baked} ({grid.n_voxels:,} voxels)" if grid is not None else f"{run.path} (step {step})"
         info(f"rendering {n_frames} {'' if output == 'rgb' else output + ' '}frames at {width}x{height} from "
-             f"{run.path} (step {step}) to {out}")
+             f"{source} to {out}")
         for k in range(n_frames):
             fx = fx_default if focals is None else float(focals[k])
             intr = torch.tensor([[fx, fx, width / 2.0, height / 2.0]], dtype=torch.float32).expand(pixels.shape[0], 4)
             origins, directions = generate_rays(c2w[k:k + 1].expand(pixels.shape[0], 3, 4), intr, pixels, None)
-            writer.write(render_view_map(problem, origins, directions, height, width, background, output))
+            if grid is not None:
+                writer.write(render_view_baked(grid, origins, directions, height, width, background, output,
+                                               scale=ds.scale, offset=ds.offset, kernel_target=problem.kernel_target))
+            else:
+                writer.write(render_view_map(problem, origins, directions, height, width, background, output))
             advance()
     seconds_taken = time.perf_counter() - t0
     info(f"wrote {out} ({n_frames} frames, {seconds_taken:.1f} s)" + (
@@ -199,7 +269,10 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None,
         metrics.update({"path_format": path.kind, "keyframes": path.keyframes})
     if writer.vmax is not None:
         metrics["depth_vmax"] = writer.vmax
-    emit("done", run_dir=str(run.path), step=step, metrics=metrics, artifacts={"out": str(out)})
+    artifacts = {"out": str(out)}
+    if grid is not None:
+        artifacts["baked"] = str(baked)
+    emit("done", run_dir=str(run.path), step=step, metrics=metrics, artifacts=artifacts)
 
 
 def extract_mesh_command(task, run_path: Path, *, resolution: int = 256, threshold: float = 2.5,
@@ -234,7 +307,7 @@ def extract_mesh_command(task, run_path: Path, *, resolution: int = 256, thresho
     t0 = time.perf_counter()
     with progress(None, f"marching cubes {resolution}³ (slabs)") as advance:
         verts, faces, stats = extract_isosurface(field, resolution, lo, hi, device=device,
-                                                 chunk=problem.cfg.nerf.eval_chunk_rays * 32,
+                                                 chunk=1 << 18,
                                                  min_component=min_component,
                                                  progress=lambda done, total: advance(total=total))
     if not len(faces):

@@ -22,9 +22,10 @@ from ngp_cli.console import info
 from ngp_cli.images import write_image
 from ngp_cli.metrics import SSIM_MIN_SIDE, mse_to_psnr, ssim
 from ngp_cli.tasks.nerf.data import NerfDataset
-from ngp_cli.volrend.render import render_ray_maps, render_rays
+from ngp_cli.volrend.render import MIN_CHUNK_RAYS, render_ray_maps, render_rays
 
-__all__ = ["VIEW_MAPS", "evaluate_views", "format_ssim", "render_view", "render_view_map"]
+__all__ = ["VIEW_MAPS", "baked_frame_rays", "evaluate_views", "evaluate_views_baked", "format_ssim", "render_view",
+           "render_view_baked", "render_view_map"]
 
 #: The outputs of :func:`render_view_map` (``ngp render --output`` on NeRF runs).
 VIEW_MAPS = ("rgb", "depth", "accumulation", "normals")
@@ -37,9 +38,11 @@ def _rays_and_grid(problem, origins: torch.Tensor, directions: torch.Tensor) -> 
 
 
 def _marching(problem) -> dict:
-    """The marching keywords of the volrend renderers, as ``problem`` trains with them."""
+    """The marching keywords of the volrend renderers, as ``problem`` trains with them; at least
+    :data:`~ngp_cli.volrend.render.MIN_CHUNK_RAYS` rays per chunk (runs made before issue 17 recorded 8192, which
+    the adaptive rounds would turn into thousands of small network batches)."""
     return {"cone_angle": problem.cone_angle, "near_distance": problem.cfg.nerf.near_distance,
-            "chunk_rays": problem.cfg.nerf.eval_chunk_rays, "kernel_target": problem.kernel_target}
+            "chunk_rays": max(problem.cfg.nerf.eval_chunk_rays, MIN_CHUNK_RAYS), "kernel_target": problem.kernel_target}
 
 
 def render_view(problem, origins: torch.Tensor, directions: torch.Tensor, height: int, width: int,
@@ -123,3 +126,94 @@ def evaluate_views(problem, dataset: NerfDataset, views: Iterable[int], *, with_
 def format_ssim(value: float | None) -> str:
     """SSIM for a log line: 4 decimals, or ``n/a`` when it was not computed."""
     return "n/a" if value is None else f"{value:.4f}"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The baked branch (``ngp render/eval RUN --baked FILE``): the same views from a baked grid (ngp_cli.volrend.baked)
+
+
+def baked_frame_rays(baked, scale: float, offset, origins: torch.Tensor,
+                     directions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rays (R, 3) of a dataset's ngp frame (``p = p_world · scale + offset``) in the frame of ``baked`` (a
+    :class:`~ngp_cli.volrend.baked.BakedGrid`, which records its dataset's scale and offset), on the grid's device:
+    unchanged when the two agree; else origins mapped through the world frame (directions are unit vectors of the
+    same world axes either way)."""
+    dev = baked.device
+    origins, directions = origins.to(dev, torch.float32), directions.to(dev, torch.float32)
+    same = abs(float(scale) - baked.scale) <= 1e-9 * baked.scale and all(
+        abs(float(a) - b) <= 1e-9 for a, b in zip(offset, baked.offset, strict=True))
+    if not same:
+        off = torch.tensor([float(v) for v in offset], dtype=torch.float64, device=dev)
+        boff = torch.tensor(baked.offset, dtype=torch.float64, device=dev)
+        origins = ((origins.double() - off) / float(scale) * baked.scale + boff).float()
+    return origins, directions
+
+
+def render_view_baked(baked, origins: torch.Tensor, directions: torch.Tensor, height: int, width: int,
+                      background: tuple[float, float, float] | None, output: str = "rgb", *, scale: float, offset,
+                      kernel_target: str | None) -> np.ndarray:
+    """One map of a view of (H·W) rays (a dataset's ngp frame of ``scale``/``offset``, unit directions) rendered from
+    the baked grid ``baked`` (:func:`ngp_cli.volrend.baked.render_baked`: the ``baked_render`` kernel on
+    ``kernel_target`` "cpu"/"cuda", the torch reference for None), as :func:`render_view_map` gives it from the
+    network: ``rgb`` (H, W, 3) in [0, 1] on ``background``; ``depth`` (H, W), ``Σ w_i t_i`` in the dataset's world
+    units; ``accumulation`` (H, W) opacity. Raises ``ValueError`` for another output (``normals``: the grid stores no
+    gradients)."""
+    from ngp_cli.volrend.baked import render_baked
+
+    if output not in ("rgb", "depth", "accumulation"):
+        raise ValueError(f"output {output!r} is not available from a baked grid; choose rgb, depth or accumulation")
+    o, d = baked_frame_rays(baked, scale, offset, origins, directions)
+    bg = None
+    if output == "rgb" and background is not None:
+        bg = torch.tensor(background, dtype=torch.float32, device=baked.device)
+    maps = render_baked(baked, o, d, bg, kernel_target=kernel_target)
+    if output == "rgb":
+        return maps["rgb"].clamp(0.0, 1.0).reshape(height, width, 3).cpu().numpy()
+    if output == "depth":
+        return (maps["depth"] / baked.scale).reshape(height, width).float().cpu().numpy()
+    return maps["opacity"].clamp(0.0, 1.0).reshape(height, width).float().cpu().numpy()
+
+
+def evaluate_views_baked(problem, baked, dataset: NerfDataset, views: Iterable[int], *, with_ssim: bool = True,
+                         on_view: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """PSNR (and SSIM) of each view in ``views`` rendered from the baked grid ``baked`` *and* from ``problem``'s network
+    (:func:`render_view`), against its photo (views with alpha on white), with each render's wall time. ``on_view(row)``
+    as each view finishes. Returns ``{"psnr_baked", "psnr_network", "psnr_loss_db" (network - baked), "ssim_baked",
+    "ssim_network", "views": [...], "baked_s", "network_s" (rendering seconds summed over the views), "eval_s"}``;
+    SSIMs None as in :func:`evaluate_views`."""
+    t0 = time.perf_counter()
+    background = (1.0, 1.0, 1.0) if dataset.white_background else (0.0, 0.0, 0.0)
+    rows = []
+    baked_s = network_s = 0.0
+    for i in views:
+        origins, directions = dataset.image_rays(i)
+        t = time.perf_counter()
+        net = render_view(problem, origins, directions, dataset.height, dataset.width, background)
+        t_net = time.perf_counter() - t
+        t = time.perf_counter()
+        bak = render_view_baked(baked, origins, directions, dataset.height, dataset.width, background,
+                                scale=dataset.scale, offset=dataset.offset, kernel_target=problem.kernel_target)
+        t_bak = time.perf_counter() - t
+        network_s, baked_s = network_s + t_net, baked_s + t_bak
+        target = dataset.image_float(i, background).numpy()
+        mse_net = float(np.mean((net - target) ** 2))
+        mse_bak = float(np.mean((bak - target) ** 2))
+        row = {"view": i, "name": dataset.file_paths[i].stem, "psnr_baked": mse_to_psnr(mse_bak),
+               "psnr_network": mse_to_psnr(mse_net), "mse_baked": mse_bak, "mse_network": mse_net,
+               "baked_s": round(t_bak, 4), "network_s": round(t_net, 4)}
+        if with_ssim:
+            row["ssim_baked"], row["ssim_network"] = ssim(bak, target), ssim(net, target)
+        rows.append(row)
+        if on_view is not None:
+            on_view(row)
+
+    def mean(key: str) -> float | None:
+        values = [r[key] for r in rows if r.get(key) is not None]
+        return float(np.mean(values)) if values else None
+
+    psnr_baked, psnr_network = mean("psnr_baked"), mean("psnr_network")
+    loss = psnr_network - psnr_baked if psnr_baked is not None and psnr_network is not None else None
+    return {"psnr_baked": psnr_baked, "psnr_network": psnr_network, "psnr_loss_db": loss,
+            "ssim_baked": mean("ssim_baked"), "ssim_network": mean("ssim_network"), "views": rows,
+            "baked_s": round(baked_s, 3), "network_s": round(network_s, 3),
+            "eval_s": round(time.perf_counter() - t0, 3)}

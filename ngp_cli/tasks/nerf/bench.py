@@ -1,0 +1,66 @@
+"""Render benchmarks of a trained NeRF run for ``ngp bench --run RUN`` (issue 17): the time to render one held-out
+view on a backend, by the inference path of :func:`ngp_cli.volrend.render.render_ray_maps`, by the schedule it
+replaced, and (with ``--baked FILE``) from a baked file.
+
+* ``render_network``: :func:`ngp_cli.tasks.nerf.views.render_view`, what ``ngp eval`` and ``ngp render`` run.
+* ``render_network_legacy``: the same renderer with the schedule of ngp 0.1 before issue 17 (64 samples per live
+  ray per round, 8192-ray chunks), so one ``ngp bench`` run measures the speed-up on the same checkpoint.
+* ``render_baked``: the baked file's renderer (:mod:`ngp_cli.volrend.baked`).
+
+The figures are per view: ``batch`` is the view's pixel count, so the bench's ns per element is milliseconds per
+megapixel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+#: The render benchmarks a NeRF run offers, in the bench's order.
+RENDER_BENCHMARKS = ("render_network", "render_network_legacy", "render_baked")
+#: ngp 0.1's evaluation schedule (before issue 17): fixed 64-sample rounds over chunks of 8192 rays.
+LEGACY_SCHEDULE = {"steps_per_round": (64, 64), "chunk_rays": 8192}
+
+
+def render_benchmarks(task, run_path: Path, backend: str, which: list[str],
+                      baked: Path | None = None) -> tuple[Any, list[tuple[str, int, Callable[[], Any]]]]:
+    """The render benchmarks in ``which`` (names of :data:`RENDER_BENCHMARKS`) of the NeRF run ``run_path`` on
+    ``backend`` ("torch", "cpu", "cuda"), each as ``(name, pixels, fn)`` where ``fn()`` renders the first view of the
+    run's held-out split (its training split if it has none) at the dataset's resolution; and the device they run on.
+    ``render_baked`` needs ``baked``. Raises what :func:`ngp_cli.pipeline.load_trained` raises, and DataError for an
+    unreadable baked file."""
+    import torch
+
+    from ngp_cli.errors import DataError
+    from ngp_cli.pipeline import load_trained
+    from ngp_cli.tasks.nerf.data import load_split
+    from ngp_cli.tasks.nerf.views import _marching, _rays_and_grid, render_view
+    from ngp_cli.volrend.render import render_rays
+
+    _, problem, _ = load_trained(task, run_path, backend, None)
+    try:
+        dataset = load_split(problem.cfg, problem.cfg.nerf.eval_split)
+    except DataError:
+        dataset = problem.dataset
+    origins, directions = dataset.image_rays(0)
+    h, w = dataset.height, dataset.width
+    white = (1.0, 1.0, 1.0) if dataset.white_background else (0.0, 0.0, 0.0)
+    bg = torch.tensor(white, dtype=torch.float32, device=problem.device)
+    out: list[tuple[str, int, Callable[[], Any]]] = []
+    if "render_network" in which:
+        out.append(("render_network", h * w, lambda: render_view(problem, origins, directions, h, w, white)))
+    if "render_network_legacy" in which:
+        legacy = {**_marching(problem), **LEGACY_SCHEDULE}
+        args = _rays_and_grid(problem, origins, directions)
+        out.append(("render_network_legacy", h * w, lambda: render_rays(*args, background=bg, **legacy)))
+    if "render_baked" in which and baked is not None:
+        from ngp_cli.tasks.nerf.views import render_view_baked
+        from ngp_cli.volrend.baked import load_baked
+
+        grid = load_baked(baked, device=problem.device)
+        ds = problem.dataset
+        out.append(("render_baked", h * w, lambda: render_view_baked(
+            grid, origins, directions, h, w, white, scale=ds.scale, offset=ds.offset,
+            kernel_target=problem.kernel_target)))
+    return problem.device, out
