@@ -19,7 +19,7 @@ from ngp_cli.cuda import runtime
 from ngp_cli.errors import ConfigError, DataError, UsageError
 from ngp_cli.volrend import baked as vb
 from ngp_cli.volrend.constants import GRID_CELLS, GRID_SIZE, MIN_CONE_STEPSIZE, N_STEPS
-from ngp_cli.volrend.grid import aabb_bounds, n_cascades
+from ngp_cli.volrend.grid import EMPTY_DISTANCE_CAP, aabb_bounds, empty_distance, n_cascades
 
 
 def _seed() -> int:
@@ -41,7 +41,7 @@ def poison(monkeypatch):
 def test_constants_match():
     from ngp_cli.tasks import discover_tasks
 
-    assert 1 <= vb.EMPTY_DISTANCE_CAP <= 255  # stored as uint8
+    assert 1 <= EMPTY_DISTANCE_CAP <= 255  # stored as uint8
     options = {name: default for name, _, default in discover_tasks()["nerf"].run_command("bake").options}
     assert options["min_alpha"] == vb.DEFAULT_MIN_ALPHA and options["subdivisions"] == 4
     assert options["sh_degree"] == 2
@@ -249,7 +249,7 @@ def test_empty_distance():
     occ = torch.zeros(2 * GRID_CELLS, dtype=torch.bool)
     occ[40 + g * (50 + g * 60)] = True  # cascade 0, cell (40, 50, 60)
     occ[GRID_CELLS + 100 + g * (64 + g * 64)] = True  # cascade 1, cell (100, 64, 64), outside cascade 0's box
-    dist = vb.empty_distance(occ, 2, cap=40).view(2, g, g, g)  # [c, z, y, x]
+    dist = empty_distance(occ, 2, cap=40).view(2, g, g, g)  # [c, z, y, x]
     d0 = dist[0]
     assert d0[60, 50, 40] == 0 and d0[60, 50, 45] == 5 and d0[63, 47, 40] == 3 and d0[60 + 7, 50 - 7, 40 + 7] == 7
     # Cascade 0 is an inner cascade: its grid's edge counts as blocked (the cells beyond are cascade 1's).
@@ -261,21 +261,6 @@ def test_empty_distance():
     assert d1[64, 64, 100] == 0 and d1[62, 57, 52] == 1 and d1[64, 64, 110] == 10 and d1[62, 57, 54] == 2
     assert d1[0, 0, 0] == 40 and d1[127, 127, 127] == 40
     assert d1.float().mean() > 25
-
-
-def test_macro_occupancy_covers_every_cascade():
-    occ = torch.zeros(5 * GRID_CELLS, dtype=torch.bool)
-    occ[5 + 128 * (6 + 128 * 7)] = True  # cascade 0, cell (5, 6, 7): macro cell (0, 0, 0) of cascade 0
-    occ[2 * GRID_CELLS + 64 + 128 * (64 + 128 * 64)] = True  # cascade 2, cell (64, 64, 64): 1/32 wide, at 0.5
-    occ[4 * GRID_CELLS + 64 + 128 * (64 + 128 * 64)] = True  # cascade 4, cell (64, 64, 64): 1/8 wide, at 0.5
-    macro = vb.macro_occupancy(occ, 5).view(5, 16, 16, 16)  # [c, Z, Y, X]
-    # Cascade 0 (macro cells 1/16 wide): its own cell's, the one holding the cascade-2 cell, and the 2³ the big
-    # cascade-4 cell covers (one of them the cascade-2 cell's).
-    assert macro[0, 0, 0, 0] and macro[0, 8:10, 8:10, 8:10].all() and macro[0].sum() == 1 + 8
-    # Cascade 1 (1/8 wide): the cascade-0 cell lies in macro cell (4, 4, 4), both others in (8, 8, 8).
-    assert macro[1, 4, 4, 4] and macro[1, 8, 8, 8] and macro[1].sum() == 2
-    assert macro[2, 6, 6, 6] and macro[2, 8, 8, 8] and macro[2].sum() == 2
-    assert macro[4, 8, 8, 8] and macro[4].sum() == 2  # the cascade-0 cell: macro cell 7 of cascade 4 (1/2 wide)
 
 
 # ---- baking ----------------------------------------------------------------------------------------------------------

@@ -39,28 +39,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from ngp_cli.errors import ConfigError, DataError, UsageError
 from ngp_cli.volrend.composite import composite_reference
 from ngp_cli.volrend.constants import GRID_CELLS, GRID_SIZE
-from ngp_cli.volrend.grid import mip_from_dt, n_cascades
+from ngp_cli.volrend.grid import empty_distance, mip_from_dt, n_cascades
 from ngp_cli.volrend.march import march_rays_reference
 
-__all__ = ["DEFAULT_MIN_ALPHA", "DEFAULT_N_DIRECTIONS", "EMPTY_DISTANCE_CAP", "FORMAT", "FORMAT_VERSION", "MACRO",
-           "BakedGrid", "bake_grid", "empty_distance", "fibonacci_directions", "format_bytes", "load_baked",
-           "macro_occupancy", "parse_bytes", "render_baked", "render_baked_reference", "save_baked", "sh_basis",
+__all__ = ["DEFAULT_MIN_ALPHA", "DEFAULT_N_DIRECTIONS", "FORMAT", "FORMAT_VERSION",
+           "BakedGrid", "bake_grid", "fibonacci_directions", "format_bytes", "load_baked",
+           "parse_bytes", "render_baked", "render_baked_reference", "save_baked", "sh_basis",
            "sh_count"]
 
 FORMAT = "ngp-baked"
 #: The file format version this code writes and the newest it reads.
 FORMAT_VERSION = 1
-#: Cells per side of a macro cell (:func:`macro_occupancy`; ``NERF_MACRO`` of volrend.cuh).
-MACRO = 8
-#: The largest empty-space distance stored (:func:`empty_distance`), in cells.
-EMPTY_DISTANCE_CAP = 64
 #: Voxels are stored where the opacity of one fine voxel, ``1 - exp(-σ · voxel size)``, reaches this (or next to
 #: such a voxel); chosen by measurement (docs/baked.md).
 DEFAULT_MIN_ALPHA = 0.1
@@ -156,96 +151,6 @@ def _pack_bits(flags: Tensor) -> Tensor:
     """(32·N,) bool → (N,) int32 words, flag ``i`` at bit ``i % 32`` of word ``i // 32``."""
     words = (flags.view(-1, 32).long() << torch.arange(32, device=flags.device)).sum(1)
     return torch.where(words >= 1 << 31, words - (1 << 32), words).to(torch.int32)
-
-
-def macro_occupancy(occupied: Tensor, cascades: int) -> Tensor:
-    """Coarse empty-space flags (used by the marching kernels of nerf.cu): per cascade ``c``, 16³ flags (``MACRO``³
-    cells each, flat index ``c·16³ + X + 16·(Y + 16·Z)``), set when a cell of *any* cascade that overlaps the macro cell
-    is occupied.
-
-    Marching picks a cell's cascade from the position and the step (:func:`~ngp_cli.volrend.grid.mip_from_dt`), so
-    every lattice point inside an unset macro cell lies in an empty cell whatever cascade it is looked up in, and a
-    kernel may skip to the macro cell's far face without changing any sample. Cascade grids are aligned (faces at
-    0.5 + j·2^k/128), so a cell of cascade k ≤ c+3 lies inside one macro cell of cascade c and a macro cell of c
-    inside one cell of k ≥ c+4. ``occupied``: (cascades·128³,) bool/uint8. Returns (cascades·16³,) uint8. (The baked
-    renderer uses the finer :func:`empty_distance`.)"""
-    res = GRID_SIZE // MACRO
-    occ = occupied.bool().view(cascades, GRID_SIZE, GRID_SIZE, GRID_SIZE)  # [k, z, y, x]
-    dev = occ.device
-    out = torch.zeros(cascades, res, res, res, dtype=torch.bool, device=dev)
-    centres = (torch.stack(torch.meshgrid(*[torch.arange(res, device=dev)] * 3, indexing="ij"), -1).flip(-1)
-               .reshape(-1, 3).double() + 0.5) / res  # macro centres in [0, 1]^3, (x, y, z), row-major [Z, Y, X]
-    for k in range(cascades):
-        ijk = torch.nonzero(occ[k]).flip(-1).double()  # (N, 3) occupied cells (x, y, z) of cascade k
-        world = ((ijk + 0.5) / GRID_SIZE - 0.5) * 2.0 ** k + 0.5  # their centres
-        for c in range(cascades):
-            if k <= c + 3:  # each occupied cell of k marks the macro cell of c holding it
-                m = torch.floor(((world - 0.5) * 2.0 ** -c + 0.5) * res)
-                m = m[((m >= 0) & (m < res)).all(-1)].long()
-                out[c, m[:, 2], m[:, 1], m[:, 0]] = True
-            else:  # each macro cell of c takes the occupancy of the cell of k holding it
-                w = (centres - 0.5) * 2.0 ** c + 0.5
-                cell = torch.floor(((w - 0.5) * 2.0 ** -k + 0.5) * GRID_SIZE).long().clamp(0, GRID_SIZE - 1)
-                out[c] |= occ[k][cell[:, 2], cell[:, 1], cell[:, 0]].view(res, res, res)
-    return out.reshape(-1).to(torch.uint8)
-
-
-def _blocked_cells(occ: Tensor, c: int) -> Tensor:
-    """(128, 128, 128) [z, y, x] bool: the cells of cascade ``c``'s grid that a cell of *any* cascade with a block
-    overlaps (``occ``: (cascades, 128, 128, 128)). Cascade grids are aligned (faces at 0.5 + j·2^k/128), so a cell of a
-    finer cascade k < c lies inside one cell of c, and a cell of c inside one cell of a coarser k > c."""
-    cascades = occ.shape[0]
-    dev = occ.device
-    blocked = occ[c].clone()
-    centres = None
-    for k in range(cascades):
-        if k < c:  # each cell of k with a block marks the cell of c holding it
-            ijk = torch.nonzero(occ[k]).flip(-1).double()  # (x, y, z)
-            world = ((ijk + 0.5) / GRID_SIZE - 0.5) * 2.0 ** k + 0.5
-            m = torch.floor(((world - 0.5) * 2.0 ** -c + 0.5) * GRID_SIZE).long()
-            blocked[m[:, 2], m[:, 1], m[:, 0]] = True
-        elif k > c:  # each cell of c takes the block flag of the cell of k holding it
-            if centres is None:
-                g = torch.arange(GRID_SIZE, device=dev, dtype=torch.float64)
-                zz, yy, xx = torch.meshgrid(g, g, g, indexing="ij")
-                centres = torch.stack([xx, yy, zz], -1).reshape(-1, 3)
-                centres = ((centres + 0.5) / GRID_SIZE - 0.5) * 2.0 ** c + 0.5
-            cell = torch.floor(((centres - 0.5) * 2.0 ** -k + 0.5) * GRID_SIZE).long()
-            blocked |= occ[k][cell[:, 2], cell[:, 1], cell[:, 0]].view(GRID_SIZE, GRID_SIZE, GRID_SIZE)
-    return blocked
-
-
-def empty_distance(occupied: Tensor, cascades: int, cap: int = EMPTY_DISTANCE_CAP) -> Tensor:
-    """The marching kernel's empty-space map, one byte per cell of every cascade (flat index as the occupancy grid's):
-    0 when the cell itself has a block (marching samples it); 1 when it has none but a cell of another cascade that
-    overlaps it has one (the kernel then skips the cell alone, as cell-by-cell marching does); else the Chebyshev
-    distance in cells, at most ``cap``, to the nearest cell of its cascade's grid overlapped by a cell with a block, or
-    to the grid's edge for an inner cascade (the cells beyond are another cascade's). Every cell within
-    ``distance - 1`` of a cell is then empty in every cascade, so the kernel skips that cube at once: marching looks a lattice point up in the cascade its position and step choose
-    (:func:`~ngp_cli.volrend.grid.mip_from_dt`), and whichever it is, the point's cell there is empty — no sample is
-    changed. ``occupied``: (cascades·128³,) bool/uint8. Returns (cascades·128³,) uint8 on its device. The distance is
-    scipy's exact chessboard distance transform (``scipy.ndimage.distance_transform_cdt``), on the CPU."""
-    from scipy import ndimage
-
-    g = GRID_SIZE
-    occ = occupied.bool().view(cascades, g, g, g).cpu()  # [k, z, y, x]
-    out = torch.empty(cascades, g, g, g, dtype=torch.uint8)
-    for c in range(cascades):
-        blocked = _blocked_cells(occ, c).numpy()
-        inner = c < cascades - 1
-        free = np.ones((g + 2, g + 2, g + 2), dtype=bool)
-        if inner:  # the grid's edge blocks: the cells beyond are another cascade's
-            free[0, :, :] = free[-1, :, :] = free[:, 0, :] = free[:, -1, :] = free[:, :, 0] = free[:, :, -1] = False
-        free[1:-1, 1:-1, 1:-1] = ~blocked
-        if free.all():
-            dist = np.full((g, g, g), cap)
-        else:
-            dist = ndimage.distance_transform_cdt(free, metric="chessboard")[1:-1, 1:-1, 1:-1]
-        dist = np.minimum(dist, cap)
-        dist[blocked] = 1  # overlapped by a block of another cascade: skip this cell alone ...
-        dist[occ[c].numpy()] = 0  # ... unless it has its own block
-        out[c] = torch.from_numpy(dist.astype(np.uint8))
-    return out.reshape(-1).to(occupied.device)
 
 
 @dataclass(eq=False)

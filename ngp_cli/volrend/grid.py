@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -29,7 +30,11 @@ from ngp_cli.volrend.constants import (
     SEED_OPTICAL_THICKNESS,
 )
 
-__all__ = ["OccupancyGrid", "aabb_bounds", "cell_index", "mip_from_dt", "mip_from_pos", "n_cascades"]
+__all__ = ["EMPTY_DISTANCE_CAP", "OccupancyGrid", "aabb_bounds", "cell_index", "empty_distance", "mip_from_dt",
+           "mip_from_pos", "n_cascades"]
+
+#: The largest empty-space distance stored (:func:`empty_distance`), in cells.
+EMPTY_DISTANCE_CAP = 64
 
 
 def n_cascades(aabb_scale: int) -> int:
@@ -251,3 +256,61 @@ class OccupancyGrid(nn.Module):
     def occupied_fraction(self) -> float:
         """Fraction of occupied cells over all cascades."""
         return float(self.occupancy.float().mean())
+
+
+def _blocked_cells(occ: Tensor, c: int) -> Tensor:
+    """(128, 128, 128) [z, y, x] bool: the cells of cascade ``c``'s grid that an occupied cell of *any* cascade
+    overlaps (``occ``: (cascades, 128, 128, 128) bool). Cascade grids are aligned (faces at 0.5 + j·2^k/128), so a cell
+    of a finer cascade k < c lies inside one cell of c, and a cell of c inside one cell of a coarser k > c."""
+    cascades = occ.shape[0]
+    dev = occ.device
+    blocked = occ[c].clone()
+    centres = None
+    for k in range(cascades):
+        if k < c:  # each occupied cell of k marks the cell of c holding it
+            ijk = torch.nonzero(occ[k]).flip(-1).double()  # (x, y, z)
+            world = ((ijk + 0.5) / GRID_SIZE - 0.5) * 2.0 ** k + 0.5
+            m = torch.floor(((world - 0.5) * 2.0 ** -c + 0.5) * GRID_SIZE).long()
+            blocked[m[:, 2], m[:, 1], m[:, 0]] = True
+        elif k > c:  # each cell of c takes the flag of the cell of k holding it
+            if centres is None:
+                g = torch.arange(GRID_SIZE, device=dev, dtype=torch.float64)
+                zz, yy, xx = torch.meshgrid(g, g, g, indexing="ij")
+                centres = torch.stack([xx, yy, zz], -1).reshape(-1, 3)
+                centres = ((centres + 0.5) / GRID_SIZE - 0.5) * 2.0 ** c + 0.5
+            cell = torch.floor(((centres - 0.5) * 2.0 ** -k + 0.5) * GRID_SIZE).long()
+            blocked |= occ[k][cell[:, 2], cell[:, 1], cell[:, 0]].view(GRID_SIZE, GRID_SIZE, GRID_SIZE)
+    return blocked
+
+
+def empty_distance(occupied: Tensor, cascades: int, cap: int = EMPTY_DISTANCE_CAP) -> Tensor:
+    """The marching kernel's empty-space map, one byte per cell of every cascade (flat index as the occupancy grid's):
+    0 when the cell itself is occupied (marching samples it); 1 when it has none but a cell of another cascade that
+    overlaps it has one (the kernel then skips the cell alone, as cell-by-cell marching does); else the Chebyshev
+    distance in cells, at most ``cap``, to the nearest cell of its cascade's grid overlapped by an occupied cell, or
+    to the grid's edge for an inner cascade (the cells beyond are another cascade's). Every cell within
+    ``distance - 1`` of a cell is then empty in every cascade, so the march kernels (``nerf.cu`` when rendering,
+    ``baked.cu``) skip that cube at once: marching looks a lattice point up in the cascade its position and step choose
+    (:func:`mip_from_dt`), and whichever it is, the point's cell there is empty — no sample is changed. ``occupied``: (cascades·128³,) bool/uint8. Returns (cascades·128³,) uint8 on its device. The distance is
+    scipy's exact chessboard distance transform (``scipy.ndimage.distance_transform_cdt``), on the CPU."""
+    from scipy import ndimage
+
+    g = GRID_SIZE
+    occ = occupied.bool().view(cascades, g, g, g).cpu()  # [k, z, y, x]
+    out = torch.empty(cascades, g, g, g, dtype=torch.uint8)
+    for c in range(cascades):
+        blocked = _blocked_cells(occ, c).numpy()
+        inner = c < cascades - 1
+        free = np.ones((g + 2, g + 2, g + 2), dtype=bool)
+        if inner:  # the grid's edge blocks: the cells beyond are another cascade's
+            free[0, :, :] = free[-1, :, :] = free[:, 0, :] = free[:, -1, :] = free[:, :, 0] = free[:, :, -1] = False
+        free[1:-1, 1:-1, 1:-1] = ~blocked
+        if free.all():
+            dist = np.full((g, g, g), cap)
+        else:
+            dist = ndimage.distance_transform_cdt(free, metric="chessboard")[1:-1, 1:-1, 1:-1]
+        dist = np.minimum(dist, cap)
+        dist[blocked] = 1  # overlapped by a block of another cascade: skip this cell alone ...
+        dist[occ[c].numpy()] = 0  # ... unless it has its own block
+        out[c] = torch.from_numpy(dist.astype(np.uint8))
+    return out.reshape(-1).to(occupied.device)

@@ -18,7 +18,8 @@ from ngp_cli.volrend.composite import composite
 from ngp_cli.volrend.constants import GRID_CELLS, MIN_TRANSMITTANCE
 from ngp_cli.volrend.march import march_rays
 
-__all__ = ["MIN_CHUNK_RAYS", "RAY_MAPS", "STEPS_PER_ROUND", "render_ray_maps", "render_rays"]
+__all__ = ["MIN_CHUNK_RAYS", "RAY_MAPS", "REFERENCE_STEPS_PER_ROUND", "STEPS_PER_ROUND", "render_ray_maps",
+           "render_rays"]
 
 #: What :func:`render_ray_maps` can composite.
 RAY_MAPS = ("rgb", "depth", "opacity", "normals")
@@ -28,9 +29,12 @@ RAY_MAPS = ("rgb", "depth", "opacity", "normals")
 #: 270×480 (2-core Xeon): 14.4 s per view with 8192-ray chunks, 6.0 s with 2^17.
 MIN_CHUNK_RAYS = 1 << 17
 
-#: Bounds on the samples per live ray in one round of :func:`render_ray_maps` (instant-ngp's
+#: Bounds on the samples per live ray in one round of :func:`render_ray_maps` on the kernels (instant-ngp's
 #: MIN/MAX_STEPS_INBETWEEN_COMPACTION are 1 and 8 on the GPU).
 STEPS_PER_ROUND = (1, 8)
+#: The same for the torch reference (``kernel_target=None``): its marching costs a Python loop per step of every
+#: round, so it keeps few long rounds (64 samples per live ray, ngp's schedule before issue 17).
+REFERENCE_STEPS_PER_ROUND = (64, 64)
 
 Field = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -40,7 +44,7 @@ _empty_cache: dict[str, tuple[tuple, Tensor]] = {}
 def _empty_distances(occupancy: Tensor) -> Tensor:
     """The empty-space distances of an occupancy bitfield for the marching kernels, remembered for the last grid seen
     (its storage and version: a grid update makes new ones), so the views of one render share them."""
-    from ngp_cli.volrend.baked import empty_distance
+    from ngp_cli.volrend.grid import empty_distance
 
     key = (occupancy.data_ptr(), occupancy._version, occupancy.numel(), str(occupancy.device))
     cached = _empty_cache.get("last")
@@ -66,7 +70,7 @@ def _density_normals(field: Field, positions: Tensor, directions: Tensor) -> tup
 def render_ray_maps(field: Field, origins: Tensor, directions: Tensor, occupancy: Tensor, aabb_scale: int, *,
                     cone_angle: float, near_distance: float, background: Tensor | None,
                     maps: Iterable[str] = ("rgb",), chunk_rays: int = MIN_CHUNK_RAYS,
-                    steps_per_round: tuple[int, int] = STEPS_PER_ROUND,
+                    steps_per_round: tuple[int, int] | None = None,
                     kernel_target: str | None = None) -> dict[str, Tensor]:
     """Render rays for evaluation: march, query ``field(positions (S,3), directions (S,3)) -> (σ (S,), rgb (S,3))``,
     composite, and return the requested ``maps`` (a subset of :data:`RAY_MAPS`), each over the R rays:
@@ -86,12 +90,15 @@ def render_ray_maps(field: Field, origins: Tensor, directions: Tensor, occupancy
     ``clamp(n_rays / n_alive, MIN_STEPS_INBETWEEN_COMPACTION, MAX_STEPS_INBETWEEN_COMPACTION)`` steps per ray), a round
     takes ``clamp(rays of the chunk // live rays, *steps_per_round)`` samples per live ray: few while most rays are
     alive (a ray that ends on a surface after three samples wastes little), more as rays end, so each round's network
-    batch stays near ``chunk_rays`` samples. ``chunk_rays`` rays at a time, so memory stays bounded. Each map is composited by :func:`~ngp_cli.volrend.composite.composite`
+    batch stays near ``chunk_rays`` samples (``steps_per_round`` None: :data:`STEPS_PER_ROUND` on the kernels,
+    :data:`REFERENCE_STEPS_PER_ROUND` on the torch reference). ``chunk_rays`` rays at a time, so memory stays bounded. Each map is composited by :func:`~ngp_cli.volrend.composite.composite`
     (the kernels or the torch reference) with the sample distances or normals in the place of the colours.
 
     Raises ``ValueError`` for a map not in :data:`RAY_MAPS` or a bad ``steps_per_round``.
     """
     maps = tuple(maps)
+    if steps_per_round is None:
+        steps_per_round = STEPS_PER_ROUND if kernel_target is not None else REFERENCE_STEPS_PER_ROUND
     lo_steps, hi_steps = steps_per_round
     if not 1 <= lo_steps <= hi_steps:
         raise ValueError(f"steps_per_round must be (lo, hi) with 1 <= lo <= hi, got {steps_per_round}")
@@ -160,7 +167,7 @@ def render_ray_maps(field: Field, origins: Tensor, directions: Tensor, occupancy
 
 def render_rays(field: Field, origins: Tensor, directions: Tensor, occupancy: Tensor, aabb_scale: int, *,
                 cone_angle: float, near_distance: float, background: Tensor | None, chunk_rays: int = MIN_CHUNK_RAYS,
-                steps_per_round: tuple[int, int] = STEPS_PER_ROUND, kernel_target: str | None = None) -> Tensor:
+                steps_per_round: tuple[int, int] | None = None, kernel_target: str | None = None) -> Tensor:
     """The colour of rays (R, 3) float32: :func:`render_ray_maps` with ``maps=("rgb",)``."""
     return render_ray_maps(field, origins, directions, occupancy, aabb_scale, cone_angle=cone_angle,
                            near_distance=near_distance, background=background, maps=("rgb",), chunk_rays=chunk_rays,

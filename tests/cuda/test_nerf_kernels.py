@@ -140,7 +140,7 @@ def test_march_matches_reference(cpu_target, poison, aabb_scale, cone_angle, kin
 def test_march_skipping_empty_space_takes_the_reference_samples(cpu_target, poison, aabb_scale, cone_angle):
     """With the empty-space distances (rendering), the empty cube around an empty cell is crossed in one skip: same
     samples as the reference's cell-by-cell marching, resumed rounds included."""
-    from ngp_cli.volrend.baked import empty_distance
+    from ngp_cli.volrend.grid import empty_distance
 
     seed = _seed()
     g = torch.Generator().manual_seed(seed)
