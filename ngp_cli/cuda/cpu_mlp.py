@@ -41,10 +41,12 @@ __all__ = [
     "CPUMLPChoice",
     "CPUMLPFunction",
     "cache_key",
+    "bucket_rows",
     "candidate_paths",
     "cpu_compute_dtype",
     "cpu_mlp",
     "cpu_mlp_path",
+    "inference_mlp",
     "measure_paths",
     "select_cpu_mlp_path",
 ]
@@ -147,8 +149,67 @@ def cpu_mlp(x: Tensor, weights: Sequence[Tensor], activation: str = "ReLU", outp
         if path == "torch":
             return _torch_mlp(x, weights, activation, output_activation)
         dtype = _DTYPES[path]
-    out = CPUMLPFunction.apply(x, activation, dtype, *weights)
+    if torch.is_grad_enabled():
+        out = CPUMLPFunction.apply(x, activation, dtype, *weights)
+    else:
+        out = inference_mlp(x, weights, activation, dtype)
     return activation_fn(output_activation)(out).to(weights[-1].dtype)
+
+
+def _fused_relu_linear() -> Callable[[Tensor, Tensor], Tensor] | None:
+    """oneDNN's matmul with the ReLU as a post-op (``torch.ops.mkldnn._linear_pointwise``, what torch's inductor
+    emits for linear + relu on CPUs), or None where this torch build lacks it."""
+    op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+    if op is None or not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        probe = op(torch.ones(2, 2), torch.ones(2, 2), None, "relu", [], "")
+    except (RuntimeError, NotImplementedError):
+        return None
+    if not torch.equal(probe, torch.full((2, 2), 2.0)):
+        return None
+    return lambda h, w: op(h, w, None, "relu", [], "")
+
+
+_FUSED_RELU: list = []  # [the op or None], probed on first use
+
+
+def bucket_rows(n: int) -> int:
+    """The row count :func:`inference_mlp` pads ``n`` rows to: a multiple of ``max(1024, 2^(bit_length(n) - 4))``,
+    so at most 1/8 more rows (1023 below 8192) and a few dozen distinct sizes from one row to millions."""
+    grain = max(1024, 1 << max(0, n.bit_length() - 4))
+    return -(-n // grain) * grain
+
+
+def inference_mlp(x: Tensor, weights: Sequence[Tensor], activation: str, dtype: torch.dtype) -> Tensor:
+    """The forward pass of :class:`CPUMLPFunction` without autograd, for rendering: ``x`` (N, n_in) through the
+    ``(out, in)`` weights in ``dtype`` matmuls (float32 accumulation), returning (N, n_out) float32 before the output
+    activation; the same values as ``CPUMLPFunction.apply`` (the same matmuls and rounding).
+
+    * The rows are padded to :func:`bucket_rows` (zeros, dropped from the output). oneDNN builds a matmul primitive
+      for every new shape, and rendering's rounds have a new sample count each time: on a 2-core Xeon with AMX, a
+      64×64 bf16 layer at 30k rows took 1.93 ms per call with a new row count each call against 0.22 ms with one,
+      and 0.31 ms padded to multiples of 4096.
+    * A ReLU hidden layer runs as one oneDNN matmul with the ReLU as a post-op where torch has it, applied while the
+      output is in cache instead of in a second pass over memory (bf16 at 100k rows: 64→64→64→16 in 2.25 ms against
+      3.48 ms for matmul then ``relu_``).
+    """
+    if not _FUSED_RELU:
+        _FUSED_RELU.append(_fused_relu_linear())
+    fused = _FUSED_RELU[0] if activation == "ReLU" else None
+    n = x.shape[0]
+    rows = bucket_rows(n)
+    h = torch.empty(rows, x.shape[1], dtype=dtype, device=x.device)
+    h[:n] = x.detach()
+    h[n:] = 0
+    wl = [w.detach().to(dtype) for w in weights]
+    for w in wl[:-1]:
+        if fused is not None:
+            h = fused(h, w)
+        else:
+            h = torch.mm(h, w.t())
+            activate_(h, activation)
+    return torch.mm(h, wl[-1].t())[:n].float()
 
 
 # --- choosing the path by measuring ----------------------------------------------------------------------------

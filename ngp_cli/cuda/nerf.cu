@@ -14,6 +14,8 @@
 //      march_rays_write  -> positions (S,3), dts (S,), ts (S,), ray_index (S,) int64 at offsets[r] (a ray never
 //                           writes past offsets[r + 1], whatever happens); a ray whose samples would end past
 //                           `capacity` writes nothing (the training batch's preallocated buffers hold `capacity`).
+//    Rendering (no capacity, few samples per round) marches once instead: march_rays_slots writes each ray's samples
+//    to its own max_samples slots, compact_samples packs them at the offsets (the same samples, in the same order).
 //    Neither the host nor a device-wide counter needs the total: the buffers are sized before marching, so nothing
 //    waits for the device between the passes (instant-ngp marches twice within one thread and takes its slice with
 //    an atomicAdd; here the cumsum keeps the samples in ray order, the same on every target and every run).
@@ -105,7 +107,7 @@ __device__ __forceinline__ int march(const float* __restrict__ origins, const fl
                 positions[3 * s + 2] = pz;
                 dts[s] = dt;
                 ts[s] = t;
-                ray_index[s] = (long long)r;
+                if (ray_index) ray_index[s] = (long long)r;
             }
             ++n;
             t += dt;  // (were t + dt == t, the ray ends at max_samples, as in the reference)
@@ -164,6 +166,50 @@ extern "C" __global__ void march_rays_write(const float* __restrict__ origins, c
     if (capacity <= 0 || offsets[r + 1] > buffer_capacity) return;
     march<true>(origins, directions, jitter, t_start, occupancy, empty, r, cascades - 1, lo, hi, cone_angle,
                 near_distance, min_dt, dt_max, max_samples, begin, capacity, positions, dts, ts, ray_index);
+}
+
+// Rendering's one-pass marching (small max_samples, no capacity): ray r writes its samples to its own slots
+// [r * max_samples, r * max_samples + counts[r]) of slot buffers, then compact_samples packs them at offsets[r] (the
+// exclusive cumsum of counts, on the device with torch). The same samples in the same order as count + write, with
+// one march instead of two; the slot buffers hold n_rays * max_samples rows.
+extern "C" __global__ void march_rays_slots(const float* __restrict__ origins, const float* __restrict__ directions,
+                                            const float* __restrict__ jitter, const float* __restrict__ t_start,
+                                            const unsigned char* __restrict__ occupancy, const unsigned int n_rays,
+                                            const int cascades, const float lo, const float hi,
+                                            const float cone_angle, const float near_distance, const float min_dt,
+                                            const float dt_max, const int max_samples,
+                                            const unsigned char* __restrict__ empty, int* __restrict__ counts,
+                                            float* __restrict__ slot_positions, float* __restrict__ slot_dts,
+                                            float* __restrict__ slot_ts) {
+    const unsigned int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= n_rays) return;
+    counts[r] = march<true>(origins, directions, jitter, t_start, occupancy, empty, r, cascades - 1, lo, hi,
+                            cone_angle, near_distance, min_dt, dt_max, max_samples, (long long)r * max_samples,
+                            max_samples, slot_positions, slot_dts, slot_ts, nullptr);
+}
+
+// Packs ray r's slots (march_rays_slots) to rows [offsets[r], offsets[r + 1]) of the outputs, with ray_index = r;
+// at most max_samples rows per ray, and never past n_samples.
+extern "C" __global__ void compact_samples(const long long* __restrict__ offsets, const unsigned int n_rays,
+                                           const int max_samples, const long long n_samples,
+                                           const float* __restrict__ slot_positions,
+                                           const float* __restrict__ slot_dts, const float* __restrict__ slot_ts,
+                                           float* __restrict__ positions, float* __restrict__ dts,
+                                           float* __restrict__ ts, long long* __restrict__ ray_index) {
+    const unsigned int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= n_rays) return;
+    const long long begin = min(max(offsets[r], 0LL), n_samples);
+    const long long end = min(min(max(offsets[r + 1], begin), n_samples), begin + (long long)max_samples);
+    const long long src = (long long)r * max_samples;
+    for (long long j = 0; j < end - begin; ++j) {
+        const long long s = begin + j, k = src + j;
+        positions[3 * s] = slot_positions[3 * k];
+        positions[3 * s + 1] = slot_positions[3 * k + 1];
+        positions[3 * s + 2] = slot_positions[3 * k + 2];
+        dts[s] = slot_dts[k];
+        ts[s] = slot_ts[k];
+        ray_index[s] = (long long)r;
+    }
 }
 
 // Samples [begin, end) of ray r, clamped to [0, n_samples): malformed offsets never index out of bounds.

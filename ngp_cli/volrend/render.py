@@ -70,8 +70,8 @@ def _density_normals(field: Field, positions: Tensor, directions: Tensor) -> tup
 def render_ray_maps(field: Field, origins: Tensor, directions: Tensor, occupancy: Tensor, aabb_scale: int, *,
                     cone_angle: float, near_distance: float, background: Tensor | None,
                     maps: Iterable[str] = ("rgb",), chunk_rays: int = MIN_CHUNK_RAYS,
-                    steps_per_round: tuple[int, int] | None = None,
-                    kernel_target: str | None = None) -> dict[str, Tensor]:
+                    steps_per_round: tuple[int, int] | None = None, kernel_target: str | None = None,
+                    ray_features: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
     """Render rays for evaluation: march, query ``field(positions (S,3), directions (S,3)) -> (σ (S,), rgb (S,3))``,
     composite, and return the requested ``maps`` (a subset of :data:`RAY_MAPS`), each over the R rays:
 
@@ -84,6 +84,10 @@ def render_ray_maps(field: Field, origins: Tensor, directions: Tensor, occupancy
     * ``normals``: (R, 3) float32 ``Σ w_j n_j`` with ``n_j = -∇σ_j / |∇σ_j|`` (∇ by autograd through ``field``, so
       it must be differentiable in the positions), not normalised.
 
+    ``ray_features``: when given, ``ray_features(directions (R', 3)) -> (R', C)`` is evaluated once per ray, and the
+    field receives each sample's row of it in the place of the direction (the NeRF network's spherical harmonics of
+    the view direction, the same for every sample of a ray, so computed per ray instead of per sample).
+
     Rays are marched in rounds, each round resuming where the last stopped (same step lattice), and a ray stops once
     its transmittance falls below 1e-4, so opaque surfaces hide what lies behind them from the network. As in
     instant-ngp's inference marching (``NerfTracer::trace``: compaction of the live rays, then
@@ -91,8 +95,11 @@ def render_ray_maps(field: Field, origins: Tensor, directions: Tensor, occupancy
     takes ``clamp(rays of the chunk // live rays, *steps_per_round)`` samples per live ray: few while most rays are
     alive (a ray that ends on a surface after three samples wastes little), more as rays end, so each round's network
     batch stays near ``chunk_rays`` samples (``steps_per_round`` None: :data:`STEPS_PER_ROUND` on the kernels,
-    :data:`REFERENCE_STEPS_PER_ROUND` on the torch reference). ``chunk_rays`` rays at a time, so memory stays bounded. Each map is composited by :func:`~ngp_cli.volrend.composite.composite`
-    (the kernels or the torch reference) with the sample distances or normals in the place of the colours.
+    :data:`REFERENCE_STEPS_PER_ROUND` on the torch reference). The live rays' state (origin, direction, transmittance,
+    composited maps) is compacted after each round, so a round touches only live rays; a ray's maps are written out
+    when it stops. ``chunk_rays`` rays at a time, so memory stays bounded. Each map is composited by
+    :func:`~ngp_cli.volrend.composite.composite` (the kernels or the torch reference) with the sample distances or
+    normals in the place of the colours.
 
     Raises ``ValueError`` for a map not in :data:`RAY_MAPS` or a bad ``steps_per_round``.
     """
@@ -106,69 +113,71 @@ def render_ray_maps(field: Field, origins: Tensor, directions: Tensor, occupancy
     if unknown:
         raise ValueError(f"unknown ray maps {unknown}; choose from {RAY_MAPS}")
     n, dev = origins.shape[0], origins.device
-    out: dict[str, Tensor] = {}
-    if "rgb" in maps:
-        out["rgb"] = torch.empty(n, 3, device=dev)
-    if "depth" in maps:
-        out["depth"] = torch.empty(n, device=dev)
-    if "opacity" in maps:
-        out["opacity"] = torch.empty(n, device=dev)
-    if "normals" in maps:
-        out["normals"] = torch.empty(n, 3, device=dev)
+    # Per ray: transmittance, then the composited maps, 1 or 3 columns each (depth, opacity from transmittance).
+    widths = {"rgb": 3, "depth": 1, "normals": 3}
+    acc_maps = [m for m in ("rgb", "depth", "normals") if m in maps]
+    cols = [0]
+    for m in acc_maps:
+        cols.append(cols[-1] + widths[m])
+    state = torch.empty(n, 1 + cols[-1], device=dev)  # transmittance, then the maps' columns
+    empty = None if kernel_target is None else _empty_distances(occupancy)
     for s in range(0, n, chunk_rays):
-        o, d = origins[s:s + chunk_rays], directions[s:s + chunk_rays]
-        colour = torch.zeros(o.shape[0], 3, device=o.device)
-        depth = torch.zeros(o.shape[0], device=o.device)
-        normal = torch.zeros(o.shape[0], 3, device=o.device)
-        transmittance = torch.ones(o.shape[0], device=o.device)
-        active = torch.arange(o.shape[0], device=o.device)
+        o, d = origins[s:s + chunk_rays].float().contiguous(), directions[s:s + chunk_rays].float().contiguous()
+        r = o.shape[0]
+        feats = d if ray_features is None else ray_features(d)
+        live = torch.arange(r, device=dev)
+        acc = torch.zeros(r, 1 + cols[-1], device=dev)
+        acc[:, 0] = 1.0
         t_start = None
-        empty = None if kernel_target is None else _empty_distances(occupancy)
-        while active.numel():
-            steps = max(lo_steps, min(hi_steps, o.shape[0] // active.numel()))
-            samples = march_rays(o[active], d[active], occupancy, aabb_scale, cone_angle=cone_angle,
-                                 near_distance=near_distance, t_start=t_start, max_samples=steps, empty_distance=empty,
+        while live.numel():
+            steps = max(lo_steps, min(hi_steps, r // live.numel()))
+            samples = march_rays(o, d, occupancy, aabb_scale, cone_angle=cone_angle, near_distance=near_distance,
+                                 t_start=t_start, max_samples=steps, empty_distance=empty,
                                  kernel_target=kernel_target)
             if not samples.n_samples:
+                state[s + live] = acc
                 break
-            dirs = d[active][samples.ray_index]
+            per_sample = feats.index_select(0, live.index_select(0, samples.ray_index))
             if "normals" in maps:
-                sigma, rgb, normals = _density_normals(field, samples.positions, dirs)
+                sigma, rgb, normals = _density_normals(field, samples.positions, per_sample)
             else:
-                sigma, rgb = field(samples.positions, dirs)
+                sigma, rgb = field(samples.positions, per_sample)
+            weight = acc[:, :1]
             c, opacity = composite(sigma, rgb, samples.dts, samples.offsets, kernel_target)
-            weight = transmittance[active]
-            colour[active] += weight.unsqueeze(-1) * c
-            if "depth" in maps:
-                ts = samples.ts.unsqueeze(-1).expand(-1, 3).contiguous()
-                depth[active] += weight * composite(sigma, ts, samples.dts, samples.offsets, kernel_target)[0][:, 0]
-            if "normals" in maps:
-                normal[active] += weight.unsqueeze(-1) * composite(sigma, normals, samples.dts, samples.offsets,
-                                                                   kernel_target)[0]
-            transmittance[active] *= 1.0 - opacity
+            for m, lo, hi in zip(acc_maps, cols[:-1], cols[1:], strict=True):
+                if m == "rgb":
+                    value = c
+                elif m == "depth":
+                    ts = samples.ts.unsqueeze(-1).expand(-1, 3).contiguous()
+                    value = composite(sigma, ts, samples.dts, samples.offsets, kernel_target)[0][:, :1]
+                else:
+                    value = composite(sigma, normals, samples.dts, samples.offsets, kernel_target)[0]
+                acc[:, 1 + lo:1 + hi].addcmul_(weight, value)
+            acc[:, 0] *= 1.0 - opacity
             counts = samples.offsets[1:] - samples.offsets[:-1]
-            going = (counts == steps) & (transmittance[active] >= MIN_TRANSMITTANCE)
+            going = (counts == steps) & (acc[:, 0] >= MIN_TRANSMITTANCE)
+            stopped = ~going
+            state[s + live[stopped]] = acc[stopped]
             last = (samples.offsets[1:] - 1).clamp_min(0)[going]
             t_start = samples.ts[last] + samples.dts[last]
-            active = active[going]
-        if "rgb" in maps:
-            if background is not None:
-                bg = background if background.dim() == 1 else background[s:s + chunk_rays]
-                colour = colour + transmittance.unsqueeze(-1) * bg
-            out["rgb"][s:s + chunk_rays] = colour
-        if "depth" in maps:
-            out["depth"][s:s + chunk_rays] = depth
-        if "opacity" in maps:
-            out["opacity"][s:s + chunk_rays] = 1.0 - transmittance
-        if "normals" in maps:
-            out["normals"][s:s + chunk_rays] = normal
-    return out
+            live, o, d, acc = live[going], o[going], d[going], acc[going]
+    out: dict[str, Tensor] = {}
+    transmittance = state[:, 0]
+    for m, lo, hi in zip(acc_maps, cols[:-1], cols[1:], strict=True):
+        out[m] = state[:, 1 + lo:1 + hi].squeeze(-1) if m == "depth" else state[:, 1 + lo:1 + hi]
+    if "rgb" in maps and background is not None:
+        out["rgb"] = out["rgb"] + transmittance.unsqueeze(-1) * background
+    if "opacity" in maps:
+        out["opacity"] = 1.0 - transmittance
+    return {m: out[m].contiguous() for m in maps}
 
 
 def render_rays(field: Field, origins: Tensor, directions: Tensor, occupancy: Tensor, aabb_scale: int, *,
                 cone_angle: float, near_distance: float, background: Tensor | None, chunk_rays: int = MIN_CHUNK_RAYS,
-                steps_per_round: tuple[int, int] | None = None, kernel_target: str | None = None) -> Tensor:
+                steps_per_round: tuple[int, int] | None = None, kernel_target: str | None = None,
+                ray_features: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """The colour of rays (R, 3) float32: :func:`render_ray_maps` with ``maps=("rgb",)``."""
     return render_ray_maps(field, origins, directions, occupancy, aabb_scale, cone_angle=cone_angle,
                            near_distance=near_distance, background=background, maps=("rgb",), chunk_rays=chunk_rays,
-                           steps_per_round=steps_per_round, kernel_target=kernel_target)["rgb"]
+                           steps_per_round=steps_per_round, kernel_target=kernel_target,
+                           ray_features=ray_features)["rgb"]

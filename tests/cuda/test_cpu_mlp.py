@@ -56,6 +56,31 @@ def test_every_path_agrees_with_the_torch_reference(path, activation, output_act
 
 
 @pytest.mark.parametrize("path", ["bf16", "fp32"])
+@pytest.mark.parametrize(("activation", "n", "seed"), [("ReLU", 1000, 11), ("Tanh", 257, 12), ("ReLU", 1, 13)])
+def test_the_inference_forward_equals_the_autograd_forward(path, activation, n, seed):
+    # Under no_grad cpu_mlp skips autograd (inference_mlp: oneDNN matmul + ReLU post-op); the values must be those of
+    # the training forward: the same matmuls in the same dtype, so equal up to summation order.
+    gen = torch.Generator().manual_seed(seed)
+    ref = FullyFusedMLP(32, 16, 64, 2, activation, "Sigmoid", generator=gen)
+    x = torch.rand(n, 32, generator=gen) * 2 - 1
+    trained = cm.cpu_mlp(x, list(ref.weights), activation, "Sigmoid", path=path)
+    with torch.no_grad():
+        fast = cm.cpu_mlp(x, list(ref.weights), activation, "Sigmoid", path=path)
+    assert fast.shape == (n, 16) and fast.dtype == torch.float32 and not fast.requires_grad
+    assert torch.isfinite(fast).all()
+    assert float((fast - trained.detach()).abs().max()) <= (1e-2 if path == "bf16" else 1e-6)
+    assert _rel(fast, trained) <= TOL[path][0]
+
+
+def test_inference_rows_are_padded_to_few_sizes():
+    sizes = {cm.bucket_rows(n) for n in range(1, 300_000, 37)}
+    for n in (1, 1023, 1024, 1025, 8191, 8193, 30_001, 131_072, 131_073, 2_000_003):
+        b = cm.bucket_rows(n)
+        assert n <= b <= max(n + 1023, n * 9 // 8), n
+    assert len(sizes) < 120  # oneDNN makes one primitive per size: a bounded set, not one per sample count
+
+
+@pytest.mark.parametrize("path", ["bf16", "fp32"])
 def test_weight_gradients_without_an_input_gradient(path):
     ref = FullyFusedMLP(8, 3, 16, 3, generator=torch.Generator().manual_seed(3))
     x = torch.rand(120, 8, generator=torch.Generator().manual_seed(4))

@@ -168,6 +168,38 @@ def test_march_skipping_empty_space_takes_the_reference_samples(cpu_target, pois
                         empty_distance=empty[:-1], target=cpu_target)
 
 
+@pytest.mark.parametrize("aabb_scale, cone_angle, max_samples", [(1, 0.0, 1), (4, 1 / 256, 8), (4, 0.0, 24)])
+def test_one_pass_marching_equals_count_then_write(cpu_target, poison, monkeypatch, aabb_scale, cone_angle,
+                                                   max_samples):
+    """Rendering marches once into per-ray slots and packs them (march_rays_slots + compact_samples); the outputs must
+    be those of count + write bit for bit, first rounds and resumed ones, with and without empty-space skipping."""
+    from ngp_cli.volrend.grid import empty_distance
+
+    seed = _seed()
+    g = torch.Generator().manual_seed(seed)
+    grid = _grid("sphere", aabb_scale, g)
+    origins, directions = _rays(aabb_scale, 512, g)
+    kwargs = dict(cone_angle=cone_angle, near_distance=0.05, max_samples=max_samples, target=cpu_target)
+    t_start = None
+    for empty in (None, empty_distance(grid, n_cascades(aabb_scale))):
+        for _ in range(3):  # three rounds, each resuming after the last sample of the round before
+            assert origins.shape[0] * max_samples <= nerf.ONE_PASS_MAX_SLOTS
+            one = nerf.march_rays(origins, directions, grid, aabb_scale, t_start=t_start, empty_distance=empty,
+                                  **kwargs)
+            with monkeypatch.context() as m:
+                m.setattr(nerf, "ONE_PASS_MAX_SLOTS", 0)
+                two = nerf.march_rays(origins, directions, grid, aabb_scale, t_start=t_start, empty_distance=empty,
+                                      **kwargs)
+            assert int(two[3][-1]) > 0, f"seed {seed}: no samples to compare"
+            for a, b in zip(one, two, strict=True):
+                assert a.dtype == b.dtype and torch.equal(a, b), f"seed {seed}"
+            positions, dts, ts, offsets, _ = one
+            last = (offsets[1:] - 1).clamp_min(0)
+            t_start = torch.where(offsets.diff() > 0, ts[last] + dts[last], torch.full_like(dts[:1], 1e4).expand(
+                offsets.numel() - 1)) if ts.numel() else None
+        t_start = None
+
+
 def test_march_truncates_at_max_samples_and_near_distance(cpu_target, poison):
     seed = _seed()
     g = torch.Generator().manual_seed(seed)

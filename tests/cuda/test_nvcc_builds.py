@@ -10,9 +10,10 @@ import pytest
 from tests.cuda.conftest import ARCHS, nvcc_reports
 
 SOURCES = {
-    "nerf.cu": {"march_rays_count", "march_rays_write", "composite_forward", "composite_backward", "occupancy_splat",
-                "occupancy_ema", "occupancy_bits"},
+    "nerf.cu": {"march_rays_count", "march_rays_write", "march_rays_slots", "compact_samples", "composite_forward",
+                "composite_backward", "occupancy_splat", "occupancy_ema", "occupancy_bits"},
     "mesh.cu": {"mesh_closest_point", "mesh_winding_number", "mesh_raycast"},
+    "baked.cu": {"baked_render"},
 }
 
 

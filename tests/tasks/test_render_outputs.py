@@ -70,11 +70,45 @@ def test_depth_opacity_and_normals_of_a_plane():
         render_ray_maps(_plane_field(), origins, directions, occupancy, 1, maps=("albedo",), **kwargs)
 
 
+@pytest.mark.parametrize("kernel_target", [None, "cpu"])
+def test_per_ray_features_give_the_per_sample_result(kernel_target, request):
+    """``ray_features`` (the NeRF network's SH of the view direction, computed once per ray) must render exactly what
+    the field gives when it computes them per sample, for every map, in rounds and in two chunks."""
+    if kernel_target == "cpu":
+        request.getfixturevalue("host_cxx")
+    origins, directions = _rays_towards_plus_x(48, tilt=0.5)
+    occupancy = torch.ones(GRID_CELLS, dtype=torch.uint8)
+    wall = _plane_field(x0=0.5, width=0.05, peak=40.0)  # a soft wall: rays take many samples over several rounds
+
+    def features(d):  # (R, 3) -> (R, 4), a nonlinear function of the direction
+        return torch.cat([torch.sin(3.0 * d), d[:, :1] * d[:, 1:2]], dim=-1)
+
+    def colour(f):
+        return torch.sigmoid(f[:, :3] + f[:, 3:])
+
+    def per_sample(p, d):
+        return wall(p, d)[0], colour(features(d))
+
+    def per_ray(p, f):
+        return wall(p, f)[0], colour(f)
+
+    kwargs = dict(cone_angle=0.0, near_distance=0.0, background=torch.tensor([0.2, 0.4, 0.6]),
+                  maps=("rgb", "depth", "opacity", "normals"), steps_per_round=(1, 8), chunk_rays=32,
+                  kernel_target=kernel_target)
+    ref = render_ray_maps(per_sample, origins, directions, occupancy, 1, **kwargs)
+    out = render_ray_maps(per_ray, origins, directions, occupancy, 1, ray_features=features, **kwargs)
+    assert ref["opacity"].min() > 0.5 and ref["rgb"].std(0).max() > 1e-3  # the rays saw the wall, in varied colours
+    for key in ref:
+        assert out[key].shape == ref[key].shape and torch.isfinite(out[key]).all()
+        torch.testing.assert_close(out[key], ref[key], atol=1e-6, rtol=1e-6)
+
+
 def test_view_maps_are_in_world_units():
     from ngp_cli.tasks.nerf.views import render_view_map
 
     origins, directions = _rays_towards_plus_x(16, tilt=0.0)  # straight along +x from x = 0.1
-    problem = SimpleNamespace(device=torch.device("cpu"), field=_plane_field(), aabb_scale=1, cone_angle=0.0,
+    problem = SimpleNamespace(device=torch.device("cpu"), render_field=lambda: (_plane_field(), None), aabb_scale=1,
+                              cone_angle=0.0,
                               model=SimpleNamespace(grid=SimpleNamespace(occupancy=torch.ones(GRID_CELLS,
                                                                                               dtype=torch.uint8))),
                               cfg=SimpleNamespace(nerf=SimpleNamespace(near_distance=0.0, eval_chunk_rays=4096)),

@@ -182,3 +182,8 @@ class NerfProblem:
 
     def field(self, positions: torch.Tensor, directions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model(positions, directions)
+
+    def render_field(self) -> tuple:
+        """What the renderers query: ``(field, ray_features)``, the network taking encoded directions and the
+        per-ray direction encoding (``ray_features`` of :func:`ngp_cli.volrend.render.render_ray_maps`)."""
+        return self.model.forward_encoded, self.model.encode_directions

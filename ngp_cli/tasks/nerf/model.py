@@ -71,10 +71,20 @@ class NerfNetwork(KernelTargetMixin, nn.Module):
         """σ (N,) at (N, 3) positions (for the occupancy-grid update and mesh extraction)."""
         return self._sigma(self._features(positions))
 
-    def forward(self, positions: Tensor, directions: Tensor) -> tuple[Tensor, Tensor]:
+    def encode_directions(self, directions: Tensor) -> Tensor:
+        """The colour network's direction input: (N, 3) unit directions → (N, C) float32 (the spherical harmonics
+        of ``dir_encoding``), what :meth:`forward_encoded` takes; the same for every sample of a ray, so renderers
+        compute it once per ray (``ray_features`` of :func:`ngp_cli.volrend.render.render_ray_maps`)."""
+        return self.dir_encoding((directions.float() + 1.0) * 0.5).float()
+
+    def forward_encoded(self, positions: Tensor, encoded_directions: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` with the directions already encoded by :meth:`encode_directions` ((N, C) float32)."""
         h = self._features(positions)
-        rgb = self.rgb_network(torch.cat([h.float(), self.dir_encoding((directions + 1.0) * 0.5)], dim=-1))
+        rgb = self.rgb_network(torch.cat([h.float(), encoded_directions], dim=-1))
         return self._sigma(h), rgb.float()
+
+    def forward(self, positions: Tensor, directions: Tensor) -> tuple[Tensor, Tensor]:
+        return self.forward_encoded(positions, self.encode_directions(directions))
 
     def param_groups(self, l2_reg: float) -> list[dict]:
         """Optimizer groups: the grid tables (no L2, sparse Adam) and the MLPs (L2 ``l2_reg``), as in the paper §4."""

@@ -34,7 +34,8 @@ VIEW_MAPS = ("rgb", "depth", "accumulation", "normals")
 def _rays_and_grid(problem, origins: torch.Tensor, directions: torch.Tensor) -> tuple:
     """The positional arguments of the volrend renderers for ``problem``: field, rays on its device, grid, box."""
     dev = problem.device
-    return problem.field, origins.to(dev), directions.to(dev), problem.model.grid.occupancy, problem.aabb_scale
+    return problem.render_field()[0], origins.to(dev), directions.to(dev), problem.model.grid.occupancy, \
+        problem.aabb_scale
 
 
 def _marching(problem) -> dict:
@@ -42,7 +43,8 @@ def _marching(problem) -> dict:
     :data:`~ngp_cli.volrend.render.MIN_CHUNK_RAYS` rays per chunk (runs made before issue 17 recorded 8192, which
     the adaptive rounds would turn into thousands of small network batches)."""
     return {"cone_angle": problem.cone_angle, "near_distance": problem.cfg.nerf.near_distance,
-            "chunk_rays": max(problem.cfg.nerf.eval_chunk_rays, MIN_CHUNK_RAYS), "kernel_target": problem.kernel_target}
+            "chunk_rays": max(problem.cfg.nerf.eval_chunk_rays, MIN_CHUNK_RAYS), "kernel_target": problem.kernel_target,
+            "ray_features": problem.render_field()[1]}
 
 
 def render_view(problem, origins: torch.Tensor, directions: torch.Tensor, height: int, width: int,
