@@ -262,6 +262,9 @@ def build_app() -> typer.Typer:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (``ngp``)."""
+    from ngp_cli.launch import COMMAND_LINE
+
+    COMMAND_LINE[:] = list(argv) if argv is not None else sys.argv[1:]  # what --nproc hands to its processes
     app = build_app()
     typer.main.get_command(app).main(args=argv, prog_name="ngp")
 

@@ -77,6 +77,9 @@ StepsOpt = Annotated[int | None, typer.Option("--steps", help="Training steps (s
 AllowInputChangeOpt = Annotated[bool, typer.Option(
     "--allow-input-change", help="With --resume: accept a changed input (a --set of the input's path, or the input "
                                  "file changed on disk since the run was created); recorded in the run.")]
+NprocOpt = Annotated[int, typer.Option(
+    "--nproc", min=1, max=1024, help="Train data-parallel in this many processes on this machine (starts torchrun's "
+                                     "agent; for several machines run torchrun yourself: docs/distributed.md).")]
 SaveOptimizerOpt = Annotated[bool, typer.Option(
     "--save-optimizer/--no-save-optimizer", help="Keep the Adam state in the final checkpoint (needed for a "
                                                  "bit-exact --resume; without it the moments restart).")]

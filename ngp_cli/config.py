@@ -173,6 +173,19 @@ class TrainConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Data-parallel training on torch.distributed, launched by torchrun or ``--nproc`` (docs/distributed.md)."""
+
+    sampling_shards: int = opt(
+        0, "random-sampling streams a step's batch is split into, each drawing train.batch_size / shards samples from "
+           "its own generator, shared out over the processes; a run keeps them when resumed on another number of "
+           "processes (a multiple of it), so it draws the same samples; 0: one per process, recorded at the start",
+        ge=0, le=4096)
+    timeout_s: float = opt(600.0, "seconds a process waits for the others before the run stops with an error "
+                                  "(at most a day)", gt=0.0, le=86400.0)
+
+
+@dataclass
 class RunConfig:
     """Keys shared by every task. Tasks subclass it and add their own section."""
 
@@ -186,6 +199,7 @@ class RunConfig:
     optimizer: OptimizerConfig = section(OptimizerConfig, "optimizer")
     loss: LossConfig = section(LossConfig, "loss")
     train: TrainConfig = section(TrainConfig, "training loop")
+    distributed: DistributedConfig = section(DistributedConfig, "data-parallel training over processes")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

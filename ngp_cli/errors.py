@@ -13,6 +13,7 @@ code  meaning
 5     no GPU (a CUDA backend or device was asked for and none is usable)
 6     output error (the runs directory or an output file cannot be written)
 7     training diverged (loss became NaN or infinite)
+8     distributed failure (a process of a data-parallel run died or stopped answering; the others stop)
 130   interrupted (Ctrl-C; a checkpoint was written first when training)
 ====  ==========================================================
 
@@ -29,6 +30,7 @@ EXIT_DATA = 4
 EXIT_NO_GPU = 5
 EXIT_OUTPUT = 6
 EXIT_DIVERGED = 7
+EXIT_DISTRIBUTED = 8
 EXIT_INTERRUPTED = 130
 
 
@@ -79,6 +81,14 @@ class DivergedError(NgpError):
 
     exit_code = EXIT_DIVERGED
     kind = "training diverged"
+
+
+class DistributedError(NgpError):
+    """A process of a data-parallel run died, could not join, or did not answer within ``distributed.timeout_s``
+    (exit 8); the other processes stop too, and the run resumes from its last checkpoint."""
+
+    exit_code = EXIT_DISTRIBUTED
+    kind = "distributed failure"
 
 
 class Interrupted(NgpError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -22,7 +22,18 @@ from ngp_cli.allocator import tune_cpu_allocator
 from ngp_cli.config import LossConfig, OptimizerConfig, RunConfig
 from ngp_cli.console import emit, info, stderr_console, warn
 from ngp_cli.cuda import runtime
-from ngp_cli.errors import DataError, DivergedError, Interrupted
+from ngp_cli.distributed import (
+    World,
+    all_reduce_gradients,
+    check_replicas,
+    comm_seconds,
+    current_world,
+    gather_objects,
+    local_shards,
+    resolve_shards,
+    shard_seed,
+)
+from ngp_cli.errors import ConfigError, DataError, DivergedError, Interrupted
 from ngp_cli.metrics import luminance, mse_to_psnr
 from ngp_cli.runs import LoadedCheckpoint, RunDir
 
@@ -158,19 +169,38 @@ def sampling_generator(cfg: RunConfig, device: torch.device | str = "cpu") -> to
     return torch.Generator(device=device).manual_seed(cfg.seed + 1)
 
 
-def train_step(problem: Problem, optimizer: torch.optim.Optimizer, loss_fn: Callable, generator: torch.Generator,
-               batch_size: int) -> tuple[torch.Tensor, torch.Tensor | float]:
+def train_step(problem: Problem, optimizer: torch.optim.Optimizer, loss_fn: Callable,
+               generator: torch.Generator | Sequence[torch.Generator], batch_size: int, *, shards: int = 1,
+               world: World | None = None) -> tuple[torch.Tensor, torch.Tensor | float]:
     """One optimisation step: draw a batch, backpropagate, update. Returns ``(loss, mse)``: the detached 0-dim loss
     tensor and the problem's mse, neither read back from the device (so the host never waits for it).
+
+    Data parallel (:mod:`ngp_cli.distributed`): ``generator`` is then this process's shard generators, each drawing
+    ``batch_size / shards`` samples; each shard's loss is back-propagated divided by ``shards``, the gradients (with
+    the loss and mse) are summed over the processes of ``world``, and every process takes the same step: the returned
+    loss and mse are the whole batch's means.
 
     A non-finite loss still updates the weights (finding out would mean waiting for the device): :class:`Trainer`
     watches for it on the device and stops before any checkpoint holds such weights.
     """
-    loss, mse = problem.batch_loss(batch_size, generator, loss_fn)
+    if isinstance(generator, torch.Generator):
+        loss, mse = problem.batch_loss(batch_size, generator, loss_fn)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach(), mse
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    per = batch_size // shards
+    total = None
+    for g in generator:
+        loss, mse = problem.batch_loss(per, g, loss_fn)
+        (loss / shards).backward()
+        part = torch.stack([loss.detach().float(), torch.as_tensor(mse, dtype=torch.float32,
+                                                                   device=loss.device)]) / shards
+        total = part if total is None else total + part
+    total = all_reduce_gradients(problem.model, world or current_world(), total)
     optimizer.step()
-    return loss.detach(), mse
+    return total[0], total[1]
 
 
 class DivergenceWatch:
@@ -350,7 +380,17 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, cfg.optimizer)
         self.ema = EMA(list(self.model.parameters()), cfg.optimizer.ema_decay) if cfg.optimizer.ema_decay > 0 else None
         self.loss_fn = make_loss(cfg.loss)
-        self.generator = sampling_generator(cfg, getattr(problem, "generator_device", "cpu"))
+        gen_device = getattr(problem, "generator_device", "cpu")
+        # The shared draws (the occupancy-grid update) and, with one shard, the batches.
+        self.generator = sampling_generator(cfg, gen_device)
+        self.world = current_world()
+        self.shards = resolve_shards(cfg.distributed.sampling_shards, self.world.size)
+        if cfg.train.batch_size % self.shards:
+            raise ConfigError(f"train.batch_size={cfg.train.batch_size} does not split into "
+                              f"distributed.sampling_shards={self.shards} equal shards")
+        self.shard_generators = {} if self.shards == 1 else {
+            k: torch.Generator(device=gen_device).manual_seed(shard_seed(cfg.seed, k))
+            for k in local_shards(self.shards, self.world)}
         self.state = TrainState()
         self.divergence = DivergenceWatch()
 
@@ -363,12 +403,26 @@ class Trainer:
             return False
         meta = checkpoint.meta  # validated by RunDir.load_checkpoint
         _load_state(checkpoint.tensors, meta, self.model, self.optimizer, self.ema, self.generator)
+        self._restore_shards(checkpoint.tensors, int(meta.get("sampling_shards", 1)))
         if hasattr(self.problem, "load_host_state"):
             self.problem.load_host_state(meta.get("problem"))
         self.state = TrainState(step=checkpoint.step, elapsed_s=float(meta.get("elapsed_s", 0.0)),
                                 last=meta.get("last"), compile_s=float(meta.get("compile_s", 0.0)))
-        self.run.truncate_metrics(self.state.step)
+        if self.world.is_main:
+            self.run.truncate_metrics(self.state.step)
         return True
+
+    def _restore_shards(self, tensors: dict[str, torch.Tensor], saved_shards: int) -> None:
+        """This process's shard generators from a checkpoint (``rng.shard.<k>``): a run resumed with the shards it
+        was saved with (on any process count that divides them) continues their draws exactly; a different shard
+        count starts the missing ones from their seeds (with a warning)."""
+        missing = [k for k in self.shard_generators if f"rng.shard.{k}" not in tensors]
+        for k, g in self.shard_generators.items():
+            if f"rng.shard.{k}" in tensors:
+                g.set_state(tensors[f"rng.shard.{k}"])
+        if (missing or saved_shards != self.shards) and self.world.is_main:
+            warn(f"the checkpoint was saved with {saved_shards} sampling shard(s), this run has {self.shards}: the "
+                 "batches' random draws do not continue the saved ones exactly")
 
     def checkpoint(self, final: bool = False) -> str:
         """Write a checkpoint of the current state; the ``final`` one leaves out the Adam state when
@@ -381,7 +435,20 @@ class Trainer:
                 "optimizer_state": with_optimizer}
         if hasattr(self.problem, "host_state"):
             meta["problem"] = self.problem.host_state()
+        if self.shards > 1:
+            meta["sampling_shards"] = self.shards
         tensors = _state_tensors(self.model, self.optimizer, self.ema, self.generator)
+        if self.world.distributed:  # collectives: every process calls this at the same step
+            local = set(getattr(self.problem, "replica_local", ()))
+            check_replicas({k: v for k, v in tensors.items() if k.split(".", 1)[-1] not in local}, self.world,
+                           self.state.step)
+        # Every process's shard generators go into rank 0's checkpoint.
+        shard_states = {k: g.get_state().cpu() for k, g in self.shard_generators.items()}
+        gathered = gather_objects(shard_states, self.world)
+        if not self.world.is_main:
+            return str(self.run.path)
+        for states in gathered:
+            tensors.update({f"rng.shard.{k}": v for k, v in states.items()})
         if not with_optimizer:
             tensors = {k: v for k, v in tensors.items() if not k.startswith("optim.")}
         path = self.run.save_checkpoint(self.state.step, tensors, meta, keep=self.cfg.train.keep_checkpoints)
@@ -395,7 +462,7 @@ class Trainer:
         """Train from ``state.step`` to ``n_steps``. On Ctrl-C a checkpoint is written, then Interrupted is raised;
         a non-finite loss raises DivergedError (no checkpoint of the diverged weights is written)."""
         tc = self.cfg.train
-        progress = _Progress(tc.n_steps, self.state.step, self.quiet, self.show_psnr)
+        progress = _Progress(tc.n_steps, self.state.step, self.quiet or not self.world.is_main, self.show_psnr)
         window_t0, window_steps = time.perf_counter(), 0
         try:
             with _deferred_sigint() as stop_requested:
@@ -425,7 +492,9 @@ class Trainer:
             compiled0 = runtime.compile_seconds()  # the first step on a kernel backend compiles
             if before_step is not None:
                 before_step(self.state.step, self.generator)
-            loss, mse = train_step(self.problem, self.optimizer, self.loss_fn, self.generator, tc.batch_size)
+            batch_generators = self.generator if self.shards == 1 else list(self.shard_generators.values())
+            loss, mse = train_step(self.problem, self.optimizer, self.loss_fn, batch_generators, tc.batch_size,
+                                   shards=self.shards, world=self.world)
             self.state.step += 1
             self.divergence.observe(loss, self.state.step)
             if self.ema is not None:
@@ -450,10 +519,13 @@ class Trainer:
                           "samples_per_s": steps_per_s * tc.batch_size, "steps_per_s": steps_per_s,
                           "elapsed_s": round(self.state.elapsed_s, 4), "compile_s": round(self.state.compile_s, 4),
                           "lr": lr, **extra}
+                if self.world.distributed:  # rank 0's time in the gradient all-reduce, this session
+                    record["comm_s"] = round(comm_seconds(), 4)
                 self.state.last = record
-                self.run.append_metrics(record)
-                if self.json_events:
-                    emit("step", **record)
+                if self.world.is_main:
+                    self.run.append_metrics(record)
+                    if self.json_events:
+                        emit("step", **record)
                 window_t0, window_steps = now, 0
             progress.advance(self.state.step, record)
             if tc.eval_every and self.state.step % tc.eval_every == 0 and hasattr(self.problem, "evaluate_held_out"):
@@ -482,6 +554,8 @@ class Trainer:
             self.divergence.check(*torch.stack(values).tolist())
 
     def _evaluate_held_out(self) -> None:
+        if not self.world.is_main:  # rank 0 evaluates; the others wait for it in the next step's all-reduce
+            return
         with self.evaluation_weights():
             metrics = self.problem.evaluate_held_out()
         record = {"step": self.state.step, "elapsed_s": round(self.state.elapsed_s, 4), "eval": metrics}

@@ -45,6 +45,10 @@ class NerfProblem:
     the host resizes that draw from the device's count on log steps only (:meth:`log_metrics`), to 1.25x the count.
     """
 
+    #: Model state each data-parallel process keeps for itself (its batches' adaptive ray count), left out of the
+    #: replica check (:func:`ngp_cli.distributed.check_replicas`); rank 0's is checkpointed.
+    replica_local = ("n_rays",)
+
     def __init__(self, dataset: NerfDataset, cfg: NerfConfig, backend: Backend, aabb_scale: int) -> None:
         self.device = backend.device
         self.generator_device = self.device if self.device.type == "cuda" else torch.device("cpu")

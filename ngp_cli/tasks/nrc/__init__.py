@@ -8,12 +8,14 @@ config dataclass; the work is imported inside the command.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ngp_cli.commands import BackendOpt, NameOpt, PresetOpt, RunsDirOpt, SetOpt, TrainOptions
+from ngp_cli.errors import UsageError
 from ngp_cli.tasks import Task
 from ngp_cli.tasks.nrc.config import NrcConfig, NrcSection
 
@@ -61,8 +63,12 @@ class NrcTask(Task):
             stdout: JSON lines ({"event":"frame",...} per frame with --json, a final {"event":"done",...});
             stderr: progress and logs.
             """
+            from ngp_cli.launch import under_launcher
             from ngp_cli.tasks.nrc.fit import train_nrc as run_train
 
+            if under_launcher() and os.environ.get("WORLD_SIZE", "1") != "1":
+                raise UsageError("train-nrc trains its cache online, frame by frame, in one process: it has no "
+                                 "data-parallel mode (run it without torchrun)")
             sets = list(set_ or [])
             if frames is not None:
                 sets.append(f"nrc.frames={frames}")

@@ -1,0 +1,253 @@
+"""Data-parallel training on torch.distributed (issue 19, part 1): the process group, the gradient all-reduce and
+the sampling shards every task's training shares through :class:`~ngp_cli.train.Trainer`.
+
+Processes are started by torchrun (``torchrun --nproc-per-node N -m ngp_cli train-nerf ...``, multi-node through its
+rendezvous) or by ``--nproc N`` on a training command, which starts torchrun's agent itself
+(:func:`ngp_cli.launch.launch`). Each reads its
+rank from torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``) and joins
+the group: NCCL on GPUs, gloo on CPUs. Nothing here manages processes or sockets of its own.
+
+The scheme (docs/distributed.md):
+
+* **Sampling shards.** A step's batch of ``train.batch_size`` samples is split into ``S = distributed.sampling_shards``
+  shards of ``batch_size / S``, each drawn by its own generator seeded from the run seed (:func:`shard_seed`); process
+  ``r`` of ``W`` draws shards ``r·S/W .. (r+1)·S/W - 1``. Randomness every process must share (the occupancy-grid
+  update's cells) comes from one more generator, seeded as a single-process run's. A 1-process run with ``S`` shards
+  draws exactly the samples of a ``W``-process run with ``S`` shards, and gets the same parameters up to float
+  summation order.
+* **Gradients.** Each process back-propagates ``loss_k / S`` for its shards (so the sum over all shards is the
+  gradient of the batch's mean loss), then the gradients are summed over processes with one all-reduce of a flat
+  buffer (:func:`all_reduce_gradients`), and every process takes the same optimizer step.
+* **Writes.** Only rank 0 writes the run directory (metrics, checkpoints, renders, summary); the others read it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+from torch import nn
+
+from ngp_cli.errors import ConfigError, DistributedError
+
+__all__ = ["World", "all_reduce_gradients", "all_reduce_sum", "barrier", "broadcast_object", "check_replicas",
+           "comm_seconds", "current_world", "gather_objects",
+           "init_world", "local_shards", "resolve_shards", "shard_seed", "shutdown_world", "state_fingerprint"]
+
+_SEED_MASK = (1 << 63) - 1
+# Golden-ratio increment (splitmix64's): shard seeds far apart from each other and from the run's own seeds.
+_SHARD_STRIDE = 0x9E3779B97F4A7C15
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the processes of a run: ``rank`` of ``size`` (0 of 1 without torchrun),
+    ``local_rank`` on its node, and the process-group ``backend`` ("gloo", "nccl"; None for one process)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that writes the run directory and prints."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        """More than one process."""
+        return self.size > 1
+
+
+_world: list[World] = [World()]
+
+
+def current_world() -> World:
+    """The :class:`World` :func:`init_world` joined (one process of one before, or without torchrun)."""
+    return _world[0]
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    try:
+        return int(value) if value not in (None, "") else default
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={value!r} is not an integer (set by torchrun)") from None
+
+
+def init_world(device_type: str, timeout_s: float) -> World:
+    """Join the run's process group when torchrun started this process (``WORLD_SIZE`` > 1): gloo for CPU devices,
+    NCCL for CUDA ones (after selecting GPU ``LOCAL_RANK``), waiting at most ``timeout_s`` seconds for the others
+    here and in every collective later. A no-op returning the one-process world otherwise, or when already joined.
+
+    Raises:
+        ConfigError: torchrun's variables are malformed.
+        DistributedError: the group cannot be formed (a process missing, the rendezvous unreachable).
+    """
+    size = _env_int("WORLD_SIZE", 1)
+    if size <= 1:
+        return current_world()
+    if torch.distributed.is_initialized():
+        return current_world()
+    rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    try:
+        torch.distributed.init_process_group(backend=backend, rank=rank, world_size=size,
+                                             timeout=timedelta(seconds=timeout_s))
+    except (RuntimeError, ValueError, TimeoutError) as exc:
+        raise DistributedError(f"process {rank} of {size} could not join the others ({backend}): "
+                               f"{' '.join(str(exc).split())[:300]}") from None
+    _world[0] = World(rank=rank, size=size, local_rank=local_rank, backend=backend)
+    return _world[0]
+
+
+def shutdown_world() -> None:
+    """Leave the process group (at the end of a run); the world is one process again."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    _world[0] = World()
+
+
+def _collective(what: str, fn, *args, **kwargs):
+    """Run a collective, turning a peer's death or a timeout into one DistributedError line."""
+    try:
+        return fn(*args, **kwargs)
+    except (RuntimeError, TimeoutError, ValueError) as exc:  # gloo/NCCL report both as RuntimeError
+        world = current_world()
+        raise DistributedError(f"process {world.rank} of {world.size}: {what} failed (another process died or "
+                               f"stopped answering): {' '.join(str(exc).split())[:200]}") from None
+
+
+def resolve_shards(configured: int, world_size: int) -> int:
+    """The sampling shards of a run: ``configured`` (``distributed.sampling_shards``), or the process count for 0.
+
+    Raises ConfigError when they cannot be shared out evenly over ``world_size`` processes."""
+    shards = configured or world_size
+    if shards % world_size:
+        raise ConfigError(f"distributed.sampling_shards={shards} cannot be shared out over {world_size} processes: "
+                          f"use a multiple of {world_size} (--set distributed.sampling_shards=...)")
+    return shards
+
+
+def local_shards(shards: int, world: World) -> range:
+    """The shards process ``world.rank`` draws: a contiguous block of ``shards / world.size``."""
+    per = shards // world.size
+    return range(world.rank * per, (world.rank + 1) * per)
+
+
+def shard_seed(seed: int, shard: int) -> int:
+    """The sampling seed of shard ``shard`` (0-based) of a run seeded ``seed``: ``seed + 1 + (shard + 1)·φ`` mod
+    2^63 (φ the 64-bit golden-ratio constant), apart from ``seed + 1``, the one-shard run's and the shared draws'."""
+    return (seed + 1 + (shard + 1) * _SHARD_STRIDE) & _SEED_MASK
+
+
+def all_reduce_gradients(model: nn.Module, world: World, extras: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Sum every parameter's gradient over the processes, in place, with one all-reduce of a flat buffer per dtype
+    (a gradient a process has not got counts as zero), and sum ``extras`` (a small float32 vector: the step's loss
+    and batch mse) in the same all-reduce. Returns the summed ``extras`` (``extras`` itself for one process).
+
+    Dense: the hash tables' gradients are reduced whole (docs/distributed.md gives the measured cost). Raises
+    DistributedError (a process died or timed out)."""
+    if not world.distributed:
+        return extras
+    import time
+
+    t0 = time.perf_counter()
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    by_dtype: dict[torch.dtype, list[nn.Parameter]] = {}
+    for p in params:
+        by_dtype.setdefault(p.grad.dtype, []).append(p)
+    if extras is not None:
+        by_dtype.setdefault(extras.dtype, [])
+    for dtype, group in by_dtype.items():
+        parts = [p.grad.reshape(-1) for p in group]
+        if extras is not None and dtype == extras.dtype:
+            parts.append(extras.reshape(-1))
+        flat = torch.cat(parts)
+        _collective("the gradient all-reduce", torch.distributed.all_reduce, flat)
+        offset = 0
+        for p in group:
+            n = p.grad.numel()
+            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+            offset += n
+        if extras is not None and dtype == extras.dtype:
+            extras = flat[offset:offset + extras.numel()].view_as(extras)
+    _COMM_SECONDS[0] += time.perf_counter() - t0
+    return extras
+
+
+_COMM_SECONDS = [0.0]
+
+
+def comm_seconds() -> float:
+    """Host seconds this process spent in :func:`all_reduce_gradients` so far (on the CPU the gloo all-reduce
+    itself, synchronous; with NCCL the time to enqueue it)."""
+    return _COMM_SECONDS[0]
+
+
+def all_reduce_sum(values: torch.Tensor, world: World) -> torch.Tensor:
+    """``values`` summed over the processes (a new tensor; the tensor itself for one process)."""
+    if not world.distributed:
+        return values
+    out = values.clone()
+    _collective("a metrics all-reduce", torch.distributed.all_reduce, out)
+    return out
+
+
+def broadcast_object(obj, world: World, src: int = 0):
+    """Rank ``src``'s picklable ``obj`` on every process (``obj`` itself for one process). Used for plain values the
+    processes must agree on (the run directory's path), never for files."""
+    if not world.distributed:
+        return obj
+    box = [obj]
+    _collective("a broadcast", torch.distributed.broadcast_object_list, box, src=src)
+    return box[0]
+
+
+def gather_objects(obj, world: World) -> list:
+    """Every process's ``obj``, in rank order, on every process (``[obj]`` for one process)."""
+    if not world.distributed:
+        return [obj]
+    out = [None] * world.size
+    _collective("a gather", torch.distributed.all_gather_object, out, obj)
+    return out
+
+
+def barrier(world: World) -> None:
+    """Wait for every process (no-op for one)."""
+    if world.distributed:
+        _collective("a barrier", torch.distributed.barrier)
+
+
+def state_fingerprint(tensors: dict[str, torch.Tensor]) -> str:
+    """A SHA-256 of ``tensors`` (names, dtypes, shapes and bytes, in name order): what :func:`check_replicas`
+    compares between processes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_replicas(tensors: dict[str, torch.Tensor], world: World, step: int) -> None:
+    """Check that every process holds the same ``tensors`` (model, optimizer state, EMA, occupancy grid: what data
+    parallelism keeps identical); a collective. Raises DistributedError naming the processes that differ from rank
+    0. No-op for one process."""
+    if not world.distributed:
+        return
+    prints = gather_objects(state_fingerprint(tensors), world)
+    differ = [r for r, f in enumerate(prints) if f != prints[0]]
+    if differ:
+        raise DistributedError(f"at step {step} the state of process(es) {differ} differs from process 0's: the "
+                               "replicas diverged (a bug: please report it)")

@@ -1,0 +1,75 @@
+"""``--nproc N``: start a training command as N data-parallel processes on this machine (issue 19), with
+torch.distributed's elastic agent, what torchrun runs. Imports no torch at module level (the CLI imports it for every
+command); the processes themselves join their group in :mod:`ngp_cli.distributed`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ngp_cli.errors import DistributedError
+
+__all__ = ["COMMAND_LINE", "launch", "strip_option", "under_launcher"]
+
+#: The arguments of this ``ngp`` invocation (set by :func:`ngp_cli.cli.main`), which :func:`launch` hands to the
+#: processes it starts.
+COMMAND_LINE: list[str] = []
+
+# What a process of a launched run exits with when it failed cleanly (it printed its own one-line error first):
+# the documented codes of ngp_cli.errors, passed on as they are.
+_CLEAN_EXIT_CODES = frozenset({2, 3, 4, 5, 6, 7, 8, 130})
+
+
+def under_launcher() -> bool:
+    """Whether torchrun (or :func:`launch`) started this process (``WORLD_SIZE`` is set)."""
+    return "WORLD_SIZE" in os.environ
+
+
+def strip_option(args: list[str], name: str) -> list[str]:
+    """``args`` without the option ``name`` and its value (``--nproc 2`` or ``--nproc=2``)."""
+    out: list[str] = []
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a == name:
+            skip = True
+            continue
+        if a.startswith(name + "="):
+            continue
+        out.append(a)
+    return out
+
+
+def launch(nproc: int, args: list[str]) -> None:
+    """Run ``ngp ARGS`` as ``nproc`` processes on this machine and wait for them: torch.distributed's elastic agent
+    (what ``torchrun --standalone --nproc-per-node N`` runs) with a rendezvous on a free local port, no restarts,
+    ``OMP_NUM_THREADS`` = cores / ``nproc`` unless set (so the processes do not fight over the cores).
+
+    When a process fails, the agent stops the others. A process that failed with one of ngp's documented exit codes
+    has printed its one line; its code is passed on. Any other failure (a crash, a kill) raises DistributedError.
+    """
+    import logging
+    import sys
+    import uuid
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    for name in ("torch.distributed.elastic", "torch.distributed.launcher"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.2,
+                          start_method="spawn")
+    try:
+        elastic_launch(config, sys.executable)("-m", "ngp_cli", *args)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        code = failure.exitcode
+        if code in _CLEAN_EXIT_CODES:
+            raise SystemExit(code) from None
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        raise DistributedError(f"process {rank} of {nproc} {how}; the others were stopped (continue from the last "
+                               "checkpoint with --resume RUN_DIR)") from None

@@ -1,0 +1,223 @@
+"""Data-parallel training (issue 19, part 1; ngp_cli/distributed.py): sampling shards, the gradient all-reduce, rank 0's
+writes, checkpoints that resume on another process count, the replica check, and a killed process. The multi-process
+tests start real processes (``--nproc 2``: torch.distributed's elastic agent, gloo on the CPU) on tiny inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ngp_cli import distributed as dist
+from ngp_cli.errors import EXIT_CONFIG, EXIT_DISTRIBUTED, ConfigError, DistributedError
+from ngp_cli.launch import strip_option
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="torch.distributed with gloo is not available in this torch build")
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pieces
+
+
+def test_shards_are_shared_out_evenly():
+    assert dist.resolve_shards(0, 1) == 1 and dist.resolve_shards(0, 4) == 4 and dist.resolve_shards(6, 3) == 6
+    with pytest.raises(ConfigError, match="sampling_shards=3 cannot be shared out over 2 processes"):
+        dist.resolve_shards(3, 2)
+    owned = [list(dist.local_shards(6, dist.World(rank=r, size=3))) for r in range(3)]
+    assert owned == [[0, 1], [2, 3], [4, 5]]
+
+
+def test_shard_seeds_differ_from_each_other_and_from_the_runs_own():
+    seeds = [dist.shard_seed(1337, k) for k in range(64)]
+    assert len(set(seeds)) == 64 and 1337 + 1 not in seeds and 1337 not in seeds
+    assert all(0 <= s < 2**63 for s in seeds + [dist.shard_seed(2**63 - 1, 7)])
+
+
+def test_strip_option_removes_both_spellings():
+    args = ["fit-image", "a.png", "--nproc", "2", "--steps", "5", "--nproc=3", "--name", "x"]
+    assert strip_option(args, "--nproc") == ["fit-image", "a.png", "--steps", "5", "--name", "x"]
+
+
+def test_the_fingerprint_sees_every_byte_and_name():
+    a = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.zeros(2, dtype=torch.uint8)}
+    base = dist.state_fingerprint(a)
+    assert dist.state_fingerprint({k: v.clone() for k, v in a.items()}) == base
+    changed = {**a, "w": a["w"].clone()}
+    changed["w"][1, 2] = torch.nextafter(changed["w"][1, 2], torch.tensor(10.0))
+    assert dist.state_fingerprint(changed) != base
+    assert dist.state_fingerprint({"v": a["w"], "b": a["b"]}) != base
+    dist.check_replicas(a, dist.World(), 5)  # one process: nothing to compare
+
+
+def test_one_process_reduces_nothing():
+    model = torch.nn.Linear(3, 2)
+    model(torch.ones(1, 3)).sum().backward()
+    before = [p.grad.clone() for p in model.parameters()]
+    extras = torch.tensor([1.0, 2.0])
+    assert dist.all_reduce_gradients(model, dist.World(), extras) is extras
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), before, strict=True))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Real processes
+
+
+def _ngp(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("WORLD_SIZE", None)
+    return subprocess.run([sys.executable, "-m", "ngp_cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> Path:
+    import imageio.v3 as iio
+
+    root = tmp_path_factory.mktemp("dp")
+    x = np.linspace(0.0, 1.0, 48)
+    u, v = np.meshgrid(x, x)
+    img = np.stack([u, v, np.sin(6 * u * v) * 0.5 + 0.5], -1)
+    iio.imwrite(root / "img.png", (img * 255).astype(np.uint8))
+    return root / "img.png"
+
+
+_FIT = ["--set", "train.batch_size=2048", "--set", "train.log_every=5", "--set", "encoding.log2_hashmap_size=12",
+        "-q", "--json"]
+
+
+def _fit(image: Path, runs: Path, name: str, *extra: str) -> Path:
+    result = _ngp("fit-image", str(image), "--runs-dir", str(runs), "--name", name, *_FIT, *extra, cwd=runs.parent)
+    assert result.returncode == 0, result.stderr
+    done = [json.loads(line) for line in result.stdout.splitlines() if '"event":"done"' in line]
+    assert len(done) == 1, result.stdout  # one process printed the result
+    return Path(done[0]["run_dir"])
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    newest = sorted((run / "checkpoints").glob("step-*.safetensors"))[-1]
+    return {k: v for k, v in load_file(newest).items() if k.startswith(("model.", "optim.", "rng."))}
+
+
+def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert set(a) == set(b)
+    for k in a:
+        torch.testing.assert_close(a[k].double(), b[k].double(), atol=1e-6, rtol=0, msg=k)
+
+
+def test_two_processes_train_as_one_process_with_two_shards(image, tmp_path):
+    runs = tmp_path / "runs"
+    two = _fit(image, runs, "two", "--steps", "30", "--nproc", "2")
+    one = _fit(image, runs, "one", "--steps", "30", "--set", "distributed.sampling_shards=2")
+    single = _fit(image, runs, "single", "--steps", "30")
+    _assert_same(_weights(two), _weights(one))
+    # Two shards draw other samples than one: the comparison above is not between identical runs by accident.
+    assert not torch.equal(_weights(single)["model.network.weights.0"], _weights(one)["model.network.weights.0"])
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["metrics"]["processes"] == 2 and summary["step"] == 30
+    assert "sampling_shards: 2" in (two / "config.yaml").read_text()
+    lines = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "loss" in r] == [5, 10, 15, 20, 25, 30]  # rank 0 alone wrote them
+
+
+@pytest.mark.parametrize("first, then", [(["--nproc", "2"], []), ([], ["--nproc", "2"])])
+def test_a_run_resumes_on_another_process_count(image, tmp_path, first, then):
+    runs = tmp_path / "runs"
+    straight = _fit(image, runs, "straight", "--steps", "30", "--set", "distributed.sampling_shards=2")
+    part = _fit(image, runs, "part", "--steps", "15", "--set", "distributed.sampling_shards=2", *first)
+    result = _ngp("fit-image", "--resume", str(part), "--steps", "30", *_FIT[-2:], *then, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    _assert_same(_weights(part), _weights(straight))
+
+
+def test_a_nerf_run_keeps_its_replicas_identical(tmp_path):
+    from ngp_cli.tasks.nerf.synthetic import make_synthetic_scene
+
+    scene = make_synthetic_scene(tmp_path / "scene", n_train=8, n_val=1, resolution=24)
+    result = _ngp("train-nerf", str(scene), "--steps", "24", "--runs-dir", str(tmp_path / "runs"), "--nproc", "2",
+                  "--json", "-q", "--set", "train.batch_size=4096", "--set", "nerf.n_rays_initial=256",
+                  "--set", "encoding.log2_hashmap_size=12", "--set", "train.checkpoint_every=8",
+                  "--set", "nerf.grid_update_interval=4", "--set", "nerf.grid_warmup_steps=8",
+                  "--set", "nerf.render_views=0", "--set", "train.log_every=8", cwd=tmp_path)
+    # The replica check at every checkpoint (steps 8, 16, 24) compared the model, the occupancy grid and the
+    # optimizer state of both processes; a difference would have stopped the run with exit 8.
+    assert result.returncode == 0, result.stderr
+    done = json.loads(result.stdout.splitlines()[-1])
+    assert done["metrics"]["processes"] == 2 and done["step"] == 24
+
+
+def test_shards_that_do_not_split_over_the_processes_are_a_config_error(image, tmp_path):
+    result = _ngp("fit-image", str(image), "--runs-dir", str(tmp_path / "runs"), "--steps", "5", "--nproc", "2",
+                  "--set", "distributed.sampling_shards=3", cwd=tmp_path)
+    assert result.returncode == EXIT_CONFIG
+    assert "sampling_shards=3 cannot be shared out over 2 processes" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _children_with_rank(parent: int, rank: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and f"RANK={rank}".encode() in env:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc to find the processes")
+def test_a_killed_process_stops_the_run_with_one_line(image, tmp_path):
+    runs = tmp_path / "runs"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.Popen([sys.executable, "-m", "ngp_cli", "fit-image", str(image), "--runs-dir", str(runs),
+                             "--name", "killed", "--steps", "1000000", "--nproc", "2", "--set",
+                             "train.checkpoint_every=20", "--set", "distributed.timeout_s=60", *_FIT],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        victims: list[int] = []
+        while time.monotonic() < deadline:
+            checkpoints = list(runs.glob("image/*/checkpoints/step-*.safetensors"))
+            victims = _children_with_rank(proc.pid, 1)
+            if checkpoints and victims:
+                break
+            time.sleep(0.2)
+        assert checkpoints and victims, "the run did not get going"
+        os.kill(victims[0], signal.SIGKILL)
+        t0 = time.monotonic()
+        _, stderr = proc.communicate(timeout=90)
+        waited = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == EXIT_DISTRIBUTED, stderr
+    assert waited < 60
+    assert "process 1 of 2 was killed by signal 9" in stderr and "Traceback" not in stderr
+    lines = [x for x in stderr.splitlines() if x.startswith("ngp:")]
+    assert 1 <= len(lines) <= 2, stderr  # the launcher's line, and rank 0's own when it noticed first
+    run = next(runs.glob("image/*"))
+    assert not [p for p in run.rglob("*") if ".tmp" in p.name]  # no half-written checkpoint
+    resumed = _ngp("fit-image", "--resume", str(run), "--steps", str(_last_step(run) + 5), "-q", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+
+
+def _last_step(run: Path) -> int:
+    return int(sorted((run / "checkpoints").glob("step-*.safetensors"))[-1].stem.split("-")[1])
+
+
+def test_distributed_error_is_exit_8():
+    assert DistributedError("x").exit_code == EXIT_DISTRIBUTED == 8
