@@ -443,6 +443,10 @@ def report(work: Path, out: Path) -> int:
             frac = "" if r["ceiling_fraction"] is None else f"{100 * r['ceiling_fraction']:.1f}"
             md.append(f"| {r['benchmark']} | {r['dims'] or ''} | 2^{int(math.log2(r['batch']))} | "
                       f"{r['median_s'] * 1e3:.3f} | {r['ns_per_element']:.3f} | {frac} |")
+    scaling = _json_lines(work / "scaling.jsonl")
+    if scaling:
+        doc["scaling"] = scaling
+        md += _scaling_markdown(scaling)
     if doc["kernels"]:
         md += ["", kernels_markdown(doc["kernels"]).replace("# Kernel timings", "## Kernel timings", 1)]
     from ngp_cli.runs import atomic_write_text
@@ -452,6 +456,32 @@ def report(work: Path, out: Path) -> int:
     atomic_write_text(out / "summary.md", "\n".join(md) + "\n")
     print(f"gpu_kernels: wrote {out / 'session.json'} and {out / 'summary.md'}")
     return 0
+
+
+def scaling_line(gpus: int, run: Path) -> dict:
+    """One ``scaling.jsonl`` line of ``gpu_session.sh --multi-gpu``: the training rate and the gradient all-reduce
+    time per step of a data-parallel run on ``gpus`` GPUs, from its last metrics line (rank 0's)."""
+    records = [r for r in _json_lines(run / "metrics.jsonl") if "loss" in r]
+    if not records:
+        return {"gpus": gpus, "run": str(run), "error": "no metrics logged"}
+    last = records[-1]
+    steps = last["step"]
+    return {"gpus": gpus, "run": str(run), "steps": steps, "steps_per_s": last.get("steps_per_s"),
+            "samples_per_s": last.get("samples_per_s"), "train_s": last.get("elapsed_s"),
+            "comm_ms_per_step": 1e3 * last["comm_s"] / steps if "comm_s" in last else 0.0,
+            "batch_psnr": last.get("psnr")}
+
+
+def _scaling_markdown(lines: list[dict]) -> list[str]:
+    md = ["", "## Data-parallel scaling (NCCL, lego_400, 45 s each)", "",
+          "| GPUs | steps | steps/s | samples/s | all-reduce ms/step | batch PSNR |", "|---:|---:|---:|---:|---:|---:|"]
+    for r in lines:
+        if "error" in r:
+            md.append(f"| {r['gpus']} | {r['error']} | | | | |")
+            continue
+        md.append(f"| {r['gpus']} | {r['steps']} | {r['steps_per_s']:.2f} | {r['samples_per_s']:.3g} | "
+                  f"{r['comm_ms_per_step']:.2f} | {r['batch_psnr']:.2f} |")
+    return md
 
 
 # ---- main --------------------------------------------------------------------------------------------------------
@@ -474,6 +504,9 @@ def main(argv: list[str] | None = None) -> int:
     p_time.add_argument("--repeats", type=int, default=10)
     p_time.add_argument("--only", choices=KERNELS, action="append")
     p_time.add_argument("--out", default=os.environ.get("OUT", "gpu-results"))
+    p_scaling = sub.add_parser("scaling-line", help="one scaling.jsonl line from a data-parallel run's metrics")
+    p_scaling.add_argument("gpus", type=int)
+    p_scaling.add_argument("run", type=Path)
     p_report = sub.add_parser("report", help="session.json + summary.md from a session's work folder")
     p_report.add_argument("work", type=Path)
     p_report.add_argument("out", type=Path)
@@ -499,6 +532,9 @@ def main(argv: list[str] | None = None) -> int:
         if not all(1 <= k <= 26 for k in args.log2_sizes) or args.repeats < 1 or args.warmup < 0:
             parser.error("--log2-sizes must be in 1..26, --repeats >= 1, --warmup >= 0")
         return run_time(args)
+    if args.command == "scaling-line":
+        print(json.dumps(scaling_line(args.gpus, args.run)))
+        return 0
     return report(args.work, args.out)
 
 

@@ -6,6 +6,8 @@
 #   bash benchmarks/gpu_session.sh --dry-run      every step with its timeout, and their total; runs nothing
 #   bash benchmarks/gpu_session.sh                results under $OUT (default ./gpu-results)
 #   bash benchmarks/gpu_session.sh --only kernels,bench    (or --skip nerf,sdf): a subset, for a rerun
+#   bash benchmarks/gpu_session.sh --multi-gpu    on a machine with several GPUs: data-parallel NeRF scaling over
+#                                                 1/2/4/8 GPUs (NCCL, --nproc) instead of the single-GPU steps
 #
 # Order: probe (no usable GPU: one line on stderr and exit 5 within 30 s), environment, carried wheels, install,
 # the cuda target's own check (aborts loudly if it fails), correctness (GPU tests, compute-sanitizer), performance
@@ -33,6 +35,8 @@ session_budget=570 # what the steps may use together (margin for the report and 
 # name:timeout_s, in order. Keep the sum <= $session_budget (tests/test_gpu_session.py checks it).
 STEPS=(probe:25 info:20 wheels:10 install:25 cuda-target:40 pytest-gpu:110 memcheck:30 racecheck:30 kernels:40
        bench:35 nerf:75 sdf:75 image:35 report:10)
+# --multi-gpu: lego_400 trained 45 s on 1, 2, 4 and 8 GPUs (as many as there are), steps/s and all-reduce time each.
+STEPS_MULTI=(probe:25 info:20 wheels:10 install:25 cuda-target:40 scaling:340 report:10)
 
 step_command() {  # the command of a step, for --dry-run and the log
     case "$1" in
@@ -52,6 +56,9 @@ step_command() {  # the command of a step, for --dry-run and the log
                   "--set train.max_time_s=60 (needs trimesh)" ;;
         image) echo "$py -m ngp_cli fit-image $data/image/albert/albert.exr (albert.jpg without OpenEXR)" \
                     "--backend cuda --set train.max_time_s=25" ;;
+        scaling) echo "for k in 1 2 4 8 (<= GPUs): $py -m ngp_cli train-nerf $data/nerf/lego_400 --backend cuda" \
+                      "--nproc k --set train.max_time_s=45 (no final evaluation); $py benchmarks/gpu_kernels.py" \
+                      "scaling-line k \$WORK/runs/nerf/*-scaling-k >> \$WORK/scaling.jsonl" ;;
         report) echo "$py benchmarks/gpu_kernels.py report \$WORK $out" ;;
     esac
 }
@@ -163,6 +170,21 @@ step_image() {
     task_run image fit-image "$photo" --set train.max_time_s=25
 }
 
+step_scaling() {
+    local scene="$data/nerf/lego_400" n k
+    [ -f "$scene/transforms_train.json" ] || skip "no lego_400 dataset at $scene (see shared/data/INDEX.md)"
+    n=$(nvidia-smi -L | grep -c '^GPU')
+    [ "$n" -ge 2 ] || skip "$n GPU: data-parallel scaling needs at least 2"
+    for k in 1 2 4 8; do
+        [ "$k" -le "$n" ] || break
+        "$py" -m ngp_cli train-nerf "$scene" --backend cuda --nproc "$k" --runs-dir "$WORK/runs" --name "scaling-$k" \
+            --set train.max_time_s=45 --set train.final_eval_views=0 --set nerf.render_views=0 --json \
+            > "$WORK/scaling-$k.out"
+        "$py" benchmarks/gpu_kernels.py scaling-line "$k" "$WORK"/runs/nerf/*-scaling-"$k" >> "$WORK/scaling.jsonl"
+        tail -n 1 "$WORK/scaling.jsonl"
+    done
+}
+
 step_report() {
     "$py" benchmarks/gpu_kernels.py report "$WORK" "$out"
 }
@@ -181,6 +203,7 @@ run_one_step() {  # the body of `--step NAME`, in its own process under timeout
         nerf) step_nerf ;;
         sdf) step_sdf ;;
         image) step_image ;;
+        scaling) step_scaling ;;
         report) step_report ;;
         *) die 2 "unknown step '$1'" ;;
     esac
@@ -208,10 +231,11 @@ skip_list=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) dry_run=1 ;;
+        --multi-gpu) STEPS=("${STEPS_MULTI[@]}") ;;
         --only) only=",${2:?--only needs a comma-separated list of steps},"; shift ;;
         --skip) skip_list=",${2:?--skip needs a comma-separated list of steps},"; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$self" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-        *) die 2 "unknown argument '$1' (use --dry-run, --only STEPS, --skip STEPS or --help)" ;;
+        *) die 2 "unknown argument '$1' (use --dry-run, --multi-gpu, --only STEPS, --skip STEPS or --help)" ;;
     esac
     shift
 done

@@ -34,7 +34,7 @@ from ngp_cli.errors import ConfigError, DistributedError
 
 __all__ = ["World", "all_reduce_gradients", "all_reduce_sum", "barrier", "broadcast_object", "check_replicas",
            "comm_seconds", "current_world", "gather_objects",
-           "init_world", "local_shards", "resolve_shards", "shard_seed", "shutdown_world", "state_fingerprint"]
+           "init_world", "local_shards", "pin_local_gpu", "resolve_shards", "shard_seed", "shutdown_world", "state_fingerprint"]
 
 _SEED_MASK = (1 << 63) - 1
 # Golden-ratio increment (splitmix64's): shard seeds far apart from each other and from the run's own seeds.
@@ -76,6 +76,15 @@ def _env_int(name: str, default: int) -> int:
         return int(value) if value not in (None, "") else default
     except ValueError:
         raise ConfigError(f"environment variable {name}={value!r} is not an integer (set by torchrun)") from None
+
+
+def pin_local_gpu() -> None:
+    """Under torchrun on a machine with GPUs, make GPU ``LOCAL_RANK`` this process's current device, before anything
+    touches CUDA (the backend's device "cuda" then means that GPU). No-op otherwise."""
+    if _env_int("WORLD_SIZE", 1) > 1 and torch.cuda.is_available():
+        local = _env_int("LOCAL_RANK", 0)
+        if local < torch.cuda.device_count():
+            torch.cuda.set_device(local)
 
 
 def init_world(device_type: str, timeout_s: float) -> World:

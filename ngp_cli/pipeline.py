@@ -106,10 +106,11 @@ def train(task: Task, opts: TrainOptions, given: Path | None) -> None:
     Raises NgpError subclasses on bad input (UsageError without an input where the task has no default); nothing is
     created on disk before the config, the input and the problem were built.
     """
-    from ngp_cli.distributed import broadcast_object, init_world, resolve_shards, shutdown_world
+    from ngp_cli.distributed import broadcast_object, init_world, pin_local_gpu, resolve_shards, shutdown_world
     from ngp_cli.runs import RunDir
     from ngp_cli.train import Trainer
 
+    pin_local_gpu()
     prep = prepare(task, opts)
     cfg = prep.cfg
     world = init_world(prep.backend.device.type, cfg.distributed.timeout_s)
@@ -140,10 +141,12 @@ def train(task: Task, opts: TrainOptions, given: Path | None) -> None:
     restored = restore(trainer, prep) if world.is_main else trainer.restore(prep.checkpoint)
     task.before_fit(problem, trainer, restored)
     state = trainer.fit()
-    if not world.is_main:  # the final evaluation and the summary are rank 0's
+    if not world.is_main and not task.parallel_evaluation:  # the final evaluation and the summary are rank 0's
         _leave_quietly()
     with trainer.evaluation_weights():
         metrics, artifacts = task.evaluate(problem, run, state)
+    if not world.is_main:  # it took its share of the evaluation; rank 0 writes
+        _leave_quietly()
     metrics = {**metrics, **_training_metrics(state)}
     if world.distributed:
         metrics["processes"] = world.size

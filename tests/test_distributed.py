@@ -67,6 +67,42 @@ def test_one_process_reduces_nothing():
     assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), before, strict=True))
 
 
+def _replica_worker(rank: int, port: int, same: bool, out) -> None:
+    import datetime
+
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                                         timeout=datetime.timedelta(seconds=60))
+    world = dist.World(rank=rank, size=2, backend="gloo")
+    state = {"w": torch.arange(4.0), "grid": torch.zeros(3, dtype=torch.uint8)}
+    if not same and rank == 1:
+        state["grid"][2] = 1  # one occupancy cell differs
+    try:
+        dist.check_replicas(state, world, step=7)
+        out.put((rank, "ok"))
+    except DistributedError as err:
+        out.put((rank, str(err)))
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_the_replica_check_compares_two_processes(same):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_replica_worker, args=(port, same, queue), nprocs=2, join=True)
+    results = dict(queue.get() for _ in range(2))
+    if same:
+        assert results == {0: "ok", 1: "ok"}
+    else:
+        for rank in (0, 1):
+            assert "at step 7 the state of process(es) [1] differs from process 0's" in results[rank]
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Real processes
 
@@ -138,20 +174,31 @@ def test_a_run_resumes_on_another_process_count(image, tmp_path, first, then):
     _assert_same(_weights(part), _weights(straight))
 
 
-def test_a_nerf_run_keeps_its_replicas_identical(tmp_path):
+def test_a_nerf_run_keeps_its_replicas_identical_and_shares_out_the_evaluation(tmp_path):
     from ngp_cli.tasks.nerf.synthetic import make_synthetic_scene
 
-    scene = make_synthetic_scene(tmp_path / "scene", n_train=8, n_val=1, resolution=24)
+    scene = make_synthetic_scene(tmp_path / "scene", n_train=8, n_val=3, resolution=24)
     result = _ngp("train-nerf", str(scene), "--steps", "24", "--runs-dir", str(tmp_path / "runs"), "--nproc", "2",
                   "--json", "-q", "--set", "train.batch_size=4096", "--set", "nerf.n_rays_initial=256",
                   "--set", "encoding.log2_hashmap_size=12", "--set", "train.checkpoint_every=8",
                   "--set", "nerf.grid_update_interval=4", "--set", "nerf.grid_warmup_steps=8",
-                  "--set", "nerf.render_views=0", "--set", "train.log_every=8", cwd=tmp_path)
-    # The replica check at every checkpoint (steps 8, 16, 24) compared the model, the occupancy grid and the
+                  "--set", "nerf.render_views=2", "--set", "train.log_every=8", "--set", "optimizer.ema_decay=0.9",
+                  cwd=tmp_path)
+    # The replica check at every checkpoint (steps 8, 16, 24) compared the model, the occupancy grid, the EMA and the
     # optimizer state of both processes; a difference would have stopped the run with exit 8.
     assert result.returncode == 0, result.stderr
     done = json.loads(result.stdout.splitlines()[-1])
-    assert done["metrics"]["processes"] == 2 and done["step"] == 24
+    assert done["metrics"]["processes"] == 2 and done["step"] == 24 and done["metrics"]["n_views"] == 3
+    run = Path(done["run_dir"])
+    # The 3 val views were shared out (rank 0: views 0 and 2, rank 1: view 1); one process scores them alike.
+    shared = json.loads((run / "eval_val.json").read_text())
+    assert sorted(p.name for p in (run / "renders").glob("val_*.png")) == ["val_r_0.png", "val_r_1.png"]
+    again = _ngp("eval", str(run), "-q", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    alone = json.loads((run / "eval_val.json").read_text())
+    assert [v["view"] for v in shared["views"]] == [v["view"] for v in alone["views"]] == [0, 1, 2]
+    for a, b in zip(shared["views"], alone["views"], strict=True):
+        assert a["psnr"] == pytest.approx(b["psnr"], abs=1e-6)
 
 
 def test_shards_that_do_not_split_over_the_processes_are_a_config_error(image, tmp_path):

@@ -181,3 +181,34 @@ def test_report_writes_summary_and_session_json(tmp_path):
     doc = json.loads((out / "session.json").read_text())
     assert [s["step"] for s in doc["steps"]] == ["probe", "nerf", "sdf", "bench"]
     assert doc["runs"]["nerf"]["metrics"]["psnr"] == 31.25
+
+
+@needs_bash
+def test_multi_gpu_dry_run_lists_the_scaling_step_within_ten_minutes(tmp_path):
+    res, _ = _session("--multi-gpu", "--dry-run", path=_path_without_nvidia_smi(), out=tmp_path / "out")
+    assert res.returncode == 0, res.stderr
+    steps = [STEP_LINE.match(line) for line in res.stdout.splitlines()[:-1]]
+    assert [m.group(2) for m in steps] == ["probe", "info", "wheels", "install", "cuda-target", "scaling", "report"]
+    assert sum(int(m.group(3)) for m in steps) <= 570
+    scaling = next(m.group(4) for m in steps if m.group(2) == "scaling")
+    assert "--nproc k" in scaling and "--backend cuda" in scaling
+
+
+def test_the_scaling_table_comes_from_each_runs_metrics(tmp_path):
+    gk = _gpu_kernels()
+    work, out = tmp_path / "work", tmp_path / "out"
+    lines = []
+    for gpus, rate, comm in ((1, 40.0, None), (2, 76.0, 0.3)):
+        run = work / "runs" / "nerf" / f"x-scaling-{gpus}"
+        run.mkdir(parents=True)
+        rec = {"step": 100, "loss": 0.01, "psnr": 25.5, "steps_per_s": rate, "samples_per_s": rate * 262144,
+               "elapsed_s": 45.0, **({"comm_s": comm} if comm is not None else {})}
+        (run / "metrics.jsonl").write_text(json.dumps({"step": 50, "loss": 0.1}) + "\n" + json.dumps(rec) + "\n")
+        lines.append(gk.scaling_line(gpus, run))
+    assert lines[1]["comm_ms_per_step"] == pytest.approx(3.0) and lines[0]["comm_ms_per_step"] == 0.0
+    (work / "scaling.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (work / "steps.jsonl").write_text(json.dumps({"step": "scaling", "status": "ok", "rc": 0, "seconds": 200,
+                                                  "timeout_s": 340, "reason": ""}) + "\n")
+    assert gk.main(["report", str(work), str(out)]) == 0
+    md = (out / "summary.md").read_text()
+    assert "## Data-parallel scaling" in md and "| 2 | 100 | 76.00 | 1.99e+07 | 3.00 | 25.50 |" in md

@@ -58,6 +58,7 @@ class NerfTask(Task):
     name = "nerf"
     summary = "Neural radiance field from posed photos, occupancy-grid ray marching (paper §5.4)"
     commands = ("train-nerf", "eval", "render", "extract-mesh", "bake")
+    parallel_evaluation = True  # data parallel: the held-out views are shared out (views.evaluate_views)
     default_preset = "nerf"
     default_preset_cpu = "nerf-cpu"
     run_commands = (

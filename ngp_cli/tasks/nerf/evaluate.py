@@ -14,6 +14,7 @@ import torch
 
 from ngp_cli.commands import parse_resolution
 from ngp_cli.console import emit, info, progress, to_json, warn
+from ngp_cli.distributed import current_world
 from ngp_cli.errors import DataError, UsageError
 from ngp_cli.metrics import peak_rss_mib
 from ngp_cli.pipeline import load_trained
@@ -47,6 +48,9 @@ def final_evaluation(problem, run: RunDir, step: int) -> tuple[dict[str, Any], d
     """Evaluate the held-out split after training, as ``train.final_eval_views`` says (:func:`final_views`), write
     eval_<split>.json and renders of the first ``nerf.render_views`` evaluated views, with progress on stderr.
 
+    In a data-parallel run every process calls this and renders its share of the views; rank 0 writes and returns
+    the results, the others return ``({}, {})``.
+
     Returns ``(metrics, artifacts)``. Without held-out views, or with ``train.final_eval_views = 0``, psnr and ssim
     are None, ``n_views`` is 0 and ``eval_skipped`` says why (one line on stderr too)."""
     cfg = problem.cfg
@@ -62,9 +66,12 @@ def final_evaluation(problem, run: RunDir, step: int) -> tuple[dict[str, Any], d
         info(f"no held-out evaluation: {err}")
         return {**skipped, "eval_skipped": f"no held-out views in split '{split}'"}, {}
     views = final_views(len(dataset), cfg.train.final_eval_views)
+    world = current_world()  # data parallel: the views are shared out, rank 0 writes (evaluate_views)
     with progress(len(views), f"evaluating {split}") as advance, torch.no_grad():
         result = evaluate_views(problem, dataset, views, renders_dir=run.renders_dir,
-                                n_renders=cfg.nerf.render_views, on_view=lambda row: advance())
+                                n_renders=cfg.nerf.render_views, on_view=lambda row: advance(), world=world)
+    if result is None:
+        return {}, {}
     path = _write_eval_json(run, split, result, step)
     metrics = {"psnr": result["psnr"], "ssim": result["ssim"], "n_views": len(result["views"]), "split": split,
                "eval_s": result["eval_s"]}

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ngp_cli.console import info
+from ngp_cli.distributed import World, gather_objects
 from ngp_cli.images import write_image
 from ngp_cli.metrics import SSIM_MIN_SIDE, mse_to_psnr, ssim
 from ngp_cli.tasks.nerf.data import NerfDataset
@@ -91,18 +92,27 @@ def render_view_map(problem, origins: torch.Tensor, directions: torch.Tensor, he
 
 def evaluate_views(problem, dataset: NerfDataset, views: Iterable[int], *, with_ssim: bool = True,
                    renders_dir: Path | None = None, n_renders: int = 0,
-                   on_view: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                   on_view: Callable[[dict[str, Any]], None] | None = None,
+                   world: World | None = None) -> dict[str, Any] | None:
     """PSNR (and SSIM) of the rendering of each view in ``views`` against its photo.
 
     Views with alpha are compared on white. The first ``n_renders`` renderings are written to ``renders_dir`` as
     ``<split>_<name>.png``. ``on_view(row)`` is called as each view finishes (per-view output, progress).
     Returns ``{"psnr": mean, "ssim": mean or None, "views": [...], "eval_s": seconds}``; SSIM is None without
     ``with_ssim`` and for images under :data:`~ngp_cli.metrics.SSIM_MIN_SIDE` pixels a side.
+
+    With a data-parallel ``world`` (:mod:`ngp_cli.distributed`; every process calls this), process ``r`` renders
+    views ``r, r + W, ...`` of ``views``; rank 0 gathers the rows (and the renderings to write), writes the renderings
+    and returns the result in ``views`` order; the other processes return None.
     """
     t0 = time.perf_counter()
+    views = list(views)
+    world = world or World()
     background = (1.0, 1.0, 1.0) if dataset.white_background else (0.0, 0.0, 0.0)
-    rows = []
-    for k, i in enumerate(views):
+    rows: list[tuple[int, dict[str, Any]]] = []
+    images: dict[int, np.ndarray] = {}
+    for k in range(world.rank, len(views), world.size):
+        i = views[k]
         origins, directions = dataset.image_rays(i)
         pred = render_view(problem, origins, directions, dataset.height, dataset.width, background)
         target = dataset.image_float(i, background).numpy()
@@ -110,12 +120,20 @@ def evaluate_views(problem, dataset: NerfDataset, views: Iterable[int], *, with_
         row = {"view": i, "name": dataset.file_paths[i].stem, "psnr": mse_to_psnr(mse), "mse": mse}
         if with_ssim:
             row["ssim"] = ssim(pred, target)
-        rows.append(row)
+        rows.append((k, row))
         if renders_dir is not None and k < n_renders:
-            write_image(renders_dir / f"{dataset.split}_{dataset.file_paths[i].stem}.png",
-                        (pred * 255.0 + 0.5).astype(np.uint8))
+            images[k] = (pred * 255.0 + 0.5).astype(np.uint8)
         if on_view is not None:
             on_view(row)
+    if world.distributed:
+        gathered = gather_objects((rows, images), world)
+        if not world.is_main:
+            return None
+        rows = sorted((r for part_rows, _ in gathered for r in part_rows), key=lambda kr: kr[0])
+        images = {k: img for _, part_images in gathered for k, img in part_images.items()}
+    for k in sorted(images):
+        write_image(renders_dir / f"{dataset.split}_{dataset.file_paths[views[k]].stem}.png", images[k])
+    rows = [row for _, row in rows]
     psnr = float(np.mean([r["psnr"] for r in rows])) if rows else math.nan
     ssims = [r["ssim"] for r in rows if r.get("ssim") is not None]
     mean_ssim = float(np.mean(ssims)) if ssims else None
