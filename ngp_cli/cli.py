@@ -47,7 +47,14 @@ def one_line(message: str, limit: int) -> str:
     return text
 
 
+# Errors every process of a data-parallel run meets alike (the same config, data and outputs): only rank 0 reports
+# them, so the user reads one line and one JSON event, not one per process.
+_SHARED_ERROR_CODES = (2, 3, 4, 5, 6)
+
+
 def _fail(exit_code: int, kind: str, message: str) -> None:
+    if os.environ.get("RANK", "0") not in ("", "0") and exit_code in _SHARED_ERROR_CODES:
+        sys.exit(exit_code)
     prefix = f"ngp: {kind}: "
     message = one_line(message, MAX_ERROR_LINE - len(prefix))
     error_line(prefix + message)

@@ -34,7 +34,7 @@ from ngp_cli.errors import ConfigError, DistributedError
 
 __all__ = ["World", "all_reduce_gradients", "all_reduce_sum", "barrier", "broadcast_object", "check_replicas",
            "comm_seconds", "current_world", "gather_objects",
-           "init_world", "local_shards", "pin_local_gpu", "resolve_shards", "shard_seed", "shutdown_world", "state_fingerprint"]
+           "init_world", "local_shards", "pin_local_gpu", "resolve_shards", "shard_seed", "shared_tiles", "shutdown_world", "state_fingerprint"]
 
 _SEED_MASK = (1 << 63) - 1
 # Golden-ratio increment (splitmix64's): shard seeds far apart from each other and from the run's own seeds.
@@ -155,13 +155,20 @@ def shard_seed(seed: int, shard: int) -> int:
     return (seed + 1 + (shard + 1) * _SHARD_STRIDE) & _SEED_MASK
 
 
-def all_reduce_gradients(model: nn.Module, world: World, extras: torch.Tensor | None = None) -> torch.Tensor | None:
-    """Sum every parameter's gradient over the processes, in place, with one all-reduce of a flat buffer per dtype
-    (a gradient a process has not got counts as zero), and sum ``extras`` (a small float32 vector: the step's loss
-    and batch mse) in the same all-reduce. Returns the summed ``extras`` (``extras`` itself for one process).
+#: Gradients of at least this many elements are all-reduced in place, one call each; the smaller ones (the MLPs, the
+#: step's loss and mse) are flattened into one buffer per dtype. A flat copy of a hash table's gradient would double
+#: its memory (268 MB more for image-cpu's 2^21-entry tables), for no measurable gain in time.
+IN_PLACE_ELEMENTS = 1 << 20
 
-    Dense: the hash tables' gradients are reduced whole (docs/distributed.md gives the measured cost). Raises
-    DistributedError (a process died or timed out)."""
+
+def all_reduce_gradients(model: nn.Module, world: World, extras: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Sum every parameter's gradient over the processes, in place (a gradient a process has not got counts as zero),
+    and sum ``extras`` (a small float32 vector: the step's loss and batch mse) in the same exchange. Returns the summed
+    ``extras`` (``extras`` itself for one process).
+
+    Large gradients (:data:`IN_PLACE_ELEMENTS`) are all-reduced in place, the others in one flat buffer per dtype.
+    Dense: the hash tables' gradients are reduced whole (docs/distributed.md gives the measured cost against
+    exchanging the touched rows only). Raises DistributedError (a process died or timed out)."""
     if not world.distributed:
         return extras
     import time
@@ -171,24 +178,25 @@ def all_reduce_gradients(model: nn.Module, world: World, extras: torch.Tensor | 
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    by_dtype: dict[torch.dtype, list[nn.Parameter]] = {}
+    small: dict[torch.dtype, list[torch.Tensor]] = {}
     for p in params:
-        by_dtype.setdefault(p.grad.dtype, []).append(p)
+        if p.grad.numel() >= IN_PLACE_ELEMENTS and p.grad.is_contiguous():
+            _collective("the gradient all-reduce", torch.distributed.all_reduce, p.grad)
+        else:
+            small.setdefault(p.grad.dtype, []).append(p.grad)
     if extras is not None:
-        by_dtype.setdefault(extras.dtype, [])
-    for dtype, group in by_dtype.items():
-        parts = [p.grad.reshape(-1) for p in group]
-        if extras is not None and dtype == extras.dtype:
-            parts.append(extras.reshape(-1))
-        flat = torch.cat(parts)
+        small.setdefault(extras.dtype, []).append(extras)
+    for group in small.values():
+        flat = torch.cat([g.reshape(-1) for g in group])
         _collective("the gradient all-reduce", torch.distributed.all_reduce, flat)
         offset = 0
-        for p in group:
-            n = p.grad.numel()
-            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+        for g in group:
+            n = g.numel()
+            if g is extras:
+                extras = flat[offset:offset + n].view_as(g)
+            else:
+                g.copy_(flat[offset:offset + n].view_as(g))
             offset += n
-        if extras is not None and dtype == extras.dtype:
-            extras = flat[offset:offset + extras.numel()].view_as(extras)
     _COMM_SECONDS[0] += time.perf_counter() - t0
     return extras
 
@@ -234,6 +242,33 @@ def barrier(world: World) -> None:
     """Wait for every process (no-op for one)."""
     if world.distributed:
         _collective("a barrier", torch.distributed.barrier)
+
+
+def shared_tiles(spans, compute, shapes, world: World):
+    """Deal tiles out over the processes and bring them to rank 0 in order (bounded memory: one tile in flight per
+    process). ``spans``: the tiles, e.g. ``(y0, y1)`` row ranges; tile ``t`` is computed by process ``t % size`` as
+    ``compute(*span)``, a tuple of numpy arrays of the ``(shape, numpy dtype)`` that ``shapes(*span)`` lists, which
+    it sends to rank 0 (gloo/NCCL point to point). Yields ``(*span, arrays)`` for every tile on rank 0, and nothing on
+    the others, which only compute and send theirs. One process: computes and yields every tile.
+
+    Raises DistributedError (a process died or timed out)."""
+    import numpy as np
+
+    for t, span in enumerate(spans):
+        owner = t % world.size
+        arrays = compute(*span) if owner == world.rank else None
+        if world.is_main:
+            if owner != 0:
+                received = []
+                for shape, dtype in shapes(*span):
+                    buf = torch.from_numpy(np.empty(shape, dtype=dtype))
+                    _collective("a tile transfer", torch.distributed.recv, buf, src=owner)
+                    received.append(buf.numpy())
+                arrays = tuple(received)
+            yield (*span, arrays)
+        elif arrays is not None:
+            for a in arrays:
+                _collective("a tile transfer", torch.distributed.send, torch.from_numpy(np.ascontiguousarray(a)), dst=0)
 
 
 def state_fingerprint(tensors: dict[str, torch.Tensor]) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -170,13 +170,14 @@ def sampling_generator(cfg: RunConfig, device: torch.device | str = "cpu") -> to
 
 
 def train_step(problem: Problem, optimizer: torch.optim.Optimizer, loss_fn: Callable,
-               generator: torch.Generator | Sequence[torch.Generator], batch_size: int, *, shards: int = 1,
+               generator: torch.Generator | Mapping[int, torch.Generator], batch_size: int, *, shards: int = 1,
                world: World | None = None) -> tuple[torch.Tensor, torch.Tensor | float]:
     """One optimisation step: draw a batch, backpropagate, update. Returns ``(loss, mse)``: the detached 0-dim loss
     tensor and the problem's mse, neither read back from the device (so the host never waits for it).
 
-    Data parallel (:mod:`ngp_cli.distributed`): ``generator`` is then this process's shard generators, each drawing
-    ``batch_size / shards`` samples; each shard's loss is back-propagated divided by ``shards``, the gradients (with
+    Data parallel (:mod:`ngp_cli.distributed`): ``generator`` is then this process's shard generators by shard index,
+    each drawing ``batch_size / shards`` samples (a problem defining ``use_shard(k, shards)`` is told which shard
+    draws next); each shard's loss is back-propagated divided by ``shards``, the gradients (with
     the loss and mse) are summed over the processes of ``world``, and every process takes the same step: the returned
     loss and mse are the whole batch's means.
 
@@ -192,7 +193,10 @@ def train_step(problem: Problem, optimizer: torch.optim.Optimizer, loss_fn: Call
     optimizer.zero_grad(set_to_none=True)
     per = batch_size // shards
     total = None
-    for g in generator:
+    use_shard = getattr(problem, "use_shard", None)
+    for k, g in generator.items():
+        if use_shard is not None:
+            use_shard(k, shards)
         loss, mse = problem.batch_loss(per, g, loss_fn)
         (loss / shards).backward()
         part = torch.stack([loss.detach().float(), torch.as_tensor(mse, dtype=torch.float32,
@@ -492,7 +496,7 @@ class Trainer:
             compiled0 = runtime.compile_seconds()  # the first step on a kernel backend compiles
             if before_step is not None:
                 before_step(self.state.step, self.generator)
-            batch_generators = self.generator if self.shards == 1 else list(self.shard_generators.values())
+            batch_generators = self.generator if self.shards == 1 else self.shard_generators
             loss, mse = train_step(self.problem, self.optimizer, self.loss_fn, batch_generators, tc.batch_size,
                                    shards=self.shards, world=self.world)
             self.state.step += 1

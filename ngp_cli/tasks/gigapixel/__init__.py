@@ -18,6 +18,7 @@ class GigapixelTask(Task):
     name = "image"
     summary = "Fit a multiresolution hash encoding + MLP to a photo (paper §5.1 gigapixel image)"
     commands = ("fit-image",)
+    parallel_evaluation = True  # data parallel: the tiles are dealt out (fit.evaluate)
     default_preset = "image"
     default_preset_cpu = "image-cpu"
     train_command = "fit-image"

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ngp_cli.distributed import World, all_reduce_sum, current_world, shared_tiles
 from ngp_cli.images import ImageWriter, colormap, from_float, read_image
 from ngp_cli.metrics import PSNRAccumulator
 from ngp_cli.nn.backend import Backend
@@ -33,10 +34,21 @@ class ImageProblem:
         self.model = NetworkWithInputEncoding(2, target.channels, cfg.encoding, cfg.network, generator=init,
                                               kernel_target=backend.kernel_target).to(self.device)
         self.l2_loss = cfg.loss.otype == "L2"
+        self._band: tuple[float, float] | None = None  # rows a data-parallel shard samples (use_shard)
+
+    def use_shard(self, shard: int, shards: int) -> None:
+        """Data parallel (:func:`ngp_cli.train.train_step`): the next batch is shard ``shard`` of ``shards``, drawn
+        in the horizontal band ``v ∈ [shard/shards, (shard+1)/shards)`` of the photo. The shards together still
+        cover the photo uniformly (a stratified draw), and each process reads only its own bands' rows of a
+        memory-mapped photo, so its share of the pages stays 1/processes."""
+        self._band = (shard / shards, (shard + 1) / shards)
 
     def batch_loss(self, batch_size: int, generator: torch.Generator,
                    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         uv = torch.rand(batch_size, 2, generator=generator)
+        if self._band is not None:
+            lo, hi = self._band
+            uv[:, 1] = uv[:, 1] * (hi - lo) + lo
         target = self.target.sample(uv).to(self.device, non_blocking=True)
         pred = self.model(uv.to(self.device, non_blocking=True))
         loss = loss_fn(pred, target)
@@ -66,13 +78,18 @@ def _output_suffixes(photo: Path) -> tuple[str, str]:
 
 
 def evaluate(problem: ImageProblem, photo: Path, render_scale: float, tile_pixels: int, renders: Path,
-             error_vmax: float) -> tuple[dict[str, Any], dict[str, str]]:
+             error_vmax: float, world: World | None = None) -> tuple[dict[str, Any], dict[str, str]] | None:
     """Full-image PSNR at the photo's resolution, and the reconstruction + error heat-map at ``render_scale``,
     all tile by tile (``tile_pixels`` pixels at a time) so memory stays bounded for gigapixel photos.
 
     The heat-map shows the mean absolute error over channels, saturating at ``error_vmax`` (normalised units).
     Returns ``(metrics, artifacts)``.
+
+    With a data-parallel ``world`` (every process calls this), the tiles are dealt out round-robin: each process
+    predicts and scores its own, sends its reconstruction and heat-map tiles to rank 0, which writes both images in
+    order; the squared errors are summed over the processes. Rank 0 returns the results, the others None.
     """
+    world = world or World()
     target = problem.target
     h, w, c = target.height, target.width, target.channels
     dtype = target.image.dtype
@@ -86,34 +103,50 @@ def evaluate(problem: ImageProblem, photo: Path, render_scale: float, tile_pixel
     psnr = PSNRAccumulator()
     t0 = time.perf_counter()
 
+    def native_tile(y0: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
+        pred = problem.predict(pixel_centers(h, w, y0, y1), tile_pixels).reshape(y1 - y0, w, c)
+        ref = target.rows(y0, y1)
+        psnr.update(pred, ref)
+        return pred, colormap(np.abs(pred - ref).mean(axis=2), vmax=error_vmax)
+
+    def scaled_tile(y0: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
+        uv = pixel_centers(out_h, out_w, y0, y1)
+        pred = problem.predict(uv, tile_pixels)
+        ref = target.sample(torch.from_numpy(uv)).numpy()
+        return (pred.reshape(y1 - y0, out_w, c),
+                colormap(np.abs(pred - ref).mean(axis=1).reshape(y1 - y0, out_w), vmax=error_vmax))
+
+    def score_tile(y0: int, y1: int) -> None:
+        pred = problem.predict(pixel_centers(h, w, y0, y1), tile_pixels).reshape(y1 - y0, w, c)
+        psnr.update(pred, target.rows(y0, y1))
+
     rows_per_tile = max(1, tile_pixels // w)
-    if native:
-        with ImageWriter(rec_path, h, w, c, dtype) as rec, ImageWriter(err_path, h, w, 3, np.uint8) as err:
-            for y0 in range(0, h, rows_per_tile):
-                y1 = min(h, y0 + rows_per_tile)
-                pred = problem.predict(pixel_centers(h, w, y0, y1), tile_pixels).reshape(y1 - y0, w, c)
-                ref = target.rows(y0, y1)
-                psnr.update(pred, ref)
+    if not native:
+        spans = _spans(h, rows_per_tile)
+        for t in range(world.rank, len(spans), world.size):
+            score_tile(*spans[t])
+    rows, width, tile = (h, w, native_tile) if native else (out_h, out_w, scaled_tile)
+    spans = _spans(rows, max(1, tile_pixels // width))
+    shapes = lambda y0, y1: [((y1 - y0, width, c), np.float32), ((y1 - y0, width, 3), np.uint8)]  # noqa: E731
+    if world.is_main:
+        with ImageWriter(rec_path, rows, width, c, dtype) as rec, ImageWriter(err_path, rows, width, 3, np.uint8) as err:
+            for y0, y1, (pred, heat) in shared_tiles(spans, tile, shapes, world):
                 rec[y0:y1] = from_float(pred, dtype)
-                err[y0:y1] = colormap(np.abs(pred - ref).mean(axis=2), vmax=error_vmax)
+                err[y0:y1] = heat
     else:
-        for y0 in range(0, h, rows_per_tile):
-            y1 = min(h, y0 + rows_per_tile)
-            pred = problem.predict(pixel_centers(h, w, y0, y1), tile_pixels).reshape(y1 - y0, w, c)
-            psnr.update(pred, target.rows(y0, y1))
-        out_rows = max(1, tile_pixels // out_w)
-        with ImageWriter(rec_path, out_h, out_w, c, dtype) as rec, \
-                ImageWriter(err_path, out_h, out_w, 3, np.uint8) as err:
-            for y0 in range(0, out_h, out_rows):
-                y1 = min(out_h, y0 + out_rows)
-                uv = pixel_centers(out_h, out_w, y0, y1)
-                pred = problem.predict(uv, tile_pixels)
-                ref = target.sample(torch.from_numpy(uv)).numpy()
-                rec[y0:y1] = from_float(pred.reshape(y1 - y0, out_w, c), dtype)
-                err[y0:y1] = colormap(np.abs(pred - ref).mean(axis=1).reshape(y1 - y0, out_w), vmax=error_vmax)
+        for _ in shared_tiles(spans, tile, shapes, world):
+            pass
+    sse, count = all_reduce_sum(torch.tensor([psnr.sse, float(psnr.count)], dtype=torch.float64), world).tolist()
+    if not world.is_main:
+        return None
+    psnr.sse, psnr.count = sse, int(count)
     metrics = {"psnr": psnr.psnr, "mse": psnr.mse, "eval_s": round(time.perf_counter() - t0, 3),
                "width": w, "height": h, "channels": c}
     return metrics, {"reconstruction": str(rec_path), "error_map": str(err_path)}
+
+
+def _spans(n: int, step: int) -> list[tuple[int, int]]:
+    return [(y0, min(n, y0 + step)) for y0 in range(0, n, step)]
 
 
 def record_max_resolution(cfg: ImageConfig, target: ImageTarget) -> None:
@@ -138,8 +171,11 @@ def final_evaluation(problem: ImageProblem, run: Any, state: TrainState) -> tupl
     last_mse = 10 ** (-(state.last or {}).get("psnr", 20.0) / 10) if state.last else 0.01
     error_vmax = max(3.0 * math.sqrt(last_mse), 1e-3)
     cfg = problem.cfg
-    metrics, artifacts = evaluate(problem, Path(cfg.image.path), cfg.image.render_scale, cfg.image.tile_pixels,
-                                  run.renders_dir, error_vmax)
+    result = evaluate(problem, Path(cfg.image.path), cfg.image.render_scale, cfg.image.tile_pixels, run.renders_dir,
+                      error_vmax, current_world())
+    if result is None:  # a data-parallel process of rank > 0: it rendered its tiles, rank 0 writes
+        return {}, {}
+    metrics, artifacts = result
     samples_per_s = state.step * cfg.train.batch_size / max(state.elapsed_s, 1e-9)
     return {"psnr": metrics.pop("psnr"), "samples_per_s": samples_per_s, **metrics}, artifacts
 
