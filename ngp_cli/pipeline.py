@@ -106,7 +106,14 @@ def train(task: Task, opts: TrainOptions, given: Path | None) -> None:
     Raises NgpError subclasses on bad input (UsageError without an input where the task has no default); nothing is
     created on disk before the config, the input and the problem were built.
     """
-    from ngp_cli.distributed import broadcast_object, init_world, pin_local_gpu, resolve_shards, shutdown_world
+    from ngp_cli.distributed import (
+        broadcast_object,
+        init_world,
+        leave_quietly,
+        pin_local_gpu,
+        resolve_shards,
+        shutdown_world,
+    )
     from ngp_cli.runs import RunDir
     from ngp_cli.train import Trainer
 
@@ -142,11 +149,11 @@ def train(task: Task, opts: TrainOptions, given: Path | None) -> None:
     task.before_fit(problem, trainer, restored)
     state = trainer.fit()
     if not world.is_main and not task.parallel_evaluation:  # the final evaluation and the summary are rank 0's
-        _leave_quietly()
+        leave_quietly()
     with trainer.evaluation_weights():
         metrics, artifacts = task.evaluate(problem, run, state)
     if not world.is_main:  # it took its share of the evaluation; rank 0 writes
-        _leave_quietly()
+        leave_quietly()
     metrics = {**metrics, **_training_metrics(state)}
     if world.distributed:
         metrics["processes"] = world.size
@@ -154,19 +161,6 @@ def train(task: Task, opts: TrainOptions, given: Path | None) -> None:
     info(task.result_line(cfg, metrics, artifacts, state))
     finish(run, state.step, metrics, artifacts)
     shutdown_world()
-
-
-def _leave_quietly() -> None:
-    """End a process of rank > 0 once training is done: flush and exit at once, without tearing down torch's
-    process-group threads. Their teardown at interpreter exit, while rank 0 still holds the group for its final
-    evaluation, aborted the process in about one run in twenty (``terminate called without an active exception``,
-    signal 6), which the launcher reports as a failed run. Rank > 0 writes nothing, so nothing is lost."""
-    import os
-    import sys
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
 
 
 def _training_metrics(state: TrainState) -> dict[str, Any]:

@@ -207,6 +207,15 @@ def test_a_nerf_run_keeps_its_replicas_identical_and_shares_out_the_evaluation(t
     assert [v["view"] for v in shared["views"]] == [v["view"] for v in alone["views"]] == [0, 1, 2]
     for a, b in zip(shared["views"], alone["views"], strict=True):
         assert a["psnr"] == pytest.approx(b["psnr"], abs=1e-6)
+    # ngp eval on 2 processes: the views shared out again, one view line each and one done line, the same numbers.
+    split = _ngp("eval", str(run), "--nproc", "2", "-q", cwd=tmp_path)
+    assert split.returncode == 0, split.stderr
+    events = [json.loads(x) for x in split.stdout.splitlines()]
+    assert sorted(e["view"] for e in events if e["event"] == "view") == [0, 1, 2]
+    assert [e["event"] for e in events].count("done") == 1
+    both = json.loads((run / "eval_val.json").read_text())
+    for a, b in zip(both["views"], alone["views"], strict=True):
+        assert a["view"] == b["view"] and a["psnr"] == pytest.approx(b["psnr"], abs=1e-6)
 
 
 def test_shards_that_do_not_split_over_the_processes_are_a_config_error(image, tmp_path):

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ngp_cli.commands import MESH_OPTIONS, ORBIT_OPTION, RENDER_OPTIONS, choices, plain_choice
+from ngp_cli.commands import MESH_OPTIONS, ORBIT_OPTION, RENDER_OPTIONS, NprocOpt, choices, plain_choice
 from ngp_cli.console import info, warn
 from ngp_cli.tasks import RunCommand, Shorthand, Task, TrainInput
 from ngp_cli.tasks.nerf.config import NerfConfig, NerfSection
@@ -67,7 +67,7 @@ class NerfTask(Task):
                    options=(("split", Annotated[SplitChoice | None, typer.Option(
                        "--split", callback=plain_choice, help="The split to evaluate (default: the run's "
                                                               "nerf.eval_split).")], None),
-                            _BAKED_EVAL)),
+                            _BAKED_EVAL, ("nproc", NprocOpt, 1))),
         RunCommand("render", f"{_EVALUATE}:render_command", """Render novel views of a NeRF run along a camera path or
         an orbit, to a video or PNG frames: colour, depth, accumulation or normals.""", options=(
             ("camera_path", Annotated[Path | None, typer.Option(

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from ngp_cli.commands import parse_resolution
-from ngp_cli.console import emit, info, progress, to_json, warn
-from ngp_cli.distributed import current_world
+from ngp_cli.console import emit, info, progress, set_quiet, to_json, warn
+from ngp_cli.distributed import current_world, init_world, leave_quietly, pin_local_gpu, shutdown_world
 from ngp_cli.errors import DataError, UsageError
 from ngp_cli.metrics import peak_rss_mib
 from ngp_cli.pipeline import load_trained
@@ -133,33 +133,56 @@ def _eval_baked(run: RunDir, problem, dataset, split: str, step: int, baked: Pat
 
 
 def eval_command(task, run_path: Path, *, split: str | None = None, baked: Path | None = None,
-                 backend: str | None = None, data: Path | None = None) -> None:
+                 backend: str | None = None, data: Path | None = None, nproc: int = 1) -> None:
     """``ngp eval RUN [--split val|test] [--baked FILE] [--data PATH]``: PSNR and SSIM per view, a ``view`` line as
     each view finishes (with progress on stderr), their means written to ``RUN/eval_<split>.json`` and the ``done``
     line. With ``--baked FILE`` (``ngp bake``'s grid) every view is rendered from the grid and from the network:
     ``psnr_baked``, ``psnr_network`` and ``psnr_loss_db`` (their difference) per view and in the mean, written to
-    ``RUN/eval_<split>_baked.json``. Raises UsageError (bad split), DataError (no such split, dataset gone, see
+    ``RUN/eval_<split>_baked.json``. With ``--nproc N`` (or under torchrun) the views are shared out over N
+    processes (:func:`~ngp_cli.tasks.nerf.views.evaluate_views`); rank 0 prints and writes. Raises UsageError (bad
+    split, ``--baked`` with several processes), DataError (no such split, dataset gone, see
     :func:`ngp_cli.commands.relocated_input`; a bad or newer baked file)."""
     if split is not None and split not in ("val", "test", "train"):
         raise UsageError(f"--split must be val, test or train, got '{split}'")
+    from ngp_cli.launch import COMMAND_LINE, launch, strip_option, under_launcher
+
+    if nproc > 1 and not under_launcher():
+        if baked is not None:
+            raise UsageError("--baked renders in one process: drop --nproc")
+        launch(nproc, strip_option(COMMAND_LINE, "--nproc"))
+        return
+    pin_local_gpu()
     grid = None
     if baked is not None:
         from ngp_cli.volrend.baked import load_baked
 
         grid = load_baked(baked)  # a bad or newer file is refused before the run is loaded
     run, problem, step = load_run(task, run_path, backend, data)
+    world = init_world(problem.device.type, problem.cfg.distributed.timeout_s)
+    if not world.is_main:
+        set_quiet(True)
+    if baked is not None and world.distributed:
+        raise UsageError("--baked renders in one process: run it without torchrun")
     split = split or problem.cfg.nerf.eval_split
     dataset = load_split(problem.cfg, split)
     if baked is not None:
         _eval_baked(run, problem, dataset, split, step, baked, _baked_on(grid, baked, run, step, problem))
         return
-    info(f"evaluating {run.path} (step {step}) on {len(dataset)} {split} views")
+    info(f"evaluating {run.path} (step {step}) on {len(dataset)} {split} views"
+         + (f" in {world.size} processes" if world.distributed else ""))
     with progress(len(dataset), f"evaluating {split}") as advance, torch.no_grad():
         def on_view(row: dict[str, Any]) -> None:
-            emit("view", split=split, **row)
+            if not world.distributed:  # several processes: rank 0 emits every view once they are gathered
+                emit("view", split=split, **row)
             advance()
 
-        result = evaluate_views(problem, dataset, range(len(dataset)), on_view=on_view)
+        result = evaluate_views(problem, dataset, range(len(dataset)), on_view=on_view, world=world)
+    if result is None:  # rank > 0: its views went to rank 0
+        leave_quietly()
+    if world.distributed:
+        for row in result["views"]:
+            emit("view", split=split, **row)
+    shutdown_world()
     path = _write_eval_json(run, split, result, step)
     info(f"{split}: PSNR {result['psnr']:.2f} dB, SSIM {format_ssim(result['ssim'])} over {len(result['views'])} "
          f"views ({result['eval_s']:.1f} s); {path}")
