@@ -49,7 +49,7 @@ def one_line(message: str, limit: int) -> str:
 
 # Errors every process of a data-parallel run meets alike (the same config, data and outputs): only rank 0 reports
 # them, so the user reads one line and one JSON event, not one per process.
-_SHARED_ERROR_CODES = (2, 3, 4, 5, 6)
+_SHARED_ERROR_CODES = (2, 3, 4, 5, 6, 7, 130)
 
 
 def _fail(exit_code: int, kind: str, message: str) -> None:

@@ -47,24 +47,35 @@ def launch(nproc: int, args: list[str]) -> None:
     (what ``torchrun --standalone --nproc-per-node N`` runs) with a rendezvous on a free local port, no restarts,
     ``OMP_NUM_THREADS`` = cores / ``nproc`` unless set (so the processes do not fight over the cores).
 
-    When a process fails, the agent stops the others. A process that failed with one of ngp's documented exit codes
+    Ctrl-C reaches the agent, which passes SIGINT on to the processes and waits up to 2 minutes: training processes
+    finish their step together, checkpoint, print one line (rank 0) and exit 130, as does this. When a process
+    fails, the agent stops the others. A process that failed with one of ngp's documented exit codes
     has printed its one line; its code is passed on. Any other failure (a crash, a kill) raises DistributedError.
     """
     import logging
+    import signal
     import sys
     import uuid
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    for name in ("torch.distributed.elastic", "torch.distributed.launcher"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    # The agent's own log lines (rendezvous, "Received 2 death signal, shutting down workers") are not ours to show.
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(("torch.distributed.elastic", "torch.distributed.launcher")):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.2,
-                          start_method="spawn")
+                          start_method="spawn", shutdown_timeout=120)
     try:
         elastic_launch(config, sys.executable)("-m", "ngp_cli", *args)
+    except SignalException as exc:
+        # Ctrl-C (or a TERM) reached the agent, which passed it on to the processes (each in its own session) and
+        # waited for them: training processes stop together at the end of a step, checkpoint and say so (exit 130).
+        raise SystemExit(130 if exc.sigval == signal.SIGINT else 128 + int(exc.sigval)) from None
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
         code = failure.exitcode

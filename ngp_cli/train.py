@@ -25,6 +25,7 @@ from ngp_cli.cuda import runtime
 from ngp_cli.distributed import (
     World,
     all_reduce_gradients,
+    all_reduce_sum,
     check_replicas,
     comm_seconds,
     current_world,
@@ -474,7 +475,8 @@ class Trainer:
         except KeyboardInterrupt:
             progress.close()
             path = self.checkpoint()
-            print(file=sys.stderr)
+            if self.world.is_main:
+                print(file=sys.stderr)
             raise Interrupted(f"stopped at step {self.state.step}; checkpoint {path}; continue with "
                               f"--resume {self.run.path}") from None
         progress.close()
@@ -488,7 +490,8 @@ class Trainer:
         tc = self.cfg.train
         before_step = getattr(self.problem, "before_step", None)
         log_metrics = getattr(self.problem, "log_metrics", None)
-        while self.state.step < tc.n_steps and not (tc.max_time_s and self.state.elapsed_s >= tc.max_time_s):
+        time_up = bool(tc.max_time_s and self.state.elapsed_s >= tc.max_time_s)
+        while self.state.step < tc.n_steps and not time_up:
             t0 = time.perf_counter()
             lr = learning_rate(self.cfg.optimizer, self.state.step)
             for group in self.optimizer.param_groups:
@@ -538,7 +541,12 @@ class Trainer:
                 window_t0 = time.perf_counter()  # the evaluation is not part of the training rate
             if tc.checkpoint_every and self.state.step % tc.checkpoint_every == 0 and self.state.step != tc.n_steps:
                 self.checkpoint()
-            if stop_requested():
+            stop = stop_requested()
+            time_up = bool(tc.max_time_s and self.state.elapsed_s >= tc.max_time_s)
+            if self.world.distributed:  # every process must stop at the same step (the next ones are collectives)
+                stop, time_up = (bool(v > 0) for v in all_reduce_sum(
+                    torch.tensor([float(stop), float(time_up)], dtype=torch.float64), self.world).tolist())
+            if stop:
                 raise KeyboardInterrupt
 
     def _read_back(self, loss: torch.Tensor, mse: torch.Tensor | float) -> tuple[float, float]:

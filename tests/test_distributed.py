@@ -285,3 +285,32 @@ def _last_step(run: Path) -> int:
 
 def test_distributed_error_is_exit_8():
     assert DistributedError("x").exit_code == EXIT_DISTRIBUTED == 8
+
+
+def test_ctrl_c_stops_every_process_at_one_step_with_a_checkpoint(image, tmp_path):
+    runs = tmp_path / "runs"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.Popen([sys.executable, "-m", "ngp_cli", "fit-image", str(image), "--runs-dir", str(runs),
+                             "--name", "ctrl-c", "--steps", "1000000", "--nproc", "2", *_FIT], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not list(runs.glob("image/*/metrics.jsonl")):
+            time.sleep(0.2)
+        time.sleep(1.0)  # a few steps logged
+        os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C sends to the launcher (the processes have their own sessions)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, stderr
+    lines = [x for x in stderr.splitlines() if x.startswith("ngp:")]
+    assert len(lines) == 1 and lines[0].startswith("ngp: interrupted: stopped at step "), stderr
+    assert "Traceback" not in stderr and "death signal" not in stderr
+    run = next(runs.glob("image/*"))
+    step = _last_step(run)
+    assert f"stopped at step {step};" in lines[0]  # both processes stopped at the step the checkpoint holds
+    resumed = _ngp("fit-image", "--resume", str(run), "--steps", str(step + 5), "-q", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
