@@ -286,8 +286,8 @@ def test_run_commands_take_their_tasks_options_only(ngp, fake_run, tmp_path):
     make, calls = fake_run
     nerf, sdf = make("nerf"), make("sdf")
     assert ngp("eval", nerf).exit_code == 0
-    assert calls[-1] == {"command": "eval", "task": "nerf", "run": nerf, "split": None, "baked": None, "backend": None,
-                         "data": None}
+    assert calls[-1] == {"command": "eval", "task": "nerf", "run": nerf, "split": None, "baked": None, "nproc": 1,
+                         "backend": None, "data": None}
     assert ngp("eval", nerf, "--data", tmp_path / "moved", "--split", "test").exit_code == 0
     assert calls[-1]["data"] == tmp_path / "moved" and calls[-1]["split"] == "test"
     assert ngp("render", "--orbit", "4", "--backend", "torch", nerf).exit_code == 0  # options before RUN too

@@ -71,6 +71,16 @@ __device__ __forceinline__ void sh_basis(float x, float y, float z, float* Y) {
 #endif
 }
 
+// The colour from the SH coefficients trilinearly blended into acc (3 channels of SH_COEFFS) and the basis Y.
+__device__ __forceinline__ void sh_dot(const float* Y, const float* acc, float& r, float& g, float& b) {
+    r = g = b = 0.0f;
+    for (int j = 0; j < SH_COEFFS; ++j) {
+        r += Y[j] * acc[j];
+        g += Y[j] * acc[SH_COEFFS + j];
+        b += Y[j] * acc[2 * SH_COEFFS + j];
+    }
+}
+
 // The SH colour of a sample, before clamping: sum_k w_k (sh_k . Y) over its 8 voxels = (sum_k w_k sh_k) . Y: the
 // coefficients are interpolated first, then the basis of the ray direction applied once. A voxel not stored has
 // rows[k] = empty_row, a row of zeros: no corner needs a branch.
@@ -78,6 +88,7 @@ __device__ __forceinline__ void sh_basis(float x, float y, float z, float* Y) {
 // The CPU build converts and accumulates a voxel's 3 x SH_COEFFS float16 coefficients 16 at a time (masked loads,
 // which never read past the row): with one scalar conversion per coefficient, the colour took 40% more of a
 // lego_400 frame's time.
+
 #define BAKED_SHADE_AVX512 1
 __device__ __forceinline__ __mmask16 lane_range(int lo, int hi) {  // lanes [lo, hi) of 16, clipped
     lo = lo < 0 ? 0 : (lo > 16 ? 16 : lo);
@@ -98,12 +109,7 @@ __device__ __forceinline__ void shade(const __half* __restrict__ sh, const int* 
     alignas(64) float acc[32];
     _mm512_store_ps(acc, a0);
     _mm512_store_ps(acc + 16, a1);
-    r = g = b = 0.0f;
-    for (int j = 0; j < SH_COEFFS; ++j) {
-        r += Y[j] * acc[j];
-        g += Y[j] * acc[SH_COEFFS + j];
-        b += Y[j] * acc[2 * SH_COEFFS + j];
-    }
+    sh_dot(Y, acc, r, g, b);
 }
 #else
 __device__ __forceinline__ void shade(const __half* __restrict__ sh, const int* rows, const float* w, const float* Y,
@@ -114,12 +120,7 @@ __device__ __forceinline__ void shade(const __half* __restrict__ sh, const int* 
         const __half* c = sh + (long long)rows[k] * (3 * SH_COEFFS);
         for (int j = 0; j < 3 * SH_COEFFS; ++j) acc[j] += w[k] * __half2float(c[j]);
     }
-    r = g = b = 0.0f;
-    for (int j = 0; j < SH_COEFFS; ++j) {
-        r += Y[j] * acc[j];
-        g += Y[j] * acc[SH_COEFFS + j];
-        b += Y[j] * acc[2 * SH_COEFFS + j];
-    }
+    sh_dot(Y, acc, r, g, b);
 }
 #endif
 
@@ -205,12 +206,8 @@ extern "C" __global__ void baked_render(const float* __restrict__ origins, const
     const float dx = directions[3 * r], dy = directions[3 * r + 1], dz = directions[3 * r + 2];
     const float ix = 1.0f / dx, iy = 1.0f / dy, iz = 1.0f / dz;
     const int max_cascade = cascades - 1;
-    // Slab test; fminf/fmaxf skip the NaNs of 0 * inf (zero direction components), as torch.fmin/fmax do.
-    const float ax = (lo - ox) * ix, bx = (hi - ox) * ix;
-    const float ay = (lo - oy) * iy, by = (hi - oy) * iy;
-    const float az = (lo - oz) * iz, bz = (hi - oz) * iz;
-    const float t_near = vr_fmaxf(vr_fmaxf(vr_fminf(ax, bx), vr_fminf(ay, by)), vr_fminf(az, bz));
-    const float t_far = vr_fminf(vr_fminf(vr_fmaxf(ax, bx), vr_fmaxf(ay, by)), vr_fmaxf(az, bz));
+    float t_near, t_far;
+    ray_box(ox, oy, oz, ix, iy, iz, lo, hi, t_near, t_far);
     float t = t_near != t_near ? t_near : vr_fmaxf(t_near, near_distance);  // torch.clamp_min keeps NaN
     float cr = 0.0f, cg = 0.0f, cb = 0.0f, dep = 0.0f, op = 0.0f;
     if (t_far > t) {

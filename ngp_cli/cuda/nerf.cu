@@ -76,12 +76,8 @@ __device__ __forceinline__ int march(const float* __restrict__ origins, const fl
     const float ox = origins[3 * r], oy = origins[3 * r + 1], oz = origins[3 * r + 2];
     const float dx = directions[3 * r], dy = directions[3 * r + 1], dz = directions[3 * r + 2];
     const float ix = 1.0f / dx, iy = 1.0f / dy, iz = 1.0f / dz;
-    // Slab test; fminf/fmaxf skip the NaNs of 0 * inf (zero direction components), as torch.fmin/fmax do.
-    const float ax = (lo - ox) * ix, bx = (hi - ox) * ix;
-    const float ay = (lo - oy) * iy, by = (hi - oy) * iy;
-    const float az = (lo - oz) * iz, bz = (hi - oz) * iz;
-    const float t_near = fmaxf(fmaxf(fminf(ax, bx), fminf(ay, by)), fminf(az, bz));
-    const float t_far = fminf(fminf(fmaxf(ax, bx), fmaxf(ay, by)), fmaxf(az, bz));
+    float t_near, t_far;
+    ray_box(ox, oy, oz, ix, iy, iz, lo, hi, t_near, t_far);
     float t = t_near != t_near ? t_near : fmaxf(t_near, near_distance);  // torch.clamp_min keeps NaN
     if (t_start) t = t != t ? t : fmaxf(t, t_start[r]);  // resuming a ray: continue where the last round stopped
     if (!(t_far > t)) return 0;

@@ -45,6 +45,17 @@ __device__ __forceinline__ float vr_fmaxf(float a, float b) {
 #endif
 }
 
+// Slab test of the ray o + t d (i = 1/d per axis) against the box [lo, hi]^3: the entry and exit distances. The
+// min/max skip the NaNs of 0 * inf (zero direction components), as torch.fmin/fmax do in the references.
+__device__ __forceinline__ void ray_box(float ox, float oy, float oz, float ix, float iy, float iz, float lo, float hi,
+                                       float& t_near, float& t_far) {
+    const float ax = (lo - ox) * ix, bx = (hi - ox) * ix;
+    const float ay = (lo - oy) * iy, by = (hi - oy) * iy;
+    const float az = (lo - oz) * iz, bz = (hi - oz) * iz;
+    t_near = vr_fmaxf(vr_fmaxf(vr_fminf(ax, bx), vr_fminf(ay, by)), vr_fminf(az, bz));
+    t_far = vr_fminf(vr_fminf(vr_fmaxf(ax, bx), vr_fmaxf(ay, by)), vr_fmaxf(az, bz));
+}
+
 // 2^k for k in [-126, 127], exactly: ldexpf(1.0f, k) without the library call (the CPU build calls libm for it).
 __device__ __forceinline__ float pow2i(int k) { return __int_as_float((127 + k) << 23); }
 
