@@ -198,7 +198,8 @@ def test_a_nerf_run_keeps_its_replicas_identical_and_shares_out_the_evaluation(t
     done = json.loads(result.stdout.splitlines()[-1])
     assert done["metrics"]["processes"] == 2 and done["step"] == 24 and done["metrics"]["n_views"] == 3
     run = Path(done["run_dir"])
-    # The 3 val views were shared out (rank 0: views 0 and 2, rank 1: view 1); one process scores them alike.
+    # The 3 val views were shared out (rank 0: views 0 and 2, rank 1: view 1); one process scores them alike (to
+    # 1e-3 dB: a process of two runs on one thread, and its bf16 matmuls sum in another order than on two).
     shared = json.loads((run / "eval_val.json").read_text())
     assert sorted(p.name for p in (run / "renders").glob("val_*.png")) == ["val_r_0.png", "val_r_1.png"]
     again = _ngp("eval", str(run), "-q", cwd=tmp_path)
@@ -206,7 +207,7 @@ def test_a_nerf_run_keeps_its_replicas_identical_and_shares_out_the_evaluation(t
     alone = json.loads((run / "eval_val.json").read_text())
     assert [v["view"] for v in shared["views"]] == [v["view"] for v in alone["views"]] == [0, 1, 2]
     for a, b in zip(shared["views"], alone["views"], strict=True):
-        assert a["psnr"] == pytest.approx(b["psnr"], abs=1e-6)
+        assert a["psnr"] == pytest.approx(b["psnr"], abs=1e-3)
     # ngp eval on 2 processes: the views shared out again, one view line each and one done line, the same numbers.
     split = _ngp("eval", str(run), "--nproc", "2", "-q", cwd=tmp_path)
     assert split.returncode == 0, split.stderr
@@ -215,7 +216,22 @@ def test_a_nerf_run_keeps_its_replicas_identical_and_shares_out_the_evaluation(t
     assert [e["event"] for e in events].count("done") == 1
     both = json.loads((run / "eval_val.json").read_text())
     for a, b in zip(both["views"], alone["views"], strict=True):
-        assert a["view"] == b["view"] and a["psnr"] == pytest.approx(b["psnr"], abs=1e-6)
+        assert a["view"] == b["view"] and a["psnr"] == pytest.approx(b["psnr"], abs=1e-3)
+    # ngp render on 2 processes: frames dealt out, written in order by rank 0, the same frames as one process (up to
+    # a level here and there: a process of two runs on one thread, whose matmuls sum in another order).
+    import imageio.v3 as iio
+
+    outs = {}
+    for name, extra in (("one", ()), ("two", ("--nproc", "2"))):
+        outs[name] = tmp_path / f"frames_{name}"
+        rendered = _ngp("render", str(run), "--orbit", "3", "--out", str(outs[name]), "-q", *extra, cwd=tmp_path)
+        assert rendered.returncode == 0, rendered.stderr
+    frames = sorted(p.name for p in outs["one"].glob("*.png"))
+    assert len(frames) == 3 and frames == sorted(p.name for p in outs["two"].glob("*.png"))
+    for f in frames:
+        a, b = (iio.imread(outs[n] / f).astype(int) for n in ("one", "two"))
+        assert np.abs(a - b).max() <= 2 and np.mean(a != b) < 0.05, f
+    assert not np.array_equal(iio.imread(outs["one"] / frames[0]), iio.imread(outs["one"] / frames[1]))  # in order
 
 
 def test_shards_that_do_not_split_over_the_processes_are_a_config_error(image, tmp_path):

@@ -80,7 +80,7 @@ class NerfTask(Task):
             ("seconds", Annotated[float | None, typer.Option(
                 "--seconds", help="Duration of a keyframed path (default: nerfstudio's own; instant-ngp: 1 s per "
                                   "keyframe transition).")], None),
-            ORBIT_OPTION, *RENDER_OPTIONS, _BAKED_RENDER)),
+            ORBIT_OPTION, *RENDER_OPTIONS, _BAKED_RENDER, ("nproc", NprocOpt, 1))),
         RunCommand("extract-mesh", f"{_EVALUATE}:extract_mesh_command", """Extract the density level set of a NeRF
         run as a triangle mesh (marching cubes), in the dataset's world frame, with vertex colours and shaded renders
         in RUN/renders/.""", options=(

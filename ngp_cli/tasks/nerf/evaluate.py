@@ -14,7 +14,7 @@ import torch
 
 from ngp_cli.commands import parse_resolution
 from ngp_cli.console import emit, info, progress, set_quiet, to_json, warn
-from ngp_cli.distributed import current_world, init_world, leave_quietly, pin_local_gpu, shutdown_world
+from ngp_cli.distributed import current_world, init_world, leave_quietly, pin_local_gpu, shared_tiles, shutdown_world
 from ngp_cli.errors import DataError, UsageError
 from ngp_cli.metrics import peak_rss_mib
 from ngp_cli.pipeline import load_trained
@@ -195,7 +195,7 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None,
                    dataparser_transforms: Path | None = None, seconds: float | None = None, orbit: int | None = None,
                    resolution: str | None = None, out: Path | None = None, fps: int | None = None,
                    output: str = "rgb", baked: Path | None = None, backend: str | None = None,
-                   data: Path | None = None) -> None:
+                   data: Path | None = None, nproc: int = 1) -> None:
     """``ngp render RUN (--camera-path FILE | --orbit N) [--output rgb|depth|accumulation|normals] [--resolution WxH]
     [--fps F] [--seconds S] [--dataparser-transforms FILE] [--out video.mp4|frames/] [--baked FILE] [--data PATH]``,
     with progress per frame written. With ``--baked FILE`` (``ngp bake``'s grid) the frames come from the grid
@@ -209,10 +209,14 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None,
     :func:`ngp_cli.tasks.nerf.views.render_view_map` of ``output``, written by
     :class:`ngp_cli.mesh.shade.MapFrameWriter` (depth: colour-mapped frames, plus float32 EXRs in a frame folder).
 
+    With ``--nproc N`` (or under torchrun) the frames are dealt out over N processes; rank 0 receives them in order and
+    writes the video or frames (:func:`ngp_cli.distributed.shared_tiles`).
+
     Raises UsageError (neither or both of --camera-path/--orbit, an option that does not apply to the path's format,
     a non-positive --seconds, --output normals with --baked), DataError (bad camera path or dataparser transforms,
     dataset gone, a bad or newer baked file), OutputError.
     """
+    from ngp_cli.launch import COMMAND_LINE, launch, strip_option, under_launcher
     from ngp_cli.mesh.shade import MapFrameWriter
     from ngp_cli.tasks.nerf.camera_path import DEFAULT_FPS, load_camera_path, orbit_path
     from ngp_cli.tasks.nerf.cameras import generate_rays, nerf_matrix_to_ngp, pixel_grid
@@ -220,6 +224,10 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None,
 
     if (camera_path is None) == (orbit is None):
         raise UsageError("give exactly one of --camera-path FILE or --orbit N")
+    if nproc > 1 and not under_launcher():
+        launch(nproc, strip_option(COMMAND_LINE, "--nproc"))
+        return
+    pin_local_gpu()
     if orbit is not None and orbit < 1:
         raise UsageError(f"--orbit must be at least 1 frame, got {orbit}")
     if output not in VIEW_MAPS:
@@ -251,6 +259,9 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None,
 
         grid = load_baked(baked)  # a bad or newer file is refused before the run is loaded
     run, problem, step = load_run(task, run_path, backend, data)
+    world = init_world(problem.device.type, problem.cfg.distributed.timeout_s)
+    if not world.is_main:
+        set_quiet(True)
     ds = problem.dataset
     if grid is not None:
         grid = _baked_on(grid, baked, run, step, problem)
@@ -275,21 +286,31 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None,
     background = (1.0, 1.0, 1.0) if ds.white_background else (0.0, 0.0, 0.0)
     n_frames = int(c2w.shape[0])
     t0 = time.perf_counter()
+
+    def frame(k: int) -> tuple[np.ndarray]:
+        fx = fx_default if focals is None else float(focals[k])
+        intr = torch.tensor([[fx, fx, width / 2.0, height / 2.0]], dtype=torch.float32).expand(pixels.shape[0], 4)
+        origins, directions = generate_rays(c2w[k:k + 1].expand(pixels.shape[0], 3, 4), intr, pixels, None)
+        if grid is not None:
+            return (render_view_baked(grid, origins, directions, height, width, background, output, scale=ds.scale,
+                                      offset=ds.offset, kernel_target=problem.kernel_target),)
+        return (render_view_map(problem, origins, directions, height, width, background, output),)
+
+    shape = (height, width, 3) if output in ("rgb", "normals") else (height, width)
+    frames = shared_tiles([(k,) for k in range(n_frames)], frame, lambda k: [(shape, np.float32)], world)
+    if not world.is_main:  # rank > 0 renders its frames and sends them to rank 0
+        for _ in frames:
+            pass
+        leave_quietly()
     # Opened first: a destination that cannot be written is refused before any line or any rendering.
     with MapFrameWriter(out, fps_out, output) as writer, progress(n_frames, "rendering") as advance:
         source = f"{baked} ({grid.n_voxels:,} voxels)" if grid is not None else f"{run.path} (step {step})"
         info(f"rendering {n_frames} {'' if output == 'rgb' else output + ' '}frames at {width}x{height} from "
-             f"{source} to {out}")
-        for k in range(n_frames):
-            fx = fx_default if focals is None else float(focals[k])
-            intr = torch.tensor([[fx, fx, width / 2.0, height / 2.0]], dtype=torch.float32).expand(pixels.shape[0], 4)
-            origins, directions = generate_rays(c2w[k:k + 1].expand(pixels.shape[0], 3, 4), intr, pixels, None)
-            if grid is not None:
-                writer.write(render_view_baked(grid, origins, directions, height, width, background, output,
-                                               scale=ds.scale, offset=ds.offset, kernel_target=problem.kernel_target))
-            else:
-                writer.write(render_view_map(problem, origins, directions, height, width, background, output))
+             f"{source} to {out}" + (f" in {world.size} processes" if world.distributed else ""))
+        for _, (image,) in frames:
+            writer.write(np.asarray(image, dtype=np.float32))
             advance()
+    shutdown_world()
     seconds_taken = time.perf_counter() - t0
     info(f"wrote {out} ({n_frames} frames, {seconds_taken:.1f} s)" + (
         f"; depth colours from 0 to {writer.vmax:.4g} world units" if writer.vmax is not None else ""))
