@@ -32,7 +32,7 @@ from torch import nn
 
 from ngp_cli.errors import ConfigError, DistributedError
 
-__all__ = ["World", "all_reduce_gradients", "all_reduce_sum", "barrier", "broadcast_object", "check_replicas",
+__all__ = ["World", "agree_cpu_mlp_path", "all_reduce_gradients", "all_reduce_sum", "barrier", "broadcast_object", "check_replicas",
            "comm_seconds", "current_world", "gather_objects",
            "init_world", "leave_quietly", "local_shards", "pin_local_gpu", "resolve_shards", "shard_seed", "shared_tiles", "shutdown_world", "state_fingerprint"]
 
@@ -125,6 +125,19 @@ def leave_quietly() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def agree_cpu_mlp_path(world: World) -> None:
+    """Make every process run the cpu backend's MLP on rank 0's path (:func:`ngp_cli.cuda.cpu_mlp.cpu_mlp_path`,
+    measured per process and thread count): left to themselves, processes measuring at the same time on shared cores
+    could choose differently (bf16 against fp32), and their replicas would drift apart. Sets ``NGP_CPU_MLP`` on every
+    process (unless the user set it). A collective; no-op for one process."""
+    if not world.distributed or os.environ.get("NGP_CPU_MLP"):
+        return
+    from ngp_cli.cuda.cpu_mlp import cpu_mlp_path
+
+    path = broadcast_object(cpu_mlp_path().path if world.is_main else None, world)
+    os.environ["NGP_CPU_MLP"] = path
 
 
 def shutdown_world() -> None:

@@ -107,6 +107,7 @@ def train(task: Task, opts: TrainOptions, given: Path | None) -> None:
     created on disk before the config, the input and the problem were built.
     """
     from ngp_cli.distributed import (
+        agree_cpu_mlp_path,
         broadcast_object,
         init_world,
         leave_quietly,
@@ -123,6 +124,8 @@ def train(task: Task, opts: TrainOptions, given: Path | None) -> None:
     world = init_world(prep.backend.device.type, cfg.distributed.timeout_s)
     if not world.is_main:
         set_quiet(True)  # rank 0 alone prints and writes (ngp_cli.distributed)
+    if prep.backend.kernel_target == "cpu":
+        agree_cpu_mlp_path(world)
     if prep.run is None:  # a new run records its sampling shards, so a resume on other process counts keeps them
         set_config_value(cfg, "distributed.sampling_shards",
                          resolve_shards(cfg.distributed.sampling_shards, world.size))
