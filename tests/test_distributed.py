@@ -247,6 +247,24 @@ def test_a_nerf_run_keeps_its_replicas_identical_and_shares_out_the_evaluation(t
     assert not np.array_equal(iio.imread(outs["one"] / frames[0]), iio.imread(outs["one"] / frames[1]))  # in order
 
 
+def test_an_sdf_run_trains_on_two_processes_with_identical_replicas(tmp_path):
+    import trimesh
+
+    mesh = tmp_path / "sphere.obj"
+    trimesh.creation.icosphere(subdivisions=3).export(mesh)
+    result = _ngp("train-sdf", str(mesh), "--steps", "20", "--runs-dir", str(tmp_path / "runs"), "--nproc", "2",
+                  "--json", "-q", "--set", "encoding.log2_hashmap_size=12", "--set", "train.batch_size=4096",
+                  "--set", "train.checkpoint_every=10", "--set", "sdf.sample_bank=16384",
+                  "--set", "sdf.bank_refresh=256", "--set", "sdf.iou_points=16384", "--set", "sdf.eval_iou_points=4096",
+                  "--set", "sdf.mesh_resolution=32", "--set", "sdf.chamfer_points=4096", "--set", "sdf.render_views=1",
+                  "--set", "sdf.render_size=32", "--set", "optimizer.ema_decay=0.9", cwd=tmp_path)
+    # Replica check at steps 10 and 20 (model, Adam state, EMA); rank 0 alone evaluated and wrote.
+    assert result.returncode == 0, result.stderr
+    done = json.loads(result.stdout.splitlines()[-1])
+    assert done["event"] == "done" and done["step"] == 20 and done["metrics"]["processes"] == 2
+    assert 0.0 <= done["metrics"]["iou"] <= 1.0
+
+
 def test_shards_that_do_not_split_over_the_processes_are_a_config_error(image, tmp_path):
     result = _ngp("fit-image", str(image), "--runs-dir", str(tmp_path / "runs"), "--steps", "5", "--nproc", "2",
                   "--set", "distributed.sampling_shards=3", cwd=tmp_path)
