@@ -68,7 +68,7 @@ def _worker(rank: int, port: int, args: argparse.Namespace, queue) -> None:
     from ngp_cli.tasks.gigapixel.fit import ImageProblem, record_max_resolution
     from ngp_cli.train import make_loss
 
-    world = World(rank=rank, size=2, backend="gloo")
+    world = World(rank=rank, size=2)
     target = ImageTarget(read_image(default_photo()))
     for log2_t in args.log2_hashmap_size:
         cfg = resolve(ImageConfig, "image", "image-cpu", [f"encoding.log2_hashmap_size={log2_t}"],

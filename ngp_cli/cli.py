@@ -24,7 +24,7 @@ from ngp_cli.bench import BENCHMARKS
 from ngp_cli.capture.command import register as register_process_data
 from ngp_cli.commands import BACKENDS, choices, plain_choice
 from ngp_cli.console import emit, error_line, is_quiet, set_quiet, warn
-from ngp_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, NgpError
+from ngp_cli.errors import EXIT_DISTRIBUTED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, NGP_EXIT_CODES, NgpError
 from ngp_cli.run_commands import add_run_commands
 
 #: The longest error line ngp prints: the values quoted in messages are cut at 200 characters where they are made
@@ -47,9 +47,10 @@ def one_line(message: str, limit: int) -> str:
     return text
 
 
-# Errors every process of a data-parallel run meets alike (the same config, data and outputs): only rank 0 reports
-# them, so the user reads one line and one JSON event, not one per process.
-_SHARED_ERROR_CODES = (2, 3, 4, 5, 6, 7, 130)
+# Errors every process of a data-parallel run meets alike (the same config, data and outputs; the agreed stop and
+# divergence): only rank 0 reports them, so the user reads one line and one JSON event, not one per process. A
+# distributed failure is each process's own.
+_SHARED_ERROR_CODES = NGP_EXIT_CODES - {EXIT_DISTRIBUTED}
 
 
 def _fail(exit_code: int, kind: str, message: str) -> None:

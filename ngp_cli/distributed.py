@@ -16,8 +16,8 @@ The scheme (docs/distributed.md):
   draws exactly the samples of a ``W``-process run with ``S`` shards, and gets the same parameters up to float
   summation order.
 * **Gradients.** Each process back-propagates ``loss_k / S`` for its shards (so the sum over all shards is the
-  gradient of the batch's mean loss), then the gradients are summed over processes with one all-reduce of a flat
-  buffer (:func:`all_reduce_gradients`), and every process takes the same optimizer step.
+  gradient of the batch's mean loss), then the gradients are summed over processes (:func:`all_reduce_gradients`:
+  the hash tables in place, the small ones in one flat buffer), and every process takes the same optimizer step.
 * **Writes.** Only rank 0 writes the run directory (metrics, checkpoints, renders, summary); the others read it.
 """
 
@@ -32,9 +32,9 @@ from torch import nn
 
 from ngp_cli.errors import ConfigError, DistributedError
 
-__all__ = ["World", "agree_cpu_mlp_path", "all_reduce_gradients", "all_reduce_sum", "barrier", "broadcast_object", "check_replicas",
-           "comm_seconds", "current_world", "gather_objects",
-           "init_world", "leave_quietly", "local_shards", "pin_local_gpu", "resolve_shards", "shard_seed", "shared_tiles", "shutdown_world", "state_fingerprint"]
+__all__ = ["World", "agree_cpu_mlp_path", "all_reduce_gradients", "all_reduce_sum", "broadcast_object", "check_replicas",
+           "comm_seconds", "current_world", "gather_objects", "init_world", "leave_quietly", "local_shards",
+           "pin_local_gpu", "resolve_shards", "shard_seed", "shared_tiles", "shutdown_world", "state_fingerprint"]
 
 _SEED_MASK = (1 << 63) - 1
 # Golden-ratio increment (splitmix64's): shard seeds far apart from each other and from the run's own seeds.
@@ -43,13 +43,10 @@ _SHARD_STRIDE = 0x9E3779B97F4A7C15
 
 @dataclass(frozen=True)
 class World:
-    """This process's place among the processes of a run: ``rank`` of ``size`` (0 of 1 without torchrun),
-    ``local_rank`` on its node, and the process-group ``backend`` ("gloo", "nccl"; None for one process)."""
+    """This process's place among the processes of a run: ``rank`` of ``size`` (0 of 1 without torchrun)."""
 
     rank: int = 0
     size: int = 1
-    local_rank: int = 0
-    backend: str | None = None
 
     @property
     def is_main(self) -> bool:
@@ -101,17 +98,17 @@ def init_world(device_type: str, timeout_s: float) -> World:
         return current_world()
     if torch.distributed.is_initialized():
         return current_world()
-    rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    rank = _env_int("RANK", 0)
     backend = "nccl" if device_type == "cuda" else "gloo"
     if backend == "nccl":
-        torch.cuda.set_device(local_rank)
+        pin_local_gpu()
     try:
         torch.distributed.init_process_group(backend=backend, rank=rank, world_size=size,
                                              timeout=timedelta(seconds=timeout_s))
     except (RuntimeError, ValueError, TimeoutError) as exc:
         raise DistributedError(f"process {rank} of {size} could not join the others ({backend}): "
                                f"{' '.join(str(exc).split())[:300]}") from None
-    _world[0] = World(rank=rank, size=size, local_rank=local_rank, backend=backend)
+    _world[0] = World(rank=rank, size=size)
     return _world[0]
 
 
@@ -261,12 +258,6 @@ def gather_objects(obj, world: World) -> list:
     out = [None] * world.size
     _collective("a gather", torch.distributed.all_gather_object, out, obj)
     return out
-
-
-def barrier(world: World) -> None:
-    """Wait for every process (no-op for one)."""
-    if world.distributed:
-        _collective("a barrier", torch.distributed.barrier)
 
 
 def shared_tiles(spans, compute, shapes, world: World):

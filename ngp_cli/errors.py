@@ -32,6 +32,9 @@ EXIT_OUTPUT = 6
 EXIT_DIVERGED = 7
 EXIT_DISTRIBUTED = 8
 EXIT_INTERRUPTED = 130
+#: The codes an NgpError exits with (1, an internal error, is not one: it is a bug).
+NGP_EXIT_CODES = frozenset({EXIT_USAGE, EXIT_CONFIG, EXIT_DATA, EXIT_NO_GPU, EXIT_OUTPUT, EXIT_DIVERGED,
+                            EXIT_DISTRIBUTED, EXIT_INTERRUPTED})
 
 
 class NgpError(Exception):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from ngp_cli.errors import DistributedError
+from ngp_cli.errors import NGP_EXIT_CODES, DistributedError
 
 __all__ = ["COMMAND_LINE", "launch", "strip_option", "under_launcher"]
 
@@ -15,9 +15,6 @@ __all__ = ["COMMAND_LINE", "launch", "strip_option", "under_launcher"]
 #: processes it starts.
 COMMAND_LINE: list[str] = []
 
-# What a process of a launched run exits with when it failed cleanly (it printed its own one-line error first):
-# the documented codes of ngp_cli.errors, passed on as they are.
-_CLEAN_EXIT_CODES = frozenset({2, 3, 4, 5, 6, 7, 8, 130})
 
 
 def under_launcher() -> bool:
@@ -53,7 +50,6 @@ def launch(nproc: int, args: list[str]) -> None:
     has printed its one line; its code is passed on. Any other failure (a crash, a kill) raises DistributedError.
     """
     import logging
-    import signal
     import sys
     import uuid
 
@@ -75,11 +71,11 @@ def launch(nproc: int, args: list[str]) -> None:
     except SignalException as exc:
         # Ctrl-C (or a TERM) reached the agent, which passed it on to the processes (each in its own session) and
         # waited for them: training processes stop together at the end of a step, checkpoint and say so (exit 130).
-        raise SystemExit(130 if exc.sigval == signal.SIGINT else 128 + int(exc.sigval)) from None
+        raise SystemExit(128 + int(exc.sigval)) from None  # the shell's convention: 130 for SIGINT
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
         code = failure.exitcode
-        if code in _CLEAN_EXIT_CODES:
+        if code in NGP_EXIT_CODES:  # it failed cleanly and printed its one line (or rank 0 did): pass it on
             raise SystemExit(code) from None
         how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
         raise DistributedError(f"process {rank} of {nproc} {how}; the others were stopped (continue from the last "

@@ -72,7 +72,7 @@ def _replica_worker(rank: int, port: int, same: bool, out) -> None:
 
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
                                          timeout=datetime.timedelta(seconds=60))
-    world = dist.World(rank=rank, size=2, backend="gloo")
+    world = dist.World(rank=rank, size=2)
     state = {"w": torch.arange(4.0), "grid": torch.zeros(3, dtype=torch.uint8)}
     if not same and rank == 1:
         state["grid"][2] = 1  # one occupancy cell differs

@@ -113,20 +113,20 @@ def render_ray_maps(field: Field, origins: Tensor, directions: Tensor, occupancy
     if unknown:
         raise ValueError(f"unknown ray maps {unknown}; choose from {RAY_MAPS}")
     n, dev = origins.shape[0], origins.device
-    # Per ray: transmittance, then the composited maps, 1 or 3 columns each (depth, opacity from transmittance).
-    widths = {"rgb": 3, "depth": 1, "normals": 3}
-    acc_maps = [m for m in ("rgb", "depth", "normals") if m in maps]
-    cols = [0]
-    for m in acc_maps:
-        cols.append(cols[-1] + widths[m])
-    state = torch.empty(n, 1 + cols[-1], device=dev)  # transmittance, then the maps' columns
+    # Per ray: transmittance in column 0, then the composited maps' columns (opacity comes from the transmittance).
+    columns: dict[str, slice] = {}
+    width = 1
+    for m, w in (("rgb", 3), ("depth", 1), ("normals", 3)):
+        if m in maps:
+            columns[m], width = slice(width, width + w), width + w
+    state = torch.empty(n, width, device=dev)
     empty = None if kernel_target is None else _empty_distances(occupancy)
     for s in range(0, n, chunk_rays):
         o, d = origins[s:s + chunk_rays].float().contiguous(), directions[s:s + chunk_rays].float().contiguous()
         r = o.shape[0]
         feats = d if ray_features is None else ray_features(d)
         live = torch.arange(r, device=dev)
-        acc = torch.zeros(r, 1 + cols[-1], device=dev)
+        acc = torch.zeros(r, width, device=dev)
         acc[:, 0] = 1.0
         t_start = None
         while live.numel():
@@ -144,7 +144,7 @@ def render_ray_maps(field: Field, origins: Tensor, directions: Tensor, occupancy
                 sigma, rgb = field(samples.positions, per_sample)
             weight = acc[:, :1]
             c, opacity = composite(sigma, rgb, samples.dts, samples.offsets, kernel_target)
-            for m, lo, hi in zip(acc_maps, cols[:-1], cols[1:], strict=True):
+            for m, cols in columns.items():
                 if m == "rgb":
                     value = c
                 elif m == "depth":
@@ -152,7 +152,7 @@ def render_ray_maps(field: Field, origins: Tensor, directions: Tensor, occupancy
                     value = composite(sigma, ts, samples.dts, samples.offsets, kernel_target)[0][:, :1]
                 else:
                     value = composite(sigma, normals, samples.dts, samples.offsets, kernel_target)[0]
-                acc[:, 1 + lo:1 + hi].addcmul_(weight, value)
+                acc[:, cols].addcmul_(weight, value)
             acc[:, 0] *= 1.0 - opacity
             counts = samples.offsets[1:] - samples.offsets[:-1]
             going = (counts == steps) & (acc[:, 0] >= MIN_TRANSMITTANCE)
@@ -163,8 +163,8 @@ def render_ray_maps(field: Field, origins: Tensor, directions: Tensor, occupancy
             live, o, d, acc = live[going], o[going], d[going], acc[going]
     out: dict[str, Tensor] = {}
     transmittance = state[:, 0]
-    for m, lo, hi in zip(acc_maps, cols[:-1], cols[1:], strict=True):
-        out[m] = state[:, 1 + lo:1 + hi].squeeze(-1) if m == "depth" else state[:, 1 + lo:1 + hi]
+    for m, cols in columns.items():
+        out[m] = state[:, cols].squeeze(-1) if m == "depth" else state[:, cols]
     if "rgb" in maps and background is not None:
         out["rgb"] = out["rgb"] + transmittance.unsqueeze(-1) * background
     if "opacity" in maps:

@@ -127,7 +127,10 @@ def evaluate(problem: ImageProblem, photo: Path, render_scale: float, tile_pixel
             score_tile(*spans[t])
     rows, width, tile = (h, w, native_tile) if native else (out_h, out_w, scaled_tile)
     spans = _spans(rows, max(1, tile_pixels // width))
-    shapes = lambda y0, y1: [((y1 - y0, width, c), np.float32), ((y1 - y0, width, 3), np.uint8)]  # noqa: E731
+
+    def shapes(y0: int, y1: int) -> list[tuple[tuple[int, ...], type]]:  # of a tile's (prediction, heat-map)
+        return [((y1 - y0, width, c), np.float32), ((y1 - y0, width, 3), np.uint8)]
+
     if world.is_main:
         with ImageWriter(rec_path, rows, width, c, dtype) as rec, ImageWriter(err_path, rows, width, 3, np.uint8) as err:
             for y0, y1, (pred, heat) in shared_tiles(spans, tile, shapes, world):

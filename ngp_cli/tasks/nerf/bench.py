@@ -35,7 +35,7 @@ def render_benchmarks(task, run_path: Path, backend: str, which: list[str],
     from ngp_cli.errors import DataError
     from ngp_cli.pipeline import load_trained
     from ngp_cli.tasks.nerf.data import load_split
-    from ngp_cli.tasks.nerf.views import _marching, _rays_and_grid, render_view
+    from ngp_cli.tasks.nerf.views import _render_args, render_view
     from ngp_cli.volrend.render import render_rays
 
     _, problem, _ = load_trained(task, run_path, backend, None)
@@ -51,8 +51,8 @@ def render_benchmarks(task, run_path: Path, backend: str, which: list[str],
     if "render_network" in which:
         out.append(("render_network", h * w, lambda: render_view(problem, origins, directions, h, w, white)))
     if "render_network_legacy" in which:
-        legacy = {**_marching(problem), **LEGACY_SCHEDULE}
-        args = _rays_and_grid(problem, origins, directions)
+        args, kwargs = _render_args(problem, origins, directions)
+        legacy = {**kwargs, **LEGACY_SCHEDULE}
         out.append(("render_network_legacy", h * w, lambda: render_rays(*args, background=bg, **legacy)))
     if "render_baked" in which and baked is not None:
         from ngp_cli.tasks.nerf.views import render_view_baked

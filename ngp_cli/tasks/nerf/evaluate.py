@@ -308,7 +308,7 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None,
         info(f"rendering {n_frames} {'' if output == 'rgb' else output + ' '}frames at {width}x{height} from "
              f"{source} to {out}" + (f" in {world.size} processes" if world.distributed else ""))
         for _, (image,) in frames:
-            writer.write(np.asarray(image, dtype=np.float32))
+            writer.write(image)
             advance()
     shutdown_world()
     seconds_taken = time.perf_counter() - t0

@@ -184,9 +184,6 @@ class NerfProblem:
         result = evaluate_views(self, self.eval_set, range(n), with_ssim=False)
         return {"split": split, "n_views": n, "psnr": result["psnr"], "eval_s": result["eval_s"]}
 
-    def field(self, positions: torch.Tensor, directions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model(positions, directions)
-
     def render_field(self) -> tuple:
         """What the renderers query: ``(field, ray_features)``, the network taking encoded directions and the
         per-ray direction encoding (``ray_features`` of :func:`ngp_cli.volrend.render.render_ray_maps`)."""

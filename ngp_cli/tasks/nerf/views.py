@@ -32,20 +32,18 @@ __all__ = ["VIEW_MAPS", "baked_frame_rays", "evaluate_views", "evaluate_views_ba
 VIEW_MAPS = ("rgb", "depth", "accumulation", "normals")
 
 
-def _rays_and_grid(problem, origins: torch.Tensor, directions: torch.Tensor) -> tuple:
-    """The positional arguments of the volrend renderers for ``problem``: field, rays on its device, grid, box."""
-    dev = problem.device
-    return problem.render_field()[0], origins.to(dev), directions.to(dev), problem.model.grid.occupancy, \
-        problem.aabb_scale
-
-
-def _marching(problem) -> dict:
-    """The marching keywords of the volrend renderers, as ``problem`` trains with them; at least
+def _render_args(problem, origins: torch.Tensor, directions: torch.Tensor) -> tuple[tuple, dict[str, Any]]:
+    """The arguments of the volrend renderers for ``problem``: positional (field, rays on its device, grid, box) and
+    keyword (marching as ``problem`` trains with it, the per-ray direction encoding); at least
     :data:`~ngp_cli.volrend.render.MIN_CHUNK_RAYS` rays per chunk (runs made before issue 17 recorded 8192, which
     the adaptive rounds would turn into thousands of small network batches)."""
-    return {"cone_angle": problem.cone_angle, "near_distance": problem.cfg.nerf.near_distance,
-            "chunk_rays": max(problem.cfg.nerf.eval_chunk_rays, MIN_CHUNK_RAYS), "kernel_target": problem.kernel_target,
-            "ray_features": problem.render_field()[1]}
+    dev = problem.device
+    field, ray_features = problem.render_field()
+    args = (field, origins.to(dev), directions.to(dev), problem.model.grid.occupancy, problem.aabb_scale)
+    kwargs = {"cone_angle": problem.cone_angle, "near_distance": problem.cfg.nerf.near_distance,
+              "chunk_rays": max(problem.cfg.nerf.eval_chunk_rays, MIN_CHUNK_RAYS),
+              "kernel_target": problem.kernel_target, "ray_features": ray_features}
+    return args, kwargs
 
 
 def render_view(problem, origins: torch.Tensor, directions: torch.Tensor, height: int, width: int,
@@ -53,7 +51,8 @@ def render_view(problem, origins: torch.Tensor, directions: torch.Tensor, height
     """Render (H·W) rays of one view with ``problem``'s model and occupancy grid → (H, W, 3) float32 in [0, 1]."""
     dev = problem.device
     bg = torch.tensor(background, dtype=torch.float32, device=dev) if background is not None else None
-    rgb = render_rays(*_rays_and_grid(problem, origins, directions), background=bg, **_marching(problem))
+    args, kwargs = _render_args(problem, origins, directions)
+    rgb = render_rays(*args, background=bg, **kwargs)
     return rgb.clamp(0.0, 1.0).reshape(height, width, 3).cpu().numpy()
 
 
@@ -77,8 +76,8 @@ def render_view_map(problem, origins: torch.Tensor, directions: torch.Tensor, he
     if output not in VIEW_MAPS:
         raise ValueError(f"unknown output {output!r}; choose from {VIEW_MAPS}")
     key = {"depth": "depth", "accumulation": "opacity", "normals": "normals"}[output]
-    result = render_ray_maps(*_rays_and_grid(problem, origins, directions), background=None, maps=(key,),
-                             **_marching(problem))[key]
+    args, kwargs = _render_args(problem, origins, directions)
+    result = render_ray_maps(*args, background=None, maps=(key,), **kwargs)[key]
     if output == "depth":
         result = result / float(problem.dataset.scale)
     elif output == "normals":
