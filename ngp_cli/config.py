@@ -174,7 +174,8 @@ class TrainConfig:
 
 @dataclass
 class DistributedConfig:
-    """Data-parallel training on torch.distributed, launched by torchrun or ``--nproc`` (docs/distributed.md)."""
+    """Data-parallel and spatially partitioned training on torch.distributed, launched by torchrun or ``--nproc``
+    (docs/distributed.md)."""
 
     sampling_shards: int = opt(
         0, "random-sampling streams a step's batch is split into, each drawing train.batch_size / shards samples from "
@@ -183,6 +184,9 @@ class DistributedConfig:
         ge=0, le=4096)
     timeout_s: float = opt(600.0, "seconds a process waits for the others before the run stops with an error "
                                   "(at most a day)", gt=0.0, le=86400.0)
+    partition: int = opt(1, "NeRF only: cut the scene box into this many regions (1, 2, 4 or 8), one model part each "
+                            "(hash tables of T / partition entries), trained on 1 process or on that many, one part "
+                            "each (NeRF-XL); 1: one model", ge=1, le=8)
 
 
 @dataclass

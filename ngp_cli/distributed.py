@@ -32,8 +32,8 @@ from torch import nn
 
 from ngp_cli.errors import ConfigError, DistributedError
 
-__all__ = ["World", "agree_cpu_mlp_path", "all_reduce_gradients", "all_reduce_sum", "broadcast_object", "check_replicas",
-           "comm_seconds", "current_world", "gather_objects", "init_world", "leave_quietly", "local_shards",
+__all__ = ["World", "agree_cpu_mlp_path", "all_gather", "all_reduce_gradients", "all_reduce_sum", "broadcast_object",
+           "check_replicas", "comm_seconds", "current_world", "gather_objects", "gather_to_main", "init_world", "leave_quietly", "local_shards",
            "pin_local_gpu", "resolve_shards", "shard_seed", "shared_tiles", "shutdown_world", "state_fingerprint"]
 
 _SEED_MASK = (1 << 63) - 1
@@ -227,7 +227,7 @@ _COMM_SECONDS = [0.0]
 
 
 def comm_seconds() -> float:
-    """Host seconds this process spent in :func:`all_reduce_gradients` so far (on the CPU the gloo all-reduce
+    """Host seconds this process spent in :func:`all_reduce_gradients` and :func:`all_gather` so far (on the CPU the gloo all-reduce
     itself, synchronous; with NCCL the time to enqueue it)."""
     return _COMM_SECONDS[0]
 
@@ -257,6 +257,31 @@ def gather_objects(obj, world: World) -> list:
         return [obj]
     out = [None] * world.size
     _collective("a gather", torch.distributed.all_gather_object, out, obj)
+    return out
+
+
+def gather_to_main(obj, world: World) -> list | None:
+    """Every process's picklable ``obj`` in rank order on rank 0, None on the others (``[obj]`` for one process):
+    the partitioned model's parts, brought together for rank 0's checkpoint, without a copy on every process."""
+    if not world.distributed:
+        return [obj]
+    out = [None] * world.size if world.is_main else None
+    _collective("a gather", torch.distributed.gather_object, obj, out, dst=0)
+    return out
+
+
+def all_gather(tensor: torch.Tensor, world: World) -> list[torch.Tensor]:
+    """Every process's ``tensor`` (same shape and dtype everywhere), in rank order, on every process; ``[tensor]`` for
+    one process. Not differentiable: the partitioned NeRF keeps its own part's graph (ngp_cli.tasks.nerf.partition).
+    The time counts in :func:`comm_seconds`. Raises DistributedError."""
+    if not world.distributed:
+        return [tensor]
+    import time
+
+    t0 = time.perf_counter()
+    out = [torch.empty_like(tensor) for _ in range(world.size)]
+    _collective("an all-gather", torch.distributed.all_gather, out, tensor.contiguous())
+    _COMM_SECONDS[0] += time.perf_counter() - t0
     return out
 
 

@@ -52,7 +52,13 @@ class Problem(Protocol):
     * ``log_metrics() -> dict``: called after each log step (where the loop reads the device anyway); its numbers join
       the metrics line. The one place a problem may read its device state back on the host;
     * ``host_state() -> dict`` / ``load_host_state(dict)``: JSON-able host-side state the problem's batches depend on,
-      saved with every checkpoint (so ``--resume`` continues exactly).
+      saved with every checkpoint (so ``--resume`` continues exactly);
+    * ``model_parallel = True``: each process holds its own part of the model (the spatially partitioned NeRF,
+      :mod:`ngp_cli.tasks.nerf.partition`) and exchanges what it needs inside ``batch_loss``: every process then
+      draws the same batches from the one sampling generator, no gradient is all-reduced and no replica check is
+      made, every process takes part in the periodic evaluations, and the problem's ``checkpoint_tensors(tensors)``
+      (a collective: the whole model's checkpoint on rank 0, None elsewhere) and ``local_tensors(tensors)`` (this
+      process's share of one) assemble and split checkpoints.
     """
 
     model: nn.Module
@@ -108,7 +114,7 @@ def make_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimi
     if target is not None or cfg.skip_zero_grad:
         from ngp_cli.nn.optim import Adam
 
-        grid = getattr(getattr(model, "encoding", None), "levels", None) is not None
+        grid = any(getattr(m, "levels", None) is not None for m in model.modules())  # has a grid encoding
         for g in groups:
             name = g.pop("name", None)
             g["skip_zero_grad"] = cfg.skip_zero_grad and grid and name == "encoding"
@@ -389,7 +395,9 @@ class Trainer:
         # The shared draws (the occupancy-grid update) and, with one shard, the batches.
         self.generator = sampling_generator(cfg, gen_device)
         self.world = current_world()
-        self.shards = resolve_shards(cfg.distributed.sampling_shards, self.world.size)
+        self.model_parallel = bool(getattr(problem, "model_parallel", False))
+        # A model-parallel run's processes draw the same batches: one stream, as on one process.
+        self.shards = 1 if self.model_parallel else resolve_shards(cfg.distributed.sampling_shards, self.world.size)
         if cfg.train.batch_size % self.shards:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} does not split into "
                               f"distributed.sampling_shards={self.shards} equal shards")
@@ -407,7 +415,8 @@ class Trainer:
             self.run.truncate_metrics(0)
             return False
         meta = checkpoint.meta  # validated by RunDir.load_checkpoint
-        _load_state(checkpoint.tensors, meta, self.model, self.optimizer, self.ema, self.generator)
+        tensors = self.problem.local_tensors(checkpoint.tensors) if self.model_parallel else checkpoint.tensors
+        _load_state(tensors, meta, self.model, self.optimizer, self.ema, self.generator)
         self._restore_shards(checkpoint.tensors, int(meta.get("sampling_shards", 1)))
         if hasattr(self.problem, "load_host_state"):
             self.problem.load_host_state(meta.get("problem"))
@@ -443,17 +452,19 @@ class Trainer:
         if self.shards > 1:
             meta["sampling_shards"] = self.shards
         tensors = _state_tensors(self.model, self.optimizer, self.ema, self.generator)
-        if self.world.distributed:  # collectives: every process calls this at the same step
-            local = set(getattr(self.problem, "replica_local", ()))
-            check_replicas({k: v for k, v in tensors.items() if k.split(".", 1)[-1] not in local}, self.world,
-                           self.state.step)
-        # Every process's shard generators go into rank 0's checkpoint.
-        shard_states = {k: g.get_state().cpu() for k, g in self.shard_generators.items()}
-        gathered = gather_objects(shard_states, self.world)
+        if self.model_parallel:  # collectives: every process calls this at the same step
+            tensors = self.problem.checkpoint_tensors(tensors)  # the whole model on rank 0, None elsewhere
+        else:
+            if self.world.distributed:
+                local = set(getattr(self.problem, "replica_local", ()))
+                check_replicas({k: v for k, v in tensors.items() if k.split(".", 1)[-1] not in local}, self.world,
+                               self.state.step)
+            # Every process's shard generators go into rank 0's checkpoint.
+            shard_states = {k: g.get_state().cpu() for k, g in self.shard_generators.items()}
+            for states in gather_objects(shard_states, self.world):
+                tensors.update({f"rng.shard.{k}": v for k, v in states.items()})
         if not self.world.is_main:
             return str(self.run.path)
-        for states in gathered:
-            tensors.update({f"rng.shard.{k}": v for k, v in states.items()})
         if not with_optimizer:
             tensors = {k: v for k, v in tensors.items() if not k.startswith("optim.")}
         path = self.run.save_checkpoint(self.state.step, tensors, meta, keep=self.cfg.train.keep_checkpoints)
@@ -566,10 +577,14 @@ class Trainer:
             self.divergence.check(*torch.stack(values).tolist())
 
     def _evaluate_held_out(self) -> None:
-        if not self.world.is_main:  # rank 0 evaluates; the others wait for it in the next step's all-reduce
+        # Rank 0 evaluates (the others wait for it in the next step's all-reduce); every process of a model-parallel
+        # run renders its part.
+        if not self.world.is_main and not self.model_parallel:
             return
         with self.evaluation_weights():
             metrics = self.problem.evaluate_held_out()
+        if not self.world.is_main:
+            return
         record = {"step": self.state.step, "elapsed_s": round(self.state.elapsed_s, 4), "eval": metrics}
         self.run.append_metrics(record)
         if self.json_events:

@@ -44,6 +44,12 @@ def host_cxx() -> str:
 
 
 @pytest.fixture(scope="session")
+def cpu_target(host_cxx) -> str:
+    """The "cpu" kernel target (skips without a host C++ compiler)."""
+    return "cpu"
+
+
+@pytest.fixture(scope="session")
 def app():
     from ngp_cli.cli import build_app
 

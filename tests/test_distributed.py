@@ -359,3 +359,69 @@ def test_ctrl_c_stops_every_process_at_one_step_with_a_checkpoint(image, tmp_pat
     assert f"stopped at step {step};" in lines[0]  # both processes stopped at the step the checkpoint holds
     resumed = _ngp("fit-image", "--resume", str(run), "--steps", str(step + 5), "-q", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Spatial partitioning (NeRF-XL, distributed.partition)
+
+_TINY_NERF = ("--set", "train.batch_size=4096", "--set", "nerf.n_rays_initial=256", "--set",
+              "encoding.log2_hashmap_size=12", "--set", "nerf.grid_update_interval=4", "--set",
+              "nerf.grid_warmup_steps=8", "--set", "train.log_every=8", "--set", "optimizer.ema_decay=0.9", "--set",
+              "nerf.render_views=1", "--set", "train.checkpoint_every=8", "--set", "distributed.partition=2")
+
+
+def test_a_partitioned_nerf_trains_alike_on_two_processes_and_on_one_and_resumes_across(tmp_path):
+    """Two processes (a part each, segments all-gathered and combined) take the steps one process holding both parts
+    takes: the same checkpoint. It resumes on the other process count, and the 2-process evaluation (each process
+    renders its segments) scores the views as one process rendering the parts as one field."""
+    from ngp_cli.tasks.nerf.synthetic import make_synthetic_scene
+
+    scene = make_synthetic_scene(tmp_path / "scene", n_train=8, n_val=2, resolution=24)
+    runs = tmp_path / "runs"
+
+    def train(name: str, *extra: str) -> tuple[Path, dict]:
+        result = _ngp("train-nerf", str(scene), "--runs-dir", str(runs), "--name", name, "--json", "-q",
+                      *_TINY_NERF, *extra, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        done = [json.loads(x) for x in result.stdout.splitlines() if '"event":"done"' in x]
+        assert len(done) == 1, result.stdout
+        return Path(done[0]["run_dir"]), done[0]
+
+    two, two_done = train("two", "--steps", "16", "--nproc", "2")
+    one, _ = train("one", "--steps", "16")
+    _assert_same(_weights(two), _weights(one))
+    weights = _weights(two)
+    # One checkpoint of the whole model: both parts, each with hash tables of T / 2 entries per level.
+    assert weights["model.parts.0.encoding.params"].shape == weights["model.parts.1.encoding.params"].shape
+    assert not any(k.startswith("model.encoding") for k in weights)
+    assert two_done["metrics"]["processes"] == 2 and "sampling_shards: 1" in (two / "config.yaml").read_text()
+    # Resumed on the other process count, both continue as the straight run.
+    straight, _ = train("straight", "--steps", "24")
+    for run, extra in ((two, ()), (one, ("--nproc", "2"))):
+        result = _ngp("train-nerf", "--resume", str(run), "--steps", "24", "-q", "--json", *extra, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        _assert_same(_weights(run), _weights(straight))
+    # The 2-process final evaluation (segments combined) against one process's piecewise rendering.
+    shared = json.loads((two / "eval_val.json").read_text())
+    again = _ngp("eval", str(two), "-q", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    alone = json.loads((two / "eval_val.json").read_text())
+    for a, b in zip(shared["views"], alone["views"], strict=True):
+        assert a["psnr"] == pytest.approx(b["psnr"], abs=1e-3)
+
+
+def test_a_partition_on_the_wrong_process_count_or_task_is_a_config_error(image, tmp_path):
+    from ngp_cli.tasks.nerf.synthetic import make_synthetic_scene
+
+    scene = make_synthetic_scene(tmp_path / "scene", n_train=4, n_val=1, resolution=16)
+    result = _ngp("train-nerf", str(scene), "--runs-dir", str(tmp_path / "runs"), "--steps", "2", "--nproc", "2",
+                  "--set", "distributed.partition=4", "-q", cwd=tmp_path)
+    assert result.returncode == EXIT_CONFIG, result.stderr
+    assert "distributed.partition=4 runs on 1 process or on 4" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = _ngp("fit-image", str(image), "--runs-dir", str(tmp_path / "runs"), "--steps", "2",
+                  "--set", "distributed.partition=2", "-q", cwd=tmp_path)
+    assert result.returncode == EXIT_CONFIG and "only NeRF runs are partitioned" in result.stderr, result.stderr
+    result = _ngp("train-nerf", str(scene), "--runs-dir", str(tmp_path / "runs"), "--steps", "2",
+                  "--set", "distributed.partition=3", "-q", cwd=tmp_path)
+    assert result.returncode == EXIT_CONFIG and "must be one of 1, 2, 4, 8" in result.stderr, result.stderr

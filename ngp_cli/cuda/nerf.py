@@ -340,3 +340,6 @@ def occupancy_update(density: Tensor, occupancy: Tensor, idx: Tensor, thickness:
     mean = density[:GRID_CELLS].clamp_min(0).mean().reshape(1)
     mod.launch("occupancy_bits", grid, block, [density, mean, np.uint32(n), per_thread, np.float32(threshold),
                                                occupancy])
+    # The kernels wrote through raw pointers: tell torch, so what is keyed on the version (the renderers' cache of
+    # empty-space distances, autograd's checks) sees the new grid.
+    torch.autograd.graph.increment_version((density, occupancy))

@@ -160,6 +160,9 @@ class Task:
     #: Whether :meth:`evaluate` runs on every process of a data-parallel run, each taking its share of the work and
     #: rank 0 writing (NeRF: the held-out views); otherwise rank 0 evaluates alone.
     parallel_evaluation: ClassVar[bool] = False
+    #: Whether the task's model can be partitioned spatially over processes (``distributed.partition``, NeRF-XL);
+    #: otherwise a partition above 1 is a config error.
+    partitioned: ClassVar[bool] = False
     #: Config keys of the files a run trains on, beyond ``train_input.key``: pinned in the run's input.json (path,
     #: size, SHA-256 of the first MiB) when it is created; a change on ``--resume`` needs ``--allow-input-change``.
     extra_input_paths: ClassVar[tuple[str, ...]] = ()

@@ -143,6 +143,14 @@ class OccupancyGrid(nn.Module):
         return marked
 
     @torch.no_grad()
+    def restrict(self, cells: Tensor) -> None:
+        """Keep only ``cells`` ((cascades·128³,) bool): every other cell is marked -1, as cells no camera sees are,
+        so it stays empty through every update (a spatially partitioned model's part keeps its region's cells,
+        :mod:`ngp_cli.tasks.nerf.partition`). The occupancy bits are recomputed."""
+        self.density.masked_fill_(~cells.to(self.density.device), -1.0)
+        self._update_occupancy(MIN_OPTICAL_THICKNESS)
+
+    @torch.no_grad()
     def point_cells(self, points: Tensor, dilation: int) -> Tensor:
         """The cells around ``points``: (cascades·128³,) bool, True for every cell within ``dilation`` cells (Chebyshev
         distance: a (2·dilation + 1)³ block, clipped at the cascade's faces) of a cell holding a point, in every
@@ -242,7 +250,14 @@ class OccupancyGrid(nn.Module):
         self._update_occupancy(threshold)
 
     def _update_occupancy(self, threshold: float) -> None:
-        mean = self.density[:GRID_CELLS].clamp_min(0).mean()
+        self.threshold_occupancy(threshold, self.density[:GRID_CELLS].clamp_min(0).mean())
+
+    @torch.no_grad()
+    def threshold_occupancy(self, threshold: float, mean: Tensor) -> None:
+        """Recompute the occupancy bits as ``density > min(threshold, mean)`` with a given cascade-0 ``mean`` (a 0-dim
+        tensor): a spatially partitioned model's parts threshold against the whole scene's mean, as one model's grid
+        would (:mod:`ngp_cli.tasks.nerf.partition`); :meth:`update` uses this grid's own."""
+        mean = mean.to(self.density.device, torch.float32)
         # min(threshold, mean) on the device, NaN giving threshold as Python's min and the kernel's fminf do.
         bound = torch.nan_to_num(mean, nan=threshold).clamp(max=threshold)
         self.occupancy.copy_((self.density > bound).to(torch.uint8))

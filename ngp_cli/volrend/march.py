@@ -54,6 +54,8 @@ class RaySamples:
             (a ray cut off by the capacity has no samples here, and ``ray_ok`` False); else None.
         requested: with a fixed capacity, a 0-dim int64 tensor: the samples the marched rays took before the cut
             (what the ray count adapts to); else None.
+        ray_counts: with a fixed capacity, (R,) int64: the samples each marched ray took, whether they fitted or not
+            (0 for the rays not marched); else None.
     """
 
     positions: Tensor
@@ -63,6 +65,7 @@ class RaySamples:
     ray_index: Tensor
     ray_ok: Tensor | None = None
     requested: Tensor | None = None
+    ray_counts: Tensor | None = None
 
     @property
     def n_samples(self) -> int:
@@ -207,6 +210,7 @@ def march_rays(origins: Tensor, directions: Tensor, occupancy: Tensor, aabb_scal
     # The rays that fit end at the largest offset <= capacity; clamping there empties the ranges of those cut off.
     fitted = torch.where(offsets <= capacity, offsets, 0).amax()
     samples.requested = offsets[-1]
+    samples.ray_counts = offsets[1:] - offsets[:-1]
     samples.offsets = torch.minimum(offsets, fitted)
     samples.ray_ok = ok
     return samples

@@ -38,20 +38,20 @@ REFERENCE_STEPS_PER_ROUND = (64, 64)
 
 Field = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
-_empty_cache: dict[str, tuple[tuple, Tensor]] = {}
+_empty_cache: dict[str, tuple[Tensor, int, Tensor]] = {}
 
 
 def _empty_distances(occupancy: Tensor) -> Tensor:
     """The empty-space distances of an occupancy bitfield for the marching kernels, remembered for the last grid seen
-    (its storage and version: a grid update makes new ones), so the views of one render share them."""
+    (the tensor itself, held so its storage cannot be reused by another, and its version: every grid update bumps
+    it, the kernels' too), so the views of one render share them."""
     from ngp_cli.volrend.grid import empty_distance
 
-    key = (occupancy.data_ptr(), occupancy._version, occupancy.numel(), str(occupancy.device))
     cached = _empty_cache.get("last")
-    if cached is None or cached[0] != key:
-        cached = (key, empty_distance(occupancy, occupancy.numel() // GRID_CELLS))
+    if cached is None or cached[0] is not occupancy or cached[1] != occupancy._version:
+        cached = (occupancy, occupancy._version, empty_distance(occupancy, occupancy.numel() // GRID_CELLS))
         _empty_cache["last"] = cached
-    return cached[1]
+    return cached[2]
 
 
 def _density_normals(field: Field, positions: Tensor, directions: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -57,8 +57,3 @@ def nvcc() -> str:
         pytest.skip("nvcc not installed")
     return path
 
-
-@pytest.fixture(scope="session")
-def cpu_target(host_cxx) -> str:
-    """The "cpu" kernel target (skips without a host C++ compiler)."""
-    return "cpu"

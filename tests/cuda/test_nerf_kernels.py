@@ -400,7 +400,10 @@ def test_occupancy_update_matches_torch(cpu_target, threshold):
     idx[0] = GRID_CELLS + 5  # the inf (-> FLT_MAX) outside cascade 0, whose mean sets the threshold
     ref_density, ref_occ = _update_twin(density, idx, thickness, 0.95, threshold)
     occupancy = torch.full((n,), 7, dtype=torch.uint8)
+    versions = density._version, occupancy._version
     nerf.occupancy_update(density, occupancy, idx, thickness, 0.95, threshold, cpu_target)
+    # Written in place by the kernels, and torch told so: the renderers' empty-space cache keys on the version.
+    assert density._version > versions[0] and occupancy._version > versions[1]
     assert torch.equal(density, ref_density), f"seed {seed}"
     assert torch.equal(occupancy, ref_occ), f"seed {seed}"
     assert torch.all(density[ref_density == -1] == -1) and 0.05 < float(occupancy.float().mean()) < 0.95

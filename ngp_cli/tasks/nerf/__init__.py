@@ -59,6 +59,7 @@ class NerfTask(Task):
     summary = "Neural radiance field from posed photos, occupancy-grid ray marching (paper §5.4)"
     commands = ("train-nerf", "eval", "render", "extract-mesh", "bake")
     parallel_evaluation = True  # data parallel: the held-out views are shared out (views.evaluate_views)
+    partitioned = True  # distributed.partition: ngp_cli.tasks.nerf.partition
     default_preset = "nerf"
     default_preset_cpu = "nerf-cpu"
     run_commands = (
@@ -154,9 +155,13 @@ class NerfTask(Task):
         return train_set, aabb_scale
 
     def build_problem(self, cfg: NerfConfig, backend: Any, data: Any) -> Any:
+        train_set, aabb_scale = data
+        if cfg.distributed.partition > 1:  # NeRF-XL's spatial partitioning (issue 19)
+            from ngp_cli.tasks.nerf.partition import PartitionedNerfProblem
+
+            return PartitionedNerfProblem(train_set, cfg, backend, aabb_scale)
         from ngp_cli.tasks.nerf.fit import NerfProblem
 
-        train_set, aabb_scale = data
         return NerfProblem(train_set, cfg, backend, aabb_scale)
 
     def describe(self, cfg: NerfConfig, data: Any, problem: Any) -> str:
@@ -174,7 +179,7 @@ class NerfTask(Task):
         from ngp_cli.tasks.nerf.evaluate import final_evaluation
 
         metrics, artifacts = final_evaluation(problem, run, state.step)
-        return {**metrics, "occupied_fraction": problem.model.grid.occupied_fraction()}, artifacts
+        return {**metrics, "occupied_fraction": problem.occupied_fraction()}, artifacts
 
     def benchmark_renders(self, run_path: Path, backend: str, which: list[str], baked: Path | None = None):
         """The render benchmarks of a NeRF run for ``ngp bench --run RUN``

@@ -72,6 +72,30 @@ class NerfBakeField:
         return model.rgb_network(x).float().view(t, m, 3)
 
 
+class PartitionedBakeField(NerfBakeField):
+    """:class:`NerfBakeField` of a spatially partitioned model holding every part
+    (:class:`~ngp_cli.tasks.nerf.partition.PartitionedNerf`): ``features(x)`` are the 16 outputs of the part of each
+    position's region with the region's index appended (N, 17), and ``colour`` runs each row through its part's colour
+    network, so the bake sees the piecewise field as rendering does."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        from ngp_cli.tasks.nerf.partition import region_of
+
+        model = self.model
+        h = model._route(x, lambda part, rows: (part._features(x[rows]).float(),), (16,))[0]
+        return torch.cat([h, region_of(x, model.n_parts).float().unsqueeze(1)], 1)
+
+    def colour(self, h: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
+        region = h[:, -1].round().long()
+        out = torch.zeros(h.shape[0], dirs.shape[-2], 3, device=h.device)
+        for k, part in self.model.owned():
+            rows = torch.nonzero(region == k).squeeze(1)
+            if rows.numel():
+                d = dirs if dirs.dim() == 2 else dirs[rows]
+                out[rows] = NerfBakeField(part).colour(h[rows, :-1], d)
+        return out
+
+
 #: How the SH fit's view directions are chosen (:func:`fit_directions`).
 DIRECTION_SETS = ("sphere", "seen", "cameras")
 
@@ -124,7 +148,9 @@ def bake_run(problem, *, subdivisions: int = 4, sh_degree: int = 2, min_alpha: f
     Returns the :class:`~ngp_cli.volrend.baked.BakedGrid` (``meta`` with ``source_run``, ``source_step``,
     ``bake_s``, ``directions``). Raises ConfigError (the memory budget)."""
     model = problem.model
-    field = NerfBakeField(model)
+    from ngp_cli.tasks.nerf.partition import PartitionedNerf
+
+    field = PartitionedBakeField(model) if isinstance(model, PartitionedNerf) else NerfBakeField(model)
     ds = problem.dataset
     c2w = ds.c2w.float().cpu()
     if directions == "cameras" and c2w.shape[0] < MIN_CAMERAS:

@@ -67,10 +67,13 @@ def final_evaluation(problem, run: RunDir, step: int) -> tuple[dict[str, Any], d
         return {**skipped, "eval_skipped": f"no held-out views in split '{split}'"}, {}
     views = final_views(len(dataset), cfg.train.final_eval_views)
     world = current_world()  # data parallel: the views are shared out, rank 0 writes (evaluate_views)
+    # A spatially partitioned run's processes render every view together, each its part's segments.
+    together = getattr(problem, "render_segments", None) is not None
     with progress(len(views), f"evaluating {split}") as advance, torch.no_grad():
-        result = evaluate_views(problem, dataset, views, renders_dir=run.renders_dir,
-                                n_renders=cfg.nerf.render_views, on_view=lambda row: advance(), world=world)
-    if result is None:
+        result = evaluate_views(problem, dataset, views, renders_dir=run.renders_dir if world.is_main else None,
+                                n_renders=cfg.nerf.render_views, on_view=lambda row: advance(),
+                                world=None if together else world)
+    if result is None or not world.is_main:
         return {}, {}
     path = _write_eval_json(run, split, result, step)
     metrics = {"psnr": result["psnr"], "ssim": result["ssim"], "n_views": len(result["views"]), "split": split,

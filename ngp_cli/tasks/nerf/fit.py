@@ -5,6 +5,7 @@ the shared :class:`~ngp_cli.train.Trainer`, then the held-out evaluation and ren
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -15,7 +16,7 @@ from ngp_cli.tasks.nerf.config import NerfConfig, cone_angle
 from ngp_cli.tasks.nerf.data import NerfDataset, load_split
 from ngp_cli.tasks.nerf.model import NerfNetwork
 from ngp_cli.volrend.composite import composite
-from ngp_cli.volrend.grid import aabb_bounds
+from ngp_cli.volrend.grid import OccupancyGrid, aabb_bounds
 from ngp_cli.volrend.march import march_rays
 
 # instant-ngp rounds the adaptive ray count to this granularity (BATCH_SIZE_GRANULARITY).
@@ -28,6 +29,18 @@ def _rays_to_draw(wanted: int) -> int:
     rounded to the granularity, at most 2^20."""
     headroom = -(-int(wanted) * 5 // 4 // _RAY_GRANULARITY) * _RAY_GRANULARITY
     return min(max(headroom, _RAY_GRANULARITY), _MAX_RAYS)
+
+
+class _Rays(NamedTuple):
+    """A training batch's rays on the model's device: ``n`` rays, origins/directions (n, 3), marching jitter (n,),
+    random background (n, 3) and the target colour (n, 3) composited on it."""
+
+    n: int
+    origins: torch.Tensor
+    directions: torch.Tensor
+    jitter: torch.Tensor
+    background: torch.Tensor
+    target: torch.Tensor
 
 
 class NerfProblem:
@@ -56,8 +69,7 @@ class NerfProblem:
         self.dataset.has_distortion  # noqa: B018 (computed now, once: the steps then never read the device for it)
         self.cfg = cfg
         self.kernel_target = backend.kernel_target
-        init = torch.Generator().manual_seed(cfg.seed)
-        self.model = NerfNetwork(cfg, aabb_scale, generator=init, kernel_target=backend.kernel_target).to(self.device)
+        self.model = self.build_model(cfg, aabb_scale, backend.kernel_target).to(self.device)
         self.model.register_buffer("n_rays", torch.tensor(cfg.nerf.n_rays_initial, dtype=torch.int64,
                                                           device=self.device))
         self.rays_drawn = _rays_to_draw(cfg.nerf.n_rays_initial)
@@ -66,18 +78,25 @@ class NerfProblem:
         self.eval_set: NerfDataset | bool | None = None  # False: the dataset has no held-out views
         self._last: dict[str, torch.Tensor] = {}
 
+    def build_model(self, cfg: NerfConfig, aabb_scale: int, kernel_target: str | None) -> torch.nn.Module:
+        """The model trained: :class:`NerfNetwork` initialised from the run seed."""
+        init = torch.Generator().manual_seed(cfg.seed)
+        return NerfNetwork(cfg, aabb_scale, generator=init, kernel_target=kernel_target)
+
     def prepare_grid(self) -> int:
         """Before the first step of a new run: mark the cells no training camera sees, and with
         ``nerf.occupancy_init: points`` seed the grid from the sparse points (:meth:`seed_grid`). Returns the number
         of unseen cells. Raises DataError (an unreadable point cloud)."""
+        return self._prepare(self.model.grid)
+
+    def _prepare(self, grid: OccupancyGrid) -> int:
         ds = self.dataset
-        marked = self.model.grid.mark_untrained(ds.c2w, ds.intrinsics, ds.width, ds.height,
-                                                near=self.cfg.nerf.near_distance)
+        marked = grid.mark_untrained(ds.c2w, ds.intrinsics, ds.width, ds.height, near=self.cfg.nerf.near_distance)
         if self.cfg.nerf.occupancy_init == "points":
-            self.seed_grid()
+            self.seed_grid(grid)
         return marked
 
-    def seed_grid(self) -> int:
+    def seed_grid(self, grid: OccupancyGrid | None = None) -> int:
         """Seed the occupancy grid from ``nerf.sparse_points`` (default ``sparse_points.ply`` beside the transforms
         JSON): the points are mapped into the ngp frame with the dataset's ``scale``/``offset`` exactly as the camera
         positions are (:func:`~ngp_cli.tasks.nerf.placement.points_to_ngp`), and the cells within
@@ -94,7 +113,7 @@ class NerfProblem:
         points = torch.from_numpy(points_to_ngp(world, ds.scale, ds.offset))
         lo, hi = aabb_bounds(self.aabb_scale)
         outside = int((~((points >= lo) & (points < hi)).all(dim=1)).sum())
-        grid = self.model.grid
+        grid = self.model.grid if grid is None else grid
         seeded = grid.seed_from_points(points, nc.occupancy_dilation)
         if seeded == 0:
             warn(f"{path}: none of its {len(points):,} points lies in a cell a training camera sees inside the scene "
@@ -105,14 +124,21 @@ class NerfProblem:
         return seeded
 
     def before_step(self, step: int, generator: torch.Generator) -> None:
-        nc = self.cfg.nerf
-        if step % nc.grid_update_interval == 0:
-            self.model.grid.update(self.model.density, generator, all_cells=step < nc.grid_warmup_steps,
-                                   decay=nc.grid_decay, threshold=nc.grid_threshold,
-                                   kernel_target=self.kernel_target)
+        if step % self.cfg.nerf.grid_update_interval == 0:
+            self._update_grid(self.model.grid, self.model.density, step, generator)
 
-    def batch_loss(self, batch_size: int, generator: torch.Generator,
-                   loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _update_grid(self, grid: OccupancyGrid, density: Callable[[torch.Tensor], torch.Tensor], step: int,
+                     generator: torch.Generator) -> None:
+        nc = self.cfg.nerf
+        grid.update(density, generator, all_cells=step < nc.grid_warmup_steps, decay=nc.grid_decay,
+                    threshold=nc.grid_threshold, kernel_target=self.kernel_target)
+
+    def occupied_fraction(self) -> float:
+        """Fraction of the occupancy grid's cells occupied (over all cascades)."""
+        return self.model.grid.occupied_fraction()
+
+    def _draw_rays(self, generator: torch.Generator) -> _Rays:
+        """The batch's ``rays_drawn`` random rays on the model's device (see the class docstring)."""
         n = self.rays_drawn
         gen_dev = generator.device
         image, pixels, colour = self.dataset.sample(n, generator)
@@ -122,33 +148,44 @@ class NerfProblem:
         jitter = torch.rand(n, generator=generator, device=gen_dev)
         background = torch.rand(n, 3, generator=generator, device=gen_dev)
         dev = self.device
-        origins, directions, jitter = origins.to(dev), directions.to(dev), jitter.to(dev)
         background, colour = background.to(dev), colour.to(dev)
-        n_active = self.model.n_rays.clamp(max=n)
-        samples = march_rays(origins, directions, self.model.grid.occupancy, self.aabb_scale,
-                             cone_angle=self.cone_angle, near_distance=self.cfg.nerf.near_distance, jitter=jitter,
-                             n_active=n_active, capacity=batch_size, kernel_target=self.kernel_target)
         if colour.shape[1] == 4:
             alpha = colour[:, 3:4]
             target = colour[:, :3] * alpha + background * (1.0 - alpha)
         else:
             target = colour[:, :3]
-        sigma, rgb = self.model(samples.positions, directions[samples.ray_index])
+        return _Rays(n, origins.to(dev), directions.to(dev), jitter.to(dev), background, target)
+
+    def batch_loss(self, batch_size: int, generator: torch.Generator,
+                   loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        rays = self._draw_rays(generator)
+        n_active = self.model.n_rays.clamp(max=rays.n)
+        samples = march_rays(rays.origins, rays.directions, self.model.grid.occupancy, self.aabb_scale,
+                             cone_angle=self.cone_angle, near_distance=self.cfg.nerf.near_distance,
+                             jitter=rays.jitter, n_active=n_active, capacity=batch_size,
+                             kernel_target=self.kernel_target)
+        sigma, rgb = self.model(samples.positions, rays.directions[samples.ray_index])
         pred, opacity = composite(sigma, rgb, samples.dts, samples.offsets, self.kernel_target)
-        pred = pred + (1.0 - opacity).unsqueeze(-1) * background
+        return self._loss(rays, pred, opacity, samples.ray_ok, samples.requested, n_active, batch_size, loss_fn)
+
+    def _loss(self, rays: _Rays, pred: torch.Tensor, opacity: torch.Tensor, ray_ok: torch.Tensor,
+              requested: torch.Tensor, n_active: torch.Tensor, batch_size: int,
+              loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's loss and mse from the composited colour and opacity (R, 3), (R,) of its rays, and the ray
+        count's adaptation from the ``requested`` samples."""
+        n, target = rays.n, rays.target
+        pred = pred + (1.0 - opacity).unsqueeze(-1) * rays.background
         # The loss is the mean over the rays that count: the others predict their target (no loss, no gradient), and
         # the mean over all n is rescaled by n / (rays that count).
-        ok = samples.ray_ok.unsqueeze(-1)
-        pred = torch.where(ok, pred, target)
-        n_ok = samples.ray_ok.sum().clamp_min(1)
+        pred = torch.where(ray_ok.unsqueeze(-1), pred, target)
+        n_ok = ray_ok.sum().clamp_min(1)
         loss = loss_fn(pred, target) * (n / n_ok)
         with torch.no_grad():
             mse = (pred - target).square().sum() / (3 * n_ok)
             # instant-ngp's rule on the device: rays for the next batch = rays x target samples / samples taken.
-            requested = samples.requested.clamp_min(1)
-            new_rays = n_active * batch_size // requested // _RAY_GRANULARITY * _RAY_GRANULARITY
+            new_rays = n_active * batch_size // requested.clamp_min(1) // _RAY_GRANULARITY * _RAY_GRANULARITY
             self.model.n_rays.copy_(new_rays.clamp(_RAY_GRANULARITY, _MAX_RAYS))
-        self._last = {"rays": n_ok, "samples": samples.requested}
+        self._last = {"rays": n_ok, "samples": requested}
         return loss, mse
 
     def log_metrics(self) -> dict:

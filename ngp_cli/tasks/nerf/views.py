@@ -23,7 +23,7 @@ from ngp_cli.distributed import World, gather_objects
 from ngp_cli.images import write_image
 from ngp_cli.metrics import SSIM_MIN_SIDE, mse_to_psnr, ssim
 from ngp_cli.tasks.nerf.data import NerfDataset
-from ngp_cli.volrend.render import MIN_CHUNK_RAYS, render_ray_maps, render_rays
+from ngp_cli.volrend.render import MIN_CHUNK_RAYS, render_ray_maps
 
 __all__ = ["VIEW_MAPS", "baked_frame_rays", "evaluate_views", "evaluate_views_baked", "format_ssim", "render_view",
            "render_view_baked", "render_view_map"]
@@ -46,13 +46,22 @@ def _render_args(problem, origins: torch.Tensor, directions: torch.Tensor) -> tu
     return args, kwargs
 
 
+def _ray_maps(problem, origins: torch.Tensor, directions: torch.Tensor, maps: tuple[str, ...],
+              background: tuple[float, float, float] | None) -> dict[str, torch.Tensor]:
+    """:func:`~ngp_cli.volrend.render.render_ray_maps` of ``problem``'s rays, or, for a spatially partitioned model
+    spread over processes, its ``render_segments`` (every process renders its part's segments of the same rays)."""
+    bg = torch.tensor(background, dtype=torch.float32, device=problem.device) if background is not None else None
+    segments = getattr(problem, "render_segments", None)
+    if segments is not None:
+        return segments(origins, directions, maps, bg)
+    args, kwargs = _render_args(problem, origins, directions)
+    return render_ray_maps(*args, background=bg, maps=maps, **kwargs)
+
+
 def render_view(problem, origins: torch.Tensor, directions: torch.Tensor, height: int, width: int,
                 background: tuple[float, float, float] | None) -> np.ndarray:
     """Render (H·W) rays of one view with ``problem``'s model and occupancy grid → (H, W, 3) float32 in [0, 1]."""
-    dev = problem.device
-    bg = torch.tensor(background, dtype=torch.float32, device=dev) if background is not None else None
-    args, kwargs = _render_args(problem, origins, directions)
-    rgb = render_rays(*args, background=bg, **kwargs)
+    rgb = _ray_maps(problem, origins, directions, ("rgb",), background)["rgb"]
     return rgb.clamp(0.0, 1.0).reshape(height, width, 3).cpu().numpy()
 
 
@@ -76,8 +85,7 @@ def render_view_map(problem, origins: torch.Tensor, directions: torch.Tensor, he
     if output not in VIEW_MAPS:
         raise ValueError(f"unknown output {output!r}; choose from {VIEW_MAPS}")
     key = {"depth": "depth", "accumulation": "opacity", "normals": "normals"}[output]
-    args, kwargs = _render_args(problem, origins, directions)
-    result = render_ray_maps(*args, background=None, maps=(key,), **kwargs)[key]
+    result = _ray_maps(problem, origins, directions, (key,), None)[key]
     if output == "depth":
         result = result / float(problem.dataset.scale)
     elif output == "normals":
