@@ -243,3 +243,23 @@ def test_the_bake_field_of_a_partitioned_model_answers_from_each_regions_part():
         rows = region == k
         want = NerfBakeField(part).colour(part._features(x[rows]).float(), dirs)
         torch.testing.assert_close(rgb[rows], want)
+
+
+def test_the_renderers_empty_space_cache_follows_the_grid(cpu_target):
+    """The empty-space distances are remembered per grid tensor and version: an in-place update (the kernels' too:
+    they bump the version) or another grid gives new ones. A stale cache skipped cells occupied since."""
+    from ngp_cli.cuda.nerf import occupancy_update
+    from ngp_cli.volrend.grid import empty_distance
+    from ngp_cli.volrend.render import _empty_distances
+
+    grid = OccupancyGrid(1)
+    grid.density.zero_()
+    grid.density[GRID_CELLS // 2] = 1.0
+    grid.threshold_occupancy(0.01, torch.tensor(0.0))
+    first = _empty_distances(grid.occupancy)
+    assert _empty_distances(grid.occupancy) is first  # remembered
+    occupancy_update(grid.density, grid.occupancy, torch.tensor([7]), torch.tensor([5.0]), 0.95, 0.01, cpu_target)
+    second = _empty_distances(grid.occupancy)
+    assert second is not first and torch.equal(second, empty_distance(grid.occupancy, 1))
+    other = grid.occupancy.clone()
+    assert _empty_distances(other) is not second
