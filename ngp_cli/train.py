@@ -54,9 +54,9 @@ class Problem(Protocol):
     * ``host_state() -> dict`` / ``load_host_state(dict)``: JSON-able host-side state the problem's batches depend on,
       saved with every checkpoint (so ``--resume`` continues exactly);
     * ``model_parallel = True``: each process holds its own part of the model (the spatially partitioned NeRF,
-      :mod:`ngp_cli.tasks.nerf.partition`) and exchanges what it needs inside ``batch_loss``: every process then
-      draws the same batches from the one sampling generator, no gradient is all-reduced and no replica check is
-      made, every process takes part in the periodic evaluations, and the problem's ``checkpoint_tensors(tensors)``
+      :mod:`ngp_cli.tasks.nerf.partition`) and exchanges what it needs inside ``batch_loss`` and in an optional
+      ``after_backward()`` (called after every backward pass, before the optimizer step): every process then draws
+      the same batches from the one sampling generator, the loop all-reduces no gradient and makes no replica check, every process takes part in the periodic evaluations, and the problem's ``checkpoint_tensors(tensors)``
       (a collective: the whole model's checkpoint on rank 0, None elsewhere) and ``local_tensors(tensors)`` (this
       process's share of one) assemble and split checkpoints.
     """
@@ -195,6 +195,9 @@ def train_step(problem: Problem, optimizer: torch.optim.Optimizer, loss_fn: Call
         loss, mse = problem.batch_loss(batch_size, generator, loss_fn)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        after_backward = getattr(problem, "after_backward", None)
+        if after_backward is not None:
+            after_backward()
         optimizer.step()
         return loss.detach(), mse
     optimizer.zero_grad(set_to_none=True)

@@ -215,11 +215,28 @@ def test_a_partition_must_be_a_power_of_two_up_to_8():
 
 
 def test_checkpoint_entries_are_renumbered_as_one_process_numbers_them():
-    from ngp_cli.tasks.nerf.partition import _index_of, _renumber
+    """Process k's optimizer and EMA entries get the indices a process holding every part gives the same
+    parameters; the MLPs are shared by the parts."""
+    from ngp_cli.tasks.nerf.partition import PartitionedNerf, _index_of, _renumber
 
-    assert _renumber("optim.3.exp_avg", 10) == "optim.13.exp_avg"
-    assert _renumber("ema.0", 7) == "ema.7"
-    assert _renumber("model.parts.1.encoding.params", 7) == "model.parts.1.encoding.params"
+    whole = PartitionedNerf(_tiny_cfg(4), 1, 4, [0, 1, 2, 3])
+    assert whole.parts["0"].density_network is whole.parts["3"].density_network is whole.density_network
+    optim_names = {id(p): n for n, p in whole.named_parameters()}
+    whole_optim = [optim_names[id(p)] for g in whole.param_groups(0.0) for p in g["params"]]
+    whole_params = [n for n, _ in whole.named_parameters()]
+    assert whole.whole_indices() == (list(range(len(whole_optim))), list(range(len(whole_params))))
+    one = PartitionedNerf(_tiny_cfg(4), 1, 4, [2])
+    names = {id(p): n for n, p in one.named_parameters()}
+    local_optim = [names[id(p)] for g in one.param_groups(0.0) for p in g["params"]]
+    local_params = [n for n, _ in one.named_parameters()]
+    optim, params = one.whole_indices()
+    assert [whole_optim[i] for i in optim] == local_optim and [whole_params[i] for i in params] == local_params
+    assert "parts.2.encoding.params" in local_optim and len(set(optim)) == len(optim)
+    maps = (optim, params)
+    i = local_optim.index("parts.2.encoding.params")
+    assert _renumber(f"optim.{i}.exp_avg", maps) == f"optim.{optim[i]}.exp_avg"
+    assert _renumber("ema.0", maps) == f"ema.{params[0]}"
+    assert _renumber("model.parts.2.encoding.params", maps) == "model.parts.2.encoding.params"
     assert _index_of("rng.generator") is None and _index_of("optim.12.step") == 12
 
 
@@ -229,7 +246,7 @@ def test_the_bake_field_of_a_partitioned_model_answers_from_each_regions_part():
 
     model = PartitionedNerf(_tiny_cfg(2), 1, 2, [0, 1])
     with torch.no_grad():  # parts that differ, so a row answered by the wrong part shows
-        model.parts["1"].rgb_network.weights[0].mul_(-3.0)
+        model.parts["1"].encoding.params.uniform_(-1.0, 1.0)
     field = PartitionedBakeField(model)
     g = torch.Generator().manual_seed(_seed())
     x = torch.rand(300, 3, generator=g)

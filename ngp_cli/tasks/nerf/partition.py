@@ -2,9 +2,14 @@
 ``--set distributed.partition=K``.
 
 The scene box is cut into ``K`` ∈ {2, 4, 8} regions by the planes through its centre (x = 0.5, then y, then z, in
-the ngp frame). Each region has its own model, a *part*: a hash grid, the two MLPs and an occupancy grid, a
+the ngp frame). Each region has its own *part*: a hash grid and an occupancy grid, in a
 :class:`~ngp_cli.tasks.nerf.model.NerfNetwork` whose hash tables hold ``T / K`` entries per level (``log2_hashmap_size``
-less ``log2 K``), so the parts together have the parameters of one model and each process holds ``1/K`` of them.
+less ``log2 K``), so the parts together have the tables of one model and each process holds ``1/K`` of them. The two
+small MLPs (37 KB) are one pair shared by every part, their gradients summed over the processes each step as in data
+parallelism (:meth:`PartitionedNerfProblem.after_backward`). NeRF-XL gives each part MLPs of its own, and so did the
+first version here, which on a small scene often pruned an object early and ended 10 dB lower
+(docs/benchmarks/2026-12-06-cpu-2core-xeon-amx-issue19-partition.md); separate tables with shared MLPs track one
+model.
 A part's occupancy grid keeps only the cells of its region (the others are marked -1 and stay empty): the planes are
 cell faces of every cascade, so each cell lies in one region, and marching a ray through a part's grid yields exactly
 the samples of the ray inside that region, on the same step lattice.
@@ -13,8 +18,8 @@ Training (:class:`PartitionedNerfProblem`): every process draws the same rays; p
 part ``k``'s grid, queries part ``k`` and composites its segment of each ray to (colour, opacity, where the segment
 starts); one all-gather brings every segment to every process, and :func:`~ngp_cli.volrend.composite.combine_segments`
 composites them in ray order into the pixel colour, as in NeRF-XL. Each process then holds the whole batch's loss;
-the gradient of its own part flows back through the combination (the other parts' segments are constants there), so
-no gradient is exchanged. The occupancy grid updates draw the same cells on every process, each scoring its own.
+the gradient of its own part flows back through the combination (the other parts' segments are constants there):
+its tables' gradient is complete, and the shared MLPs' gradients are summed over the processes. The occupancy grid updates draw the same cells on every process, each scoring its own.
 
 Run on ``K`` processes (``--nproc K`` or torchrun), process ``k`` holds part ``k``; on one process it holds them all
 and computes the same steps one part after another. The checkpoint is the same either way (rank 0 gathers the parts),
@@ -33,7 +38,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from ngp_cli.distributed import World, all_gather, all_reduce_sum, current_world, gather_to_main
+from ngp_cli.distributed import World, all_gather, all_reduce_gradients, all_reduce_sum, current_world, gather_to_main
 from ngp_cli.errors import ConfigError
 from ngp_cli.nn.backend import Backend
 from ngp_cli.tasks.nerf.config import NerfConfig
@@ -108,12 +113,22 @@ class PartitionedNerf(nn.Module):
         super().__init__()
         part_cfg = part_config(cfg, n_parts)
         self.n_parts = n_parts
-        self.parts = nn.ModuleDict()
+        parts = {}
         for k in owned:
             # Every part starts from the run seed: as copies of one model, whichever process builds them.
             init = torch.Generator().manual_seed(cfg.seed)
-            self.parts[str(k)] = NerfNetwork(part_cfg, aabb_scale, generator=init, kernel_target=kernel_target)
-        first = next(iter(self.parts.values()))
+            parts[str(k)] = NerfNetwork(part_cfg, aabb_scale, generator=init, kernel_target=kernel_target)
+        first = next(iter(parts.values()))
+        # The MLPs are one pair shared by every part (registered first, so they lead parameters() and the optimizer).
+        self.density_network = first.density_network
+        self.rgb_network = first.rgb_network
+        for part in parts.values():
+            part.density_network, part.rgb_network = self.density_network, self.rgb_network
+        self.parts = nn.ModuleDict(parts)
+        # The state dict names the shared MLPs once (``density_network.*``, ``rgb_network.*``; safetensors refuses
+        # tensors under two names), and loading hands them to every part again.
+        self.register_state_dict_post_hook(_drop_part_mlps)
+        self.register_load_state_dict_pre_hook(_give_part_mlps)
         self.aabb_scale, self.aabb_lo, self.aabb_size = first.aabb_scale, first.aabb_lo, first.aabb_size
         self._merged: dict[str, tuple[tuple, OccupancyGrid]] = {}
 
@@ -197,13 +212,31 @@ class PartitionedNerf(nn.Module):
         return self._route(positions, lambda part, rows: part(positions[rows], directions[rows]), (0, 3))
 
     def param_groups(self, l2_reg: float) -> list[dict]:
-        """Each held part's groups in part order (:meth:`NerfNetwork.param_groups`), so the optimizer's parameter
-        indices of part ``k`` are ``k·n .. (k+1)·n - 1`` on one process and ``0 .. n - 1`` on process ``k``."""
-        return [g for _, part in self.owned() for g in part.param_groups(l2_reg)]
+        """The shared MLPs (L2 ``l2_reg``), then the held parts' hash tables in part order (no L2, sparse Adam), as
+        :meth:`NerfNetwork.param_groups` separates them."""
+        nets = list(self.density_network.parameters()) + list(self.rgb_network.parameters())
+        tables = [p for _, part in self.owned() for p in part.encoding.parameters()]
+        return [{"params": nets, "weight_decay": l2_reg, "name": "network"},
+                {"params": tables, "weight_decay": 0.0, "name": "encoding"}]
 
-    def params_per_part(self) -> int:
-        """Parameter tensors in one part (the same in every part)."""
-        return len(list(next(iter(self.parts.values())).parameters()))
+    def whole_indices(self) -> tuple[list[int], list[int]]:
+        """Where this process's parameters stand in a process holding every part: for each local index, the index in
+        the whole model's optimizer order (:meth:`param_groups`) and in its ``parameters()`` order (the EMA's). The
+        identity when every part is held."""
+        names = {id(p): n for n, p in self.named_parameters()}
+        local_params = [n for n, _ in self.named_parameters()]
+        local_optim = [names[id(p)] for g in self.param_groups(0.0) for p in g["params"]]
+        if self.whole:
+            return list(range(len(local_optim))), list(range(len(local_params)))
+        (k, _), = self.owned()
+
+        def whole(order: list[str]) -> list[str]:  # the shared names, then every part's names in part order
+            shared = [n for n in order if not n.startswith("parts.")]
+            own = [n for n in order if n.startswith(f"parts.{k}.")]
+            return shared + [n.replace(f"parts.{k}.", f"parts.{j}.", 1) for j in range(self.n_parts) for n in own]
+
+        optim, params = whole(local_optim), whole(local_params)
+        return [optim.index(n) for n in local_optim], [params.index(n) for n in local_params]
 
 
 class PartitionedNerfProblem(NerfProblem):
@@ -306,6 +339,16 @@ class PartitionedNerfProblem(NerfProblem):
                 torch.stack([local[k][2] for k in order]), torch.stack([local[k][3] for k in order]),
                 torch.stack([local[k][4].reshape(()) for k in order]))
 
+    def after_backward(self) -> None:
+        """On K processes: sum the shared MLPs' gradients (each process back-propagated its own segments), so
+        every process takes the same MLP step, as one process holding every part does. A collective."""
+        if self.world.distributed:
+            all_reduce_gradients(self._shared, self.world)
+
+    @property
+    def _shared(self) -> nn.Module:
+        return nn.ModuleList([self.model.density_network, self.model.rgb_network])
+
     # -- the checkpoint, the same on any process count
 
     def checkpoint_tensors(self, tensors: dict[str, Tensor]) -> dict[str, Tensor] | None:
@@ -315,14 +358,13 @@ class PartitionedNerfProblem(NerfProblem):
         None on ranks > 0."""
         if not self.world.distributed:
             return tensors
-        gathered = gather_to_main({k: v.cpu() for k, v in tensors.items()}, self.world)
+        gathered = gather_to_main(({k: v.cpu() for k, v in tensors.items()}, self.model.whole_indices()), self.world)
         if gathered is None:
             return None
-        n = self.model.params_per_part()
         whole: dict[str, Tensor] = {}
-        for rank, part_tensors in enumerate(gathered):
+        for part_tensors, maps in gathered:
             for key, value in part_tensors.items():
-                whole[_renumber(key, rank * n)] = value
+                whole[_renumber(key, maps)] = value
         return whole
 
     def local_tensors(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -331,7 +373,8 @@ class PartitionedNerfProblem(NerfProblem):
         if not self.world.distributed:
             return tensors
         (k,) = self.owned_indices
-        n = self.model.params_per_part()
+        optim, params = self.model.whole_indices()
+        inverse = ({w: i for i, w in enumerate(optim)}, {w: i for i, w in enumerate(params)})
         mine: dict[str, Tensor] = {}
         for key, value in tensors.items():
             if key.startswith("model.parts."):
@@ -341,8 +384,8 @@ class PartitionedNerfProblem(NerfProblem):
             index = _index_of(key)
             if index is None:
                 mine[key] = value
-            elif k * n <= index < (k + 1) * n:
-                mine[_renumber(key, -k * n)] = value
+            elif index in inverse[key.startswith("ema.")]:
+                mine[_renumber(key, inverse)] = value
         return mine
 
     # -- rendering
@@ -390,6 +433,23 @@ class PartitionedNerfProblem(NerfProblem):
         return {m: result[m].contiguous() for m in maps}
 
 
+_MLPS = ("density_network.", "rgb_network.")
+
+
+def _drop_part_mlps(module, state_dict, prefix, local_metadata) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix + "parts.")]:
+        if key[len(prefix) + len("parts."):].split(".", 1)[1].startswith(_MLPS):
+            del state_dict[key]
+
+
+def _give_part_mlps(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                    error_msgs) -> None:
+    shared = {k[len(prefix):]: v for k, v in state_dict.items() if k[len(prefix):].startswith(_MLPS)}
+    for name in module.parts:
+        for key, value in shared.items():
+            state_dict.setdefault(f"{prefix}parts.{name}.{key}", value)
+
+
 def _index_of(key: str) -> int | None:
     """The parameter index of an optimizer (``optim.<i>.<name>``) or EMA (``ema.<i>``) checkpoint entry; None for
     the others."""
@@ -399,10 +459,11 @@ def _index_of(key: str) -> int | None:
     return None
 
 
-def _renumber(key: str, offset: int) -> str:
+def _renumber(key: str, maps) -> str:
+    """``key`` with its optimizer (``maps[0]``) or EMA (``maps[1]``) index mapped; other keys unchanged."""
     index = _index_of(key)
-    if index is None or offset == 0:
+    if index is None:
         return key
     head, _, rest = key.partition(".")
     tail = rest.split(".", 1)[1:]
-    return ".".join([head, str(index + offset), *tail])
+    return ".".join([head, str(maps[head == "ema"][index]), *tail])
