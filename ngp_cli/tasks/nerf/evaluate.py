@@ -70,7 +70,9 @@ def final_evaluation(problem, run: RunDir, step: int) -> tuple[dict[str, Any], d
     # A spatially partitioned run's processes render every view together, each its part's segments.
     together = getattr(problem, "render_segments", None) is not None
     with progress(len(views), f"evaluating {split}") as advance, torch.no_grad():
-        result = evaluate_views(problem, dataset, views, renders_dir=run.renders_dir if world.is_main else None,
+        # (data parallel: every process renders its views' images and rank 0 writes them; together: rank 0's copy)
+        renders = run.renders_dir if world.is_main or not together else None
+        result = evaluate_views(problem, dataset, views, renders_dir=renders,
                                 n_renders=cfg.nerf.render_views, on_view=lambda row: advance(),
                                 world=None if together else world)
     if result is None or not world.is_main:
