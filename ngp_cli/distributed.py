@@ -33,8 +33,9 @@ from torch import nn
 from ngp_cli.errors import ConfigError, DistributedError
 
 __all__ = ["World", "agree_cpu_mlp_path", "all_gather", "all_reduce_gradients", "all_reduce_sum", "broadcast_object",
-           "check_replicas", "comm_seconds", "current_world", "gather_objects", "gather_to_main", "init_world", "leave_quietly", "local_shards",
-           "pin_local_gpu", "resolve_shards", "shard_seed", "shared_tiles", "shutdown_world", "state_fingerprint"]
+           "check_replicas", "comm_seconds", "current_world", "gather_objects", "gather_to_main", "init_world",
+           "leave_quietly", "local_shards", "pin_local_gpu", "resolve_shards", "shard_seed", "shared_tiles",
+           "shutdown_world", "state_fingerprint"]
 
 _SEED_MASK = (1 << 63) - 1
 # Golden-ratio increment (splitmix64's): shard seeds far apart from each other and from the run's own seeds.
@@ -227,8 +228,8 @@ _COMM_SECONDS = [0.0]
 
 
 def comm_seconds() -> float:
-    """Host seconds this process spent in :func:`all_reduce_gradients` and :func:`all_gather` so far (on the CPU the gloo all-reduce
-    itself, synchronous; with NCCL the time to enqueue it)."""
+    """Host seconds this process spent in :func:`all_reduce_gradients` and :func:`all_gather` so far (on the CPU the
+    gloo collective itself, synchronous; with NCCL the time to enqueue it)."""
     return _COMM_SECONDS[0]
 
 

@@ -39,6 +39,16 @@ def strip_option(args: list[str], name: str) -> list[str]:
     return out
 
 
+def relaunched(nproc: int) -> bool:
+    """For a command given ``--nproc N``: with N > 1, outside torchrun, start the N processes on this command line
+    without ``--nproc`` (:func:`launch`) and return True once they have finished (the caller returns); otherwise
+    return False (one process, or already one of the N: the caller runs)."""
+    if nproc <= 1 or under_launcher():
+        return False
+    launch(nproc, strip_option(COMMAND_LINE, "--nproc"))
+    return True
+
+
 def launch(nproc: int, args: list[str]) -> None:
     """Run ``ngp ARGS`` as ``nproc`` processes on this machine and wait for them: torch.distributed's elastic agent
     (what ``torchrun --standalone --nproc-per-node N`` runs) with a rendezvous on a free local port, no restarts,

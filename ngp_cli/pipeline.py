@@ -75,12 +75,10 @@ def register(task: Task, app: typer.Typer) -> None:
                                  annotation=s.annotation()) for s in task.shorthands]
 
     def command(**kwargs: Any) -> None:
-        if kwargs["nproc"] > 1:
-            from ngp_cli.launch import COMMAND_LINE, launch, strip_option, under_launcher
+        from ngp_cli.launch import relaunched
 
-            if not under_launcher():
-                launch(kwargs["nproc"], strip_option(COMMAND_LINE, "--nproc"))
-                return
+        if relaunched(kwargs["nproc"]):
+            return
         sets = list(kwargs["set_"] or [])
         sets += [a for s in task.shorthands if (a := s.assignment(kwargs[s.parameter])) is not None]
         opts = TrainOptions(preset=kwargs["preset"], sets=sets, runs_dir=kwargs["runs_dir"], name=kwargs["name"],

@@ -56,7 +56,8 @@ class Problem(Protocol):
     * ``model_parallel = True``: each process holds its own part of the model (the spatially partitioned NeRF,
       :mod:`ngp_cli.tasks.nerf.partition`) and exchanges what it needs inside ``batch_loss`` and in an optional
       ``after_backward()`` (called after every backward pass, before the optimizer step): every process then draws
-      the same batches from the one sampling generator, the loop all-reduces no gradient and makes no replica check, every process takes part in the periodic evaluations, and the problem's ``checkpoint_tensors(tensors)``
+      the same batches from the one sampling generator, the loop all-reduces no gradient and makes no replica check,
+      every process takes part in the periodic evaluations, and the problem's ``checkpoint_tensors(tensors)``
       (a collective: the whole model's checkpoint on rank 0, None elsewhere) and ``local_tensors(tensors)`` (this
       process's share of one) assemble and split checkpoints.
     """

@@ -149,12 +149,11 @@ def eval_command(task, run_path: Path, *, split: str | None = None, baked: Path 
     :func:`ngp_cli.commands.relocated_input`; a bad or newer baked file)."""
     if split is not None and split not in ("val", "test", "train"):
         raise UsageError(f"--split must be val, test or train, got '{split}'")
-    from ngp_cli.launch import COMMAND_LINE, launch, strip_option, under_launcher
+    from ngp_cli.launch import relaunched, under_launcher
 
-    if nproc > 1 and not under_launcher():
-        if baked is not None:
-            raise UsageError("--baked renders in one process: drop --nproc")
-        launch(nproc, strip_option(COMMAND_LINE, "--nproc"))
+    if nproc > 1 and baked is not None and not under_launcher():
+        raise UsageError("--baked renders in one process: drop --nproc")
+    if relaunched(nproc):
         return
     pin_local_gpu()
     grid = None
@@ -221,7 +220,7 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None,
     a non-positive --seconds, --output normals with --baked), DataError (bad camera path or dataparser transforms,
     dataset gone, a bad or newer baked file), OutputError.
     """
-    from ngp_cli.launch import COMMAND_LINE, launch, strip_option, under_launcher
+    from ngp_cli.launch import relaunched
     from ngp_cli.mesh.shade import MapFrameWriter
     from ngp_cli.tasks.nerf.camera_path import DEFAULT_FPS, load_camera_path, orbit_path
     from ngp_cli.tasks.nerf.cameras import generate_rays, nerf_matrix_to_ngp, pixel_grid
@@ -229,8 +228,7 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None,
 
     if (camera_path is None) == (orbit is None):
         raise UsageError("give exactly one of --camera-path FILE or --orbit N")
-    if nproc > 1 and not under_launcher():
-        launch(nproc, strip_option(COMMAND_LINE, "--nproc"))
+    if relaunched(nproc):
         return
     pin_local_gpu()
     if orbit is not None and orbit < 1:

@@ -18,6 +18,7 @@ from ngp_cli.tasks.nerf.model import NerfNetwork
 from ngp_cli.volrend.composite import composite
 from ngp_cli.volrend.grid import OccupancyGrid, aabb_bounds
 from ngp_cli.volrend.march import march_rays
+from ngp_cli.volrend.render import MIN_CHUNK_RAYS
 
 # instant-ngp rounds the adaptive ray count to this granularity (BATCH_SIZE_GRANULARITY).
 _RAY_GRANULARITY = 128
@@ -220,6 +221,14 @@ class NerfProblem:
         n = min(self.cfg.nerf.eval_views, len(self.eval_set))
         result = evaluate_views(self, self.eval_set, range(n), with_ssim=False)
         return {"split": split, "n_views": n, "psnr": result["psnr"], "eval_s": result["eval_s"]}
+
+    def render_options(self) -> dict:
+        """The keyword arguments of :func:`~ngp_cli.volrend.render.render_ray_maps` that render as this problem
+        trains: its marching (cone angle, near distance), its kernels, and at least
+        :data:`~ngp_cli.volrend.render.MIN_CHUNK_RAYS` rays per chunk (runs made before issue 17 recorded 8192,
+        which the adaptive rounds would turn into thousands of small network batches)."""
+        return {"cone_angle": self.cone_angle, "near_distance": self.cfg.nerf.near_distance,
+                "chunk_rays": max(self.cfg.nerf.eval_chunk_rays, MIN_CHUNK_RAYS), "kernel_target": self.kernel_target}
 
     def render_field(self) -> tuple:
         """What the renderers query: ``(field, ray_features)``, the network taking encoded directions and the

@@ -130,7 +130,7 @@ class PartitionedNerf(nn.Module):
         self.register_state_dict_post_hook(_drop_part_mlps)
         self.register_load_state_dict_pre_hook(_give_part_mlps)
         self.aabb_scale, self.aabb_lo, self.aabb_size = first.aabb_scale, first.aabb_lo, first.aabb_size
-        self._merged: dict[str, tuple[tuple, OccupancyGrid]] = {}
+        self._merged: tuple[tuple, OccupancyGrid] | None = None  # (the parts' grid versions, their union)
 
     @property
     def kernel_target(self) -> str | None:
@@ -161,14 +161,12 @@ class PartitionedNerf(nn.Module):
         """The union of the held parts' occupancy grids (density: the cell's own part's value; -1 in no part)."""
         grids = [part.grid for _, part in self.owned()]
         key = tuple((g.density.data_ptr(), g.density._version, g.occupancy._version) for g in grids)
-        cached = self._merged.get("grid")
-        if cached is None or cached[0] != key:
+        if self._merged is None or self._merged[0] != key:
             merged = OccupancyGrid(self.aabb_scale, device=grids[0].density.device)
             merged.density.copy_(torch.stack([g.density for g in grids]).amax(0))
             merged.occupancy.copy_(torch.stack([g.occupancy for g in grids]).amax(0))
-            cached = (key, merged)
-            self._merged["grid"] = cached
-        return cached[1]
+            self._merged = (key, merged)
+        return self._merged[1]
 
     def _route(self, positions: Tensor, query: Callable[[NerfNetwork, Tensor], tuple[Tensor, ...]],
                widths: tuple[int, ...]) -> tuple[Tensor, ...]:
@@ -242,8 +240,9 @@ class PartitionedNerf(nn.Module):
 class PartitionedNerfProblem(NerfProblem):
     """:class:`~ngp_cli.tasks.nerf.fit.NerfProblem` over a :class:`PartitionedNerf` (see the module docstring).
 
-    The Trainer sees ``model_parallel``: one sampling stream shared by every process, no gradient all-reduce, no
-    replica check, and the checkpoint assembled by :meth:`checkpoint_tensors` / split by :meth:`local_tensors`.
+    The Trainer sees ``model_parallel``: one sampling stream shared by every process, no replica check, the shared
+    MLPs' gradients summed by :meth:`after_backward` (the tables' need nothing), and the checkpoint assembled by
+    :meth:`checkpoint_tensors` / split by :meth:`local_tensors`.
     """
 
     model_parallel = True
@@ -254,6 +253,7 @@ class PartitionedNerfProblem(NerfProblem):
         part_config(cfg, self.n_parts)  # ConfigError for a bad count, before anything is built
         self.owned_indices = owned_parts(self.n_parts, self.world)
         super().__init__(dataset, cfg, backend, aabb_scale)
+        self._shared_mlps = nn.ModuleList([self.model.density_network, self.model.rgb_network])
 
     def build_model(self, cfg: NerfConfig, aabb_scale: int, kernel_target: str | None) -> nn.Module:
         return PartitionedNerf(cfg, aabb_scale, self.n_parts, self.owned_indices, kernel_target=kernel_target)
@@ -293,8 +293,8 @@ class PartitionedNerfProblem(NerfProblem):
     def occupied_fraction(self) -> float:
         """Fraction of occupied cells of the whole scene (summed over the processes' parts)."""
         count = torch.tensor([float(part.grid.occupancy.sum()) for _, part in self.model.owned()]).sum()
-        total = all_reduce_sum(count.reshape(1).double(), self.world)[0] if self.world.distributed else count
-        return float(total) / self.model.grid.n_cells
+        total = all_reduce_sum(count.reshape(1).double(), self.world)[0]
+        return float(total) / self.model.parts[str(self.owned_indices[0])].grid.n_cells
 
     # -- training
 
@@ -343,19 +343,15 @@ class PartitionedNerfProblem(NerfProblem):
         """On K processes: sum the shared MLPs' gradients (each process back-propagated its own segments), so
         every process takes the same MLP step, as one process holding every part does. A collective."""
         if self.world.distributed:
-            all_reduce_gradients(self._shared, self.world)
-
-    @property
-    def _shared(self) -> nn.Module:
-        return nn.ModuleList([self.model.density_network, self.model.rgb_network])
+            all_reduce_gradients(self._shared_mlps, self.world)
 
     # -- the checkpoint, the same on any process count
 
     def checkpoint_tensors(self, tensors: dict[str, Tensor]) -> dict[str, Tensor] | None:
         """The whole model's checkpoint from this process's ``tensors`` (:func:`ngp_cli.train._state_tensors` of its
         parts): on K processes, rank 0 gathers the others' and renumbers their optimizer and EMA entries as one
-        process holding every part numbers them (part ``k``'s parameter ``i`` is ``k·n + i``). A collective; returns
-        None on ranks > 0."""
+        process holding every part numbers them (:meth:`PartitionedNerf.whole_indices`). A collective; returns None
+        on ranks > 0."""
         if not self.world.distributed:
             return tensors
         gathered = gather_to_main(({k: v.cpu() for k, v in tensors.items()}, self.model.whole_indices()), self.world)
@@ -408,16 +404,12 @@ class PartitionedNerfProblem(NerfProblem):
         """The maps of :func:`~ngp_cli.volrend.render.render_ray_maps` from K processes: each renders its part's
         segments (its own grid, background none), the segments are all-gathered and combined in ray order (ordered
         by each segment's expected depth, a distance inside it). A collective."""
-        from ngp_cli.volrend.render import MIN_CHUNK_RAYS
-
         dev = self.device
         wanted = ("rgb", "depth", "opacity") + (("normals",) if "normals" in maps else ())
         (k, part), = self.model.owned()
         out = render_ray_maps(part.forward_encoded, origins.to(dev), directions.to(dev), part.grid.occupancy,
-                              self.aabb_scale, cone_angle=self.cone_angle,
-                              near_distance=self.cfg.nerf.near_distance, background=None, maps=wanted,
-                              chunk_rays=max(self.cfg.nerf.eval_chunk_rays, MIN_CHUNK_RAYS),
-                              kernel_target=self.kernel_target, ray_features=part.encode_directions)
+                              self.aabb_scale, background=None, maps=wanted, ray_features=part.encode_directions,
+                              **self.render_options())
         values = [out["rgb"], out["depth"].unsqueeze(1)] + ([out["normals"]] if "normals" in maps else [])
         packed = torch.cat(values + [out["opacity"].unsqueeze(1)], 1)
         segments = torch.stack(all_gather(packed, self.world))

@@ -23,7 +23,7 @@ from ngp_cli.distributed import World, gather_objects
 from ngp_cli.images import write_image
 from ngp_cli.metrics import SSIM_MIN_SIDE, mse_to_psnr, ssim
 from ngp_cli.tasks.nerf.data import NerfDataset
-from ngp_cli.volrend.render import MIN_CHUNK_RAYS, render_ray_maps
+from ngp_cli.volrend.render import render_ray_maps
 
 __all__ = ["VIEW_MAPS", "baked_frame_rays", "evaluate_views", "evaluate_views_baked", "format_ssim", "render_view",
            "render_view_baked", "render_view_map"]
@@ -34,16 +34,11 @@ VIEW_MAPS = ("rgb", "depth", "accumulation", "normals")
 
 def _render_args(problem, origins: torch.Tensor, directions: torch.Tensor) -> tuple[tuple, dict[str, Any]]:
     """The arguments of the volrend renderers for ``problem``: positional (field, rays on its device, grid, box) and
-    keyword (marching as ``problem`` trains with it, the per-ray direction encoding); at least
-    :data:`~ngp_cli.volrend.render.MIN_CHUNK_RAYS` rays per chunk (runs made before issue 17 recorded 8192, which
-    the adaptive rounds would turn into thousands of small network batches)."""
+    keyword (``problem.render_options()``, the per-ray direction encoding)."""
     dev = problem.device
     field, ray_features = problem.render_field()
     args = (field, origins.to(dev), directions.to(dev), problem.model.grid.occupancy, problem.aabb_scale)
-    kwargs = {"cone_angle": problem.cone_angle, "near_distance": problem.cfg.nerf.near_distance,
-              "chunk_rays": max(problem.cfg.nerf.eval_chunk_rays, MIN_CHUNK_RAYS),
-              "kernel_target": problem.kernel_target, "ray_features": ray_features}
-    return args, kwargs
+    return args, {**problem.render_options(), "ray_features": ray_features}
 
 
 def _ray_maps(problem, origins: torch.Tensor, directions: torch.Tensor, maps: tuple[str, ...],
