@@ -16,7 +16,7 @@ import torch
 from ngp_cli.images import from_float, read_image
 from ngp_cli.mesh.shade import map_image, pinhole_rays, sphere_trace
 from ngp_cli.volrend.constants import GRID_CELLS
-from ngp_cli.volrend.render import render_ray_maps, render_rays
+from ngp_cli.volrend.render import MIN_CHUNK_RAYS, render_ray_maps, render_rays
 
 _DOCS = Path(__file__).resolve().parents[2] / "docs" / "examples"
 
@@ -107,12 +107,12 @@ def test_view_maps_are_in_world_units():
     from ngp_cli.tasks.nerf.views import render_view_map
 
     origins, directions = _rays_towards_plus_x(16, tilt=0.0)  # straight along +x from x = 0.1
+    options = {"cone_angle": 0.0, "near_distance": 0.0, "chunk_rays": MIN_CHUNK_RAYS, "kernel_target": None}
     problem = SimpleNamespace(device=torch.device("cpu"), render_field=lambda: (_plane_field(), None), aabb_scale=1,
-                              cone_angle=0.0,
+                              render_options=lambda: options,
                               model=SimpleNamespace(grid=SimpleNamespace(occupancy=torch.ones(GRID_CELLS,
                                                                                               dtype=torch.uint8))),
-                              cfg=SimpleNamespace(nerf=SimpleNamespace(near_distance=0.0, eval_chunk_rays=4096)),
-                              kernel_target=None, dataset=SimpleNamespace(scale=0.25))
+                              dataset=SimpleNamespace(scale=0.25))
     depth = render_view_map(problem, origins, directions, 4, 4, None, "depth")
     assert depth.shape == (4, 4) and depth.dtype == np.float32
     np.testing.assert_allclose(depth, (_STOP - 0.1) / 0.25, atol=6e-3)  # world units: the ngp distance / scale
