@@ -34,7 +34,7 @@ from ngp_cli.errors import ConfigError, DistributedError
 
 __all__ = ["World", "agree_cpu_mlp_path", "all_gather", "all_reduce_gradients", "all_reduce_sum", "broadcast_object",
            "check_replicas", "comm_seconds", "current_world", "gather_objects", "gather_to_main", "init_world",
-           "leave_quietly", "local_shards", "pin_local_gpu", "resolve_shards", "shard_seed", "shared_tiles",
+           "join_run", "leave_quietly", "local_shards", "pin_local_gpu", "resolve_shards", "shard_seed", "shared_tiles",
            "shutdown_world", "state_fingerprint"]
 
 _SEED_MASK = (1 << 63) - 1
@@ -138,6 +138,26 @@ def agree_cpu_mlp_path(world: World) -> None:
     os.environ["NGP_CPU_MLP"] = path
 
 
+def join_run(cfg, backend, *, partitioned: bool) -> World:
+    """What every training command does first under torchrun: refuse ``distributed.partition`` > 1 for a task that
+    is not partitioned spatially (``partitioned`` False), join the process group (:func:`init_world`, on
+    ``backend.device``, ``cfg.distributed.timeout_s``), silence the processes other than rank 0 (they neither print
+    nor write) and, on the cpu backend, make every process use rank 0's MLP path (:func:`agree_cpu_mlp_path`).
+
+    Raises ConfigError (a partition asked of another task) or DistributedError (the group cannot be formed)."""
+    from ngp_cli.console import set_quiet
+
+    if cfg.distributed.partition > 1 and not partitioned:
+        raise ConfigError(f"distributed.partition={cfg.distributed.partition}: only NeRF runs are partitioned "
+                          "spatially (leave it at 1)")
+    world = init_world(backend.device.type, cfg.distributed.timeout_s)
+    if not world.is_main:
+        set_quiet(True)
+    if backend.kernel_target == "cpu":
+        agree_cpu_mlp_path(world)
+    return world
+
+
 def shutdown_world() -> None:
     """Leave the process group (at the end of a run); the world is one process again."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -228,17 +248,23 @@ _COMM_SECONDS = [0.0]
 
 
 def comm_seconds() -> float:
-    """Host seconds this process spent in :func:`all_reduce_gradients` and :func:`all_gather` so far (on the CPU the
+    """Host seconds this process spent in :func:`all_reduce_gradients`, :func:`all_reduce_sum` and
+    :func:`all_gather` so far (on the CPU the
     gloo collective itself, synchronous; with NCCL the time to enqueue it)."""
     return _COMM_SECONDS[0]
 
 
 def all_reduce_sum(values: torch.Tensor, world: World) -> torch.Tensor:
-    """``values`` summed over the processes (a new tensor; the tensor itself for one process)."""
+    """``values`` summed over the processes (a new tensor; the tensor itself for one process). The time counts in
+    :func:`comm_seconds`. Raises DistributedError."""
     if not world.distributed:
         return values
+    import time
+
+    t0 = time.perf_counter()
     out = values.clone()
-    _collective("a metrics all-reduce", torch.distributed.all_reduce, out)
+    _collective("an all-reduce", torch.distributed.all_reduce, out)
+    _COMM_SECONDS[0] += time.perf_counter() - t0
     return out
 
 

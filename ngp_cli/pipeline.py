@@ -44,8 +44,8 @@ from ngp_cli.commands import (
     resumed_input,
 )
 from ngp_cli.config import config_value, set_config_value
-from ngp_cli.console import info, is_quiet, set_quiet
-from ngp_cli.errors import ConfigError, UsageError
+from ngp_cli.console import info, is_quiet
+from ngp_cli.errors import UsageError
 
 if TYPE_CHECKING:
     from ngp_cli.runs import RunDir
@@ -105,9 +105,8 @@ def train(task: Task, opts: TrainOptions, given: Path | None) -> None:
     created on disk before the config, the input and the problem were built.
     """
     from ngp_cli.distributed import (
-        agree_cpu_mlp_path,
         broadcast_object,
-        init_world,
+        join_run,
         leave_quietly,
         pin_local_gpu,
         resolve_shards,
@@ -119,14 +118,7 @@ def train(task: Task, opts: TrainOptions, given: Path | None) -> None:
     pin_local_gpu()
     prep = prepare(task, opts)
     cfg = prep.cfg
-    if cfg.distributed.partition > 1 and not task.partitioned:
-        raise ConfigError(f"distributed.partition={cfg.distributed.partition}: only NeRF runs are partitioned "
-                          "spatially (leave it at 1)")
-    world = init_world(prep.backend.device.type, cfg.distributed.timeout_s)
-    if not world.is_main:
-        set_quiet(True)  # rank 0 alone prints and writes (ngp_cli.distributed)
-    if prep.backend.kernel_target == "cpu":
-        agree_cpu_mlp_path(world)
+    world = join_run(cfg, prep.backend, partitioned=task.partitioned)  # rank 0 alone prints and writes
     if prep.run is None:  # a new run records its sampling shards, so a resume on other process counts keeps them
         # (a spatially partitioned run's processes all draw the one stream)
         set_config_value(cfg, "distributed.sampling_shards", 1 if cfg.distributed.partition > 1 else

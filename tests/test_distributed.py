@@ -265,6 +265,45 @@ def test_an_sdf_run_trains_on_two_processes_with_identical_replicas(tmp_path):
     assert 0.0 <= done["metrics"]["iou"] <= 1.0
 
 
+_NRC = ["--frames", "3", "--spp", "1", "--json", "-q", "--set", "nrc.width=24", "--set", "nrc.height=20",
+        "--set", "nrc.warmup_frames=1", "--set", "nrc.train_paths=512", "--set", "nrc.reference_spp=16",
+        "--set", "encoding.log2_hashmap_size=12", "--set", "network.n_hidden_layers=2"]
+
+
+def _nrc(runs: Path, name: str, *extra: str) -> tuple[Path, list[dict]]:
+    result = _ngp("train-nrc", "--runs-dir", str(runs), "--name", name, *_NRC, *extra, cwd=runs.parent)
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [e["event"] for e in events].count("done") == 1, result.stdout  # one process printed the result
+    return Path(events[-1]["run_dir"]), events
+
+
+def test_an_nrc_run_trains_alike_on_two_processes_and_on_one_with_two_shards(tmp_path):
+    from ngp_cli.images import read_image
+
+    runs = tmp_path / "runs"
+    two, two_events = _nrc(runs, "two", "--nproc", "2")
+    one, one_events = _nrc(runs, "one", "--set", "distributed.sampling_shards=2")
+    single, _ = _nrc(runs, "single")
+    # The same training vertices and losses frame by frame, the same cache (the replica check at the end compared
+    # both processes' caches, Adam moments and EMAs), and the same NRC image (its samples were shared out, summed).
+    frames = [[(e["train_vertices"], e["loss"]) for e in ev if e["event"] == "frame"] for ev in (two_events, one_events)]
+    assert len(frames[0]) == 3 and [v for v, _ in frames[0]] == [v for v, _ in frames[1]]
+    assert np.allclose([x for _, x in frames[0]], [x for _, x in frames[1]], rtol=1e-5, atol=0)
+    _assert_same(_weights(two), _weights(one))
+    nrc = [read_image(r / "renders" / "nrc.exr") for r in (two, one)]
+    assert np.allclose(nrc[0], nrc[1], rtol=1e-5, atol=1e-6)
+    # The reference too (rendered in two shards, one per process, and cached under the shard count).
+    ref = [read_image(r / "renders" / "reference.exr") for r in (two, one, single)]
+    assert np.allclose(ref[0], ref[1], rtol=1e-5, atol=1e-6) and not np.allclose(ref[0], ref[2])
+    # One shard draws other paths: the agreement above is not between identical runs by accident.
+    assert not torch.equal(_weights(single)["model.network.weights.0"], _weights(one)["model.network.weights.0"])
+    done = json.loads((two / "summary.json").read_text())
+    assert done["metrics"]["processes"] == 2 and "sampling_shards: 2" in (two / "config.yaml").read_text()
+    assert [json.loads(x)["frame"] for x in (two / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert len(list((two / "frames").glob("*.png"))) == 3  # rank 0 alone wrote
+
+
 def test_shards_that_do_not_split_over_the_processes_are_a_config_error(image, tmp_path):
     result = _ngp("fit-image", str(image), "--runs-dir", str(tmp_path / "runs"), "--steps", "5", "--nproc", "2",
                   "--set", "distributed.sampling_shards=3", cwd=tmp_path)
@@ -425,6 +464,12 @@ def test_a_partition_on_the_wrong_process_count_or_task_is_a_config_error(image,
     result = _ngp("train-nerf", str(scene), "--runs-dir", str(tmp_path / "runs"), "--steps", "2",
                   "--set", "distributed.partition=3", "-q", cwd=tmp_path)
     assert result.returncode == EXIT_CONFIG and "must be one of 1, 2, 4, 8" in result.stderr, result.stderr
+    # Radiance caching: no partition, and its training paths must split into the shards (before anything is written).
+    for bad, message in (("distributed.partition=2", "only NeRF runs are partitioned"),
+                         ("distributed.sampling_shards=3", "nrc.train_paths=8192 cannot be cut into")):
+        result = _ngp("train-nrc", "--runs-dir", str(tmp_path / "nrc"), "--set", bad, "-q", cwd=tmp_path)
+        assert result.returncode == EXIT_CONFIG and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and not (tmp_path / "nrc").exists()
 
 
 def test_a_two_partition_nerf_scores_as_one_model(tmp_path):

@@ -8,14 +8,12 @@ config dataclass; the work is imported inside the command.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ngp_cli.commands import BackendOpt, NameOpt, PresetOpt, RunsDirOpt, SetOpt, TrainOptions
-from ngp_cli.errors import UsageError
+from ngp_cli.commands import BackendOpt, NameOpt, NprocOpt, PresetOpt, RunsDirOpt, SetOpt, TrainOptions
 from ngp_cli.tasks import Task
 from ngp_cli.tasks.nrc.config import NrcConfig, NrcSection
 
@@ -56,19 +54,23 @@ class NrcTask(Task):
                 "--json", help="Also emit one {\"event\":\"frame\"} JSON line per rendered frame (time, loss, "
                                "relMSE, cache share).")] = False,
             backend: BackendOpt = None,
+            nproc: NprocOpt = 1,
         ) -> None:
             """Render a scene progressively with a neural radiance cache trained online, and compare it with path
             tracing at equal time against a converged reference (relMSE).
 
+            Data parallel with --nproc N (or under torchrun): the processes share out each frame's training paths
+            and image samples, and train one cache (docs/distributed.md).
+
             stdout: JSON lines ({"event":"frame",...} per frame with --json, a final {"event":"done",...});
             stderr: progress and logs.
             """
-            from ngp_cli.launch import under_launcher
+            from ngp_cli.launch import relaunched
+
+            if relaunched(nproc):
+                return
             from ngp_cli.tasks.nrc.fit import train_nrc as run_train
 
-            if under_launcher() and os.environ.get("WORLD_SIZE", "1") != "1":
-                raise UsageError("train-nrc trains its cache online, frame by frame, in one process: it has no "
-                                 "data-parallel mode (run it without torchrun)")
             sets = list(set_ or [])
             if frames is not None:
                 sets.append(f"nrc.frames={frames}")

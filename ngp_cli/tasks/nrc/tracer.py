@@ -360,17 +360,26 @@ def _targets(feat, nee, weight, path, depth, n_vertices, tail) -> PathRecords:
     return PathRecords(feat, target)
 
 
-def render_image(st: SceneTensors, camera: Camera, spp: int, generator: torch.Generator, *, chunk: int = 1 << 16,
-                 **trace_kwargs) -> tuple[Tensor, Tensor]:
-    """An (H, W, 3) image at ``spp`` samples per pixel (mean), and the part of it that came from the cache."""
-    w, h = camera.width, camera.height
-    total = torch.zeros(w * h, 3, device=st.device)
-    cached = torch.zeros(w * h, 3, device=st.device)
-    pixels_all = torch.arange(w * h, device=st.device).repeat(spp)
-    for s in range(0, pixels_all.numel(), chunk):
-        pixels = pixels_all[s:s + chunk]
+def render_samples(st: SceneTensors, camera: Camera, samples: Tensor, generator: torch.Generator, *,
+                   chunk: int = 1 << 16, **trace_kwargs) -> tuple[Tensor, Tensor]:
+    """Trace one camera path per entry of ``samples`` ((M,) int64 pixel indices y·W + x, each path with its own
+    jitter inside the pixel), ``chunk`` paths at a time, drawing from ``generator``. Returns the per-pixel sums
+    ((W·H, 3) float32, linear RGB) of the paths' radiance and of the part of it that came from the cache."""
+    total = torch.zeros(camera.width * camera.height, 3, device=st.device)
+    cached = torch.zeros_like(total)
+    for s in range(0, samples.numel(), chunk):
+        pixels = samples[s:s + chunk]
         o, d = camera.rays(pixels, torch.rand(pixels.numel(), 2, generator=generator).to(st.device))
         result = trace(st, o, d, generator, **trace_kwargs)
         total.index_add_(0, pixels, result.radiance)
         cached.index_add_(0, pixels, result.from_cache)
+    return total, cached
+
+
+def render_image(st: SceneTensors, camera: Camera, spp: int, generator: torch.Generator, *, chunk: int = 1 << 16,
+                 **trace_kwargs) -> tuple[Tensor, Tensor]:
+    """An (H, W, 3) image at ``spp`` samples per pixel (mean), and the part of it that came from the cache."""
+    w, h = camera.width, camera.height
+    total, cached = render_samples(st, camera, torch.arange(w * h, device=st.device).repeat(spp), generator,
+                                   chunk=chunk, **trace_kwargs)
     return (total / spp).reshape(h, w, 3), (cached / spp).reshape(h, w, 3)
