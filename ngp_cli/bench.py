@@ -14,7 +14,10 @@ its matmul throughput (a large float32 matmul on the CPU, float16 on a GPU). Rep
 
 Where both the ``torch`` and the ``cpu`` backend ran on the CPU, :func:`speed_ratios` divides the first's time by the
 second's for ``mlp_training`` and ``train_step`` (the issue's targets: the cpu backend's step >= 3× the torch
-backend's, its MLP training never slower), measured in the same run.
+backend's, its MLP training never slower), measured in the same run. ``simplex_forward`` and
+``simplex_forward_backward`` time the SimplexGrid encoding (Wen & Yang 2023) at the hash grid's L, F, T and scales
+(D + 1 vertices per level, so N·L·(D+1)·F·4 gathered bytes); the ratios divide the hash grid's time by the
+SimplexGrid's per backend, dimension and batch (> 1: the simplex is faster).
 
 With ``--run RUN`` (a trained NeRF run) the bench also renders one held-out view of it per backend
 (:mod:`ngp_cli.tasks.nerf.bench`): ``render_network`` (the inference path of eval and render),
@@ -43,11 +46,17 @@ if TYPE_CHECKING:
 
     from ngp_cli.nn.backend import Backend
 
-BENCHMARKS = ("encoding_forward", "encoding_forward_backward", "mlp_inference", "mlp_training", "train_step",
-              "render_network", "render_network_legacy", "render_baked")
+BENCHMARKS = ("encoding_forward", "encoding_forward_backward", "simplex_forward", "simplex_forward_backward",
+              "mlp_inference", "mlp_training", "train_step", "render_network", "render_network_legacy", "render_baked")
+#: The grid encodings measured: benchmark-name prefix -> encoding class name (ngp_cli.nn.encodings), at the same
+#: L, F, T and level scales; "simplex" is the SimplexGrid (D + 1 vertices per level instead of 2^D).
+ENCODINGS = {"encoding": "HashGridEncoding", "simplex": "SimplexGridEncoding"}
 #: Measured on a trained run (``--run RUN``, ``--baked FILE``): one view's render time, batch = its pixels.
 RENDER_BENCHMARKS = ("render_network", "render_network_legacy", "render_baked")
 RATIO_BENCHMARKS = ("mlp_training", "train_step")  # compared between the cpu and the torch backend
+#: SimplexGrid against HashGrid per backend, dims and batch, in the same run: (ratio name, hash grid, simplex).
+ENCODING_RATIOS = (("simplex_forward", "encoding_forward", "simplex_forward"),
+                   ("simplex_forward_backward", "encoding_forward_backward", "simplex_forward_backward"))
 #: Render speed-ups per backend, in the same run: (name, slower benchmark, faster benchmark).
 RENDER_RATIOS = (("render_network", "render_network_legacy", "render_network"),
                  ("render_baked", "render_network", "render_baked"))
@@ -133,13 +142,14 @@ def measure_ceilings(device: torch.device, warmup: int = 1, repeats: int = 5) ->
     return {"copy_bytes_per_s": 2 * n * 4 / copy_s, "matmul_flops_per_s": max(rates)}
 
 
-def _make_encoding(backend: Backend, dims: int):
+def _make_encoding(backend: Backend, dims: int, kind: str = "encoding"):
     import torch
 
-    from ngp_cli.nn.encodings import HashGridEncoding
+    from ngp_cli.nn import encodings
 
-    enc = HashGridEncoding(dims, per_level_scale=PER_LEVEL_SCALE[dims], **GRID,
-                           generator=torch.Generator().manual_seed(0)).to(backend.device)
+    cls = getattr(encodings, ENCODINGS[kind])
+    enc = cls(dims, per_level_scale=PER_LEVEL_SCALE[dims], **GRID,
+              generator=torch.Generator().manual_seed(0)).to(backend.device)
     enc.kernel_target = backend.kernel_target
     return enc
 
@@ -202,23 +212,27 @@ def run_benchmarks(backends: list[Backend], batches: list[int], dims: list[int],
         gen = torch.Generator(device=dev).manual_seed(1)
         for batch in batches:
             for d in dims:
-                if not {"encoding_forward", "encoding_forward_backward"} & set(which):
-                    break
-                enc = _make_encoding(backend, d)
                 x = torch.rand(batch, d, device=dev, generator=gen)
-                gathered = batch * GRID["n_levels"] * (1 << d) * GRID["n_features_per_level"] * 4
-                if "encoding_forward" in which:
-                    with torch.no_grad():
-                        times = _timer(dev, lambda enc=enc, x=x: enc(x), warmup, repeats)
-                    record(backend, "encoding_forward", batch, times, d, gathered, "copy_bytes_per_s")
-                if "encoding_forward_backward" in which:
-                    def fb(enc=enc, x=x):
-                        enc.params.grad = None
-                        y = enc(x)
-                        y.backward(torch.ones_like(y))
-                    times = _timer(dev, fb, warmup, repeats)
-                    record(backend, "encoding_forward_backward", batch, times, d, 2 * gathered, "copy_bytes_per_s")
-                del enc, x
+                for kind in ENCODINGS:
+                    if not {f"{kind}_forward", f"{kind}_forward_backward"} & set(which):
+                        continue
+                    enc = _make_encoding(backend, d, kind)
+                    vertices = d + 1 if kind == "simplex" else 1 << d
+                    gathered = batch * GRID["n_levels"] * vertices * GRID["n_features_per_level"] * 4
+                    if f"{kind}_forward" in which:
+                        with torch.no_grad():
+                            times = _timer(dev, lambda enc=enc, x=x: enc(x), warmup, repeats)
+                        record(backend, f"{kind}_forward", batch, times, d, gathered, "copy_bytes_per_s")
+                    if f"{kind}_forward_backward" in which:
+                        def fb(enc=enc, x=x):
+                            enc.params.grad = None
+                            y = enc(x)
+                            y.backward(torch.ones_like(y))
+                        times = _timer(dev, fb, warmup, repeats)
+                        record(backend, f"{kind}_forward_backward", batch, times, d, 2 * gathered,
+                               "copy_bytes_per_s")
+                    del enc
+                del x
             if {"mlp_inference", "mlp_training"} & set(which):
                 mlp = _make_mlp(backend)
                 h = torch.rand(batch, MLP["n_input_dims"], device=dev, generator=gen)
@@ -257,7 +271,8 @@ def speed_ratios(results: list[Result]) -> dict[str, dict[str, float]]:
     """``{benchmark: {str(batch): torch-backend median / cpu-backend median}}`` for :data:`RATIO_BENCHMARKS`, both
     on the CPU, for every batch where both were measured (so > 1 means the cpu backend is faster); and for the render
     benchmarks ``{name: {"backend@device": slower median / faster median}}`` per :data:`RENDER_RATIOS` (> 1: the
-    newer path is faster). Rounded to 3 decimals; benchmarks without a pair are left out."""
+    newer path is faster); and ``{"simplex_forward[_backward]": {"backend@device D-D batch": hash grid median /
+    SimplexGrid median}}``. Rounded to 3 decimals; benchmarks without a pair are left out."""
     torch_s = {(r.benchmark, r.batch): r.median_s for r in results if r.backend == "torch" and r.device == "cpu"}
     ratios: dict[str, dict[str, float]] = {}
     for r in results:
@@ -270,6 +285,12 @@ def speed_ratios(results: list[Result]) -> dict[str, dict[str, float]]:
             slow_s = by_backend.get((slow, backend, device))
             if bench == fast and slow_s is not None and fast_s > 0:
                 ratios.setdefault(name, {})[f"{backend}@{device}"] = round(slow_s / fast_s, 3)
+    by_grid = {(r.benchmark, r.backend, r.device, r.dims, r.batch): r.median_s for r in results}
+    for name, grid, simplex in ENCODING_RATIOS:
+        for (bench, backend, device, dims, batch), simplex_s in by_grid.items():
+            grid_s = by_grid.get((grid, backend, device, dims, batch))
+            if bench == simplex and grid_s is not None and simplex_s > 0:
+                ratios.setdefault(name, {})[f"{backend}@{device} {dims}-D {batch}"] = round(grid_s / simplex_s, 3)
     return ratios
 
 

@@ -81,10 +81,11 @@ def section(cls: type, doc: str) -> Any:
 
 @dataclass
 class EncodingConfig:
-    """Input encoding, tiny-cuda-nn JSON names (paper §3). Grid keys apply to ``HashGrid``/``DenseGrid``/``Grid``;
+    """Input encoding, tiny-cuda-nn JSON names (paper §3). Grid keys apply to ``HashGrid``/``DenseGrid``/``Grid``
+    and ``SimplexGrid`` (the hash grid on a simplex lattice, Wen & Yang 2023; interpolation Linear only);
     ``n_frequencies`` to ``Frequency``; ``degree`` to ``SphericalHarmonics``."""
 
-    otype: Literal["HashGrid", "DenseGrid", "Grid", "Frequency", "SphericalHarmonics"] = opt(
+    otype: Literal["HashGrid", "DenseGrid", "Grid", "SimplexGrid", "Frequency", "SphericalHarmonics"] = opt(
         "HashGrid", "encoding type")
     type: Literal[GRID_TYPES] = opt(  # type: ignore[valid-type]
         "Hash", "grid storage for otype Grid: Hash (capped at T) or Dense")
@@ -104,14 +105,19 @@ class EncodingConfig:
     n_frequencies: int = opt(12, "Frequency encoding: number of octaves per input dimension", ge=1, le=32)
     degree: int = opt(4, "SphericalHarmonics encoding: degree (outputs degree^2)", ge=1, le=4)
 
+    def __post_init__(self) -> None:
+        if self.otype == "SimplexGrid" and self.interpolation != "Linear":
+            raise ConfigError(f"encoding.otype SimplexGrid interpolates barycentrically: encoding.interpolation must "
+                              f"be Linear, got {self.interpolation}")
+
     @property
     def is_grid(self) -> bool:
-        return self.otype in ("HashGrid", "DenseGrid", "Grid")
+        return self.otype in ("HashGrid", "DenseGrid", "Grid", "SimplexGrid")
 
     @property
     def grid_type(self) -> str:
         """``"Hash"`` or ``"Dense"``, from ``otype`` (HashGrid/DenseGrid) or ``type`` (Grid)."""
-        return {"HashGrid": "Hash", "DenseGrid": "Dense"}.get(self.otype, self.type)
+        return {"HashGrid": "Hash", "DenseGrid": "Dense", "SimplexGrid": "Hash"}.get(self.otype, self.type)
 
 
 @dataclass

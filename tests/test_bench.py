@@ -15,12 +15,13 @@ def test_bench_torch_backend_reports_every_benchmark(ngp, tmp_path):
               "--out", out)
     assert res.exit_code == 0, res.stderr
     rows = [e for e in res.events if e["event"] == "bench"]
-    assert {r["benchmark"] for r in rows} == {"encoding_forward", "encoding_forward_backward", "mlp_inference",
-                                              "mlp_training", "train_step"}
+    assert {r["benchmark"] for r in rows} == {"encoding_forward", "encoding_forward_backward", "simplex_forward",
+                                              "simplex_forward_backward", "mlp_inference", "mlp_training",
+                                              "train_step"}
     for r in rows:
         assert r["backend"] == "torch" and r["batch"] == 512 and r["median_s"] > 0
         assert abs(r["ns_per_element"] - r["median_s"] / 512 * 1e9) < 1e-6 * r["ns_per_element"]
-        if r["benchmark"].startswith(("encoding", "mlp")):
+        if r["benchmark"].startswith(("encoding", "simplex", "mlp")):
             assert 0 < r["ceiling_fraction"]
     doc = json.loads(out.read_text())
     assert len(doc["results"]) == len(rows) and doc["machine"]["threads"] >= 1
@@ -91,6 +92,20 @@ def test_speed_ratios_divide_torch_by_cpu_per_benchmark_and_batch():
                _result("torch", "mlp_training", 256, 0.001, device="cuda"), _result("cpu", "mlp_training", 256, 0.01)]
     assert speed_ratios(results) == {"mlp_training": {"64": 1.5}, "train_step": {"64": 3.0}}
     assert speed_ratios(results[:1]) == {}
+
+
+def test_speed_ratios_divide_the_hash_grid_by_the_simplex_grid_per_dims_and_batch():
+    from dataclasses import replace
+
+    from ngp_cli.bench import speed_ratios
+
+    rows = [replace(_result("cpu", "encoding_forward_backward", 65536, 0.030), dims=3),
+            replace(_result("cpu", "simplex_forward_backward", 65536, 0.020), dims=3),
+            replace(_result("cpu", "simplex_forward_backward", 65536, 0.010), dims=2),  # no 2-D hash grid: left out
+            replace(_result("cpu", "encoding_forward", 65536, 0.008), dims=3),
+            replace(_result("cpu", "simplex_forward", 65536, 0.010), dims=3)]
+    assert speed_ratios(rows) == {"simplex_forward_backward": {"cpu@cpu 3-D 65536": 1.5},
+                                  "simplex_forward": {"cpu@cpu 3-D 65536": 0.8}}
 
 
 def test_bench_reports_the_cpu_over_torch_ratio_of_the_same_run(ngp, monkeypatch, tmp_path):

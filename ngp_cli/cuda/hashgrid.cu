@@ -8,13 +8,21 @@
 //   out[n, l*F + f] = sum_c w_c T[idx_c, f], w_c = prod_d (bit_d(c) ? S(frac_d) : 1 - S(frac_d)), corners summed
 //   in tcnn's order (dimension 0 is the least significant corner bit), S = identity (Linear) or smoothstep.
 // Nearest reads the single vertex pos_grid (no interpolation, zero derivative w.r.t. x).
+// Simplex (SimplexGrid; Wen & Yang 2023, "Efficient Encoding of Graphics Primitives with Simplex-based Structures",
+// arXiv:2311.15439, whose transform is the skew of Perlin's simplex noise): pos is skewed to
+// pos'_d = fma(sum_e pos_e, K_D, pos_d) with K_D = (sqrt(D + 1) - 1) / D; floor and frac are taken of pos'. The cube
+// cell is cut into D! simplices (Kuhn / Freudenthal): sorting frac in decreasing order (ties: lower dimension
+// first) as frac[o_0] >= ... >= frac[o_{D-1}], the D + 1 vertices are v_0 = pos_grid and v_k = v_{k-1} + e_{o_{k-1}},
+// with barycentric weights w_0 = 1 - frac[o_0], w_k = frac[o_{k-1}] - frac[o_k], w_D = frac[o_{D-1}]; vertices are
+// indexed as the grid's corners (dense row-major over GridLevels' simplex resolutions, or the same hash). The
+// encoding is continuous and piecewise linear in x, so its second derivative w.r.t. x is zero.
 //
 // Module defines (template parameters of a variant):
 //   N_DIMS        2, 3 or 4
 //   N_FEATURES    1, 2, 4 or 8 (features per level, F)
 //   PARAM_T       float, __half or double (table, output and grad_out type)
 //   POS_T         float, or double for the double variant (positions, weights and accumulation; fp32 for __half)
-//   INTERPOLATION 0 Linear, 1 Smoothstep, 2 Nearest
+//   INTERPOLATION 0 Linear, 1 Smoothstep, 2 Nearest, 3 Simplex
 //
 // Level constants come from the host (ngp_cli.nn.grid.GridLevels), never recomputed here:
 //   scales[l] (POS_T, float32 values) and level_meta[l] = {offset, size, resolution, hashed} (uint32).
@@ -44,7 +52,10 @@
 #error "define POS_T (float or double)"
 #endif
 #ifndef INTERPOLATION
-#error "define INTERPOLATION (0 Linear, 1 Smoothstep, 2 Nearest)"
+#error "define INTERPOLATION (0 Linear, 1 Smoothstep, 2 Nearest, 3 Simplex)"
+#endif
+#if INTERPOLATION < 0 || INTERPOLATION > 3
+#error "INTERPOLATION must be 0, 1, 2 or 3"
 #endif
 
 #if N_DIMS < 2 || N_DIMS > 4
@@ -75,7 +86,10 @@ constexpr int D = N_DIMS;
 constexpr int F = N_FEATURES;
 constexpr bool NEAREST = INTERPOLATION == 2;
 constexpr bool SMOOTH = INTERPOLATION == 1;
-constexpr int C = NEAREST ? 1 : (1 << N_DIMS);  // corners read per (point, level)
+constexpr bool SIMPLEX = INTERPOLATION == 3;
+constexpr int C = NEAREST ? 1 : SIMPLEX ? N_DIMS + 1 : (1 << N_DIMS);  // vertices read per (point, level)
+// The simplex skew K_D = (sqrt(D + 1) - 1) / D.
+constexpr double SKEW = N_DIMS == 2 ? 0.36602540378443864676 : N_DIMS == 3 ? 1.0 / 3.0 : 0.30901699437494742410;
 constexpr int ROW_BYTES = (int)sizeof(param_t) * F;
 constexpr int ROW_ALIGN = ROW_BYTES < 16 ? ROW_BYTES : 16;
 
@@ -132,7 +146,78 @@ HG_INLINE u32 dense_mod(u32 s, u32 size) {
     return t < size ? t : s % size;
 }
 
+// The simplex's vertex order: ord[k] = the dimension with the k-th largest frac (ties: the lower dimension first).
+HG_INLINE void simplex_order(const pos_t frac[D], int ord[D]) {
+#pragma unroll
+    for (int d = 0; d < D; ++d) ord[d] = d;
+#pragma unroll
+    for (int i = 1; i < D; ++i) {
+        for (int j = i; j > 0 && frac[ord[j - 1]] < frac[ord[j]]; --j) {
+            const int t = ord[j - 1];
+            ord[j - 1] = ord[j];
+            ord[j] = t;
+        }
+    }
+}
+
+// The D + 1 vertices (indices), skewed fractions and barycentric weights of one (point, level) simplex.
+HG_INLINE void simplex_cell(const pos_t* __restrict__ xp, const Level& lv, Cell& cell) {
+    pos_t p[D];
+    pos_t sum = (pos_t)0;
+#pragma unroll
+    for (int d = 0; d < D; ++d) {
+        p[d] = fma_pos(lv.scale, xp[d], (pos_t)0.5);
+        sum += p[d];
+    }
+    u32 pg[D];
+#pragma unroll
+    for (int d = 0; d < D; ++d) {
+        const pos_t ps = fma_pos(sum, (pos_t)SKEW, p[d]);  // one rounding, as the reference (no contraction choice)
+        const pos_t fl = floor_pos(ps);
+        cell.frac[d] = ps - fl;
+        pg[d] = (u32)(int)fl;
+    }
+    int ord[D];
+    simplex_order(cell.frac, ord);
+    if (lv.hashed) {
+        const u32 mask = lv.size - 1u;
+        u32 h = 0;
+#pragma unroll
+        for (int d = 0; d < D; ++d) h ^= pg[d] * prime(d);
+        cell.idx[0] = (h & mask) + lv.offset;
+#pragma unroll
+        for (int k = 1; k <= D; ++k) {
+            const int d = ord[k - 1];
+            h ^= (pg[d] * prime(d)) ^ ((pg[d] + 1u) * prime(d));
+            cell.idx[k] = (h & mask) + lv.offset;
+        }
+    } else {
+        u32 strides[D];
+        u32 sidx = 0, stride = 1;
+#pragma unroll
+        for (int d = 0; d < D; ++d) {
+            strides[d] = stride;
+            sidx += pg[d] * stride;
+            stride *= lv.res;
+        }
+        cell.idx[0] = dense_mod(sidx, lv.size) + lv.offset;
+#pragma unroll
+        for (int k = 1; k <= D; ++k) {
+            sidx += strides[ord[k - 1]];
+            cell.idx[k] = dense_mod(sidx, lv.size) + lv.offset;
+        }
+    }
+    cell.w[0] = (pos_t)1 - cell.frac[ord[0]];
+#pragma unroll
+    for (int k = 1; k < D; ++k) cell.w[k] = cell.frac[ord[k - 1]] - cell.frac[ord[k]];
+    cell.w[D] = cell.frac[ord[D - 1]];
+}
+
 HG_INLINE void compute_cell(const pos_t* __restrict__ xp, const Level& lv, Cell& cell) {
+    if constexpr (SIMPLEX) {
+        simplex_cell(xp, lv, cell);
+        return;
+    }
     u32 pg[D];
 #pragma unroll
     for (int d = 0; d < D; ++d) {
@@ -299,6 +384,121 @@ struct CellBatch {
     pos_t w[C][PB];
 };
 
+// simplex_cell for a batch, lane by lane (every loop over the batch vectorises): the sort becomes ranks,
+// rank_d = #{e < d: frac_e >= frac_d} + #{e > d: frac_e > frac_d} (the position of d in simplex_order), vertex k
+// steps along the dimensions of rank < k, and frac sorted is picked by rank. Bit for bit simplex_cell's values.
+HG_INLINE void simplex_cells(const pos_t (&xs)[D][PB], const Level& lv, u32 first, u32 last, CellBatch& cb) {
+    const pos_t scale = lv.scale;
+    pos_t p[D][PB], sum[PB];
+    u32 pg[D][PB], rank[D][PB];
+#pragma GCC unroll 4
+    for (int d = 0; d < D; ++d) {
+#pragma GCC ivdep
+#pragma GCC unroll 1
+        for (u32 b = 0; b < PB; ++b) p[d][b] = fma_pos(scale, xs[d][b], (pos_t)0.5);
+    }
+#pragma GCC ivdep
+    for (u32 b = 0; b < PB; ++b) {
+        pos_t t = (pos_t)0;
+#pragma GCC unroll 4
+        for (int d = 0; d < D; ++d) t += p[d][b];
+        sum[b] = t;
+    }
+#pragma GCC unroll 4
+    for (int d = 0; d < D; ++d) {
+#pragma GCC ivdep
+#pragma GCC unroll 1
+        for (u32 b = 0; b < PB; ++b) {
+            const pos_t ps = fma_pos(sum[b], (pos_t)SKEW, p[d][b]);
+            const pos_t fl = floor_pos(ps);
+            cb.frac[d][b] = ps - fl;
+            pg[d][b] = (u32)(int)fl;
+        }
+    }
+#pragma GCC unroll 4
+    for (int d = 0; d < D; ++d) {
+#pragma GCC ivdep
+#pragma GCC unroll 1
+        for (u32 b = 0; b < PB; ++b) {
+            u32 r = 0;
+#pragma GCC unroll 4
+            for (int e = 0; e < D; ++e) {
+                if (e < d) r += cb.frac[e][b] >= cb.frac[d][b] ? 1u : 0u;
+                if (e > d) r += cb.frac[e][b] > cb.frac[d][b] ? 1u : 0u;
+            }
+            rank[d][b] = r;
+        }
+    }
+    const u32 offset = lv.offset, size = lv.size;
+    if (lv.hashed) {
+        const u32 mask = size - 1u;
+#pragma GCC unroll 8
+        for (int k = 0; k < C; ++k) {
+#pragma GCC ivdep
+#pragma GCC unroll 1
+            for (u32 b = 0; b < PB; ++b) {
+                u32 h = 0;
+#pragma GCC unroll 4
+                for (int d = 0; d < D; ++d) h ^= (pg[d][b] + (rank[d][b] < (u32)k ? 1u : 0u)) * prime(d);
+                cb.idx[k][b] = (h & mask) + offset;
+            }
+        }
+    } else {
+        u32 strides[D];
+        strides[0] = 1;
+#pragma GCC unroll 4
+        for (int d = 1; d < D; ++d) strides[d] = strides[d - 1] * lv.res;
+        u32 top = 0;
+#pragma GCC unroll 8
+        for (int k = 0; k < C; ++k) {
+#pragma GCC ivdep
+#pragma GCC unroll 1
+            for (u32 b = 0; b < PB; ++b) {
+                u32 sidx = 0;
+#pragma GCC unroll 4
+                for (int d = 0; d < D; ++d) sidx += (pg[d][b] + (rank[d][b] < (u32)k ? 1u : 0u)) * strides[d];
+                const u32 t = sidx - size;
+                const u32 r = t < sidx ? t : sidx;  // dense_mod's first two cases
+                top = top > r ? top : r;
+                cb.idx[k][b] = r + offset;
+            }
+        }
+        if (top >= size) {  // inputs far outside [0, 1]: the exact modulo, point by point
+            for (u32 b = 0; b < PB; ++b) {
+                Cell cell;
+                pos_t xp[D];
+#pragma GCC unroll 4
+                for (int d = 0; d < D; ++d) xp[d] = xs[d][b];
+                simplex_cell(xp, lv, cell);
+#pragma GCC unroll 8
+                for (int k = 0; k < C; ++k) cb.idx[k][b] = cell.idx[k];
+            }
+        }
+    }
+    // sorted frac by rank, then the barycentric weights
+    pos_t fs[D][PB];
+#pragma GCC unroll 4
+    for (int k = 0; k < D; ++k) {
+#pragma GCC ivdep
+#pragma GCC unroll 1
+        for (u32 b = 0; b < PB; ++b) {
+            pos_t v = (pos_t)0;
+#pragma GCC unroll 4
+            for (int d = 0; d < D; ++d) v = rank[d][b] == (u32)k ? cb.frac[d][b] : v;
+            fs[k][b] = v;
+        }
+    }
+#pragma GCC ivdep
+    for (u32 b = 0; b < PB; ++b) {
+        cb.w[0][b] = (pos_t)1 - fs[0][b];
+#pragma GCC unroll 4
+        for (int k = 1; k < D; ++k) cb.w[k][b] = fs[k - 1][b] - fs[k][b];
+        cb.w[D][b] = fs[D - 1][b];
+    }
+    (void)first;
+    (void)last;
+}
+
 // Cells of points [first, first + PB) (indices clamped to last: the tail of a range repeats its last point).
 HG_INLINE void compute_cells(const pos_t* __restrict__ x, const Level& lv, u32 first, u32 last, CellBatch& cb) {
     u32 pg[D][PB];
@@ -322,6 +522,10 @@ HG_INLINE void compute_cells(const pos_t* __restrict__ x, const Level& lv, u32 f
         }
     }
     const pos_t scale = lv.scale;
+    if constexpr (SIMPLEX) {
+        simplex_cells(xs, lv, first, last, cb);
+        return;
+    }
 #pragma GCC unroll 4
     for (int d = 0; d < D; ++d) {
 #pragma GCC ivdep
@@ -471,7 +675,7 @@ HG_INLINE void for_points(const pos_t* __restrict__ x, const Level& lv, const pa
     for (u32 i = begin; i < end; ++i) {
         Cell cell;
         compute_cell(x + (u64)i * D, lv, cell);
-        if (!NEAREST) {
+        if (!NEAREST && !SIMPLEX) {
             pos_t w0[D], w1[D], ds[D];
             weight_pairs(cell.frac, w0, w1, ds);
             corner_weights(w0, w1, cell.w);
@@ -608,6 +812,21 @@ extern "C" __global__ void hashgrid_backward_input(const POS_T* __restrict__ x, 
                 for (int f = 0; f < F; ++f) s += to_acc(g.v[f]) * to_acc(r.v[f]);
                 gT[c] = s;
             }
+            if constexpr (SIMPLEX) {
+                // d out / d frac[o_k] = T[v_{k+1}] - T[v_k]; d frac_d / d x_e = s_l (delta_de + K_D).
+                int ord[D];
+                simplex_order(cell.frac, ord);
+                pos_t gf[D];
+                pos_t total = (pos_t)0;
+#pragma unroll
+                for (int k = 0; k < D; ++k) {
+                    gf[ord[k]] = gT[k + 1] - gT[k];
+                    total += gT[k + 1] - gT[k];
+                }
+#pragma unroll
+                for (int d = 0; d < D; ++d) gxl[(u64)i * D + d] = lv.scale * (gf[d] + (pos_t)SKEW * total);
+                return;
+            }
             pos_t w0[D], w1[D], ds[D];
             weight_pairs(cell.frac, w0, w1, ds);
 #pragma unroll
@@ -642,6 +861,20 @@ HG_INLINE void backward_backward_impl(const pos_t* __restrict__ x, const Level& 
         pos_t a[C];
         if (NEAREST) {
             a[0] = (pos_t)0;
+        } else if constexpr (SIMPLEX) {
+            // grad_x . ggx = sum_k u[o_k] (g . T[v_{k+1}] - g . T[v_k]), u = s_l (I + K_D 1 1^T) ggx.
+            int ord[D];
+            simplex_order(cell.frac, ord);
+            pos_t gsum = (pos_t)0;
+#pragma unroll
+            for (int d = 0; d < D; ++d) gsum += ggx[(u64)i * D + d];
+            pos_t u[D];
+#pragma unroll
+            for (int d = 0; d < D; ++d) u[d] = lv.scale * (ggx[(u64)i * D + d] + (pos_t)SKEW * gsum);
+            a[0] = -u[ord[0]];
+#pragma unroll
+            for (int k = 1; k < D; ++k) a[k] = u[ord[k - 1]] - u[ord[k]];
+            a[D] = u[ord[D - 1]];
         } else {
             pos_t w0[D], w1[D], ds[D], v[D];
             weight_pairs(cell.frac, w0, w1, ds);
@@ -725,7 +958,7 @@ extern "C" __global__ void hashgrid_backward_backward_input(
         pos_t gx[D];
 #pragma unroll
         for (int d = 0; d < D; ++d) gx[d] = (pos_t)0;
-        if (!NEAREST) {
+        if (!NEAREST && !SIMPLEX) {  // Simplex: piecewise linear in x, the second derivative is zero
             pos_t v[D];
 #pragma unroll
             for (int d = 0; d < D; ++d) v[d] = ggx[(u64)i * D + d];

@@ -25,8 +25,9 @@ from ngp_cli.nn.grid import GridLevels
 
 __all__ = ["encode", "module_defines", "INTERPOLATION_CODES"]
 
-#: INTERPOLATION define of each interpolation name.
-INTERPOLATION_CODES = {"Linear": 0, "Smoothstep": 1, "Nearest": 2}
+#: INTERPOLATION define of each interpolation name ("Simplex": the SimplexGrid encoding, on GridLevels of the simplex
+#: lattice).
+INTERPOLATION_CODES = {"Linear": 0, "Smoothstep": 1, "Nearest": 2, "Simplex": 3}
 
 _PARAM_T = {torch.float32: "float", torch.float16: "__half", torch.float64: "double"}
 _GPU_BLOCK = 128
@@ -191,6 +192,8 @@ def _check(x: Tensor, params: Tensor, levels: GridLevels, interpolation: str, ta
     if tuple(params.shape) != shape:
         raise ValueError(f"hash-grid encode expects params of shape {shape}, got {tuple(params.shape)}")
     module_defines(levels.n_dims, levels.n_features_per_level, params.dtype, interpolation)
+    if (interpolation == "Simplex") != (levels.lattice == "simplex"):
+        raise ValueError(f"interpolation {interpolation!r} does not go with levels of the {levels.lattice} lattice")
     want = "cuda" if target == "cuda" else "cpu"
     if params.device.type != want:
         raise ValueError(f"target {target!r} needs params on a {want} device, got {params.device}")
@@ -272,7 +275,9 @@ class _HashGridBackwardFn(torch.autograd.Function):
                     True,
                     need_p,
                 )
-            if need_x:
+            if need_x and spec.interpolation == "Simplex":
+                d_x = torch.zeros_like(xp)  # piecewise linear in x: no second derivative
+            elif need_x:
                 d_x = torch.empty_like(xp)
                 _launch(
                     spec,
@@ -320,7 +325,9 @@ def encode(x: Tensor, params: Tensor, levels: GridLevels, interpolation: str = "
             ``master.half()``: the gradient flows back to them through autograd. fp16 outputs are accumulated in
             fp32; fp16 table gradients are accumulated with ``__half2``/``__half`` atomics as in tcnn.
         levels: the :class:`~ngp_cli.nn.grid.GridLevels` of the grid (``D`` in 2..4, ``F`` in {1, 2, 4, 8}).
-        interpolation: "Linear", "Smoothstep" or "Nearest".
+        interpolation: "Linear", "Smoothstep" or "Nearest"; "Simplex" for the SimplexGrid encoding
+            (:class:`ngp_cli.nn.encodings.SimplexGridEncoding`: ``levels`` of the simplex lattice, D + 1 vertices
+            per level, barycentric weights; hashgrid.cu's header gives the scheme).
         target: "cpu" (host C++ build of the kernels) or "cuda".
 
     Returns:
@@ -328,7 +335,8 @@ def encode(x: Tensor, params: Tensor, levels: GridLevels, interpolation: str = "
         params dtype, dL/dx in ``x``'s dtype (zero for Nearest); both differentiable once more.
 
     Raises:
-        ValueError: shapes, dtypes, device or target not as above, or an unknown interpolation.
+        ValueError: shapes, dtypes, device or target not as above, an unknown interpolation, or "Simplex" with
+            cubic levels (or the reverse).
         ngp_cli.cuda.runtime.KernelCompileError: the variant does not compile (carries the compiler log).
     """
     _check(x, params, levels, interpolation, target)

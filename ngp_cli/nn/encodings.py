@@ -1,4 +1,5 @@
-"""Input encodings of tiny-cuda-nn, re-created in PyTorch: "HashGrid"/"DenseGrid", "Frequency", "SphericalHarmonics".
+"""Input encodings of tiny-cuda-nn, re-created in PyTorch: "HashGrid"/"DenseGrid", "Frequency", "SphericalHarmonics";
+and "SimplexGrid" (Wen & Yang 2023), the hash grid on a simplex lattice.
 
 The hash grid is the multiresolution hash encoding of Müller et al. 2022 (§3, Fig. 3), with tiny-cuda-nn's exact
 conventions (``include/tiny-cuda-nn/encodings/grid.h``; level math and hashing live in :mod:`ngp_cli.nn.grid`).
@@ -19,11 +20,13 @@ from torch.autograd.function import once_differentiable
 
 from ngp_cli.config import INTERPOLATIONS
 from ngp_cli.errors import ConfigError
-from ngp_cli.nn.grid import PRIMES, GridLevels, grid_levels
+from ngp_cli.nn.grid import PRIMES, GridLevels, grid_index, grid_levels
 
 __all__ = [
     "INTERPOLATIONS",
     "HashGridEncoding",
+    "SimplexGridEncoding",
+    "simplex_encode",
     "FrequencyEncoding",
     "SphericalHarmonicsEncoding",
 ]
@@ -461,6 +464,8 @@ class HashGridEncoding(nn.Module):
         device: torch.device | str | None = None,
         kernel_target: str | None = None,
         kernel_dtype: torch.dtype | None = None,
+        *,
+        lattice: str = "cubic",
     ) -> None:
         super().__init__()
         if kernel_target not in (None, "cpu", "cuda"):
@@ -476,7 +481,8 @@ class HashGridEncoding(nn.Module):
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"HashGridEncoding dtype must be torch.float32 or torch.float64, got {dtype}")
         self.levels: GridLevels = grid_levels(
-            n_input_dims, n_levels, n_features_per_level, log2_hashmap_size, base_resolution, per_level_scale, grid_type
+            n_input_dims, n_levels, n_features_per_level, log2_hashmap_size, base_resolution, per_level_scale, grid_type,
+            lattice,
         )
         self.n_input_dims = self.levels.n_dims
         self.n_output_dims = self.levels.n_levels * self.levels.n_features_per_level
@@ -567,10 +573,97 @@ class HashGridEncoding(nn.Module):
             if getattr(self, "kernel_dtype", None) is not None:
                 params = params.to(self.kernel_dtype)
             return encode(x, params, self.levels, self.interpolation, target)
+        return self._reference(x)
+
+    def _reference(self, x: Tensor) -> Tensor:
+        """The PyTorch implementation of :meth:`forward` (``kernel_target`` None)."""
         if not torch.is_grad_enabled() or not (x.requires_grad or self.params.requires_grad):
             # Inference: skip autograd and keep nothing for a backward that will not come.
             return _encode(self, x, self.params.detach(), False, False)[0]
         return _HashGridFunction.apply(x, self.params, self)
+
+
+def simplex_encode(x: Tensor, params: Tensor, levels: GridLevels) -> Tensor:
+    """The SimplexGrid encoding in plain PyTorch (the reference of ``hashgrid.cu``'s "Simplex" variant), autograd
+    through it: differentiable w.r.t. ``params`` and ``x`` to any order (its second derivative in ``x`` is zero).
+
+    Per level ``l`` (Wen & Yang 2023, arXiv:2311.15439 §3; the skew of Perlin's simplex noise):
+    ``p = s_l x + 0.5`` (one rounding, as ``fmaf``), skewed to ``p' = p + K_D Σ_d p_d`` with
+    ``K_D = (sqrt(D + 1) - 1) / D``; ``frac = p' - floor(p')`` sorted decreasingly (ties: lower dimension first) as
+    ``frac[o_0] >= ... >= frac[o_{D-1}]`` picks the Kuhn simplex of the cube cell, whose ``D + 1`` vertices
+    ``v_0 = floor(p')``, ``v_k = v_{k-1} + e_{o_{k-1}}`` are looked up like grid corners
+    (:func:`~ngp_cli.nn.grid.grid_index`) and weighted barycentrically: ``w_0 = 1 - frac[o_0]``,
+    ``w_k = frac[o_{k-1}] - frac[o_k]``, ``w_D = frac[o_{D-1}]``.
+
+    Args:
+        x: ``(N, D)`` floating-point positions in ``[0, 1]^D``; cast to the params dtype.
+        params: ``(levels.n_entries, F)`` float32 or float64 table.
+        levels: :class:`~ngp_cli.nn.grid.GridLevels` of the simplex lattice (``lattice="simplex"``).
+
+    Returns:
+        ``(N, L * F)`` in the params dtype, level-major.
+    """
+    n_dims = levels.n_dims
+    dtype = params.dtype
+    xs = x.to(device=params.device, dtype=dtype)
+    skew = torch.tensor((math.sqrt(n_dims + 1) - 1) / n_dims, dtype=dtype, device=params.device)
+    steps = torch.eye(n_dims, dtype=torch.int64, device=params.device)
+    outs = []
+    for level in range(levels.n_levels):
+        scale = levels.scales[level]
+        # fmaf: the float64 product of two float32 values is exact, so this rounds once (as _corners does).
+        p = (xs.double() * scale + 0.5).to(dtype) if dtype == torch.float32 else xs * scale + 0.5
+        total = p[:, 0]
+        for d in range(1, n_dims):
+            total = total + p[:, d]
+        if dtype == torch.float32:  # fmaf(sum, K_D, p), as the kernel: one rounding of the exact float64 value
+            skewed = (p.double() + (total.double() * skew.double())[:, None]).to(dtype)
+        else:
+            skewed = p + (total * skew)[:, None]
+        base = torch.floor(skewed.detach())
+        frac = skewed - base
+        order = torch.argsort(-frac.detach(), dim=1, stable=True)
+        fs = frac.gather(1, order)
+        w = torch.cat([1.0 - fs[:, :1], fs[:, :-1] - fs[:, 1:], fs[:, -1:]], 1)  # (N, D + 1)
+        walk = torch.cat([torch.zeros_like(steps[order[:, :1]]), steps[order].cumsum(1)], 1)  # (N, D + 1, D)
+        coords = base.to(torch.int64)[:, None, :] + walk
+        idx = grid_index(coords, levels.resolutions[level], levels.level_size(level), levels.hashed[level])
+        feats = params[idx + levels.offsets[level]]  # (N, D + 1, F)
+        outs.append((w[..., None] * feats).sum(1))
+    return torch.cat(outs, 1)
+
+
+class SimplexGridEncoding(HashGridEncoding):
+    """Multiresolution hash encoding on a simplex lattice, ``otype: "SimplexGrid"`` (Wen & Yang 2023, "Efficient
+    Encoding of Graphics Primitives with Simplex-based Structures", arXiv:2311.15439): each level interpolates the
+    ``D + 1`` vertices of the simplex around the point instead of the ``2**D`` corners of its cube (4 table reads
+    per level in 3-D instead of 8), with the hash grid's keys, tables, hash and level scales ``s_l``
+    (:func:`simplex_encode` gives the scheme; the lattice's dense levels are larger, :func:`~ngp_cli.nn.grid.grid_levels`).
+
+    The same arguments, attributes and kernels as :class:`HashGridEncoding` (the ``hashgrid.cu`` variant
+    ``INTERPOLATION=3``), less ``interpolation`` (barycentric; ``self.interpolation`` is ``"Simplex"``).
+
+    Raises:
+        ConfigError: ``n_input_dims`` outside 2..4, or invalid grid hyper-parameters.
+    """
+
+    def __init__(self, n_input_dims: int, n_levels: int = 16, n_features_per_level: int = 2,
+                 log2_hashmap_size: int = 19, base_resolution: int = 16, per_level_scale: float = 2.0,
+                 grid_type: str = "Hash", dtype: torch.dtype = torch.float32,
+                 generator: torch.Generator | None = None, device: torch.device | str | None = None,
+                 kernel_target: str | None = None, kernel_dtype: torch.dtype | None = None) -> None:
+        if isinstance(n_input_dims, bool) or not isinstance(n_input_dims, int) or not 2 <= n_input_dims <= 4:
+            raise ConfigError(f"encoding.otype SimplexGrid encodes 2 to 4 input dimensions, got {n_input_dims!r}")
+        super().__init__(n_input_dims, n_levels, n_features_per_level, log2_hashmap_size, base_resolution,
+                         per_level_scale, "Linear", grid_type, dtype, generator, device, kernel_target, kernel_dtype,
+                         lattice="simplex")
+        self.interpolation = "Simplex"
+
+    def _reference(self, x: Tensor) -> Tensor:
+        if not torch.is_grad_enabled() or not (x.requires_grad or self.params.requires_grad):
+            with torch.no_grad():
+                return simplex_encode(x, self.params, self.levels)
+        return simplex_encode(x, self.params, self.levels)
 
 
 class FrequencyEncoding(nn.Module):

@@ -63,6 +63,8 @@ class GridLevels:
         resolutions: ``r_l = ceil(s_l) + 1`` vertices per axis.
         offsets: length ``L + 1``; level ``l`` owns entries ``[offsets[l], offsets[l + 1])``.
         hashed: whether level ``l`` is indexed by the spatial hash (``r_l**D`` exceeds its entry count).
+        lattice: ``"cubic"`` (the hash grid's cells) or ``"simplex"`` (the skewed simplex lattice of
+            :class:`~ngp_cli.nn.encodings.SimplexGridEncoding`, whose vertices reach farther: see :func:`grid_levels`).
     """
 
     n_dims: int
@@ -76,6 +78,7 @@ class GridLevels:
     resolutions: tuple[int, ...]
     offsets: tuple[int, ...]
     hashed: tuple[bool, ...]
+    lattice: str = "cubic"
 
     @property
     def n_entries(self) -> int:
@@ -119,6 +122,7 @@ def grid_levels(
     base_resolution: int,
     per_level_scale: float,
     grid_type: str = "Hash",
+    lattice: str = "cubic",
 ) -> GridLevels:
     """Compute scales, resolutions, per-level entry counts and offsets of a multiresolution grid.
 
@@ -135,6 +139,11 @@ def grid_levels(
         base_resolution: ``N_min >= 1`` (vertices per axis of the coarsest level).
         per_level_scale: ``b >= 1`` (paper eq. (3); tcnn accepts smaller values, but they make no pyramid).
         grid_type: "Hash" or "Dense".
+        lattice: "cubic" (tcnn's grid) or "simplex": the vertices of the skewed lattice of
+            :class:`~ngp_cli.nn.encodings.SimplexGridEncoding`, where level ``l``'s point ``p = s_l x + 0.5`` is
+            skewed to ``p + K_D Σ_d p_d`` (``K_D = (sqrt(D + 1) - 1) / D``), so for ``x`` in ``[0, 1]^D`` a vertex
+            coordinate reaches ``floor((s_l + 0.5) sqrt(D + 1)) + 1``: ``r_l`` is that plus one (the same
+            scales ``s_l``; dense levels index ``r_l**D`` vertices).
 
     Returns:
         A frozen :class:`GridLevels`.
@@ -157,6 +166,9 @@ def grid_levels(
         raise ConfigError(f"encoding.per_level_scale must be a finite number >= 1, got {per_level_scale!r}")
     if grid_type not in GRID_TYPES:
         raise ConfigError(f"encoding.type must be one of {', '.join(GRID_TYPES)}, got {grid_type!r}")
+    if lattice not in ("cubic", "simplex"):
+        raise ValueError(f"lattice must be 'cubic' or 'simplex', got {lattice!r}")
+    stretch = math.sqrt(n_dims + 1)  # the simplex skew's factor along the diagonal: 1 + D K_D
 
     hashmap_size = 1 << log2_hashmap_size
     log2_b = np.log2(np.float32(b), dtype=np.float32)  # tcnn: std::log2(float) -> float
@@ -167,7 +179,10 @@ def grid_levels(
             raise ConfigError(
                 f"encoding.per_level_scale {b} with {n_levels} levels gives level {level} an overflowing scale"
             )
-        r = int(math.ceil(float(s))) + 1
+        if lattice == "simplex":
+            r = int(math.floor((float(s) + 0.5) * stretch)) + 2
+        else:
+            r = int(math.ceil(float(s))) + 1
         dense = r**n_dims
         if grid_type == "Dense" and dense > _MAX_LEVEL_ENTRIES:
             # tcnn would clamp the level and index it with a truncated row-major sum; nobody wants 8 GiB levels.
@@ -196,6 +211,7 @@ def grid_levels(
         resolutions=tuple(resolutions),
         offsets=tuple(offsets),
         hashed=tuple(hashed),
+        lattice=lattice,
     )
 
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from ngp_cli.config import EncodingConfig, NetworkConfig
 from ngp_cli.errors import ConfigError
-from ngp_cli.nn.encodings import FrequencyEncoding, HashGridEncoding, SphericalHarmonicsEncoding
+from ngp_cli.nn.encodings import FrequencyEncoding, HashGridEncoding, SimplexGridEncoding, SphericalHarmonicsEncoding
 from ngp_cli.nn.grid import per_level_scale_from_max_resolution
 from ngp_cli.nn.mlp import FullyFusedMLP
 
@@ -30,6 +30,11 @@ def grid_per_level_scale(cfg: EncodingConfig, natural_max_resolution: float | No
 def build_encoding(cfg: EncodingConfig, n_input_dims: int, *, natural_max_resolution: float | None = None,
                    generator: torch.Generator | None = None, device: torch.device | None = None) -> nn.Module:
     """Instantiate the encoding named by ``cfg.otype`` for ``n_input_dims``-D inputs in [0, 1]^D."""
+    if cfg.otype == "SimplexGrid":  # (EncodingConfig refuses another interpolation)
+        return SimplexGridEncoding(
+            n_input_dims, n_levels=cfg.n_levels, n_features_per_level=cfg.n_features_per_level,
+            log2_hashmap_size=cfg.log2_hashmap_size, base_resolution=cfg.base_resolution,
+            per_level_scale=grid_per_level_scale(cfg, natural_max_resolution), generator=generator, device=device)
     if cfg.is_grid:
         return HashGridEncoding(
             n_input_dims, n_levels=cfg.n_levels, n_features_per_level=cfg.n_features_per_level,

@@ -102,6 +102,9 @@ CASES = [
     Case("bool-key-given-text", {}, _set("optimizer.skip_zero_grad=maybe"), 3,
          "optimizer.skip_zero_grad must be true or false"),
     Case("literal-key-unknown-value", {}, _set("loss.otype=L3"), 3, "loss.otype must be one of L2, L1"),
+    Case("simplex-grid-smoothstep", {"p.yaml": _image_preset("encoding:\n  otype: SimplexGrid\n"
+                                                             "  interpolation: Smoothstep\n")}, _show(), 3,
+         "encoding.otype SimplexGrid interpolates barycentrically: encoding.interpolation must be Linear"),
     Case("nan", {}, _set("optimizer.learning_rate=.nan"), 3, "optimizer.learning_rate must be a finite number"),
     Case("inf", {}, _set("train.max_time_s=.inf"), 3, "train.max_time_s must be a finite number"),
     Case("json-nan-literal", {"p.json": '{"optimizer": {"epsilon": NaN}}'}, _show("{d}/p.json", "--task", "image"),

@@ -1,5 +1,6 @@
-"""hashgrid.cu against the PyTorch reference (ngp_cli.nn.encodings.HashGridEncoding), on the CPU target through the
-emulation header, and on the GPU under ``@pytest.mark.gpu``.
+"""hashgrid.cu against the PyTorch reference (ngp_cli.nn.encodings.HashGridEncoding, and simplex_encode for the
+SimplexGrid variant, interpolation "Simplex"), on the CPU target through the emulation header, and on the GPU under
+``@pytest.mark.gpu``.
 
 Inputs are fresh random numbers on every run: the seed is printed (``-s`` shows it) and can be pinned with
 ``NGP_TEST_SEED``.
@@ -17,7 +18,7 @@ import torch
 
 from ngp_cli.cuda import hashgrid, runtime
 from ngp_cli.cuda.hashgrid import encode
-from ngp_cli.nn.encodings import HashGridEncoding
+from ngp_cli.nn.encodings import HashGridEncoding, SimplexGridEncoding
 from tests.cuda.nvcc import nvcc_compile_check, nvcc_path
 
 SEED = int(os.environ.get("NGP_TEST_SEED", random.randrange(2**31)))
@@ -27,6 +28,8 @@ needs_cxx = pytest.mark.skipif(runtime.host_compiler() is None, reason="no host 
 
 # A grid with dense coarse levels and hashed fine ones (checked in test_grid_mixes_dense_and_hashed).
 GRID = dict(n_levels=6, log2_hashmap_size=10, base_resolution=3, per_level_scale=1.9)
+# The simplex lattice's levels have more vertices (GridLevels, lattice="simplex"): a larger T keeps dense levels.
+GRID_SIMPLEX = dict(GRID, log2_hashmap_size=12)
 N_POINTS = 3000
 
 # (D, F, interpolation) of the float32 variants: every F at D=3, every D at F=2, every interpolation at D=3, F=2.
@@ -39,10 +42,15 @@ F32_CASES = [
     (4, 2, "Linear"),
     (3, 2, "Smoothstep"),
     (3, 2, "Nearest"),
+    (3, 2, "Simplex"),
+    (2, 2, "Simplex"),
+    (4, 2, "Simplex"),
+    (3, 8, "Simplex"),
 ]
 # fp16: __half2 atomics on feature pairs (F=8), __half atomics (F=1).
-F16_CASES = [(3, 8, "Linear"), (2, 1, "Smoothstep")]
-F64_CASES = [(3, 2, "Linear"), (2, 1, "Smoothstep"), (3, 2, "Smoothstep")]
+F16_CASES = [(3, 8, "Linear"), (2, 1, "Smoothstep"), (3, 2, "Simplex")]
+F64_CASES = [(3, 2, "Linear"), (2, 1, "Smoothstep"), (3, 2, "Smoothstep"), (3, 2, "Simplex"), (2, 1, "Simplex"),
+             (4, 2, "Simplex")]
 
 
 def _gen(tag: str) -> torch.Generator:
@@ -59,7 +67,10 @@ def _points(n: int, d: int, gen: torch.Generator, dtype=torch.float32) -> torch.
 
 
 def _encoding(d: int, f: int, interp: str, gen: torch.Generator, dtype=torch.float32, **grid) -> HashGridEncoding:
-    enc = HashGridEncoding(d, n_features_per_level=f, interpolation=interp, dtype=dtype, **(grid or GRID))
+    if interp == "Simplex":
+        enc = SimplexGridEncoding(d, n_features_per_level=f, dtype=dtype, **(grid or GRID_SIMPLEX))
+    else:
+        enc = HashGridEncoding(d, n_features_per_level=f, interpolation=interp, dtype=dtype, **(grid or GRID))
     with torch.no_grad():
         enc.params.copy_(torch.rand(enc.params.shape, generator=gen, dtype=torch.float64) * 2 - 1)
     return enc
@@ -88,8 +99,9 @@ def _ref_and_kernel(enc: HashGridEncoding, x: torch.Tensor, gout: torch.Tensor, 
 @needs_cxx
 def test_grid_mixes_dense_and_hashed():
     for d in (2, 3, 4):
-        enc = HashGridEncoding(d, **GRID)
-        assert any(enc.levels.hashed) and not all(enc.levels.hashed), enc.levels.hashed
+        for cls, grid in ((HashGridEncoding, GRID), (SimplexGridEncoding, GRID_SIMPLEX)):
+            enc = cls(d, **grid)
+            assert any(enc.levels.hashed) and not all(enc.levels.hashed), (cls, d, enc.levels.hashed)
 
 
 @needs_cxx
@@ -147,15 +159,17 @@ def test_float64_matches_reference(d, f, interp):
     torch.testing.assert_close(gx, gx_ref, rtol=1e-9, atol=1e-9)
 
 
-def _small_grid(d: int) -> dict:
-    return dict(n_levels=3, log2_hashmap_size=6 if d == 3 else 5, base_resolution=2, per_level_scale=2.0)
+def _small_grid(d: int, interp: str = "Linear") -> dict:
+    # A dense first level and hashed ones after (the simplex lattice's levels have more vertices: a larger T).
+    t = {2: 5, 3: 7, 4: 10}[d] if interp == "Simplex" else {2: 5, 3: 6, 4: 8}[d]
+    return dict(n_levels=3, log2_hashmap_size=t, base_resolution=2, per_level_scale=2.0)
 
 
 @needs_cxx
 @pytest.mark.parametrize("d,f,interp", F64_CASES)
 def test_float64_gradcheck_and_gradgradcheck(d, f, interp):
     gen = _gen(f"gradcheck-{d}-{f}-{interp}")
-    enc = _encoding(d, f, interp, gen, dtype=torch.float64, **_small_grid(d))
+    enc = _encoding(d, f, interp, gen, dtype=torch.float64, **_small_grid(d, interp))
     assert any(enc.levels.hashed) and not all(enc.levels.hashed)
     x = _points(6, d, gen, torch.float64).requires_grad_(True)
     p = enc.params.detach().clone().requires_grad_(True)
@@ -189,10 +203,11 @@ def test_eikonal_gradient_float32_vs_float64():
 
 
 @needs_cxx
-def test_every_output_element_written():
+@pytest.mark.parametrize("interp", ["Linear", "Simplex"])
+def test_every_output_element_written(interp):
     """Outputs the kernels fully write are poisoned with NaN before the launch; none may remain."""
-    d, f, interp = 3, 2, "Linear"
-    gen = _gen("poison")
+    d, f = 3, 2
+    gen = _gen(f"poison-{interp}")
     enc = _encoding(d, f, interp, gen)
     n = 1237  # not a multiple of any block or chunk size
     x = _points(n, d, gen)
@@ -284,6 +299,8 @@ NVCC_VARIANTS = [
     dict(N_DIMS=3, N_FEATURES=2, PARAM_T="__half", POS_T="float", INTERPOLATION=0),  # tcnn's default
     dict(N_DIMS=4, N_FEATURES=8, PARAM_T="double", POS_T="double", INTERPOLATION=1),  # the heaviest
     dict(N_DIMS=2, N_FEATURES=1, PARAM_T="float", POS_T="float", INTERPOLATION=2),
+    dict(N_DIMS=3, N_FEATURES=2, PARAM_T="__half", POS_T="float", INTERPOLATION=3),  # SimplexGrid
+    dict(N_DIMS=4, N_FEATURES=8, PARAM_T="double", POS_T="double", INTERPOLATION=3),
 ]
 
 
@@ -335,6 +352,8 @@ def _cuda_ready() -> bool:
         (3, 2, torch.float16, "Linear"),
         (3, 1, torch.float64, "Smoothstep"),
         (4, 8, torch.float32, "Nearest"),
+        (3, 2, torch.float32, "Simplex"),
+        (2, 2, torch.float16, "Simplex"),
     ],
 )
 def test_gpu_matches_cpu_and_reference(d, f, dtype, interp):
