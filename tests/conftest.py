@@ -12,11 +12,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 # Compiled kernels go to a cache of this test session (inherited by the CLI subprocesses), so the suite always
-# exercises the compile path and never depends on, or fills, the user's ~/.cache/ngp.
+# exercises the compile path and never depends on, or fills, the user's ~/.cache/ngp. It is removed when the session
+# ends (hundreds of leftover caches once filled the disk of a machine that runs the suite all day).
 if "NGP_TEST_KEEP_CACHE" not in os.environ:
+    import atexit
+    import shutil
     import tempfile
 
     os.environ["NGP_CACHE_DIR"] = tempfile.mkdtemp(prefix="ngp-test-kernels-")
+    atexit.register(shutil.rmtree, os.environ["NGP_CACHE_DIR"], ignore_errors=True)
 
 
 def shared_data() -> Path:

@@ -146,17 +146,31 @@ HG_INLINE u32 dense_mod(u32 s, u32 size) {
     return t < size ? t : s % size;
 }
 
-// The simplex's vertex order: ord[k] = the dimension with the k-th largest frac (ties: the lower dimension first).
-HG_INLINE void simplex_order(const pos_t frac[D], int ord[D]) {
+// The simplex's vertex order as ranks: rank[d] = the position of dimension d when frac is sorted decreasingly, ties
+// with the lower dimension first: #{e < d: frac_e >= frac_d} + #{e > d: frac_e > frac_d}. Vertex k of the simplex
+// has stepped along the dimensions of rank < k. Comparisons and selects only (no indexing by a runtime value, which
+// would put the arrays in GPU local memory).
+HG_INLINE void simplex_ranks(const pos_t frac[D], u32 rank[D]) {
 #pragma unroll
-    for (int d = 0; d < D; ++d) ord[d] = d;
+    for (int d = 0; d < D; ++d) {
+        u32 r = 0;
 #pragma unroll
-    for (int i = 1; i < D; ++i) {
-        for (int j = i; j > 0 && frac[ord[j - 1]] < frac[ord[j]]; --j) {
-            const int t = ord[j - 1];
-            ord[j - 1] = ord[j];
-            ord[j] = t;
+        for (int e = 0; e < D; ++e) {
+            if (e < d) r += frac[e] >= frac[d] ? 1u : 0u;
+            if (e > d) r += frac[e] > frac[d] ? 1u : 0u;
         }
+        rank[d] = r;
+    }
+}
+
+// out[k] = v[d] for the dimension d of rank k.
+HG_INLINE void by_rank(const pos_t v[D], const u32 rank[D], pos_t out[D]) {
+#pragma unroll
+    for (int k = 0; k < D; ++k) {
+        pos_t o = (pos_t)0;
+#pragma unroll
+        for (int d = 0; d < D; ++d) o = rank[d] == (u32)k ? v[d] : o;
+        out[k] = o;
     }
 }
 
@@ -177,40 +191,35 @@ HG_INLINE void simplex_cell(const pos_t* __restrict__ xp, const Level& lv, Cell&
         cell.frac[d] = ps - fl;
         pg[d] = (u32)(int)fl;
     }
-    int ord[D];
-    simplex_order(cell.frac, ord);
+    u32 rank[D];
+    simplex_ranks(cell.frac, rank);
     if (lv.hashed) {
         const u32 mask = lv.size - 1u;
-        u32 h = 0;
 #pragma unroll
-        for (int d = 0; d < D; ++d) h ^= pg[d] * prime(d);
-        cell.idx[0] = (h & mask) + lv.offset;
+        for (int k = 0; k < C; ++k) {
+            u32 h = 0;
 #pragma unroll
-        for (int k = 1; k <= D; ++k) {
-            const int d = ord[k - 1];
-            h ^= (pg[d] * prime(d)) ^ ((pg[d] + 1u) * prime(d));
+            for (int d = 0; d < D; ++d) h ^= (pg[d] + (rank[d] < (u32)k ? 1u : 0u)) * prime(d);
             cell.idx[k] = (h & mask) + lv.offset;
         }
     } else {
-        u32 strides[D];
-        u32 sidx = 0, stride = 1;
 #pragma unroll
-        for (int d = 0; d < D; ++d) {
-            strides[d] = stride;
-            sidx += pg[d] * stride;
-            stride *= lv.res;
-        }
-        cell.idx[0] = dense_mod(sidx, lv.size) + lv.offset;
+        for (int k = 0; k < C; ++k) {
+            u32 sidx = 0, stride = 1;
 #pragma unroll
-        for (int k = 1; k <= D; ++k) {
-            sidx += strides[ord[k - 1]];
+            for (int d = 0; d < D; ++d) {
+                sidx += (pg[d] + (rank[d] < (u32)k ? 1u : 0u)) * stride;
+                stride *= lv.res;
+            }
             cell.idx[k] = dense_mod(sidx, lv.size) + lv.offset;
         }
     }
-    cell.w[0] = (pos_t)1 - cell.frac[ord[0]];
+    pos_t fs[D];
+    by_rank(cell.frac, rank, fs);
+    cell.w[0] = (pos_t)1 - fs[0];
 #pragma unroll
-    for (int k = 1; k < D; ++k) cell.w[k] = cell.frac[ord[k - 1]] - cell.frac[ord[k]];
-    cell.w[D] = cell.frac[ord[D - 1]];
+    for (int k = 1; k < D; ++k) cell.w[k] = fs[k - 1] - fs[k];
+    cell.w[D] = fs[D - 1];
 }
 
 HG_INLINE void compute_cell(const pos_t* __restrict__ xp, const Level& lv, Cell& cell) {
@@ -385,7 +394,7 @@ struct CellBatch {
 };
 
 // simplex_cell for a batch, lane by lane (every loop over the batch vectorises): the sort becomes ranks,
-// rank_d = #{e < d: frac_e >= frac_d} + #{e > d: frac_e > frac_d} (the position of d in simplex_order), vertex k
+// rank_d as simplex_ranks, vertex k
 // steps along the dimensions of rank < k, and frac sorted is picked by rank. Bit for bit simplex_cell's values.
 HG_INLINE void simplex_cells(const pos_t (&xs)[D][PB], const Level& lv, u32 first, u32 last, CellBatch& cb) {
     const pos_t scale = lv.scale;
@@ -813,16 +822,20 @@ extern "C" __global__ void hashgrid_backward_input(const POS_T* __restrict__ x, 
                 gT[c] = s;
             }
             if constexpr (SIMPLEX) {
-                // d out / d frac[o_k] = T[v_{k+1}] - T[v_k]; d frac_d / d x_e = s_l (delta_de + K_D).
-                int ord[D];
-                simplex_order(cell.frac, ord);
+                // d out / d frac_d = T[v_{k+1}] - T[v_k] for k = rank_d; d frac_d / d x_e = s_l (delta_de + K_D).
+                u32 rank[D];
+                simplex_ranks(cell.frac, rank);
                 pos_t gf[D];
                 pos_t total = (pos_t)0;
 #pragma unroll
-                for (int k = 0; k < D; ++k) {
-                    gf[ord[k]] = gT[k + 1] - gT[k];
-                    total += gT[k + 1] - gT[k];
+                for (int d = 0; d < D; ++d) {
+                    pos_t v = (pos_t)0;
+#pragma unroll
+                    for (int k = 0; k < D; ++k) v = rank[d] == (u32)k ? gT[k + 1] - gT[k] : v;
+                    gf[d] = v;
                 }
+#pragma unroll
+                for (int k = 0; k < D; ++k) total += gT[k + 1] - gT[k];
 #pragma unroll
                 for (int d = 0; d < D; ++d) gxl[(u64)i * D + d] = lv.scale * (gf[d] + (pos_t)SKEW * total);
                 return;
@@ -862,19 +875,20 @@ HG_INLINE void backward_backward_impl(const pos_t* __restrict__ x, const Level& 
         if (NEAREST) {
             a[0] = (pos_t)0;
         } else if constexpr (SIMPLEX) {
-            // grad_x . ggx = sum_k u[o_k] (g . T[v_{k+1}] - g . T[v_k]), u = s_l (I + K_D 1 1^T) ggx.
-            int ord[D];
-            simplex_order(cell.frac, ord);
+            // grad_x . ggx = sum_k ur_k (g . T[v_{k+1}] - g . T[v_k]), u = s_l (I + K_D 1 1^T) ggx, ur = u by rank.
+            u32 rank[D];
+            simplex_ranks(cell.frac, rank);
             pos_t gsum = (pos_t)0;
 #pragma unroll
             for (int d = 0; d < D; ++d) gsum += ggx[(u64)i * D + d];
-            pos_t u[D];
+            pos_t u[D], ur[D];
 #pragma unroll
             for (int d = 0; d < D; ++d) u[d] = lv.scale * (ggx[(u64)i * D + d] + (pos_t)SKEW * gsum);
-            a[0] = -u[ord[0]];
+            by_rank(u, rank, ur);
+            a[0] = -ur[0];
 #pragma unroll
-            for (int k = 1; k < D; ++k) a[k] = u[ord[k - 1]] - u[ord[k]];
-            a[D] = u[ord[D - 1]];
+            for (int k = 1; k < D; ++k) a[k] = ur[k - 1] - ur[k];
+            a[D] = ur[D - 1];
         } else {
             pos_t w0[D], w1[D], ds[D], v[D];
             weight_pairs(cell.frac, w0, w1, ds);
