@@ -34,7 +34,7 @@ session_budget=570 # what the steps may use together (margin for the report and 
 
 # name:timeout_s, in order. Keep the sum <= $session_budget (tests/test_gpu_session.py checks it).
 STEPS=(probe:25 info:20 wheels:10 install:25 cuda-target:40 pytest-gpu:110 memcheck:30 racecheck:30 kernels:40
-       bench:35 nerf:75 sdf:75 image:35 report:10)
+       bench:45 nerf:75 sdf:65 image:35 report:10)
 # --multi-gpu: lego_400 trained 45 s on 1, 2, 4 and 8 GPUs (as many as there are), steps/s and all-reduce time each.
 STEPS_MULTI=(probe:25 info:20 wheels:10 install:25 cuda-target:40 scaling:340 report:10)
 

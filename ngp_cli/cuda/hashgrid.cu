@@ -222,11 +222,8 @@ HG_INLINE void simplex_cell(const pos_t* __restrict__ xp, const Level& lv, Cell&
     cell.w[D] = fs[D - 1];
 }
 
-HG_INLINE void compute_cell(const pos_t* __restrict__ xp, const Level& lv, Cell& cell) {
-    if constexpr (SIMPLEX) {
-        simplex_cell(xp, lv, cell);
-        return;
-    }
+// The 2^D corners (indices) and fractions of one (point, level) cube cell; the weights are the caller's.
+HG_INLINE void cube_cell(const pos_t* __restrict__ xp, const Level& lv, Cell& cell) {
     u32 pg[D];
 #pragma unroll
     for (int d = 0; d < D; ++d) {
@@ -266,6 +263,15 @@ HG_INLINE void compute_cell(const pos_t* __restrict__ xp, const Level& lv, Cell&
             for (int d = 1; d < D; ++d) s += ((c >> d) & 1) ? b1[d] : b0[d];
             cell.idx[c] = dense_mod(s, lv.size) + lv.offset;
         }
+    }
+}
+
+// The cell of one (point, level): the simplex's vertices and weights, or the cube's corners.
+HG_INLINE void compute_cell(const pos_t* __restrict__ xp, const Level& lv, Cell& cell) {
+    if constexpr (SIMPLEX) {
+        simplex_cell(xp, lv, cell);
+    } else {
+        cube_cell(xp, lv, cell);
     }
 }
 
@@ -837,25 +843,25 @@ extern "C" __global__ void hashgrid_backward_input(const POS_T* __restrict__ x, 
 #pragma unroll
                 for (int k = 0; k < D; ++k) total += gT[k + 1] - gT[k];
 #pragma unroll
-                for (int d = 0; d < D; ++d) gxl[(u64)i * D + d] = lv.scale * (gf[d] + (pos_t)SKEW * total);
-                return;
-            }
-            pos_t w0[D], w1[D], ds[D];
-            weight_pairs(cell.frac, w0, w1, ds);
+                for (int d = 0; d < D; ++d) gx[d] = lv.scale * (gf[d] + (pos_t)SKEW * total);
+            } else {
+                pos_t w0[D], w1[D], ds[D];
+                weight_pairs(cell.frac, w0, w1, ds);
 #pragma unroll
-            for (int d = 0; d < D; ++d) {
-                pos_t t = (pos_t)0;
+                for (int d = 0; d < D; ++d) {
+                    pos_t t = (pos_t)0;
 #pragma unroll
-                for (int c = 0; c < C; ++c) {
-                    if ((c >> d) & 1) continue;
-                    pos_t wo = (pos_t)1;
+                    for (int c = 0; c < C; ++c) {
+                        if ((c >> d) & 1) continue;
+                        pos_t wo = (pos_t)1;
 #pragma unroll
-                    for (int e = 0; e < D; ++e) {
-                        if (e != d) wo *= ((c >> e) & 1) ? w1[e] : w0[e];
+                        for (int e = 0; e < D; ++e) {
+                            if (e != d) wo *= ((c >> e) & 1) ? w1[e] : w0[e];
+                        }
+                        t += (gT[c | (1 << d)] - gT[c]) * wo;
                     }
-                    t += (gT[c | (1 << d)] - gT[c]) * wo;
+                    gx[d] = t * ds[d] * lv.scale;
                 }
-                gx[d] = t * ds[d] * lv.scale;
             }
         }
 #pragma unroll

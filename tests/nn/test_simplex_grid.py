@@ -32,6 +32,14 @@ def _gen(tag: str) -> torch.Generator:
     return torch.Generator().manual_seed(SEED * 7919 + sum(map(ord, tag)))
 
 
+def _random_grid(d: int, gen: torch.Generator, **grid) -> SimplexGridEncoding:
+    """A SimplexGrid with table values uniform in [-1, 1] (F = 2 unless given; float32 unless given)."""
+    enc = SimplexGridEncoding(d, **grid)
+    with torch.no_grad():
+        enc.params.uniform_(-1, 1, generator=gen)
+    return enc
+
+
 def _encode(enc: SimplexGridEncoding, x: torch.Tensor, target: str | None) -> torch.Tensor:
     if target is None:
         return simplex_encode(x, enc.params, enc.levels)
@@ -74,10 +82,8 @@ def test_reproduces_affine_functions_of_the_skewed_position(d, target):
 def test_a_lattice_vertex_reads_its_table_row(d, target):
     """At a vertex of a level's skewed lattice one weight is 1: the level's output is that vertex's row."""
     gen = _gen(f"vertex-{d}")
-    enc = SimplexGridEncoding(d, n_levels=1, n_features_per_level=2, log2_hashmap_size=20, base_resolution=5,
-                              per_level_scale=1.0, dtype=torch.float64)
-    with torch.no_grad():
-        enc.params.uniform_(-1, 1, generator=gen)
+    enc = _random_grid(d, gen, n_levels=1, log2_hashmap_size=20, base_resolution=5, per_level_scale=1.0,
+                       dtype=torch.float64)
     lv = enc.levels
     r = lv.resolutions[0]
     v = torch.randint(1, 4, (200, d), generator=gen, dtype=torch.int64)
@@ -96,14 +102,12 @@ def test_continuous_across_simplex_boundaries(d, target):
     jump where a segment crosses from one simplex (or cube cell) into the next, at any level, dense or hashed. A wrong
     vertex or weight anywhere makes an O(1) jump."""
     gen = _gen(f"continuity-{d}")
-    enc = SimplexGridEncoding(d, n_levels=4, n_features_per_level=2, log2_hashmap_size=10, base_resolution=3,
-                              per_level_scale=2.0)
+    enc = _random_grid(d, gen, n_levels=4, log2_hashmap_size=10, base_resolution=3, per_level_scale=2.0)
     assert any(enc.levels.hashed)
-    with torch.no_grad():
-        enc.params.uniform_(-1, 1, generator=gen)
     n = 20000
     for _ in range(3):
-        a, b = torch.rand(2, d, generator=gen)
+        # from near one corner of the unit cube to near the opposite one: long enough to cross many simplices
+        a, b = torch.rand(d, generator=gen) * 0.25, 0.75 + torch.rand(d, generator=gen) * 0.25
         t = torch.linspace(0, 1, n).unsqueeze(1)
         x = (a + t * (b - a)).requires_grad_(True)
         out = _encode(enc, x, target)
@@ -122,9 +126,7 @@ def test_continuous_across_simplex_boundaries(d, target):
 @needs_cxx
 def test_second_derivative_in_x_is_zero_and_params_get_the_mixed_term():
     gen = _gen("second")
-    enc = SimplexGridEncoding(3, n_levels=3, log2_hashmap_size=8, base_resolution=3, per_level_scale=2.0)
-    with torch.no_grad():
-        enc.params.uniform_(-1, 1, generator=gen)
+    enc = _random_grid(3, gen, n_levels=3, log2_hashmap_size=8, base_resolution=3, per_level_scale=2.0)
     p = enc.params.detach().clone().requires_grad_(True)
     x = torch.rand(500, 3, generator=gen).requires_grad_(True)
     out = encode(x, p, enc.levels, "Simplex", "cpu")
@@ -143,9 +145,7 @@ def test_second_derivative_in_x_is_zero_and_params_get_the_mixed_term():
 @needs_cxx
 def test_module_dispatch_and_the_simplex_has_d_plus_one_vertices():
     gen = _gen("dispatch")
-    enc = SimplexGridEncoding(3, n_levels=4, log2_hashmap_size=10, base_resolution=4, per_level_scale=2.0)
-    with torch.no_grad():
-        enc.params.uniform_(-1, 1, generator=gen)
+    enc = _random_grid(3, gen, n_levels=4, log2_hashmap_size=10, base_resolution=4, per_level_scale=2.0)
     x = torch.rand(900, 3, generator=gen)
     ref = enc(x)
     enc.kernel_target = "cpu"
