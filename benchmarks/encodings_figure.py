@@ -1,11 +1,14 @@
-"""Draw docs/encodings-psnr-time.png: training PSNR against training time of runs that differ only in
-``encoding.otype`` (HashGrid against SimplexGrid), one panel per task, from the runs' metrics.jsonl.
+"""Draw the figures of docs/encodings.md from measured runs that differ in ``encoding.otype`` (HashGrid against
+SimplexGrid), one panel per task:
 
     python benchmarks/encodings_figure.py OUT.png TITLE=RUN_HASH,RUN_SIMPLEX [TITLE=...]
+    python benchmarks/encodings_figure.py --params OUT.png TITLE=RUN,RUN,... [TITLE=...]
 
-Each run directory is an ``ngp fit-image`` / ``train-sdf`` / ``train-nerf`` run; its ``metrics.jsonl`` lines with
-``psnr`` (the batch PSNR of the logged step, or the loss for SDF runs) and ``elapsed_s`` are plotted, and the final
-held-out metric of ``summary.json`` is printed in the legend. Needs matplotlib (a dependency of ngp).
+The first draws training PSNR against training time: each run's ``metrics.jsonl`` lines with ``psnr`` (the batch
+PSNR of the logged step) and ``elapsed_s``, with the final held-out metric of ``summary.json`` in the legend. The
+second (``--params``) draws the final held-out PSNR against the hash tables' parameter count (read from the newest
+checkpoint's header), one line per ``encoding.otype`` of the runs' config.yaml. Runs are ``ngp fit-image`` /
+``train-sdf`` / ``train-nerf`` run directories. Needs matplotlib (a dependency of ngp) and safetensors.
 """
 
 from __future__ import annotations
@@ -39,13 +42,50 @@ def _final(run: Path) -> str:
     return ""
 
 
+def _table_params(run: Path) -> int:
+    from safetensors import safe_open
+
+    newest = sorted((run / "checkpoints").glob("step-*.safetensors"))[-1]
+    with safe_open(newest, "pt") as f:
+        shape = f.get_slice("model.encoding.params").get_shape()
+    return shape[0] * shape[1]
+
+
+def _params_panel(ax, title: str, runs: str) -> None:
+    import yaml
+
+    lines: dict[str, list[tuple[int, float]]] = {}
+    for run in map(Path, runs.split(",")):
+        otype = yaml.safe_load((run / "config.yaml").read_text())["encoding"]["otype"]
+        psnr = json.loads((run / "summary.json").read_text())["metrics"]["psnr"]
+        lines.setdefault(otype, []).append((_table_params(run), psnr))
+    for otype, points in sorted(lines.items()):
+        points.sort()
+        ax.plot([p / 1e6 for p, _ in points], [q for _, q in points], "o-", label=otype)
+    ax.set_title(title)
+    ax.set_xlabel("hash-table parameters (millions)")
+    ax.set_ylabel("held-out PSNR (dB)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def main(argv: list[str]) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    by_params = argv[0] == "--params"
+    argv = argv[1:] if by_params else argv
     out, panels = Path(argv[0]), [a.split("=", 1) for a in argv[1:]]
+    if by_params:
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+        for ax, (title, runs) in zip(axes[0], panels, strict=True):
+            _params_panel(ax, title, runs)
+        fig.tight_layout()
+        fig.savefig(out, dpi=110)
+        print(out)
+        return 0
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     for ax, (title, runs) in zip(axes[0], panels, strict=True):
         key = "psnr"
