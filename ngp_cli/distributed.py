@@ -34,7 +34,8 @@ from ngp_cli.errors import ConfigError, DistributedError
 
 __all__ = ["World", "agree_cpu_mlp_path", "all_gather", "all_reduce_gradients", "all_reduce_sum", "broadcast_object",
            "check_replicas", "comm_seconds", "current_world", "gather_objects", "gather_to_main", "init_world",
-           "join_run", "leave_quietly", "local_shards", "pin_local_gpu", "resolve_shards", "shard_seed", "shared_tiles",
+           "join_run", "leave_quietly", "local_shards", "pin_local_gpu", "resolve_shards", "shard_generators", "shard_seed",
+           "shared_tiles",
            "shutdown_world", "state_fingerprint"]
 
 _SEED_MASK = (1 << 63) - 1
@@ -190,6 +191,14 @@ def local_shards(shards: int, world: World) -> range:
     """The shards process ``world.rank`` draws: a contiguous block of ``shards / world.size``."""
     per = shards // world.size
     return range(world.rank * per, (world.rank + 1) * per)
+
+
+def shard_generators(seed: int, shards: int, world: World, device: torch.device | str = "cpu"
+                     ) -> dict[int, torch.Generator]:
+    """The generators of the shards process ``world.rank`` draws (:func:`local_shards`), by shard index, for a run
+    seeded ``seed`` and cut into ``shards`` > 1 shards: each seeded :func:`shard_seed` on ``device``. (One shard
+    draws from the run's own sampling generator, ``seed + 1``: ngp_cli.train.sampling_generator.)"""
+    return {k: torch.Generator(device=device).manual_seed(shard_seed(seed, k)) for k in local_shards(shards, world)}
 
 
 def shard_seed(seed: int, shard: int) -> int:

@@ -30,9 +30,8 @@ from ngp_cli.distributed import (
     comm_seconds,
     current_world,
     gather_objects,
-    local_shards,
     resolve_shards,
-    shard_seed,
+    shard_generators,
 )
 from ngp_cli.errors import ConfigError, DataError, DivergedError, Interrupted
 from ngp_cli.metrics import luminance, mse_to_psnr
@@ -251,15 +250,19 @@ class DivergenceWatch:
 # Checkpoint state
 
 
-def _state_tensors(model: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None,
-                   generator: torch.Generator) -> dict[str, torch.Tensor]:
+def state_tensors(model: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None,
+                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """A training state as named tensors: ``model.*`` (state dict), ``optim.<param index>.<key>`` (the optimizer's
+    per-parameter state), ``ema.<i>`` (the EMA's shadow weights) and ``rng.generator`` (``generator``'s state, when
+    given). What checkpoints hold and what :func:`~ngp_cli.distributed.check_replicas` compares."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     for idx, state in optimizer.state_dict()["state"].items():
         for key, value in state.items():
             tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value)
     if ema is not None:
         tensors.update({f"ema.{i}": s for i, s in enumerate(ema.shadow)})
-    tensors["rng.generator"] = generator.get_state()
+    if generator is not None:
+        tensors["rng.generator"] = generator.get_state()
     return tensors
 
 
@@ -405,9 +408,8 @@ class Trainer:
         if cfg.train.batch_size % self.shards:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} does not split into "
                               f"distributed.sampling_shards={self.shards} equal shards")
-        self.shard_generators = {} if self.shards == 1 else {
-            k: torch.Generator(device=gen_device).manual_seed(shard_seed(cfg.seed, k))
-            for k in local_shards(self.shards, self.world)}
+        self.shard_generators = {} if self.shards == 1 else shard_generators(cfg.seed, self.shards, self.world,
+                                                                             gen_device)
         self.state = TrainState()
         self.divergence = DivergenceWatch()
 
@@ -455,7 +457,7 @@ class Trainer:
             meta["problem"] = self.problem.host_state()
         if self.shards > 1:
             meta["sampling_shards"] = self.shards
-        tensors = _state_tensors(self.model, self.optimizer, self.ema, self.generator)
+        tensors = state_tensors(self.model, self.optimizer, self.ema, self.generator)
         if self.model_parallel:  # collectives: every process calls this at the same step
             tensors = self.problem.checkpoint_tensors(tensors)  # the whole model on rank 0, None elsewhere
         else:

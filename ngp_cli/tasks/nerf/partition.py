@@ -348,7 +348,7 @@ class PartitionedNerfProblem(NerfProblem):
     # -- the checkpoint, the same on any process count
 
     def checkpoint_tensors(self, tensors: dict[str, Tensor]) -> dict[str, Tensor] | None:
-        """The whole model's checkpoint from this process's ``tensors`` (:func:`ngp_cli.train._state_tensors` of its
+        """The whole model's checkpoint from this process's ``tensors`` (:func:`ngp_cli.train.state_tensors` of its
         parts): on K processes, rank 0 gathers the others' and renumbers their optimizer and EMA entries as one
         process holding every part numbers them (:meth:`PartitionedNerf.whole_indices`). A collective; returns None
         on ranks > 0."""

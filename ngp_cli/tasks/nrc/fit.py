@@ -37,7 +37,7 @@ from ngp_cli.distributed import (
     local_shards,
     pin_local_gpu,
     resolve_shards,
-    shard_seed,
+    shard_generators,
     shutdown_world,
 )
 from ngp_cli.errors import ConfigError
@@ -48,7 +48,7 @@ from ngp_cli.tasks.nrc.cache import NeuralRadianceCache
 from ngp_cli.tasks.nrc.config import NrcConfig
 from ngp_cli.tasks.nrc.scene import Scene, cornell_box, load_scene
 from ngp_cli.tasks.nrc.tracer import Camera, SceneTensors, render_samples, trace
-from ngp_cli.train import EMA, make_loss, make_optimizer
+from ngp_cli.train import EMA, make_loss, make_optimizer, sampling_generator, state_tensors
 from ngp_cli.video import FrameWriter
 
 
@@ -66,21 +66,12 @@ def tonemap(image: torch.Tensor) -> np.ndarray:
     return (image.clamp(0, 1).pow(1 / 2.2).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
 
 
-def _shard_generators(seed: int, shards: int, world) -> dict[int, torch.Generator]:
-    """This process's sampling generators by shard for a run seeded ``seed`` (as the Trainer's,
-    :mod:`ngp_cli.distributed`): ``seed + 1`` for one shard, else :func:`~ngp_cli.distributed.shard_seed` of each
-    shard the process owns."""
-    if shards == 1:
-        return {0: torch.Generator().manual_seed(seed + 1)}
-    return {k: torch.Generator().manual_seed(shard_seed(seed, k)) for k in local_shards(shards, world)}
-
-
 def render_shared(st: SceneTensors, camera: Camera, spp: int, generators: dict[int, torch.Generator], shards: int,
                   world, **trace_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     """An (H, W, 3) float32 image at ``spp`` samples per pixel and its part from the cache, as
     :func:`~ngp_cli.tasks.nrc.tracer.render_image`, with the work shared out over the processes: the W·H·spp paths
     are cut into ``shards`` contiguous pieces, piece ``k`` traced with shard ``k``'s generator by the process owning
-    it (``generators``: :func:`_shard_generators`), and the sums all-reduced. So one shard count gives the same image
+    it (``generators``, by shard index), and the sums all-reduced. So one shard count gives the same image
     on any number of processes (up to float summation order); one shard on one process is ``render_image`` exactly.
     A collective. Raises DistributedError."""
     w, h = camera.width, camera.height
@@ -183,7 +174,8 @@ def train_nrc(task, opts: TrainOptions, scene_path: Path | None) -> None:
     # The paper renders with an exponential moving average of the weights, which steadies the cache between frames.
     ema = EMA(list(model.parameters()), cfg.optimizer.ema_decay) if cfg.optimizer.ema_decay > 0 else None
     loss_fn = make_loss(cfg.loss)
-    generators = _shard_generators(cfg.seed, shards, world)
+    # this process's sampling generators by shard, as the Trainer's: the run's own for one shard
+    generators = {0: sampling_generator(cfg)} if shards == 1 else shard_generators(cfg.seed, shards, world)
     warmup = nc.warmup_frames
     if nc.frames <= warmup:
         # Accumulating nothing would compare an empty image; the last frame is the best the run has.
@@ -248,11 +240,7 @@ def train_nrc(task, opts: TrainOptions, scene_path: Path | None) -> None:
         pt_frames += 1
         pt_time += time.perf_counter() - t0
     # The caches, Adam moments and EMAs of all processes must be one (a collective; exit 8 if they are not).
-    replica = {f"model.{k}": v for k, v in model.state_dict().items()}
-    replica.update({f"ema.{i}": t for i, t in enumerate(ema.shadow)} if ema is not None else {})
-    replica.update({f"optim.{i}.{k}": v for i, st_ in optimizer.state_dict()["state"].items()
-                    for k, v in st_.items() if isinstance(v, torch.Tensor)})
-    check_replicas(replica, world, nc.frames)
+    check_replicas(state_tensors(model, optimizer, ema), world, nc.frames)
     if not world.is_main:  # rank 0 writes the results
         leave_quietly()
     pt_image = pt_sum / pt_frames
