@@ -1,14 +1,16 @@
 """Draw the figures of docs/encodings.md from measured runs that differ in ``encoding.otype`` (HashGrid against
-SimplexGrid), one panel per task:
+SimplexGrid) or in ``nerf.saliency_prune``, one panel per task:
 
-    python benchmarks/encodings_figure.py OUT.png TITLE=RUN_HASH,RUN_SIMPLEX [TITLE=...]
+    python benchmarks/encodings_figure.py OUT.png TITLE=RUN,RUN,... [TITLE=...]
     python benchmarks/encodings_figure.py --params OUT.png TITLE=RUN,RUN,... [TITLE=...]
 
 The first draws training PSNR against training time: each run's ``metrics.jsonl`` lines with ``psnr`` (the batch
-PSNR of the logged step) and ``elapsed_s``, with the final held-out metric of ``summary.json`` in the legend. The
-second (``--params``) draws the final held-out PSNR against the hash tables' parameter count (read from the newest
-checkpoint's header), one line per ``encoding.otype`` of the runs' config.yaml. Runs are ``ngp fit-image`` /
-``train-sdf`` / ``train-nerf`` run directories. Needs matplotlib (a dependency of ngp) and safetensors.
+PSNR of the logged step) and ``elapsed_s``, one line per run labelled by its encoding (and pruning), with the final
+held-out metric of ``summary.json`` in the legend. The second (``--params``) draws the final held-out PSNR against
+the hash tables' parameter count (read from the newest checkpoint's header; a saliency-pruned NeRF's kept mask
+vertices added), one line per ``encoding.otype`` of the runs' config.yaml and per ``nerf.saliency_prune``. Runs are
+``ngp fit-image`` / ``train-sdf`` / ``train-nerf`` run directories. Needs matplotlib (a dependency of ngp) and
+safetensors.
 """
 
 from __future__ import annotations
@@ -51,19 +53,27 @@ def _table_params(run: Path) -> int:
     return shape[0] * shape[1]
 
 
-def _params_panel(ax, title: str, runs: str) -> None:
+def _label(run: Path) -> str:
+    """The run's ``encoding.otype``, with " + saliency pruning" for a NeRF run with ``nerf.saliency_prune``."""
     import yaml
 
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    pruned = (cfg.get("nerf") or {}).get("saliency_prune")
+    return cfg["encoding"]["otype"] + (" + saliency pruning" if pruned else "")
+
+
+def _params_panel(ax, title: str, runs: str) -> None:
     lines: dict[str, list[tuple[int, float]]] = {}
     for run in map(Path, runs.split(",")):
-        otype = yaml.safe_load((run / "config.yaml").read_text())["encoding"]["otype"]
-        psnr = json.loads((run / "summary.json").read_text())["metrics"]["psnr"]
-        lines.setdefault(otype, []).append((_table_params(run), psnr))
+        metrics = json.loads((run / "summary.json").read_text())["metrics"]
+        # a pruned run's mask counts too: the vertices it keeps
+        lines.setdefault(_label(run), []).append((_table_params(run) + metrics.get("saliency_params", 0),
+                                                  metrics["psnr"]))
     for otype, points in sorted(lines.items()):
         points.sort()
         ax.plot([p / 1e6 for p, _ in points], [q for _, q in points], "o-", label=otype)
     ax.set_title(title)
-    ax.set_xlabel("hash-table parameters (millions)")
+    ax.set_xlabel("hash-table (+ kept mask) parameters (millions)")
     ax.set_ylabel("held-out PSNR (dB)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -89,9 +99,9 @@ def main(argv: list[str]) -> int:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     for ax, (title, runs) in zip(axes[0], panels, strict=True):
         key = "psnr"
-        for run, label in zip(runs.split(","), ("HashGrid", "SimplexGrid"), strict=True):
-            t, y, key = _series(Path(run))
-            ax.plot(t, y, label=f"{label} (final {_final(Path(run))})")
+        for run in map(Path, runs.split(",")):
+            t, y, key = _series(run)
+            ax.plot(t, y, label=f"{_label(run)} (final {_final(run)})")
         ax.set_title(title)
         ax.set_xlabel("training time (s)")
         ax.set_ylabel("training-batch PSNR (dB)" if key == "psnr" else "training loss")

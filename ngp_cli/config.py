@@ -904,6 +904,10 @@ def resolve(cls: type, task: str, preset: str, sets: typing.Sequence[str] = (), 
     data.setdefault("task", task)
     if data["task"] != task:
         raise ConfigError(f"preset '{clip(preset)}' is for task {clipped_repr(data['task'])}, not '{task}'")
+    nerf = data.get("nerf")
+    if task != "nerf" and isinstance(nerf, dict) and nerf.get("saliency_prune"):
+        raise ConfigError(f"nerf.saliency_prune: saliency pruning prunes a NeRF's density volume, and the {task} task "
+                          "has none (use it with ngp train-nerf)")
     return build(cls, data)
 
 

@@ -546,12 +546,14 @@ class HashGridEncoding(nn.Module):
         self._const_cache[key] = c
         return c
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, params: Tensor | None = None) -> Tensor:
         """Encode points.
 
         Args:
             x: ``(N, D)`` float32 or float64 positions in ``[0, 1]^D`` (values outside wrap around like tcnn's
                 uint32 coordinates). Cast to the parameter dtype first, as tcnn casts to float.
+            params: the table to read instead of :attr:`params` (same shape and dtype; gradients flow to it), e.g.
+                a function of them (the saliency mask's clamped and masked values).
 
         Returns:
             ``(N, L * F)`` in the parameter dtype, level-major: ``out[:, l * F + f]``.
@@ -565,22 +567,25 @@ class HashGridEncoding(nn.Module):
             raise ValueError(f"HashGridEncoding expects floating-point x, got {x.dtype}")
         if self.params.dtype not in (torch.float32, torch.float64):
             raise ValueError(f"HashGridEncoding params must be float32 or float64, got {self.params.dtype}")
+        table = self.params if params is None else params
+        if table.shape != self.params.shape or table.dtype != self.params.dtype:
+            raise ValueError(f"HashGridEncoding params override must be {tuple(self.params.shape)} "
+                             f"{self.params.dtype}, got {tuple(table.shape)} {table.dtype}")
         target = getattr(self, "kernel_target", None)
         if target is not None:
             from ngp_cli.cuda.hashgrid import encode
 
-            params = self.params
             if getattr(self, "kernel_dtype", None) is not None:
-                params = params.to(self.kernel_dtype)
-            return encode(x, params, self.levels, self.interpolation, target)
-        return self._reference(x)
+                table = table.to(self.kernel_dtype)
+            return encode(x, table, self.levels, self.interpolation, target)
+        return self._reference(x, table)
 
-    def _reference(self, x: Tensor) -> Tensor:
-        """The PyTorch implementation of :meth:`forward` (``kernel_target`` None)."""
-        if not torch.is_grad_enabled() or not (x.requires_grad or self.params.requires_grad):
+    def _reference(self, x: Tensor, params: Tensor) -> Tensor:
+        """The PyTorch implementation of :meth:`forward` (``kernel_target`` None) on the table ``params``."""
+        if not torch.is_grad_enabled() or not (x.requires_grad or params.requires_grad):
             # Inference: skip autograd and keep nothing for a backward that will not come.
-            return _encode(self, x, self.params.detach(), False, False)[0]
-        return _HashGridFunction.apply(x, self.params, self)
+            return _encode(self, x, params.detach(), False, False)[0]
+        return _HashGridFunction.apply(x, params, self)
 
 
 def simplex_encode(x: Tensor, params: Tensor, levels: GridLevels) -> Tensor:
@@ -659,11 +664,11 @@ class SimplexGridEncoding(HashGridEncoding):
                          lattice="simplex")
         self.interpolation = "Simplex"
 
-    def _reference(self, x: Tensor) -> Tensor:
-        if not torch.is_grad_enabled() or not (x.requires_grad or self.params.requires_grad):
+    def _reference(self, x: Tensor, params: Tensor) -> Tensor:
+        if not torch.is_grad_enabled() or not (x.requires_grad or params.requires_grad):
             with torch.no_grad():
-                return simplex_encode(x, self.params, self.levels)
-        return simplex_encode(x, self.params, self.levels)
+                return simplex_encode(x, params, self.levels)
+        return simplex_encode(x, params, self.levels)
 
 
 class FrequencyEncoding(nn.Module):

@@ -179,7 +179,8 @@ class NerfTask(Task):
         from ngp_cli.tasks.nerf.evaluate import final_evaluation
 
         metrics, artifacts = final_evaluation(problem, run, state.step)
-        return {**metrics, "occupied_fraction": problem.occupied_fraction()}, artifacts
+        counts = problem.parameter_counts() if hasattr(problem, "parameter_counts") else {}
+        return {**metrics, "occupied_fraction": problem.occupied_fraction(), **counts}, artifacts
 
     def benchmark_renders(self, run_path: Path, backend: str, which: list[str], baked: Path | None = None):
         """The render benchmarks of a NeRF run for ``ngp bench --run RUN``

@@ -54,6 +54,24 @@ class NerfSection:
     eval_chunk_rays: int = opt(1 << 17, "rays rendered together for evaluation and renders (at most 2^24; at least "
                                         "2^17 are used, see docs/nerf.md: a round's network batch is at most this "
                                         "many samples)", ge=256, le=1 << 24)
+    saliency_prune: bool = opt(False, "HollowNeRF: a coarse saliency mask multiplies the hash features and the "
+                                      "density, trained jointly and pruned by ADMM to saliency_target of its "
+                                      "vertices; samples where it is zero skip their table lookups (docs/nerf.md)")
+    saliency_target: float = opt(0.2, "fraction of the mask's vertices kept non-zero by the pruner, in (0, 1]",
+                                 gt=0.0, le=1.0)
+    saliency_resolution: int = opt(64, "vertices per axis of the saliency mask over the scene box", ge=4, le=256)
+    saliency_rho: float = opt(1.0e-6, "ADMM penalty weight rho of rho/2 |m - z + u|^2, added to the loss", gt=0.0,
+                              le=1.0e6)
+    saliency_start: int = opt(256, "step at which the ADMM phase starts (the mask trains freely before it)", ge=0,
+                              le=10**9)
+    saliency_admm_interval: int = opt(16, "steps between ADMM's z and dual updates", ge=1, le=10**6)
+    saliency_prune_step: int = opt(3000, "step at which the mask is pruned to its kept vertices for good (the "
+                                         "ADMM phase ends); must come after saliency_start", ge=1, le=10**9)
+
+    def __post_init__(self) -> None:
+        if self.saliency_prune and self.saliency_prune_step <= self.saliency_start:
+            raise ConfigError(f"nerf.saliency_prune_step ({self.saliency_prune_step}) must come after "
+                              f"nerf.saliency_start ({self.saliency_start})")
 
 
 @dataclass
@@ -64,6 +82,11 @@ class NerfConfig(RunConfig):
     nerf: NerfSection = section(NerfSection, "NeRF task settings")
     dir_encoding: EncodingConfig = section(EncodingConfig, "view-direction encoding (SphericalHarmonics)")
     rgb_network: NetworkConfig = section(NetworkConfig, "colour MLP")
+
+    def __post_init__(self) -> None:
+        if self.nerf.saliency_prune and self.distributed.partition > 1:
+            raise ConfigError(f"nerf.saliency_prune with distributed.partition={self.distributed.partition}: the "
+                              "saliency mask covers the whole scene box; prune unpartitioned runs")
 
 
 def cone_angle(cfg: NerfConfig, aabb_scale: int) -> float:

@@ -78,6 +78,8 @@ class NerfProblem:
         self.cone_angle = cone_angle(cfg, aabb_scale)
         self.eval_set: NerfDataset | bool | None = None  # False: the dataset has no held-out views
         self._last: dict[str, torch.Tensor] = {}
+        self._admm_active = False  # whether this step's loss carries the ADMM term (nerf.saliency_prune)
+        self._saliency_pruned: bool | None = None  # host copy of the mask's ``pruned`` flag, read once
 
     def build_model(self, cfg: NerfConfig, aabb_scale: int, kernel_target: str | None) -> torch.nn.Module:
         """The model trained: :class:`NerfNetwork` initialised from the run seed."""
@@ -127,12 +129,53 @@ class NerfProblem:
     def before_step(self, step: int, generator: torch.Generator) -> None:
         if step % self.cfg.nerf.grid_update_interval == 0:
             self._update_grid(self.model.grid, self.model.density, step, generator)
+        if self._mask is not None:
+            self._saliency_schedule(step)
+
+    @property
+    def _mask(self):
+        """The model's saliency mask (None: no pruning, or a partitioned model, which has none)."""
+        return getattr(self.model, "saliency", None)
+
+    def _saliency_schedule(self, step: int) -> None:
+        """HollowNeRF's pruning schedule (:mod:`ngp_cli.tasks.nerf.saliency`) before step ``step``: project the mask
+        into [0, 1] and its support; from ``nerf.saliency_start``, ADMM's z and dual updates every
+        ``nerf.saliency_admm_interval`` steps and the penalty in the loss; at ``nerf.saliency_prune_step``, the hard
+        prune (once; a resumed run knows from the checkpoint's ``pruned`` flag)."""
+        nc = self.cfg.nerf
+        mask = self._mask
+        if self._saliency_pruned is None:
+            self._saliency_pruned = bool(mask.pruned)
+        mask.project()
+        self._admm_active = False
+        if step >= nc.saliency_prune_step:
+            if not self._saliency_pruned:
+                mask.prune()
+                self._saliency_pruned = True
+        elif step >= nc.saliency_start:
+            if (step - nc.saliency_start) % nc.saliency_admm_interval == 0:
+                mask.admm_update()
+            self._admm_active = True
 
     def _update_grid(self, grid: OccupancyGrid, density: Callable[[torch.Tensor], torch.Tensor], step: int,
                      generator: torch.Generator) -> None:
         nc = self.cfg.nerf
         grid.update(density, generator, all_cells=step < nc.grid_warmup_steps, decay=nc.grid_decay,
                     threshold=nc.grid_threshold, kernel_target=self.kernel_target)
+
+    def parameter_counts(self) -> dict:
+        """For the summary: ``table_params``, the hash tables' parameters (L·F per entry, every level), and with a
+        saliency mask ``saliency_kept`` (the fraction of its R³ vertices non-zero) and ``saliency_params`` (those
+        vertices: what a pruned mask stores besides its R³-bit support). Nothing for a model without one grid
+        (a spatially partitioned one)."""
+        if not isinstance(self.model, NerfNetwork):
+            return {}
+        counts = {"table_params": self.model.encoding.levels.n_params}
+        mask = self._mask
+        if mask is not None:
+            kept = mask.kept_fraction()
+            counts |= {"saliency_kept": kept, "saliency_params": round(kept * mask.n_vertices)}
+        return counts
 
     def occupied_fraction(self) -> float:
         """Fraction of the occupancy grid's cells occupied (over all cascades)."""
@@ -167,7 +210,11 @@ class NerfProblem:
                              kernel_target=self.kernel_target)
         sigma, rgb = self.model(samples.positions, rays.directions[samples.ray_index])
         pred, opacity = composite(sigma, rgb, samples.dts, samples.offsets, self.kernel_target)
-        return self._loss(rays, pred, opacity, samples.ray_ok, samples.requested, n_active, batch_size, loss_fn)
+        loss, mse = self._loss(rays, pred, opacity, samples.ray_ok, samples.requested, n_active, batch_size, loss_fn)
+        if self._admm_active:  # the m-step of ADMM is this step: the augmented-Lagrangian term joins the gradient
+            penalty = self.model.saliency.penalty(self.cfg.nerf.saliency_rho)
+            loss = loss + (penalty - penalty.detach())  # (the value logged stays the photometric loss)
+        return loss, mse
 
     def _loss(self, rays: _Rays, pred: torch.Tensor, opacity: torch.Tensor, ray_ok: torch.Tensor,
               requested: torch.Tensor, n_active: torch.Tensor, batch_size: int,
@@ -194,7 +241,11 @@ class NerfProblem:
         host's draw resized from the device's adapted ray count."""
         wanted, rays, samples = torch.stack([self.model.n_rays, self._last["rays"], self._last["samples"]]).tolist()
         self.rays_drawn = _rays_to_draw(wanted)
-        return {"rays_per_batch": rays, "samples_per_batch": samples}
+        extra = {}
+        if self._mask is not None:  # the share of the mask's vertices kept, and of the last batch's samples encoded
+            salient, queried = self.model.last_salient
+            extra = {"saliency_kept": self._mask.kept_fraction(), "salient_samples": salient / max(queried, 1)}
+        return {"rays_per_batch": rays, "samples_per_batch": samples, **extra}
 
     def host_state(self) -> dict:
         return {"rays_drawn": self.rays_drawn}

@@ -10,10 +10,13 @@ from torch import Tensor, nn
 
 from ngp_cli.nn.mlp import FullyFusedMLP
 from ngp_cli.nn.model import KernelTargetMixin, build_encoding
+from ngp_cli.tasks.nerf.saliency import SaliencyMask
 from ngp_cli.volrend.grid import OccupancyGrid, aabb_bounds
 
 # exp of the log-density is clamped here (torch-ngp's trunc_exp idea) so an early large activation cannot overflow.
 _MAX_LOG_DENSITY = 15.0
+# The compacted samples of a saliency-pruned model are padded to a multiple of this many rows.
+_ROWS = 256
 
 
 class NerfNetwork(KernelTargetMixin, nn.Module):
@@ -29,6 +32,11 @@ class NerfNetwork(KernelTargetMixin, nn.Module):
     * ``rgb_network``: the 16 density outputs (instant-ngp feeds all of them, log-density included) + the SH →
       ``rgb_network`` MLP → 3 outputs with its output activation (Sigmoid).
     * ``grid``: :class:`~ngp_cli.volrend.grid.OccupancyGrid`.
+    * ``saliency``: with ``nerf.saliency_prune``, HollowNeRF's mask :class:`~ngp_cli.tasks.nerf.saliency.SaliencyMask`
+      ``s(x)`` in [0, 1] (else None). It multiplies the hash features (the density network sees ``s(x) · enc(x)``)
+      and the density (σ = ``s(x) · exp(output 0)``, so the field stays continuous where ``s`` reaches 0 and a pruned
+      point is empty space). Samples with ``s(x) = 0`` are not encoded at all (:meth:`forward_encoded` and
+      :meth:`density` compact the others; σ = 0, rgb = 0 there): no table lookups, no table gradients.
 
     ``kernel_target`` ("cpu"/"cuda"/None) selects the kernels of ngp_cli/cuda for the grid encoding, the MLPs, ray
     marching and compositing, or the torch references.
@@ -55,21 +63,66 @@ class NerfNetwork(KernelTargetMixin, nn.Module):
                                          n_hidden_layers=rgb.n_hidden_layers, activation=rgb.activation,
                                          output_activation=rgb.output_activation, generator=generator)
         self.grid = OccupancyGrid(self.aabb_scale)
+        nc = getattr(cfg, "nerf", None)
+        self.saliency = (SaliencyMask(nc.saliency_resolution, nc.saliency_target)
+                         if nc is not None and nc.saliency_prune else None)
+        self.last_salient = (0, 0)  # (samples with s > 0, samples) of the last masked query
         self.kernel_target = kernel_target
 
-    _kernel_modules = ("encoding", "density_network", "rgb_network")
+    _kernel_modules = ("encoding", "density_network", "rgb_network", "saliency")
+
+    def _unit(self, positions: Tensor) -> Tensor:
+        return ((positions - self.aabb_lo) / self.aabb_size).clamp(0.0, 1.0)
+
+    def _encoded(self, x: Tensor, s: Tensor | None) -> Tensor:
+        """The density network's (N, 16) outputs at unit-cube points ``x``, the features scaled by ``s`` (N,)."""
+        h = self.encoding(x)
+        if s is not None:
+            h = h * s.unsqueeze(1).to(h.dtype)
+        return self.density_network(h)
 
     def _features(self, positions: Tensor) -> Tensor:
-        x = ((positions - self.aabb_lo) / self.aabb_size).clamp(0.0, 1.0)
-        return self.density_network(self.encoding(x))
+        """The density network's (N, 16) outputs at (N, 3) positions (every point encoded, the mask applied)."""
+        x = self._unit(positions)
+        return self._encoded(x, None if self.saliency is None else self.saliency(x))
 
     @staticmethod
-    def _sigma(h: Tensor) -> Tensor:
-        return torch.exp(h[:, 0].float().clamp(max=_MAX_LOG_DENSITY))
+    def _sigma(h: Tensor, s: Tensor | None = None) -> Tensor:
+        sigma = torch.exp(h[:, 0].float().clamp(max=_MAX_LOG_DENSITY))
+        return sigma if s is None else sigma * s
+
+    def _salient(self, positions: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+        """``(x, s, rows, gather)``: the unit-cube points to encode, their saliency (None without a mask) and, when
+        some samples have ``s = 0``, the (M,) int64 rows of the others and the rows encoded, ``gather`` (None, None:
+        every row). ``gather`` holds ``rows`` first, then as many rows of ``s = 0`` (their ``s`` kept at 0) as round
+        the count up to a multiple of :data:`_ROWS` (at least one row, so that the outputs still depend on the
+        parameters); ``x`` and ``s`` are those rows'."""
+        x = self._unit(positions)
+        if self.saliency is None:
+            return x, None, None, None
+        s = self.saliency(x)
+        rows = torch.nonzero(s > 0).squeeze(1)  # (on a GPU this reads the count back: the compaction needs it)
+        n, m = s.numel(), rows.numel()
+        self.last_salient = (m, n)
+        if m == n:
+            return x, s, None, None
+        # Rounded up to a multiple of _ROWS with rows of s = 0 (their outputs are 0, their gradients too): the MLPs'
+        # matrix products run markedly slower on row counts that are not (measured on the cpu backend).
+        padded = min(-(-max(m, 1) // _ROWS) * _ROWS, n)
+        gather = torch.cat([rows, torch.nonzero(s == 0).squeeze(1)[: padded - m]])
+        return x[gather], torch.where(torch.arange(padded, device=s.device) < m, s[gather], 0.0), rows, gather
+
+    @staticmethod
+    def _scatter(values: Tensor, rows: Tensor | None, n: int) -> Tensor:
+        """Rows ``rows`` of (N, ...) zeros set to the first ``len(rows)`` of ``values`` (the padding dropped)."""
+        if rows is None:
+            return values
+        return values.new_zeros((n, *values.shape[1:])).index_copy(0, rows, values[: rows.numel()])
 
     def density(self, positions: Tensor) -> Tensor:
         """σ (N,) at (N, 3) positions (for the occupancy-grid update and mesh extraction)."""
-        return self._sigma(self._features(positions))
+        x, s, rows, _ = self._salient(positions)
+        return self._scatter(self._sigma(self._encoded(x, s), s), rows, positions.shape[0])
 
     def encode_directions(self, directions: Tensor) -> Tensor:
         """The colour network's direction input: (N, 3) unit directions → (N, C) float32 (the spherical harmonics
@@ -79,15 +132,25 @@ class NerfNetwork(KernelTargetMixin, nn.Module):
 
     def forward_encoded(self, positions: Tensor, encoded_directions: Tensor) -> tuple[Tensor, Tensor]:
         """:meth:`forward` with the directions already encoded by :meth:`encode_directions` ((N, C) float32)."""
-        h = self._features(positions)
-        rgb = self.rgb_network(torch.cat([h.float(), encoded_directions], dim=-1))
-        return self._sigma(h), rgb.float()
+        x, s, rows, gather = self._salient(positions)
+        if gather is not None:
+            encoded_directions = encoded_directions[gather]
+        h = self._encoded(x, s)
+        rgb = self.rgb_network(torch.cat([h.float(), encoded_directions], dim=-1)).float()
+        if s is not None:  # 0 only on padding rows
+            rgb = rgb * (s > 0).unsqueeze(1)
+        n = positions.shape[0]
+        return self._scatter(self._sigma(h, s), rows, n), self._scatter(rgb, rows, n)
 
     def forward(self, positions: Tensor, directions: Tensor) -> tuple[Tensor, Tensor]:
         return self.forward_encoded(positions, self.encode_directions(directions))
 
     def param_groups(self, l2_reg: float) -> list[dict]:
-        """Optimizer groups: the grid tables (no L2, sparse Adam) and the MLPs (L2 ``l2_reg``), as in the paper §4."""
+        """Optimizer groups: the grid tables (no L2, sparse Adam) and the MLPs (L2 ``l2_reg``), as in the paper §4;
+        the saliency mask's values (no L2, dense Adam: the ADMM term moves every vertex) when there is one."""
         nets = list(self.density_network.parameters()) + list(self.rgb_network.parameters())
-        return [{"params": list(self.encoding.parameters()), "weight_decay": 0.0, "name": "encoding"},
-                {"params": nets, "weight_decay": l2_reg, "name": "network"}]
+        groups = [{"params": list(self.encoding.parameters()), "weight_decay": 0.0, "name": "encoding"},
+                  {"params": nets, "weight_decay": l2_reg, "name": "network"}]
+        if self.saliency is not None:
+            groups.append({"params": list(self.saliency.parameters()), "weight_decay": 0.0, "name": "saliency"})
+        return groups
