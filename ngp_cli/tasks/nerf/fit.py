@@ -79,7 +79,6 @@ class NerfProblem:
         self.eval_set: NerfDataset | bool | None = None  # False: the dataset has no held-out views
         self._last: dict[str, torch.Tensor] = {}
         self._admm_active = False  # whether this step's loss carries the ADMM term (nerf.saliency_prune)
-        self._saliency_pruned: bool | None = None  # host copy of the mask's ``pruned`` flag, read once
 
     def build_model(self, cfg: NerfConfig, aabb_scale: int, kernel_target: str | None) -> torch.nn.Module:
         """The model trained: :class:`NerfNetwork` initialised from the run seed."""
@@ -141,18 +140,18 @@ class NerfProblem:
         """HollowNeRF's pruning schedule (:mod:`ngp_cli.tasks.nerf.saliency`) before step ``step``: project the mask
         into [0, 1] and its support; from ``nerf.saliency_start``, ADMM's z and dual updates every
         ``nerf.saliency_admm_interval`` steps and the penalty in the loss; at ``nerf.saliency_prune_step``, the hard
-        prune (once; a resumed run knows from the checkpoint's ``pruned`` flag)."""
+        prune (once; a resumed run knows from the checkpoint's ``pruned`` flag). Once pruned, the mask is a constant
+        and nothing here runs."""
         nc = self.cfg.nerf
         mask = self._mask
-        if self._saliency_pruned is None:
-            self._saliency_pruned = bool(mask.pruned)
-        mask.project()
         self._admm_active = False
+        if mask.is_pruned():
+            return
         if step >= nc.saliency_prune_step:
-            if not self._saliency_pruned:
-                mask.prune()
-                self._saliency_pruned = True
-        elif step >= nc.saliency_start:
+            mask.prune()
+            return
+        mask.project()
+        if step >= nc.saliency_start:
             if (step - nc.saliency_start) % nc.saliency_admm_interval == 0:
                 mask.admm_update()
             self._admm_active = True

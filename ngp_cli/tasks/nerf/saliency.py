@@ -104,12 +104,12 @@ class SaliencyMask(KernelTargetMixin, nn.Module):
         """The mask as the field sees it, (n_entries,) float32: until :meth:`prune`, ``m`` clamped to [0, 1] and zero
         outside the support; after it, the support itself (1 on the kept vertices, 0 elsewhere), a constant: ``m``
         gets no gradient any more, and the optimizer leaves it alone."""
-        if self._is_binary():
+        if self.is_pruned():
             return self.support.float()
         return self.values().clamp(0.0, 1.0) * self.support
 
-    def _is_binary(self) -> bool:
-        """Whether :meth:`prune` has run (the ``pruned`` buffer, read once after each load)."""
+    def is_pruned(self) -> bool:
+        """Whether :meth:`prune` has run: the ``pruned`` buffer, read from the device once after each load."""
         if self._binary is None:
             self._binary = bool(self.pruned)
         return self._binary
