@@ -25,6 +25,7 @@ from ngp_cli.capture.command import register as register_process_data
 from ngp_cli.commands import BACKENDS, choices, plain_choice
 from ngp_cli.console import emit, error_line, is_quiet, set_quiet, warn
 from ngp_cli.errors import EXIT_DISTRIBUTED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, NGP_EXIT_CODES, NgpError
+from ngp_cli.launch import leave_after_distributed_failure, under_launcher
 from ngp_cli.run_commands import add_run_commands
 
 #: The longest error line ngp prints: the values quoted in messages are cut at 200 characters where they are made
@@ -60,6 +61,8 @@ def _fail(exit_code: int, kind: str, message: str) -> None:
     message = one_line(message, MAX_ERROR_LINE - len(prefix))
     error_line(prefix + message)
     emit("error", exit_code=exit_code, kind=kind, message=message)
+    if exit_code == EXIT_DISTRIBUTED and under_launcher():
+        leave_after_distributed_failure(exit_code)
     sys.exit(exit_code)
 
 

@@ -9,12 +9,18 @@ import os
 
 from ngp_cli.errors import NGP_EXIT_CODES, DistributedError
 
-__all__ = ["COMMAND_LINE", "launch", "strip_option", "under_launcher"]
+__all__ = ["COMMAND_LINE", "PEER_GRACE_S", "launch", "leave_after_distributed_failure", "strip_option", "under_launcher"]
 
 #: The arguments of this ``ngp`` invocation (set by :func:`ngp_cli.cli.main`), which :func:`launch` hands to the
 #: processes it starts.
 COMMAND_LINE: list[str] = []
 
+#: The agent's monitor interval (seconds): how often it looks for a finished process.
+MONITOR_INTERVAL_S = 0.2
+
+#: How long a process whose collective failed waits before it exits (:func:`leave_after_distributed_failure`): ten
+#: monitor intervals, so the agent sees the process that failed first (and stops this one) before it sees this one.
+PEER_GRACE_S = 10 * MONITOR_INTERVAL_S
 
 
 def under_launcher() -> bool:
@@ -37,6 +43,24 @@ def strip_option(args: list[str], name: str) -> list[str]:
             continue
         out.append(a)
     return out
+
+
+def leave_after_distributed_failure(code: int) -> None:
+    """End one of ``--nproc``'s processes after its collective failed (it has printed its one line): wait
+    :data:`PEER_GRACE_S`, then exit with ``code`` at once.
+
+    The wait: the agent reports one failure, the first it finds, and when the process that died (killed, say) and
+    the one that noticed it have both ended by its next look, it names the lower rank, often the one that only
+    noticed. Waiting lets it find the real one first (it then stops this process). The immediate exit: tearing down
+    torch's process-group threads after a failed collective can abort (``terminate called``, signal 6), which would
+    hide this process's documented exit code."""
+    import sys
+    import time
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    time.sleep(PEER_GRACE_S)
+    os._exit(code)
 
 
 def relaunched(nproc: int) -> bool:
@@ -74,7 +98,7 @@ def launch(nproc: int, args: list[str]) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
 
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
-                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.2,
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=MONITOR_INTERVAL_S,
                           start_method="spawn", shutdown_timeout=120)
     try:
         elastic_launch(config, sys.executable)("-m", "ngp_cli", *args)
