@@ -20,10 +20,12 @@ backend's, its MLP training never slower), measured in the same run. ``simplex_f
 SimplexGrid's per backend, dimension and batch (> 1: the simplex is faster).
 
 With ``--run RUN`` (a trained NeRF run) the bench also renders one held-out view of it per backend
-(:mod:`ngp_cli.tasks.nerf.bench`): ``render_network`` (the inference path of eval and render),
+(:mod:`ngp_cli.tasks.nerf.bench`): ``render_network`` (the inference path, as eval renders a view),
+``render_frame`` (the same path as ``ngp render`` renders a frame, at the run's ``nerf.render_min_transmittance``),
 ``render_network_legacy`` (the schedule before it) and, with ``--baked FILE``, ``render_baked``. Their batch is the
 view's pixel count, so ns per element reads as milliseconds per megapixel, and the ratios add, per backend,
-``render_network`` (legacy time / network time) and ``render_baked`` (network time / baked time).
+``render_network`` (legacy time / network time), ``render_frame`` (network time / frame time) and ``render_baked``
+(network time / baked time).
 
 torch is imported inside the functions, so the CLI reads :data:`BENCHMARKS` for ``ngp bench --help`` without it.
 """
@@ -47,18 +49,20 @@ if TYPE_CHECKING:
     from ngp_cli.nn.backend import Backend
 
 BENCHMARKS = ("encoding_forward", "encoding_forward_backward", "simplex_forward", "simplex_forward_backward",
-              "mlp_inference", "mlp_training", "train_step", "render_network", "render_network_legacy", "render_baked")
+              "mlp_inference", "mlp_training", "train_step", "render_network", "render_frame", "render_network_legacy",
+              "render_baked")
 #: The grid encodings measured: benchmark-name prefix -> encoding class name (ngp_cli.nn.encodings), at the same
 #: L, F, T and level scales; "simplex" is the SimplexGrid (D + 1 vertices per level instead of 2^D).
 ENCODINGS = {"encoding": "HashGridEncoding", "simplex": "SimplexGridEncoding"}
 #: Measured on a trained run (``--run RUN``, ``--baked FILE``): one view's render time, batch = its pixels.
-RENDER_BENCHMARKS = ("render_network", "render_network_legacy", "render_baked")
+RENDER_BENCHMARKS = ("render_network", "render_frame", "render_network_legacy", "render_baked")
 RATIO_BENCHMARKS = ("mlp_training", "train_step")  # compared between the cpu and the torch backend
 #: SimplexGrid against HashGrid per backend, dims and batch, in the same run: (ratio name, hash grid, simplex).
 ENCODING_RATIOS = (("simplex_forward", "encoding_forward", "simplex_forward"),
                    ("simplex_forward_backward", "encoding_forward_backward", "simplex_forward_backward"))
 #: Render speed-ups per backend, in the same run: (name, slower benchmark, faster benchmark).
 RENDER_RATIOS = (("render_network", "render_network_legacy", "render_network"),
+                 ("render_frame", "render_network", "render_frame"),
                  ("render_baked", "render_network", "render_baked"))
 GRID = dict(n_levels=16, n_features_per_level=2, log2_hashmap_size=19, base_resolution=16)
 PER_LEVEL_SCALE = {2: 2.0, 3: math.exp(math.log(2048 / 16) / 15)}

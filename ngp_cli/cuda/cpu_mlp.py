@@ -128,10 +128,12 @@ def _torch_mlp(x: Tensor, weights: Sequence[Tensor], activation: str, output_act
     return h
 
 
-def cpu_mlp(x: Tensor, weights: Sequence[Tensor], activation: str = "ReLU", output_activation: str = "None",
-            dtype: torch.dtype | None = None, path: str | None = None) -> Tensor:
+def cpu_mlp(x: Tensor | Sequence[Tensor], weights: Sequence[Tensor], activation: str = "ReLU",
+            output_activation: str = "None", dtype: torch.dtype | None = None, path: str | None = None) -> Tensor:
     """The MLP on the CPU: ``x`` (N, n_in) through ``weights`` (``(out, in)`` float32 matrices) to (N, n_out) in the
-    last weight's dtype, differentiable in ``x`` and the weights.
+    last weight's dtype, differentiable in ``x`` and the weights. ``x`` may also be a sequence of (N, n_i) column
+    blocks whose widths sum to n_in, the input being their concatenation (without autograd the blocks are written
+    straight into the first layer's input buffer, :func:`inference_mlp`).
 
     Runs ``path`` (one of :data:`PATHS`), else :class:`CPUMLPFunction` in ``dtype`` when given, else the path
     :func:`cpu_mlp_path` chose for this machine; the output activation is float32 torch autograd. Activations: those
@@ -143,9 +145,11 @@ def cpu_mlp(x: Tensor, weights: Sequence[Tensor], activation: str = "ReLU", outp
     """
     if path is None and dtype is None:
         path = cpu_mlp_path().path
+    if path is not None and path not in PATHS:
+        raise ValueError(f"cpu_mlp: path must be one of {', '.join(PATHS)}, got {path!r}")
+    if not isinstance(x, Tensor) and (path == "torch" or torch.is_grad_enabled()):
+        x = torch.cat(list(x), dim=1)
     if path is not None:
-        if path not in PATHS:
-            raise ValueError(f"cpu_mlp: path must be one of {', '.join(PATHS)}, got {path!r}")
         if path == "torch":
             return _torch_mlp(x, weights, activation, output_activation)
         dtype = _DTYPES[path]
@@ -181,10 +185,13 @@ def bucket_rows(n: int) -> int:
     return -(-n // grain) * grain
 
 
-def inference_mlp(x: Tensor, weights: Sequence[Tensor], activation: str, dtype: torch.dtype) -> Tensor:
+def inference_mlp(x: Tensor | Sequence[Tensor], weights: Sequence[Tensor], activation: str,
+                  dtype: torch.dtype) -> Tensor:
     """The forward pass of :class:`CPUMLPFunction` without autograd, for rendering: ``x`` (N, n_in) through the
     ``(out, in)`` weights in ``dtype`` matmuls (float32 accumulation), returning (N, n_out) float32 before the output
-    activation; the same values as ``CPUMLPFunction.apply`` (the same matmuls and rounding).
+    activation; the same values as ``CPUMLPFunction.apply`` (the same matmuls and rounding). ``x`` may be a sequence
+    of (N, n_i) column blocks, each converted into its columns of the ``dtype`` input buffer (a NeRF's colour
+    network takes the density network's output and the direction encoding: no float32 concatenation first).
 
     * The rows are padded to :func:`bucket_rows` (zeros, dropped from the output). oneDNN builds a matmul primitive
       for every new shape, and rendering's rounds have a new sample count each time: on a 2-core Xeon with AMX, a
@@ -197,10 +204,14 @@ def inference_mlp(x: Tensor, weights: Sequence[Tensor], activation: str, dtype: 
     if not _FUSED_RELU:
         _FUSED_RELU.append(_fused_relu_linear())
     fused = _FUSED_RELU[0] if activation == "ReLU" else None
-    n = x.shape[0]
+    blocks = [x] if isinstance(x, Tensor) else list(x)
+    n = blocks[0].shape[0]
     rows = bucket_rows(n)
-    h = torch.empty(rows, x.shape[1], dtype=dtype, device=x.device)
-    h[:n] = x.detach()
+    h = torch.empty(rows, sum(b.shape[1] for b in blocks), dtype=dtype, device=blocks[0].device)
+    col = 0
+    for b in blocks:
+        h[:n, col:col + b.shape[1]] = b.detach()
+        col += b.shape[1]
     h[n:] = 0
     wl = [w.detach().to(dtype) for w in weights]
     for w in wl[:-1]:

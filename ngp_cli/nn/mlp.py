@@ -10,6 +10,7 @@ initialisation, so parameters can be moved between backends.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -127,12 +128,26 @@ class FullyFusedMLP(nn.Module):
             f"output_activation={self.output_activation!r}"
         )
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``(N, n_input_dims)`` -> ``(N, n_output_dims)`` in the weights' dtype (inputs are cast to it).
+    def forward(self, x: Tensor | Sequence[Tensor]) -> Tensor:
+        """``(N, n_input_dims)`` -> ``(N, n_output_dims)`` in the weights' dtype (inputs are cast to it). ``x`` may
+        also be a sequence of (N, n_i) column blocks whose widths sum to ``n_input_dims``: the input is their
+        concatenation, which the cpu kernels' inference path never builds in float32 (each block is converted into
+        its columns of the MLP's own input buffer).
 
         Raises:
-            ValueError: ``x`` not of shape ``(N, n_input_dims)``.
+            ValueError: ``x`` not of shape ``(N, n_input_dims)``, or blocks of unequal rows or the wrong total width.
         """
+        if not isinstance(x, Tensor):
+            blocks = list(x)
+            if (not blocks or any(b.dim() != 2 or b.shape[0] != blocks[0].shape[0] for b in blocks)
+                    or sum(b.shape[1] for b in blocks) != self.n_input_dims):
+                raise ValueError(f"FullyFusedMLP expects column blocks (N, n_i) with n_i summing to "
+                                 f"{self.n_input_dims}, got {[tuple(b.shape) for b in blocks]}")
+            if self.kernel_target != "cpu" or "Sine" in (self.activation, self.output_activation):
+                return self.forward(torch.cat(blocks, dim=1))
+            from ngp_cli.cuda.fused_mlp import mlp_forward
+
+            return mlp_forward(blocks, list(self.weights), self.activation, self.output_activation, "cpu")
         if x.dim() != 2 or x.shape[1] != self.n_input_dims:
             raise ValueError(f"FullyFusedMLP expects x of shape (N, {self.n_input_dims}), got {tuple(x.shape)}")
         if self.kernel_target is not None and "Sine" not in (self.activation, self.output_activation):

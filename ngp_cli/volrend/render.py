@@ -71,7 +71,8 @@ def render_ray_maps(field: Field, origins: Tensor, directions: Tensor, occupancy
                     cone_angle: float, near_distance: float, background: Tensor | None,
                     maps: Iterable[str] = ("rgb",), chunk_rays: int = MIN_CHUNK_RAYS,
                     steps_per_round: tuple[int, int] | None = None, kernel_target: str | None = None,
-                    ray_features: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
+                    ray_features: Callable[[Tensor], Tensor] | None = None,
+                    min_transmittance: float = MIN_TRANSMITTANCE) -> dict[str, Tensor]:
     """Render rays for evaluation: march, query ``field(positions (S,3), directions (S,3)) -> (σ (S,), rgb (S,3))``,
     composite, and return the requested ``maps`` (a subset of :data:`RAY_MAPS`), each over the R rays:
 
@@ -89,7 +90,12 @@ def render_ray_maps(field: Field, origins: Tensor, directions: Tensor, occupancy
     the view direction, the same for every sample of a ray, so computed per ray instead of per sample).
 
     Rays are marched in rounds, each round resuming where the last stopped (same step lattice), and a ray stops once
-    its transmittance falls below 1e-4, so opaque surfaces hide what lies behind them from the network. As in
+    its transmittance falls below ``min_transmittance`` (default 1e-4, what instant-ngp's ``scripts/run.py`` sets to
+    score test views; its testbed renders frames at 0.01, ``render_min_transmittance``), so opaque surfaces hide what
+    lies behind them from the network. The test is made between rounds: the samples of the round in which a ray
+    crosses it are all composited (down to 1e-4 of the round's transmittance), so a higher threshold saves the
+    rounds after it, never the accuracy of the samples already computed. Colour left out is at most
+    ``min_transmittance`` per channel (times the brightest sample colour), the background's share taking its place. As in
     instant-ngp's inference marching (``NerfTracer::trace``: compaction of the live rays, then
     ``clamp(n_rays / n_alive, MIN_STEPS_INBETWEEN_COMPACTION, MAX_STEPS_INBETWEEN_COMPACTION)`` steps per ray), a round
     takes ``clamp(rays of the chunk // live rays, *steps_per_round)`` samples per live ray: few while most rays are
@@ -101,9 +107,12 @@ def render_ray_maps(field: Field, origins: Tensor, directions: Tensor, occupancy
     :func:`~ngp_cli.volrend.composite.composite` (the kernels or the torch reference) with the sample distances or
     normals in the place of the colours.
 
-    Raises ``ValueError`` for a map not in :data:`RAY_MAPS` or a bad ``steps_per_round``.
+    Raises ``ValueError`` for a map not in :data:`RAY_MAPS`, a bad ``steps_per_round`` or a ``min_transmittance``
+    outside [0, 1).
     """
     maps = tuple(maps)
+    if not 0.0 <= min_transmittance < 1.0:
+        raise ValueError(f"min_transmittance must be in [0, 1), got {min_transmittance}")
     if steps_per_round is None:
         steps_per_round = STEPS_PER_ROUND if kernel_target is not None else REFERENCE_STEPS_PER_ROUND
     lo_steps, hi_steps = steps_per_round
@@ -154,13 +163,15 @@ def render_ray_maps(field: Field, origins: Tensor, directions: Tensor, occupancy
                     value = composite(sigma, normals, samples.dts, samples.offsets, kernel_target)[0]
                 acc[:, cols].addcmul_(weight, value)
             acc[:, 0] *= 1.0 - opacity
-            counts = samples.offsets[1:] - samples.offsets[:-1]
-            going = (counts == steps) & (acc[:, 0] >= MIN_TRANSMITTANCE)
-            stopped = ~going
-            state[s + live[stopped]] = acc[stopped]
-            last = (samples.offsets[1:] - 1).clamp_min(0)[going]
-            t_start = samples.ts[last] + samples.dts[last]
-            live, o, d, acc = live[going], o[going], d[going], acc[going]
+            ends = samples.offsets[1:]
+            going = (ends - samples.offsets[:-1] == steps) & (acc[:, 0] >= min_transmittance)
+            # Row indices once, then index_select: each boolean-mask index would search the mask again.
+            kept = going.nonzero().squeeze(1)
+            done = (~going).nonzero().squeeze(1)
+            state.index_copy_(0, live.index_select(0, done).add_(s), acc.index_select(0, done))
+            last = ends.index_select(0, kept).sub_(1)
+            t_start = samples.ts.index_select(0, last).add_(samples.dts.index_select(0, last))
+            live, o, d, acc = (v.index_select(0, kept) for v in (live, o, d, acc))
     out: dict[str, Tensor] = {}
     transmittance = state[:, 0]
     for m, cols in columns.items():
@@ -175,9 +186,10 @@ def render_ray_maps(field: Field, origins: Tensor, directions: Tensor, occupancy
 def render_rays(field: Field, origins: Tensor, directions: Tensor, occupancy: Tensor, aabb_scale: int, *,
                 cone_angle: float, near_distance: float, background: Tensor | None, chunk_rays: int = MIN_CHUNK_RAYS,
                 steps_per_round: tuple[int, int] | None = None, kernel_target: str | None = None,
-                ray_features: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+                ray_features: Callable[[Tensor], Tensor] | None = None,
+                min_transmittance: float = MIN_TRANSMITTANCE) -> Tensor:
     """The colour of rays (R, 3) float32: :func:`render_ray_maps` with ``maps=("rgb",)``."""
     return render_ray_maps(field, origins, directions, occupancy, aabb_scale, cone_angle=cone_angle,
                            near_distance=near_distance, background=background, maps=("rgb",), chunk_rays=chunk_rays,
                            steps_per_round=steps_per_round, kernel_target=kernel_target,
-                           ray_features=ray_features)["rgb"]
+                           ray_features=ray_features, min_transmittance=min_transmittance)["rgb"]

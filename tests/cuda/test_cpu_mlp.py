@@ -72,6 +72,34 @@ def test_the_inference_forward_equals_the_autograd_forward(path, activation, n, 
     assert _rel(fast, trained) <= TOL[path][0]
 
 
+@pytest.mark.parametrize("path", cm.PATHS)
+@pytest.mark.parametrize("grad", [False, True])
+def test_column_blocks_are_the_concatenated_input(path, grad):
+    # A NeRF's colour network takes (density output, direction encoding) as two blocks: the result must be exactly
+    # that of their concatenation, on every path, with and without autograd (inference converts each block into its
+    # columns of the input buffer, elementwise as the whole input would be).
+    gen = torch.Generator().manual_seed(21)
+    mlp = FullyFusedMLP(32, 3, 64, 2, "ReLU", "Sigmoid", generator=gen, kernel_target="cpu")
+    a, b = torch.rand(777, 16, generator=gen) - 0.5, torch.rand(777, 16, generator=gen) - 0.5
+    with torch.set_grad_enabled(grad):
+        whole = cm.cpu_mlp(torch.cat([a, b], 1), list(mlp.weights), "ReLU", "Sigmoid", path=path)
+        blocks = cm.cpu_mlp((a, b), list(mlp.weights), "ReLU", "Sigmoid", path=path)
+        swapped = cm.cpu_mlp((b, a), list(mlp.weights), "ReLU", "Sigmoid", path=path)
+    assert blocks.shape == (777, 3) and blocks.requires_grad == grad
+    assert torch.equal(blocks.detach(), whole.detach())
+    assert float((swapped - whole).detach().abs().max()) > 1e-3  # the column order matters: the test can tell
+
+
+def test_mlp_module_checks_and_concatenates_column_blocks():
+    mlp = FullyFusedMLP(32, 3, 64, 2, generator=torch.Generator().manual_seed(2), kernel_target="cpu")
+    x = torch.rand(5, 16, generator=torch.Generator().manual_seed(3))
+    for bad in ((x, x[:4]), (x,), (x, x, x), ()):
+        with pytest.raises(ValueError, match="column blocks"):
+            mlp(bad)
+    with torch.no_grad():
+        assert torch.equal(mlp((x, 1 - x)), mlp(torch.cat([x, 1 - x], 1)))
+
+
 def test_inference_rows_are_padded_to_few_sizes():
     sizes = {cm.bucket_rows(n) for n in range(1, 300_000, 37)}
     for n in (1, 1023, 1024, 1025, 8191, 8193, 30_001, 131_072, 131_073, 2_000_003):

@@ -103,6 +103,44 @@ def test_per_ray_features_give_the_per_sample_result(kernel_target, request):
         torch.testing.assert_close(out[key], ref[key], atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("kernel_target", [None, "cpu"])
+def test_min_transmittance_stops_rays_sooner_within_its_bound(kernel_target, request):
+    """A higher ``min_transmittance`` (instant-ngp's 0.01 for rendered frames) must query fewer samples and change a
+    pixel by at most that transmittance times its colour's distance from the background; 0 marches every ray out of
+    the box. Soft walls of varied colour, so that rays cross the threshold in the middle of rounds."""
+    if kernel_target == "cpu":
+        request.getfixturevalue("host_cxx")
+    origins, directions = _rays_towards_plus_x(64, tilt=0.5)
+    occupancy = torch.ones(GRID_CELLS, dtype=torch.uint8)
+    wall = _plane_field(x0=0.4, width=0.05, peak=30.0)
+    rows = []
+
+    def field(p, d):
+        rows.append(p.shape[0])
+        return wall(p, d)[0], torch.sigmoid(torch.cat([4.0 * p[:, 1:], d[:, :1]], dim=1))
+
+    background = torch.tensor([0.1, 0.9, 0.3])
+    kwargs = dict(cone_angle=0.0, near_distance=0.0, background=background, maps=("rgb", "opacity"),
+                  steps_per_round=(1, 8), kernel_target=kernel_target)
+    out = {}
+    for t in (0.0, 1e-4, 0.05):
+        rows.clear()
+        out[t] = (render_ray_maps(field, origins, directions, occupancy, 1, min_transmittance=t, **kwargs),
+                  sum(rows))
+    ref, n_ref = out[1e-4]
+    assert ref["opacity"].min() > 0.99  # every ray ends in the wall
+    assert out[0.0][1] > n_ref > out[0.05][1]  # fewer samples as the threshold rises
+    for t, (maps, _) in out.items():
+        left = ref["opacity"] - maps["opacity"]  # the transmittance given up, ≤ t (both stop within a round)
+        assert float(left.abs().max()) <= max(t, 1e-4) + 1e-6, t
+        bound = max(t, 1e-4) * float((1 - background).abs().max().clamp_min(background.max())) + 1e-6
+        assert float((maps["rgb"] - ref["rgb"]).abs().max()) <= bound, t
+    assert float((out[0.05][0]["rgb"] - ref["rgb"]).abs().max()) > 1e-4  # the difference is there to be seen
+    for bad in (1.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="min_transmittance"):
+            render_ray_maps(field, origins, directions, occupancy, 1, min_transmittance=bad, **kwargs)
+
+
 def test_view_maps_are_in_world_units():
     from ngp_cli.tasks.nerf.views import render_view_map
 
@@ -255,17 +293,25 @@ def test_one_keyframe_paths_reproduce_the_eval_view(nerf_run, nerf_scene, ngp, t
     want = _eval_view_pixels(nerf_run, 1)
     for kind, doc in paths.items():
         (tmp_path / f"{kind}.json").write_text(json.dumps(doc))
+        # Rays stopped at eval's transmittance (1e-4): what ngp eval scores, pixel for pixel.
         res = ngp("render", nerf_run, "--camera-path", tmp_path / f"{kind}.json", "--out", tmp_path / kind,
-                  "--backend", "torch")
+                  "--backend", "torch", "--min-transmittance", "1e-4")
         assert res.exit_code == 0, res.stderr
         m = res.last("done")["metrics"]
-        assert (m["frames"], m["width"], m["height"], m["path_format"]) == (1, 16, 16, kind)
+        assert (m["frames"], m["width"], m["height"], m["path_format"], m["min_transmittance"]) == \
+            (1, 16, 16, kind, 1e-4)
         got = read_image(tmp_path / kind / "frame_00000.png")
         diff = np.abs(got.astype(int) - want.astype(int))
         if kind == "instant-ngp":  # a quaternion round trip: rays equal to float32 rounding
             assert diff.max() <= 1 and (diff > 0).mean() < 0.02, (kind, diff.max())
         else:  # the very same rays: the very same pixels
             assert diff.max() == 0, (kind, diff.max())
+    # By default frames stop at instant-ngp's 0.01: at most 1 % of the range away from the scored pixels.
+    res = ngp("render", nerf_run, "--camera-path", tmp_path / "transforms.json", "--out", tmp_path / "default",
+              "--backend", "torch")
+    assert res.exit_code == 0 and res.last("done")["metrics"]["min_transmittance"] == 0.01, res.stderr
+    got = read_image(tmp_path / "default" / "frame_00000.png")
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 3  # 0.01 · 255, plus rounding
 
 
 def test_camera_path_videos_with_fps_resolution_and_seconds(nerf_run, nerf_scene, ngp, tmp_path):
@@ -358,6 +404,12 @@ def test_bad_camera_paths_and_options_are_refused_before_rendering(nerf_run, ngp
         assert message in line, line
     _one_line(ngp("render", nerf_run, "--orbit", "2", "--seconds", "3"), 2)
     _one_line(ngp("render", nerf_run, "--orbit", "2", "--output", "albedo"), 2)
+    for value in ("1", "-0.5", "nan"):
+        assert "--min-transmittance must be in [0, 1)" in _one_line(
+            ngp("render", nerf_run, "--orbit", "2", "--min-transmittance", value, "--out", out), 2)
+    assert "--min-transmittance applies to the network's frames" in _one_line(
+        ngp("render", nerf_run, "--orbit", "2", "--min-transmittance", "0.1", "--baked", tmp_path / "b.safetensors",
+            "--out", out), 2)
     assert not out.exists()  # nothing written
     image_run = tmp_path / "image_run"  # a task without any render: no depth either
     image_run.mkdir()
@@ -425,14 +477,16 @@ def test_sdf_run_renders_depth_and_normals_of_its_sdf(sdf_run, ngp, tmp_path):
 
 def test_bench_times_a_runs_view_on_the_inference_path_and_the_legacy_schedule(nerf_run, ngp):
     res = ngp("bench", "--backend", "torch", "--run", nerf_run, "--only", "render_network", "--only",
-              "render_network_legacy", "--repeats", "2", "--warmup", "0")
+              "render_network_legacy", "--only", "render_frame", "--repeats", "2", "--warmup", "0")
     assert res.exit_code == 0, res.stderr
     rows = {e["benchmark"]: e for e in res.events if e["event"] == "bench"}
-    assert set(rows) == {"render_network", "render_network_legacy"}
+    assert set(rows) == {"render_network", "render_network_legacy", "render_frame"}
     for r in rows.values():  # one 16x16 held-out view; ns per pixel is ms per megapixel
         assert r["batch"] == 256 and r["median_s"] > 0 and r["backend"] == "torch"
     ratio = rows["render_network_legacy"]["median_s"] / rows["render_network"]["median_s"]
-    assert res.last("done")["ratios"] == {"render_network": {"torch@cpu": round(ratio, 3)}}
+    frame = rows["render_network"]["median_s"] / rows["render_frame"]["median_s"]
+    assert res.last("done")["ratios"] == {"render_network": {"torch@cpu": round(ratio, 3)},
+                                          "render_frame": {"torch@cpu": round(frame, 3)}}
     assert "render speed-ups (this run): render_network over render_network_legacy on torch@cpu" in res.stderr
 
 

@@ -81,7 +81,12 @@ class NerfTask(Task):
             ("seconds", Annotated[float | None, typer.Option(
                 "--seconds", help="Duration of a keyframed path (default: nerfstudio's own; instant-ngp: 1 s per "
                                   "keyframe transition).")], None),
-            ORBIT_OPTION, *RENDER_OPTIONS, _BAKED_RENDER, ("nproc", NprocOpt, 1))),
+            ORBIT_OPTION, *RENDER_OPTIONS, _BAKED_RENDER,
+            ("min_transmittance", Annotated[float | None, typer.Option(
+                "--min-transmittance", help="Stop a ray once its transmittance falls below this, in [0, 1) "
+                                            "(default: the run's nerf.render_min_transmittance, 0.01 as instant-ngp "
+                                            "renders frames; 1e-4 renders what ngp eval scores).")], None),
+            ("nproc", NprocOpt, 1))),
         RunCommand("extract-mesh", f"{_EVALUATE}:extract_mesh_command", """Extract the density level set of a NeRF
         run as a triangle mesh (marching cubes), in the dataset's world frame, with vertex colours and shaded renders
         in RUN/renders/.""", options=(

@@ -2,7 +2,10 @@
 view on a backend, by the inference path of :func:`ngp_cli.volrend.render.render_ray_maps`, by the schedule it
 replaced, and (with ``--baked FILE``) from a baked file.
 
-* ``render_network``: :func:`ngp_cli.tasks.nerf.views.render_view`, what ``ngp eval`` and ``ngp render`` run.
+* ``render_network``: :func:`ngp_cli.tasks.nerf.views.render_view` as ``ngp eval`` runs it (rays stop at
+  transmittance 1e-4).
+* ``render_frame``: the same as ``ngp render`` runs it, rays stopping at the run's ``nerf.render_min_transmittance``
+  (0.01 by default, instant-ngp's for rendered frames).
 * ``render_network_legacy``: the same renderer with the schedule of ngp 0.1 before issue 17 (64 samples per live
   ray per round, 8192-ray chunks), so one ``ngp bench`` run measures the speed-up on the same checkpoint.
 * ``render_baked``: the baked file's renderer (:mod:`ngp_cli.volrend.baked`).
@@ -18,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 #: The render benchmarks a NeRF run offers, in the bench's order.
-RENDER_BENCHMARKS = ("render_network", "render_network_legacy", "render_baked")
+RENDER_BENCHMARKS = ("render_network", "render_frame", "render_network_legacy", "render_baked")
 #: ngp 0.1's evaluation schedule (before issue 17): fixed 64-sample rounds over chunks of 8192 rays.
 LEGACY_SCHEDULE = {"steps_per_round": (64, 64), "chunk_rays": 8192}
 
@@ -50,6 +53,9 @@ def render_benchmarks(task, run_path: Path, backend: str, which: list[str],
     out: list[tuple[str, int, Callable[[], Any]]] = []
     if "render_network" in which:
         out.append(("render_network", h * w, lambda: render_view(problem, origins, directions, h, w, white)))
+    if "render_frame" in which:
+        t_min = problem.cfg.nerf.render_min_transmittance
+        out.append(("render_frame", h * w, lambda: render_view(problem, origins, directions, h, w, white, t_min)))
     if "render_network_legacy" in which:
         args, kwargs = _render_args(problem, origins, directions)
         legacy = {**kwargs, **LEGACY_SCHEDULE}

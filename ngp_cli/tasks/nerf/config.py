@@ -54,6 +54,10 @@ class NerfSection:
     eval_chunk_rays: int = opt(1 << 17, "rays rendered together for evaluation and renders (at most 2^24; at least "
                                         "2^17 are used, see docs/nerf.md: a round's network batch is at most this "
                                         "many samples)", ge=256, le=1 << 24)
+    render_min_transmittance: float = opt(0.01, "ngp render stops a ray once its transmittance falls below this "
+                                                "(instant-ngp's testbed default for rendered frames; ngp eval and "
+                                                "training always use 1e-4, as instant-ngp scores test views)",
+                                          ge=0.0, lt=1.0)
     saliency_prune: bool = opt(False, "HollowNeRF: a coarse saliency mask multiplies the hash features and the "
                                       "density, trained jointly and pruned by ADMM to saliency_target of its "
                                       "vertices; samples where it is zero skip their table lookups (docs/nerf.md)")

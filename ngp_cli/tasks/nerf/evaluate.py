@@ -199,10 +199,12 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None,
                    dataparser_transforms: Path | None = None, seconds: float | None = None, orbit: int | None = None,
                    resolution: str | None = None, out: Path | None = None, fps: int | None = None,
                    output: str = "rgb", baked: Path | None = None, backend: str | None = None,
-                   data: Path | None = None, nproc: int = 1) -> None:
+                   data: Path | None = None, nproc: int = 1, min_transmittance: float | None = None) -> None:
     """``ngp render RUN (--camera-path FILE | --orbit N) [--output rgb|depth|accumulation|normals] [--resolution WxH]
-    [--fps F] [--seconds S] [--dataparser-transforms FILE] [--out video.mp4|frames/] [--baked FILE] [--data PATH]``,
-    with progress per frame written. With ``--baked FILE`` (``ngp bake``'s grid) the frames come from the grid
+    [--fps F] [--seconds S] [--dataparser-transforms FILE] [--out video.mp4|frames/] [--baked FILE] [--data PATH]
+    [--min-transmittance T]``, with progress per frame written. Network frames stop a ray once its transmittance
+    falls below ``T`` (default: the run's ``nerf.render_min_transmittance``, 0.01, instant-ngp's testbed default for
+    rendered frames; 1e-4 renders exactly what ``ngp eval`` scores). With ``--baked FILE`` (``ngp bake``'s grid) the frames come from the grid
     (:func:`ngp_cli.tasks.nerf.views.render_view_baked`; rgb, depth or accumulation), the run giving the cameras,
     and the default output names end in ``_baked``.
 
@@ -217,7 +219,8 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None,
     writes the video or frames (:func:`ngp_cli.distributed.shared_tiles`).
 
     Raises UsageError (neither or both of --camera-path/--orbit, an option that does not apply to the path's format,
-    a non-positive --seconds, --output normals with --baked), DataError (bad camera path or dataparser transforms,
+    a non-positive --seconds, --output normals with --baked, --min-transmittance outside [0, 1) or with --baked),
+    DataError (bad camera path or dataparser transforms,
     dataset gone, a bad or newer baked file), OutputError.
     """
     from ngp_cli.launch import relaunched
@@ -237,6 +240,12 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None,
         raise UsageError(f"--output must be one of {', '.join(VIEW_MAPS)}, got '{output}'")
     if seconds is not None and not seconds > 0:
         raise UsageError(f"--seconds must be positive, got {seconds:g}")
+    if min_transmittance is not None:
+        if not 0.0 <= min_transmittance < 1.0:  # nan included
+            raise UsageError(f"--min-transmittance must be in [0, 1), got {min_transmittance:g}")
+        if baked is not None:
+            raise UsageError("--min-transmittance applies to the network's frames; the baked grid renders down to "
+                             "transmittance 1e-4 (drop one of the two)")
     for flag, value in (("--seconds", seconds), ("--dataparser-transforms", dataparser_transforms)):
         if value is not None and orbit is not None:
             raise UsageError(f"{flag} applies to --camera-path, not to --orbit")
@@ -288,6 +297,7 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None,
     pixels = pixel_grid(width, height)
     background = (1.0, 1.0, 1.0) if ds.white_background else (0.0, 0.0, 0.0)
     n_frames = int(c2w.shape[0])
+    t_min = problem.cfg.nerf.render_min_transmittance if min_transmittance is None else min_transmittance
     t0 = time.perf_counter()
 
     def frame(k: int) -> tuple[np.ndarray]:
@@ -297,7 +307,7 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None,
         if grid is not None:
             return (render_view_baked(grid, origins, directions, height, width, background, output, scale=ds.scale,
                                       offset=ds.offset, kernel_target=problem.kernel_target),)
-        return (render_view_map(problem, origins, directions, height, width, background, output),)
+        return (render_view_map(problem, origins, directions, height, width, background, output, t_min),)
 
     shape = (height, width, 3) if output in ("rgb", "normals") else (height, width)
     frames = shared_tiles([(k,) for k in range(n_frames)], frame, lambda k: [(shape, np.float32)], world)
@@ -319,6 +329,8 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None,
         f"; depth colours from 0 to {writer.vmax:.4g} world units" if writer.vmax is not None else ""))
     metrics: dict[str, Any] = {"frames": n_frames, "width": width, "height": height, "fps": fps_out, "output": output,
                                "render_s": round(seconds_taken, 3)}
+    if grid is None:
+        metrics["min_transmittance"] = t_min
     if path is not None:
         metrics.update({"path_format": path.kind, "keyframes": path.keyframes})
     if writer.vmax is not None:

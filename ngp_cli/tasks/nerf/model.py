@@ -136,7 +136,7 @@ class NerfNetwork(KernelTargetMixin, nn.Module):
         if gather is not None:
             encoded_directions = encoded_directions[gather]
         h = self._encoded(x, s)
-        rgb = self.rgb_network(torch.cat([h.float(), encoded_directions], dim=-1)).float()
+        rgb = self.rgb_network((h, encoded_directions)).float()
         if s is not None:  # 0 only on padding rows
             rgb = rgb * (s > 0).unsqueeze(1)
         n = positions.shape[0]

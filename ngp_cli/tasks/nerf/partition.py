@@ -46,7 +46,7 @@ from ngp_cli.tasks.nerf.data import NerfDataset
 from ngp_cli.tasks.nerf.fit import NerfProblem
 from ngp_cli.tasks.nerf.model import NerfNetwork
 from ngp_cli.volrend.composite import combine_segments, composite, segment_entries
-from ngp_cli.volrend.constants import GRID_CELLS
+from ngp_cli.volrend.constants import GRID_CELLS, MIN_TRANSMITTANCE
 from ngp_cli.volrend.grid import OccupancyGrid
 from ngp_cli.volrend.march import march_rays
 from ngp_cli.volrend.render import render_ray_maps
@@ -400,7 +400,8 @@ class PartitionedNerfProblem(NerfProblem):
         return None if self.model.whole else self._render_segments
 
     def _render_segments(self, origins: Tensor, directions: Tensor, maps: tuple[str, ...],
-                         background: Tensor | None) -> dict[str, Tensor]:
+                         background: Tensor | None, *, min_transmittance: float = MIN_TRANSMITTANCE
+                         ) -> dict[str, Tensor]:
         """The maps of :func:`~ngp_cli.volrend.render.render_ray_maps` from K processes: each renders its part's
         segments (its own grid, background none), the segments are all-gathered and combined in ray order (ordered
         by each segment's expected depth, a distance inside it). A collective."""
@@ -409,7 +410,7 @@ class PartitionedNerfProblem(NerfProblem):
         (k, part), = self.model.owned()
         out = render_ray_maps(part.forward_encoded, origins.to(dev), directions.to(dev), part.grid.occupancy,
                               self.aabb_scale, background=None, maps=wanted, ray_features=part.encode_directions,
-                              **self.render_options())
+                              min_transmittance=min_transmittance, **self.render_options())
         values = [out["rgb"], out["depth"].unsqueeze(1)] + ([out["normals"]] if "normals" in maps else [])
         packed = torch.cat(values + [out["opacity"].unsqueeze(1)], 1)
         segments = torch.stack(all_gather(packed, self.world))

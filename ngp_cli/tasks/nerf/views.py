@@ -23,6 +23,7 @@ from ngp_cli.distributed import World, gather_objects
 from ngp_cli.images import write_image
 from ngp_cli.metrics import SSIM_MIN_SIDE, mse_to_psnr, ssim
 from ngp_cli.tasks.nerf.data import NerfDataset
+from ngp_cli.volrend.constants import MIN_TRANSMITTANCE
 from ngp_cli.volrend.render import render_ray_maps
 
 __all__ = ["VIEW_MAPS", "baked_frame_rays", "evaluate_views", "evaluate_views_baked", "format_ssim", "render_view",
@@ -42,27 +43,33 @@ def _render_args(problem, origins: torch.Tensor, directions: torch.Tensor) -> tu
 
 
 def _ray_maps(problem, origins: torch.Tensor, directions: torch.Tensor, maps: tuple[str, ...],
-              background: tuple[float, float, float] | None) -> dict[str, torch.Tensor]:
+              background: tuple[float, float, float] | None,
+              min_transmittance: float = MIN_TRANSMITTANCE) -> dict[str, torch.Tensor]:
     """:func:`~ngp_cli.volrend.render.render_ray_maps` of ``problem``'s rays, or, for a spatially partitioned model
     spread over processes, its ``render_segments`` (every process renders its part's segments of the same rays)."""
     bg = torch.tensor(background, dtype=torch.float32, device=problem.device) if background is not None else None
     segments = getattr(problem, "render_segments", None)
     if segments is not None:
-        return segments(origins, directions, maps, bg)
+        return segments(origins, directions, maps, bg, min_transmittance=min_transmittance)
     args, kwargs = _render_args(problem, origins, directions)
-    return render_ray_maps(*args, background=bg, maps=maps, **kwargs)
+    return render_ray_maps(*args, background=bg, maps=maps, min_transmittance=min_transmittance, **kwargs)
 
 
 def render_view(problem, origins: torch.Tensor, directions: torch.Tensor, height: int, width: int,
-                background: tuple[float, float, float] | None) -> np.ndarray:
-    """Render (H·W) rays of one view with ``problem``'s model and occupancy grid → (H, W, 3) float32 in [0, 1]."""
-    rgb = _ray_maps(problem, origins, directions, ("rgb",), background)["rgb"]
+                background: tuple[float, float, float] | None,
+                min_transmittance: float = MIN_TRANSMITTANCE) -> np.ndarray:
+    """Render (H·W) rays of one view with ``problem``'s model and occupancy grid → (H, W, 3) float32 in [0, 1].
+    Rays stop once their transmittance falls below ``min_transmittance`` (1e-4, the evaluation's; ``ngp render``
+    passes ``nerf.render_min_transmittance``)."""
+    rgb = _ray_maps(problem, origins, directions, ("rgb",), background, min_transmittance)["rgb"]
     return rgb.clamp(0.0, 1.0).reshape(height, width, 3).cpu().numpy()
 
 
 def render_view_map(problem, origins: torch.Tensor, directions: torch.Tensor, height: int, width: int,
-                    background: tuple[float, float, float] | None, output: str) -> np.ndarray:
-    """One map of a view of (H·W) rays (ngp frame, unit directions), with ``problem``'s model and occupancy grid:
+                    background: tuple[float, float, float] | None, output: str,
+                    min_transmittance: float = MIN_TRANSMITTANCE) -> np.ndarray:
+    """One map of a view of (H·W) rays (ngp frame, unit directions), with ``problem``'s model and occupancy grid,
+    rays stopping below ``min_transmittance`` as in :func:`render_view`:
 
     * ``rgb``: (H, W, 3) float32 in [0, 1], exactly :func:`render_view`;
     * ``depth``: (H, W) float32, the expected distance along each ray ``Σ w_i t_i`` in the dataset's world units (the
@@ -76,11 +83,11 @@ def render_view_map(problem, origins: torch.Tensor, directions: torch.Tensor, he
     (:func:`ngp_cli.volrend.render.render_ray_maps`). Raises ``ValueError`` for another ``output``.
     """
     if output == "rgb":
-        return render_view(problem, origins, directions, height, width, background)
+        return render_view(problem, origins, directions, height, width, background, min_transmittance)
     if output not in VIEW_MAPS:
         raise ValueError(f"unknown output {output!r}; choose from {VIEW_MAPS}")
     key = {"depth": "depth", "accumulation": "opacity", "normals": "normals"}[output]
-    result = _ray_maps(problem, origins, directions, (key,), None)[key]
+    result = _ray_maps(problem, origins, directions, (key,), None, min_transmittance)[key]
     if output == "depth":
         result = result / float(problem.dataset.scale)
     elif output == "normals":
