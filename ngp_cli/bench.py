@@ -299,7 +299,7 @@ def speed_ratios(results: list[Result]) -> dict[str, dict[str, float]]:
 
 
 def _render_fn(tasks: dict, which: list[str], only: list[str] | None, run: Path | None,
-               baked: Path | None) -> Callable | None:
+               baked: Path | None, data: Path | None = None) -> Callable | None:
     """The render benchmarks' builder for :func:`run_benchmarks` (None when there is no ``run``), after checking the
     options (see :func:`run_bench`)."""
     from ngp_cli.errors import DataError, UsageError
@@ -311,6 +311,8 @@ def _render_fn(tasks: dict, which: list[str], only: list[str] | None, run: Path 
             raise UsageError(f"--only {asked[0]} measures a trained NeRF run: give --run RUN")
         if baked is not None:
             raise UsageError("--baked needs --run RUN (the run the file was baked from)")
+        if data is not None:
+            raise UsageError("--data needs --run RUN (it gives that run's dataset)")
         return None
     if "render_baked" in asked and baked is None:
         raise UsageError("--only render_baked needs --baked FILE (made by 'ngp bake RUN')")
@@ -321,7 +323,7 @@ def _render_fn(tasks: dict, which: list[str], only: list[str] | None, run: Path 
     if task is None or not hasattr(task, "benchmark_renders"):
         raise UsageError(f"--run {run}: '{task_name}' runs have no render benchmarks (NeRF runs have)")
     wanted = [w for w in which if w in RENDER_BENCHMARKS]
-    return lambda backend: task.benchmark_renders(run, backend.name, wanted, baked)
+    return lambda backend: task.benchmark_renders(run, backend.name, wanted, baked, data)
 
 
 def _batch_label(batch: int) -> str:
@@ -330,14 +332,15 @@ def _batch_label(batch: int) -> str:
 
 def run_bench(tasks: dict, backend_names: list[str] | None, batches: list[int] | None, dims: list[int] | None,
               only: list[str] | None, repeats: int, warmup: int, out: Path | None, run: Path | None = None,
-              baked: Path | None = None) -> None:
+              baked: Path | None = None, data: Path | None = None) -> None:
     """The ``ngp bench`` command body: JSON lines on stdout, a rich table on stderr, optionally the JSON file ``out``.
-    ``run`` (a trained run whose task offers render benchmarks) adds them; ``baked`` adds ``render_baked``.
+    ``run`` (a trained run whose task offers render benchmarks) adds them; ``baked`` adds ``render_baked``; ``data``
+    (``--data``) gives the run's dataset where it has moved, as for ``ngp eval``.
 
     Raises ConfigError (unknown backend/benchmark, a backend not available here, an invalid ``NGP_CPU_MLP`` when the
     cpu backend runs), NoGPUError (``cuda`` asked for without a GPU), UsageError (bad batch or dims; a render
-    benchmark asked for with ``--only`` but no ``--run``, ``render_baked`` without ``--baked``, ``--baked`` without
-    ``--run``, a run whose task has no render benchmarks), DataError (not a run), OutputError (``out`` is a folder or
+    benchmark asked for with ``--only`` but no ``--run``, ``render_baked`` without ``--baked``, ``--baked`` or
+    ``--data`` without ``--run``, a run whose task has no render benchmarks), DataError (not a run), OutputError (``out`` is a folder or
     in a missing one, checked before anything is measured; or cannot be written).
     """
     from rich.table import Table
@@ -376,7 +379,7 @@ def run_bench(tasks: dict, backend_names: list[str] | None, batches: list[int] |
 
     step_fns = [t.benchmark_step for t in tasks.values() if hasattr(t, "benchmark_step")]
     step_fn = step_fns[0] if step_fns else None
-    render_fn = _render_fn(tasks, which, only, run, baked)
+    render_fn = _render_fn(tasks, which, only, run, baked, data)
     if render_fn is None:
         which = [w for w in which if w not in RENDER_BENCHMARKS]
     elif baked is None:

@@ -248,6 +248,8 @@ def build_app() -> typer.Typer:
                           "render_frame, render_network_legacy; ns/elem is then ms per megapixel).")] = None,
         baked: Annotated[Path | None, typer.Option(
             "--baked", help="A file 'ngp bake' made from --run: also time render_baked.")] = None,
+        data: Annotated[Path | None, typer.Option(
+            "--data", help="--run's dataset, when it has moved from the path the run recorded.")] = None,
     ) -> None:
         """Measure throughput of the encoding, the MLP and a fit-image training step on every available backend, and
         with --run the render time of a NeRF run's view.
@@ -262,7 +264,7 @@ def build_app() -> typer.Typer:
                 raise UsageError("give --out only (--output is its deprecated spelling)")
             warn("--output is deprecated; use --out")
             out = output
-        run_bench(tasks, backend, batch, dims, only, repeats, warmup, out, run=run, baked=baked)
+        run_bench(tasks, backend, batch, dims, only, repeats, warmup, out, run=run, baked=baked, data=data)
 
     register_process_data(app)  # ngp process-data (ngp_cli/capture)
     add_run_commands(app, tasks)

@@ -490,6 +490,27 @@ def test_bench_times_a_runs_view_on_the_inference_path_and_the_legacy_schedule(n
     assert "render speed-ups (this run): render_network over render_network_legacy on torch@cpu" in res.stderr
 
 
+def test_bench_renders_a_run_whose_dataset_moved_with_data(nerf_run, nerf_scene, ngp, tmp_path):
+    import shutil
+
+    from ngp_cli.errors import EXIT_DATA, EXIT_USAGE
+
+    moved = tmp_path / "moved_scene"
+    shutil.copytree(nerf_scene, moved)
+    run = tmp_path / "run"
+    shutil.copytree(nerf_run, run)
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace(str(nerf_scene), str(tmp_path / "gone")))
+    args = ("bench", "--backend", "torch", "--run", run, "--only", "render_frame", "--repeats", "1", "--warmup", "0")
+    res = ngp(*args)
+    assert res.exit_code == EXIT_DATA and "--data PATH" in res.stderr, res.stderr
+    res = ngp(*args, "--data", moved)
+    assert res.exit_code == 0, res.stderr
+    assert [e["benchmark"] for e in res.events if e["event"] == "bench"] == ["render_frame"]
+    res = ngp("bench", "--backend", "torch", "--only", "mlp_inference", "--data", moved)
+    assert res.exit_code == EXIT_USAGE and "--data needs --run RUN" in res.stderr
+
+
 def test_bench_render_requests_need_a_nerf_run(nerf_run, sdf_run, ngp, tmp_path):
     from ngp_cli.errors import EXIT_DATA, EXIT_USAGE
 

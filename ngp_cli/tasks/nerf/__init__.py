@@ -187,12 +187,13 @@ class NerfTask(Task):
         counts = problem.parameter_counts() if hasattr(problem, "parameter_counts") else {}
         return {**metrics, "occupied_fraction": problem.occupied_fraction(), **counts}, artifacts
 
-    def benchmark_renders(self, run_path: Path, backend: str, which: list[str], baked: Path | None = None):
-        """The render benchmarks of a NeRF run for ``ngp bench --run RUN``
+    def benchmark_renders(self, run_path: Path, backend: str, which: list[str], baked: Path | None = None,
+                          data: Path | None = None):
+        """The render benchmarks of a NeRF run for ``ngp bench --run RUN [--data PATH]``
         (:func:`ngp_cli.tasks.nerf.bench.render_benchmarks`)."""
         from ngp_cli.tasks.nerf.bench import render_benchmarks
 
-        return render_benchmarks(self, run_path, backend, which, baked)
+        return render_benchmarks(self, run_path, backend, which, baked, data)
 
     def result_line(self, cfg: NerfConfig, metrics: dict[str, Any], artifacts: dict[str, Any], state: Any) -> str:
         from ngp_cli.tasks.nerf.views import format_ssim

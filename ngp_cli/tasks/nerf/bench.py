@@ -26,13 +26,14 @@ RENDER_BENCHMARKS = ("render_network", "render_frame", "render_network_legacy", 
 LEGACY_SCHEDULE = {"steps_per_round": (64, 64), "chunk_rays": 8192}
 
 
-def render_benchmarks(task, run_path: Path, backend: str, which: list[str],
-                      baked: Path | None = None) -> tuple[Any, list[tuple[str, int, Callable[[], Any]]]]:
+def render_benchmarks(task, run_path: Path, backend: str, which: list[str], baked: Path | None = None,
+                      data: Path | None = None) -> tuple[Any, list[tuple[str, int, Callable[[], Any]]]]:
     """The render benchmarks in ``which`` (names of :data:`RENDER_BENCHMARKS`) of the NeRF run ``run_path`` on
     ``backend`` ("torch", "cpu", "cuda"), each as ``(name, pixels, fn)`` where ``fn()`` renders the first view of the
     run's held-out split (its training split if it has none) at the dataset's resolution; and the device they run on.
-    ``render_baked`` needs ``baked``. Raises what :func:`ngp_cli.pipeline.load_trained` raises, and DataError for an
-    unreadable baked file."""
+    ``render_baked`` needs ``baked``; ``data`` replaces the run's recorded dataset path (``--data``, as
+    :func:`ngp_cli.pipeline.load_trained` takes it). Raises what :func:`~ngp_cli.pipeline.load_trained` raises, and
+    DataError for an unreadable baked file."""
     import torch
 
     from ngp_cli.errors import DataError
@@ -41,7 +42,7 @@ def render_benchmarks(task, run_path: Path, backend: str, which: list[str],
     from ngp_cli.tasks.nerf.views import _render_args, render_view
     from ngp_cli.volrend.render import render_rays
 
-    _, problem, _ = load_trained(task, run_path, backend, None)
+    _, problem, _ = load_trained(task, run_path, backend, data)
     try:
         dataset = load_split(problem.cfg, problem.cfg.nerf.eval_split)
     except DataError:
