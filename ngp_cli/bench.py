@@ -340,8 +340,8 @@ def run_bench(tasks: dict, backend_names: list[str] | None, batches: list[int] |
     Raises ConfigError (unknown backend/benchmark, a backend not available here, an invalid ``NGP_CPU_MLP`` when the
     cpu backend runs), NoGPUError (``cuda`` asked for without a GPU), UsageError (bad batch or dims; a render
     benchmark asked for with ``--only`` but no ``--run``, ``render_baked`` without ``--baked``, ``--baked`` or
-    ``--data`` without ``--run``, a run whose task has no render benchmarks), DataError (not a run), OutputError (``out`` is a folder or
-    in a missing one, checked before anything is measured; or cannot be written).
+    ``--data`` without ``--run``, a run whose task has no render benchmarks), DataError (not a run), OutputError
+    (``out`` is a folder or in a missing one, checked before anything is measured; or cannot be written).
     """
     from rich.table import Table
 

@@ -9,7 +9,8 @@ import os
 
 from ngp_cli.errors import NGP_EXIT_CODES, DistributedError
 
-__all__ = ["COMMAND_LINE", "PEER_GRACE_S", "launch", "leave_after_distributed_failure", "strip_option", "under_launcher"]
+__all__ = ["COMMAND_LINE", "PEER_GRACE_S", "launch", "leave_after_distributed_failure", "strip_option",
+           "under_launcher"]
 
 #: The arguments of this ``ngp`` invocation (set by :func:`ngp_cli.cli.main`), which :func:`launch` hands to the
 #: processes it starts.

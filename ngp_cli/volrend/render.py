@@ -94,8 +94,8 @@ def render_ray_maps(field: Field, origins: Tensor, directions: Tensor, occupancy
     score test views; its testbed renders frames at 0.01, ``render_min_transmittance``), so opaque surfaces hide what
     lies behind them from the network. The test is made between rounds: the samples of the round in which a ray
     crosses it are all composited (down to 1e-4 of the round's transmittance), so a higher threshold saves the
-    rounds after it, never the accuracy of the samples already computed. Colour left out is at most
-    ``min_transmittance`` per channel (times the brightest sample colour), the background's share taking its place. As in
+    rounds after it, never the accuracy of the samples already computed. A pixel changes by at most
+    ``min_transmittance`` times its colours' largest distance from the background, which takes that share. As in
     instant-ngp's inference marching (``NerfTracer::trace``: compaction of the live rays, then
     ``clamp(n_rays / n_alive, MIN_STEPS_INBETWEEN_COMPACTION, MAX_STEPS_INBETWEEN_COMPACTION)`` steps per ray), a round
     takes ``clamp(rays of the chunk // live rays, *steps_per_round)`` samples per live ray: few while most rays are

@@ -204,9 +204,9 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None,
     [--fps F] [--seconds S] [--dataparser-transforms FILE] [--out video.mp4|frames/] [--baked FILE] [--data PATH]
     [--min-transmittance T]``, with progress per frame written. Network frames stop a ray once its transmittance
     falls below ``T`` (default: the run's ``nerf.render_min_transmittance``, 0.01, instant-ngp's testbed default for
-    rendered frames; 1e-4 renders exactly what ``ngp eval`` scores). With ``--baked FILE`` (``ngp bake``'s grid) the frames come from the grid
-    (:func:`ngp_cli.tasks.nerf.views.render_view_baked`; rgb, depth or accumulation), the run giving the cameras,
-    and the default output names end in ``_baked``.
+    rendered frames; 1e-4 renders exactly what ``ngp eval`` scores). With ``--baked FILE`` (``ngp bake``'s grid)
+    the frames come from the grid (:func:`ngp_cli.tasks.nerf.views.render_view_baked`; rgb, depth or
+    accumulation), the run giving the cameras, and the default output names end in ``_baked``.
 
     The camera path (:func:`ngp_cli.tasks.nerf.camera_path.load_camera_path`: transforms.json-style frames,
     nerfstudio's camera_path.json, instant-ngp's base_cam.json) is read before the run, so a bad file costs nothing.
@@ -220,8 +220,7 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None,
 
     Raises UsageError (neither or both of --camera-path/--orbit, an option that does not apply to the path's format,
     a non-positive --seconds, --output normals with --baked, --min-transmittance outside [0, 1) or with --baked),
-    DataError (bad camera path or dataparser transforms,
-    dataset gone, a bad or newer baked file), OutputError.
+    DataError (bad camera path or dataparser transforms, dataset gone, a bad or newer baked file), OutputError.
     """
     from ngp_cli.launch import relaunched
     from ngp_cli.mesh.shade import MapFrameWriter
