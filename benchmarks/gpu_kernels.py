@@ -402,8 +402,9 @@ def _load(path: Path):
 
 def report(work: Path, out: Path) -> int:
     """``session.json`` and ``summary.md`` under ``out`` from a session's work folder: ``steps.jsonl`` (one line per
-    step: name, status, rc, seconds, timeout_s, reason), ``info.json``, ``kernels.json``, ``bench.json`` and each
-    task step's stdout (``<step>.out``, JSON lines ending with ``done``)."""
+    step: name, status, rc, seconds, timeout_s, reason), ``info.json``, ``kernels.json``, ``bench.json``,
+    ``render.json`` (``ngp bench --run`` on the nerf step's run) and each task step's stdout (``<step>.out``, JSON
+    lines ending with ``done``)."""
     steps = _json_lines(work / "steps.jsonl")
     doc: dict = {"date": time.strftime("%Y-%m-%d"), "steps": steps, "info": _load(work / "info.json") or {},
                  "kernels": _load(out / "kernels.json"), "runs": {}}
@@ -411,6 +412,10 @@ def report(work: Path, out: Path) -> int:
     if bench:
         doc["bench"] = [{k: r.get(k) for k in ("benchmark", "dims", "batch", "median_s", "ns_per_element",
                                                 "ceiling_fraction")} for r in bench.get("results", [])]
+    render = _load(out / "render.json")
+    if render:
+        doc["render"] = [{k: r.get(k) for k in ("benchmark", "batch", "median_s", "ns_per_element")}
+                         for r in render.get("results", [])]
     for s in steps:
         done = [e for e in _json_lines(work / f"{s['step']}.out") if e.get("event") == "done"]
         if done:
@@ -443,6 +448,13 @@ def report(work: Path, out: Path) -> int:
             frac = "" if r["ceiling_fraction"] is None else f"{100 * r['ceiling_fraction']:.1f}"
             md.append(f"| {r['benchmark']} | {r['dims'] or ''} | 2^{int(math.log2(r['batch']))} | "
                       f"{r['median_s'] * 1e3:.3f} | {r['ns_per_element']:.3f} | {frac} |")
+    if doc.get("render"):
+        md += ["", "## Rendering one held-out view of the nerf run (ngp bench --run)", "",
+               "`render_network`: as ngp eval renders it (rays stop at transmittance 1e-4); `render_frame`: as ngp "
+               "render does (0.01).", "",
+               "| benchmark | pixels | median ms | ms per megapixel |", "|---|---:|---:|---:|"]
+        for r in doc["render"]:
+            md.append(f"| {r['benchmark']} | {r['batch']} | {r['median_s'] * 1e3:.2f} | {r['ns_per_element']:.2f} |")
     scaling = _json_lines(work / "scaling.jsonl")
     if scaling:
         doc["scaling"] = scaling

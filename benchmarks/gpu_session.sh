@@ -18,7 +18,8 @@
 #
 # Files written under $OUT (at most 8, as the device tool brings back): summary.md (ready for
 # docs/benchmarks/<date>-<gpu>.md), session.json (every step, the environment, every result), session.log (all output),
-# kernels.json + kernels.md (benchmarks/gpu_kernels.py), bench.json (ngp bench --backend cuda).
+# kernels.json + kernels.md (benchmarks/gpu_kernels.py), bench.json (ngp bench --backend cuda), render.json (the
+# nerf step's run: one held-out lego_400 view as ngp eval and as ngp render render it, ngp bench --run).
 #
 # Inputs: data under $NGP_DATA, else ./shared/data, else ../shared/data (only the checkout travels to the device: copy
 # nerf/lego_400, sdf/armadillo and image/albert into ./shared/data there, or a carried folder named by NGP_DATA);
@@ -50,8 +51,9 @@ step_command() {  # the command of a step, for --dry-run and the log
         memcheck|racecheck) echo "compute-sanitizer --tool $1 $py benchmarks/gpu_kernels.py check --log2-n 12" ;;
         kernels) echo "$py benchmarks/gpu_kernels.py time --log2-sizes 18 21 --out $out" ;;
         bench) echo "$py -m ngp_cli bench --backend cuda --batch 262144 --batch 2097152 --out $out/bench.json" ;;
-        nerf) echo "$py -m ngp_cli train-nerf $data/nerf/lego_400 --backend cuda --set train.max_time_s=60" \
-                   "--set train.final_eval_views=10" ;;
+        nerf) echo "$py -m ngp_cli train-nerf $data/nerf/lego_400 --backend cuda --set train.max_time_s=50" \
+                   "--set train.final_eval_views=10; $py -m ngp_cli bench --backend cuda --run RUN --only" \
+                   "render_network --only render_frame --out $out/render.json" ;;
         sdf) echo "$py -m ngp_cli train-sdf $data/sdf/armadillo/armadillo.obj --backend cuda" \
                   "--set train.max_time_s=60 (needs trimesh)" ;;
         image) echo "$py -m ngp_cli fit-image $data/image/albert/albert.exr (albert.jpg without OpenEXR)" \
@@ -152,7 +154,13 @@ task_run() {  # $1 step name, then the ngp command line; stdout (JSON lines) kep
 step_nerf() {
     local scene="$data/nerf/lego_400"
     [ -f "$scene/transforms_train.json" ] || skip "no lego_400 dataset at $scene (see shared/data/INDEX.md)"
-    task_run nerf train-nerf "$scene" --set train.max_time_s=60 --set train.final_eval_views=10
+    task_run nerf train-nerf "$scene" --set train.max_time_s=50 --set train.final_eval_views=10
+    # Issue 17's GPU numbers: one held-out view of the run just trained, as ngp eval (1e-4) and ngp render (0.01)
+    # render it (a 400x400 view; ms per megapixel in ns_per_element).
+    local run
+    run="$(ls -d "$WORK"/runs/nerf/*-nerf | tail -n 1)"
+    "$py" -m ngp_cli bench --backend cuda --run "$run" --only render_network --only render_frame --repeats 5 \
+        --warmup 2 --out "$out/render.json" > "$WORK/render.out"
 }
 
 step_sdf() {

@@ -65,7 +65,8 @@ def test_dry_run_lists_every_step_with_timeouts_within_ten_minutes(tmp_path):
     assert lines[-1].startswith(f"total of timeouts: {sum(timeouts)} s")
     commands = {m.group(2): m.group(4) for m in steps}
     assert "CUDA_LAUNCH_BLOCKING=1" in commands["pytest-gpu"] and "-m gpu -x" in commands["pytest-gpu"]
-    assert "--backend cuda" in commands["bench"] and "train.max_time_s=60" in commands["nerf"]
+    assert "--backend cuda" in commands["bench"] and "train.max_time_s=50" in commands["nerf"]
+    assert "--only render_network --only render_frame" in commands["nerf"]
     assert "--no-index --no-deps --no-build-isolation -e ." in commands["install"]
     assert not out.exists()  # a dry run writes nothing
 
@@ -172,8 +173,13 @@ def test_report_writes_summary_and_session_json(tmp_path):
                                                                "driver_version": "580.1"}, "nvrtc_version": "13.0"}))
     (work / "nerf.out").write_text('{"event":"step","step":10}\n{"event":"done","step":900,'
                                    '"metrics":{"psnr":31.25,"ssim":0.95,"n_views":10}}\n')
+    out.mkdir()
+    (out / "render.json").write_text(json.dumps({"results": [
+        {"benchmark": "render_network", "batch": 160000, "median_s": 0.0123, "ns_per_element": 76.875},
+        {"benchmark": "render_frame", "batch": 160000, "median_s": 0.0101, "ns_per_element": 63.125}]}))
     assert _gpu_kernels().main(["report", str(work), str(out)]) == 0
     md = (out / "summary.md").read_text()
+    assert "| render_network | 160000 | 12.30 | 76.88 |" in md and "| render_frame | 160000 | 10.10 | 63.12 |" in md
     assert md.startswith("# GPU session ") and "NVIDIA H100 80GB HBM3" in md and "NVRTC 13.0" in md
     assert "| sdf | skipped | 0 | 75 | trimesh is not installed |" in md
     assert "exit 1: a\\|b" in md  # a pipe in a reason does not break the table
