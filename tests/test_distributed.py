@@ -247,6 +247,26 @@ def test_a_nerf_run_keeps_its_replicas_identical_and_shares_out_the_evaluation(t
     assert not np.array_equal(iio.imread(outs["one"] / frames[0]), iio.imread(outs["one"] / frames[1]))  # in order
 
 
+def test_a_saliency_pruned_nerf_run_keeps_its_replicas_identical_on_two_processes(tmp_path):
+    # HollowNeRF's mask (issue 20): every process runs the same ADMM steps on its replica of the mask, and the prune
+    # picks the same support everywhere. The replica check at every checkpoint (8, 16, 24, 32: before, during and
+    # after the prune at 24) compares the mask's values and its ADMM buffers (z, u, support) with the rest.
+    from ngp_cli.tasks.nerf.synthetic import make_synthetic_scene
+
+    scene = make_synthetic_scene(tmp_path / "scene", n_train=8, n_val=2, resolution=24)
+    result = _ngp("train-nerf", str(scene), "--steps", "32", "--runs-dir", str(tmp_path / "runs"), "--nproc", "2",
+                  "--json", "-q", "--set", "train.batch_size=4096", "--set", "nerf.n_rays_initial=256",
+                  "--set", "encoding.log2_hashmap_size=12", "--set", "train.checkpoint_every=8",
+                  "--set", "nerf.grid_update_interval=4", "--set", "nerf.grid_warmup_steps=8",
+                  "--set", "nerf.render_views=0", "--set", "nerf.saliency_prune=true",
+                  "--set", "nerf.saliency_resolution=16", "--set", "nerf.saliency_start=8",
+                  "--set", "nerf.saliency_admm_interval=4", "--set", "nerf.saliency_prune_step=24", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    done = json.loads(result.stdout.splitlines()[-1])
+    assert done["metrics"]["processes"] == 2 and done["step"] == 32
+    assert done["metrics"]["saliency_kept"] == pytest.approx(0.2, abs=1e-3)  # the target share of 16^3 vertices
+
+
 def test_an_sdf_run_trains_on_two_processes_with_identical_replicas(tmp_path):
     import trimesh
 
