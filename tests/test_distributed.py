@@ -196,7 +196,7 @@ def test_a_run_resumes_on_another_process_count(image, tmp_path, first, then):
 
 
 # A NeRF small enough for two processes on two cores, checkpointed (and so replica-checked) every 8 steps.
-_TINY_NERF = ("--json", "-q", "--set", "train.batch_size=4096", "--set", "nerf.n_rays_initial=256",
+_NERF_2P = ("--json", "-q", "--set", "train.batch_size=4096", "--set", "nerf.n_rays_initial=256",
               "--set", "encoding.log2_hashmap_size=12", "--set", "train.checkpoint_every=8",
               "--set", "nerf.grid_update_interval=4", "--set", "nerf.grid_warmup_steps=8")
 
@@ -206,7 +206,7 @@ def test_a_nerf_run_keeps_its_replicas_identical_and_shares_out_the_evaluation(t
 
     scene = make_synthetic_scene(tmp_path / "scene", n_train=8, n_val=3, resolution=24)
     result = _ngp("train-nerf", str(scene), "--steps", "24", "--runs-dir", str(tmp_path / "runs"), "--nproc", "2",
-                  *_TINY_NERF, "--set", "nerf.render_views=2", "--set", "train.log_every=8",
+                  *_NERF_2P, "--set", "nerf.render_views=2", "--set", "train.log_every=8",
                   "--set", "optimizer.ema_decay=0.9", cwd=tmp_path)
     # The replica check at every checkpoint (steps 8, 16, 24) compared the model, the occupancy grid, the EMA and the
     # optimizer state of both processes; a difference would have stopped the run with exit 8.
@@ -258,7 +258,7 @@ def test_a_saliency_pruned_nerf_run_keeps_its_replicas_identical_on_two_processe
 
     scene = make_synthetic_scene(tmp_path / "scene", n_train=8, n_val=2, resolution=24)
     result = _ngp("train-nerf", str(scene), "--steps", "32", "--runs-dir", str(tmp_path / "runs"), "--nproc", "2",
-                  *_TINY_NERF, "--set", "nerf.render_views=0", "--set", "nerf.saliency_prune=true",
+                  *_NERF_2P, "--set", "nerf.render_views=0", "--set", "nerf.saliency_prune=true",
                   "--set", "nerf.saliency_resolution=16", "--set", "nerf.saliency_start=8",
                   "--set", "nerf.saliency_admm_interval=4", "--set", "nerf.saliency_prune_step=24", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
