@@ -99,8 +99,8 @@ def launch(nproc: int, args: list[str]) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
 
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
-                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=MONITOR_INTERVAL_S,
-                          start_method="spawn", shutdown_timeout=120)
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
+                          monitor_interval=MONITOR_INTERVAL_S, start_method="spawn", shutdown_timeout=120)
     try:
         elastic_launch(config, sys.executable)("-m", "ngp_cli", *args)
     except SignalException as exc:

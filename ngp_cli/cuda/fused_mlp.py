@@ -346,17 +346,14 @@ def fused_mlp(x: Tensor, weights: Sequence[Tensor], activation: str = "ReLU", ou
     return out[: x.shape[0], : weights[-1].shape[0]].to(weights[-1].dtype).contiguous()
 
 
-def mlp_forward(x: Tensor | Sequence[Tensor], weights: Sequence[Tensor], activation: str, output_activation: str,
-                target: str, loss_scale: float | LossScale | None = None) -> Tensor:
-    """The fastest implementation for ``target`` (``x`` a tensor or a sequence of column blocks, as
-    :func:`~ngp_cli.cuda.cpu_mlp.cpu_mlp`): "cuda" the fused kernel (with ``loss_scale``; None: a fixed
+def mlp_forward(x: Tensor, weights: Sequence[Tensor], activation: str, output_activation: str, target: str,
+                loss_scale: float | LossScale | None = None) -> Tensor:
+    """The fastest implementation for ``target``: "cuda" the fused kernel (with ``loss_scale``; None: a fixed
     :data:`LOSS_SCALE`), "cpu"
     :func:`~ngp_cli.cuda.cpu_mlp.cpu_mlp` (the path measured fastest on this CPU,
     :func:`ngp_cli.cuda.cpu_mlp.cpu_mlp_path`). Raises ConfigError for an invalid ``NGP_CPU_MLP`` (cpu), ValueError
     for another target."""
     if target == "cuda":
-        if not isinstance(x, Tensor):
-            x = torch.cat(list(x), dim=1)
         return fused_mlp(x, weights, activation, output_activation, target="cuda",
                          loss_scale=LOSS_SCALE if loss_scale is None else loss_scale)
     if target == "cpu":

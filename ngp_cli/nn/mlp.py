@@ -145,9 +145,9 @@ class FullyFusedMLP(nn.Module):
                                  f"{self.n_input_dims}, got {[tuple(b.shape) for b in blocks]}")
             if self.kernel_target != "cpu" or "Sine" in (self.activation, self.output_activation):
                 return self.forward(torch.cat(blocks, dim=1))
-            from ngp_cli.cuda.fused_mlp import mlp_forward
+            from ngp_cli.cuda.cpu_mlp import cpu_mlp
 
-            return mlp_forward(blocks, list(self.weights), self.activation, self.output_activation, "cpu")
+            return cpu_mlp(blocks, list(self.weights), self.activation, self.output_activation)
         if x.dim() != 2 or x.shape[1] != self.n_input_dims:
             raise ValueError(f"FullyFusedMLP expects x of shape (N, {self.n_input_dims}), got {tuple(x.shape)}")
         if self.kernel_target is not None and "Sine" not in (self.activation, self.output_activation):
