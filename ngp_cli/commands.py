@@ -123,6 +123,22 @@ MESH_OPTIONS = (
 )
 RUN_OPTIONS = (("backend", BackendOpt, None), ("data", DataOpt, None))
 
+# ngp view's options (every task's viewer).
+VIEW_OPTIONS = (
+    ("host", Annotated[str, typer.Option(
+        "--host", help="Address to listen on; anything but loopback is reachable from other machines (a warning "
+                       "says so), e.g. 0.0.0.0.")], "127.0.0.1"),
+    ("port", Annotated[int, typer.Option(
+        "--port", help="Port to listen on (the next free one when taken; the {\"event\":\"serving\"} line gives the "
+                       "address).")], 7007),
+    ("max_resolution", Annotated[str | None, typer.Option(
+        "--max-resolution", help="WIDTHxHEIGHT: the most pixels a full-size frame has (the browser's canvas is scaled "
+                                 "down to it, aspect kept; default 1920x1080).")], None),
+    ("helpers", Annotated[bool, typer.Option(
+        "--helpers/--no-helpers", help="Show the input's cameras and the scene box at start (the viewer's panel "
+                                       "toggles them).")], True),
+)
+
 
 # Keys that define what a checkpoint contains or how it was trained: fixed once a run exists.
 _FROZEN_ON_RESUME = ("task", "seed", "encoding", "network", "optimizer", "loss")

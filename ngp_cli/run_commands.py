@@ -36,6 +36,7 @@ RUN_COMMAND_HELP = {
     "render": "Render novel views of a trained run to a video or PNG frames.",
     "extract-mesh": "Extract a triangle mesh (marching cubes) from a trained run, in the input's coordinate frame, with "
                     "shaded renders in RUN/renders/.",
+    "view": "Serve a web viewer of a trained run (viser; the 'viewer' extra) at http://127.0.0.1:7007.",
 }
 
 _RUN_HELP = "A run directory (runs/<task>/<name>)."

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ngp_cli.commands import MESH_OPTIONS, ORBIT_OPTION, RENDER_OPTIONS, NprocOpt, choices, plain_choice
+from ngp_cli.commands import MESH_OPTIONS, ORBIT_OPTION, RENDER_OPTIONS, VIEW_OPTIONS, NprocOpt, choices, plain_choice
 from ngp_cli.console import info, warn
 from ngp_cli.tasks import RunCommand, Shorthand, Task, TrainInput
 from ngp_cli.tasks.nerf.config import NerfConfig, NerfSection
@@ -57,7 +57,7 @@ _BAKE_OPTIONS = (
 class NerfTask(Task):
     name = "nerf"
     summary = "Neural radiance field from posed photos, occupancy-grid ray marching (paper §5.4)"
-    commands = ("train-nerf", "eval", "render", "extract-mesh", "bake")
+    commands = ("train-nerf", "eval", "render", "extract-mesh", "bake", "view")
     parallel_evaluation = True  # data parallel: the held-out views are shared out (views.evaluate_views)
     partitioned = True  # distributed.partition: ngp_cli.tasks.nerf.partition
     default_preset = "nerf"
@@ -96,6 +96,13 @@ class NerfTask(Task):
             ("colors", Annotated[bool, typer.Option(
                 "--colors/--no-colors", help="Vertex colours from the colour network, viewed along the "
                                              "normal.")], True))),
+        RunCommand("view", "ngp_cli.tasks.nerf.viewer:view_command", """Serve a web viewer of a NeRF run (viser, the
+        'viewer' extra): progressive rendering from the browser's camera, from the baked grid when the run has one,
+        the training cameras and the scene box, rgb/depth/accumulation, and keyframes exported as a nerfstudio
+        camera_path.json into RUN/camera_paths/.""", options=(
+            *VIEW_OPTIONS, ("baked", Annotated[Path | None, typer.Option(
+                "--baked", help="Show this baked grid (ngp bake) (default: RUN/baked.safetensors when it "
+                                 "exists).")], None))),
         RunCommand("bake", "ngp_cli.tasks.nerf.bake:bake_command", """Bake a NeRF run into a sparse voxel grid
         (density and spherical-harmonics colour at the fine voxels of its occupied cells, docs/baked.md) that renders
         without the network: RUN/baked.safetensors, for ngp render/eval RUN --baked FILE.""", options=_BAKE_OPTIONS),

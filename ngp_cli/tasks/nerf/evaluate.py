@@ -225,8 +225,8 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None,
     from ngp_cli.launch import relaunched
     from ngp_cli.mesh.shade import MapFrameWriter
     from ngp_cli.tasks.nerf.camera_path import DEFAULT_FPS, load_camera_path, orbit_path
-    from ngp_cli.tasks.nerf.cameras import generate_rays, nerf_matrix_to_ngp, pixel_grid
-    from ngp_cli.tasks.nerf.views import VIEW_MAPS, render_view_baked, render_view_map
+    from ngp_cli.tasks.nerf.cameras import nerf_matrix_to_ngp
+    from ngp_cli.tasks.nerf.views import VIEW_MAPS, render_camera
 
     if (camera_path is None) == (orbit is None):
         raise UsageError("give exactly one of --camera-path FILE or --orbit N")
@@ -293,20 +293,13 @@ def render_command(task, run_path: Path, *, camera_path: Path | None = None,
     fx_default = float(ds.intrinsics[0, 0]) * width / ds.width
     suffix = ("" if output == "rgb" else f"_{output}") + ("_baked" if grid is not None else "")
     out = out if out is not None else run.renders_dir / f"{'orbit' if orbit is not None else 'camera_path'}{suffix}.mp4"
-    pixels = pixel_grid(width, height)
-    background = (1.0, 1.0, 1.0) if ds.white_background else (0.0, 0.0, 0.0)
     n_frames = int(c2w.shape[0])
     t_min = problem.cfg.nerf.render_min_transmittance if min_transmittance is None else min_transmittance
     t0 = time.perf_counter()
 
     def frame(k: int) -> tuple[np.ndarray]:
         fx = fx_default if focals is None else float(focals[k])
-        intr = torch.tensor([[fx, fx, width / 2.0, height / 2.0]], dtype=torch.float32).expand(pixels.shape[0], 4)
-        origins, directions = generate_rays(c2w[k:k + 1].expand(pixels.shape[0], 3, 4), intr, pixels, None)
-        if grid is not None:
-            return (render_view_baked(grid, origins, directions, height, width, background, output, scale=ds.scale,
-                                      offset=ds.offset, kernel_target=problem.kernel_target),)
-        return (render_view_map(problem, origins, directions, height, width, background, output, t_min),)
+        return (render_camera(problem, c2w[k], fx, width, height, output, baked=grid, min_transmittance=t_min),)
 
     shape = (height, width, 3) if output in ("rgb", "normals") else (height, width)
     frames = shared_tiles([(k,) for k in range(n_frames)], frame, lambda k: [(shape, np.float32)], world)

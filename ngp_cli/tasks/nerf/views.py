@@ -26,7 +26,7 @@ from ngp_cli.tasks.nerf.data import NerfDataset
 from ngp_cli.volrend.constants import MIN_TRANSMITTANCE
 from ngp_cli.volrend.render import render_ray_maps
 
-__all__ = ["VIEW_MAPS", "baked_frame_rays", "evaluate_views", "evaluate_views_baked", "format_ssim", "render_view",
+__all__ = ["VIEW_MAPS", "baked_frame_rays", "camera_rays", "evaluate_views", "evaluate_views_baked", "format_ssim", "render_view",
            "render_view_baked", "render_view_map"]
 
 #: The outputs of :func:`render_view_map` (``ngp render --output`` on NeRF runs).
@@ -159,6 +159,39 @@ def format_ssim(value: float | None) -> str:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The baked branch (``ngp render/eval RUN --baked FILE``): the same views from a baked grid (ngp_cli.volrend.baked)
+
+
+def camera_rays(c2w: torch.Tensor, focal: float, width: int, height: int,
+                rows: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rays of a pinhole camera, one per pixel, row-major: ``c2w`` (3, 4) OpenGL camera-to-world in the ngp frame,
+    ``focal`` in pixels (square pixels), the principal point at the image centre; origins and unit directions (N, 3)
+    float32 (:func:`~ngp_cli.tasks.nerf.cameras.generate_rays`). ``rows`` ``(top, count)``: only those rows of the
+    width × height image (N = count · width); None: all of them."""
+    from ngp_cli.tasks.nerf.cameras import generate_rays, pixel_grid
+
+    pixels = pixel_grid(width, height)
+    if rows is not None:
+        pixels = pixels[rows[0] * width:(rows[0] + rows[1]) * width]
+    intr = torch.tensor([[focal, focal, width / 2.0, height / 2.0]], dtype=torch.float32).expand(pixels.shape[0], 4)
+    return generate_rays(c2w.reshape(1, 3, 4).expand(pixels.shape[0], 3, 4), intr, pixels, None)
+
+
+def render_camera(problem, c2w: torch.Tensor, focal: float, width: int, height: int, output: str = "rgb", *,
+                  baked=None, min_transmittance: float = MIN_TRANSMITTANCE,
+                  rows: tuple[int, int] | None = None) -> np.ndarray:
+    """One map of the view of a pinhole camera (:func:`camera_rays`), as ``ngp render`` renders its frames: from the
+    baked grid ``baked`` when given (:func:`render_view_baked`), else the network (:func:`render_view_map`, rays
+    stopping below ``min_transmittance``), on the dataset's background. Shapes as :func:`render_view_map`, with
+    ``rows`` ``(top, count)`` giving only those rows of the image (count × width). Raises ``ValueError`` for an output
+    the source cannot give."""
+    origins, directions = camera_rays(c2w, focal, width, height, rows)
+    ds = problem.dataset
+    background = (1.0, 1.0, 1.0) if ds.white_background else (0.0, 0.0, 0.0)
+    h = height if rows is None else rows[1]
+    if baked is not None:
+        return render_view_baked(baked, origins, directions, h, width, background, output, scale=ds.scale,
+                                 offset=ds.offset, kernel_target=problem.kernel_target)
+    return render_view_map(problem, origins, directions, h, width, background, output, min_transmittance)
 
 
 def baked_frame_rays(baked, scale: float, offset, origins: torch.Tensor,

@@ -1,0 +1,309 @@
+"""``ngp view`` (issue 18): the viewer's camera conversions and camera-path export, the server's address rules, and the
+whole viewer in a real browser (headless Chromium, Debian's package; skipped with a reason when it is absent)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ngp_cli.tasks.nerf.viewer import (
+    ViewCamera,
+    _path_name,
+    c2w_to_viser,
+    fit_size,
+    nerfstudio_camera_path,
+    viser_to_c2w,
+)
+from ngp_cli.viewer.server import is_loopback
+
+viser = pytest.importorskip("viser", reason="the viewer extra (viser) is not installed")
+
+
+def _random_c2w(rng: np.random.Generator) -> np.ndarray:
+    from scipy.spatial.transform import Rotation
+
+    return np.concatenate([Rotation.random(random_state=rng).as_matrix(), rng.normal(size=(3, 1))], axis=1)
+
+
+def test_viser_camera_conversion_round_trips_and_follows_opencv_axes():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        c2w = _random_c2w(rng)
+        wxyz, pos = c2w_to_viser(c2w)
+        assert np.allclose(viser_to_c2w(wxyz, pos), c2w, atol=1e-12)
+    # viser's identity camera looks down world +z with y down (OpenCV); in OpenGL axes it looks down -z_cam = +z.
+    c2w = viser_to_c2w((1.0, 0.0, 0.0, 0.0), (1.0, 2.0, 3.0))
+    assert np.allclose(-c2w[:, 2], [0.0, 0.0, 1.0]) and np.allclose(c2w[:, 1], [0.0, -1.0, 0.0])
+    assert np.allclose(c2w[:, 3], [1.0, 2.0, 3.0])
+
+
+def test_fit_size_keeps_aspect_and_never_scales_up():
+    assert fit_size(640, 480, 10**6) == (640, 480)
+    w, h = fit_size(1920, 1080, 320 * 180)
+    assert w * h <= 320 * 180 and abs(w / h - 16 / 9) < 0.02 and w >= 318
+    assert fit_size(50, 50, 100) == (10, 10) and fit_size(3, 3, 0) == (1, 1)
+
+
+def test_camera_path_names_stay_inside_the_run():
+    assert _path_name("orbit") == "orbit.json" and _path_name("a_b-1.json") == "a_b-1.json"
+    from ngp_cli.errors import UsageError
+
+    for bad in ("../x", "a/b", "/etc/passwd", "..json", "", ".hidden"):
+        with pytest.raises(UsageError):
+            _path_name(bad)
+
+
+def test_loopback_addresses():
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2") and not is_loopback("example.org")
+
+
+def test_exported_camera_path_reads_back_as_the_keyframes(tmp_path):
+    from ngp_cli.tasks.nerf.camera_path import load_camera_path
+    from ngp_cli.tasks.nerf.cameras import nerf_matrix_to_ngp
+
+    rng = np.random.default_rng(1)
+    scale, offset = 0.33, (0.5, 0.4, 0.6)
+    keys = [ViewCamera.of(_random_c2w(rng), math.radians(40 + 5 * i), 320, 240) for i in range(3)]
+    doc = nerfstudio_camera_path(keys, scale=scale, offset=offset, width=320, height=240, fps=10.0, seconds=2.0)
+    path = tmp_path / "camera_path.json"
+    path.write_text(json.dumps(doc))
+    loaded = load_camera_path(path)
+    assert loaded.kind == "nerfstudio" and len(loaded) == 20 and (loaded.width, loaded.height) == (320, 240)
+    # Keyframes at t = 0, 1, 2 s: frames 0 and 10 are keyframes 0 and 1 (the end, keyframe 2, is not a frame).
+    ngp = nerf_matrix_to_ngp(torch.as_tensor(loaded.c2w), scale, torch.tensor(offset, dtype=torch.float64))
+    for frame, key in ((0, keys[0]), (10, keys[1])):
+        assert np.allclose(ngp[frame].double().numpy(), key.matrix, atol=1e-5)
+        assert math.isclose(loaded.fov_y[frame], key.fov_y, rel_tol=1e-9)
+    with pytest.raises(ValueError):
+        nerfstudio_camera_path([], scale=1.0, offset=(0, 0, 0), width=1, height=1, fps=1.0, seconds=1.0)
+
+
+def test_view_without_viser_names_the_extra(ngp, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "viser", None)  # import viser raises ImportError
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("task: nerf\n")
+    res = ngp("view", run)
+    assert res.exit_code == 2 and "pip install 'ngp-cli[viewer]'" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and res.last("error")["exit_code"] == 2
+
+
+def test_a_public_host_gets_a_warning(capsys):
+    from ngp_cli.viewer.server import start_server, stop_server, url_of
+
+    server = start_server("0.0.0.0", _free_port())
+    try:
+        err = capsys.readouterr()
+        assert "anyone who can reach this machine" in err.err and err.out == ""
+        assert url_of(server).startswith("http://127.0.0.1:")
+    finally:
+        stop_server(server)
+    stop_server(start_server("127.0.0.1", _free_port()))
+    assert "warning" not in capsys.readouterr().err
+
+
+# --- a trained run, the viewer's own rendering and export, and the real browser -----------------------------------
+
+_TRAIN = ["--backend", "cpu", "--steps", "150", "--set", "train.log_every=50", "--set", "train.eval_every=0",
+          "--set", "train.final_eval_views=0", "--set", "nerf.render_views=0", "--set", "train.batch_size=16384",
+          "--set", "encoding.log2_hashmap_size=14", "--set", "encoding.n_levels=8", "--set", "seed=0"]
+
+
+@pytest.fixture(scope="module")
+def scene_run(tmp_path_factory, app, host_cxx) -> Path:
+    """A NeRF run of 150 steps on the 48-pixel synthetic scene (cpu kernels): enough structure that a shifted or
+    scaled view would not match."""
+    from typer.testing import CliRunner
+
+    from ngp_cli.tasks.nerf.synthetic import make_synthetic_scene
+    from tests.conftest import Invocation
+
+    scene = make_synthetic_scene(tmp_path_factory.mktemp("scene"), n_train=12, n_val=2, resolution=48, seed=5)
+    runs = tmp_path_factory.mktemp("runs")
+    res = Invocation(CliRunner().invoke(app, ["train-nerf", str(scene), "--runs-dir", str(runs), *_TRAIN]))
+    assert res.exit_code == 0, res.stderr
+    return Path(res.last("done")["run_dir"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) / 255.0 - b.astype(np.float64) / 255.0) ** 2))
+    return float("inf") if mse == 0 else -10.0 * math.log10(mse)
+
+
+def test_export_then_ngp_render_round_trips(scene_run, ngp, tmp_path):
+    import imageio.v3 as iio
+
+    from ngp_cli.pipeline import load_trained
+    from ngp_cli.tasks import discover_tasks
+    from ngp_cli.tasks.nerf.viewer import NerfViewer
+    from ngp_cli.viewer.server import start_server, stop_server
+
+    _, problem, meta = load_trained(discover_tasks()["nerf"], scene_run, "cpu")
+    server = start_server("127.0.0.1", _free_port())
+    viewer = NerfViewer(server, problem, scene_run, int(meta["step"]))
+    try:
+        ds = problem.dataset
+        fov = 2.0 * math.atan(0.5 * ds.height / float(ds.intrinsics[0, 1]))
+        keys = [ViewCamera.of(ds.c2w[i].double().numpy(), fov, 40, 30) for i in (0, 3, 6)]
+        with pytest.raises(ValueError):
+            viewer.export_camera_path("path", 4.0, 1.0)  # no keyframe yet
+        for k in keys:
+            viewer.add_keyframe(k)
+        first = viewer.export_camera_path("path", 4.0, 2.0)
+        second = viewer.export_camera_path("path.json", 4.0, 2.0)
+        assert first == scene_run / "camera_paths" / "path.json" and second.name == "path-1.json"
+        assert first.read_text() == second.read_text()  # the earlier file is kept, the new one numbered
+        expected = [viewer.render(k, 40, 30, "network", "rgb") for k in keys[:2]]
+    finally:
+        viewer.stop()
+        stop_server(server)
+    res = ngp("render", scene_run, "--camera-path", first, "--out", tmp_path / "frames", "--backend", "cpu")
+    assert res.exit_code == 0, res.stderr
+    assert res.last("done")["metrics"]["frames"] == 8  # 2 s at 4 fps
+    frames = sorted((tmp_path / "frames").glob("frame_*.png"))
+    assert len(frames) == 8
+    # Keyframes 0 and 1 sit at frames 0 and 4 (keyframes spread evenly over the 2 s).
+    for frame, image in zip((frames[0], frames[4]), expected, strict=True):
+        got = iio.imread(frame)
+        assert got.shape == image.shape == (30, 40, 3)
+        assert np.abs(got.astype(int) - image.astype(int)).max() <= 1
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+class _Browser:
+    """Headless Chromium driven over the DevTools protocol (websockets, which viser brings)."""
+
+    def __init__(self, width: int, height: int) -> None:
+        self.profile = tempfile.mkdtemp(prefix="ngp-chromium-")
+        self.proc = subprocess.Popen(
+            [_chromium(), "--headless=new", "--no-sandbox", "--remote-debugging-port=0",
+             f"--user-data-dir={self.profile}", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
+             f"--window-size={width},{height}", "--hide-scrollbars", "--force-device-scale-factor=1",
+             "--no-first-run", "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        marker = Path(self.profile) / "DevToolsActivePort"
+        deadline = time.monotonic() + 60
+        while not (marker.is_file() and marker.read_text().strip()):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("chromium did not start")
+            time.sleep(0.1)
+        port = int(marker.read_text().split()[0])
+        pages = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30))
+        from websockets.sync.client import connect
+
+        self.ws = connect([p for p in pages if p["type"] == "page"][0]["webSocketDebuggerUrl"], max_size=None)
+        self.next_id = 0
+
+    def call(self, method: str, **params) -> dict:
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.ws.recv(timeout=120))
+            if message.get("id") == self.next_id:
+                assert "error" not in message, message
+                return message["result"]
+
+    def screenshot(self) -> np.ndarray:
+        import imageio.v3 as iio
+
+        data = base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
+        return iio.imread(data)[..., :3]
+
+    def close(self) -> None:
+        self.ws.close()
+        self.proc.kill()
+        self.proc.wait()
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="headless Chromium (Debian's 'chromium' package) is not installed")
+def test_the_browser_shows_what_ngp_render_renders(scene_run, tmp_path):
+    """ngp view in a real browser: the first full-size frame's screenshot, in a region clear of the floating panel
+    and of viser's notices, matches ngp render of the same camera (from the viewer's {"event": "frame"} line) at
+    >= 30 dB."""
+    import imageio.v3 as iio
+
+    port = _free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    view = subprocess.Popen([sys.executable, "-m", "ngp_cli", "view", str(scene_run), "--port", str(port),
+                             "--no-helpers", "--backend", "cpu", "--max-resolution", "2000x2000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    raw: list[str] = []  # stdout carries JSON lines only: each is parsed as it comes, and checked at the end
+    lines: list[dict] = []
+
+    def read() -> None:
+        for line in view.stdout:
+            raw.append(line)
+            if line.startswith("{"):
+                lines.append(json.loads(line))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    browser = None
+    try:
+        deadline = time.monotonic() + 120
+        while not any(e["event"] == "serving" for e in lines):
+            assert view.poll() is None and time.monotonic() < deadline, view.stderr.read()
+            time.sleep(0.1)
+        url = next(e for e in lines if e["event"] == "serving")["url"]
+        assert url == f"http://127.0.0.1:{port}"
+        browser = _Browser(800, 600)
+        browser.call("Page.enable")
+        browser.call("Page.navigate", url=url)
+        while not any(e["event"] == "frame" for e in lines):
+            assert view.poll() is None and time.monotonic() < deadline, "no full-size frame"
+            time.sleep(0.1)
+        frame = next(e for e in lines if e["event"] == "frame")
+        time.sleep(2.0)  # the PNG's way to the canvas
+        shot = browser.screenshot()
+    finally:
+        if browser is not None:
+            browser.close()
+        view.send_signal(signal.SIGINT)
+        try:
+            view.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            view.kill()
+    assert view.returncode == 130, view.stderr.read()
+    reader.join(timeout=10)
+    assert [json.loads(line)["event"] for line in raw][:2] == ["serving", "frame"]  # each line is JSON
+    w, h = frame["width"], frame["height"]
+    assert shot.shape[:2] == (h, w) and frame["source"] == "network" and frame["output"] == "rgb"
+    path = tmp_path / "camera.json"
+    path.write_text(json.dumps({"fl_x": frame["fl_x"], "w": w, "h": h,
+                                "frames": [{"transform_matrix": frame["c2w"] + [[0, 0, 0, 1]]}]}))
+    out = tmp_path / "frames"
+    res = subprocess.run([sys.executable, "-m", "ngp_cli", "render", str(scene_run), "--camera-path", str(path),
+                          "--out", str(out), "--backend", "cpu"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    expected = iio.imread(out / "frame_00000.png")[..., :3]
+    assert expected.shape == shot.shape
+    # Left of the floating panel (about 330 px wide at the top right), below viser's notices (top left).
+    region = (slice(h // 3, h - 60), slice(60, w - 360))
+    assert expected[region].std() > 10  # a view with structure: a shifted image would not match
+    assert _psnr(shot[region], expected[region]) >= 30.0
