@@ -80,6 +80,13 @@ AllowInputChangeOpt = Annotated[bool, typer.Option(
 NprocOpt = Annotated[int, typer.Option(
     "--nproc", min=1, max=1024, help="Train data-parallel in this many processes on this machine (starts torchrun's "
                                      "agent; for several machines run torchrun yourself: docs/distributed.md).")]
+ViewerOpt = Annotated[bool, typer.Option(
+    "--viewer", help="Serve the web viewer while training (the 'viewer' extra; frames between steps, within "
+                     "--viewer-share of the wall time; stops with the run).")]
+ViewerShareOpt = Annotated[float, typer.Option(
+    "--viewer-share", help="The most of the wall time the viewer's frames may take, in (0, 1].")]
+ViewerHostOpt = Annotated[str, typer.Option("--viewer-host", help="The viewer's address (see ngp view --host).")]
+ViewerPortOpt = Annotated[int, typer.Option("--viewer-port", help="The viewer's port (the next free one when taken).")]
 SaveOptimizerOpt = Annotated[bool, typer.Option(
     "--save-optimizer/--no-save-optimizer", help="Keep the Adam state in the final checkpoint (needed for a "
                                                  "bit-exact --resume; without it the moments restart).")]
@@ -158,6 +165,10 @@ class TrainOptions:
     steps: int | None = None
     allow_input_change: bool = False
     save_optimizer: bool = True
+    viewer: bool = False
+    viewer_share: float = 0.1
+    viewer_host: str = "127.0.0.1"
+    viewer_port: int = 7007
 
     def overrides(self) -> list[str]:
         """``--set`` assignments including the shorthands ``--backend`` and ``--steps``."""

@@ -35,6 +35,10 @@ from ngp_cli.commands import (
     SetOpt,
     StepsOpt,
     TrainOptions,
+    ViewerHostOpt,
+    ViewerOpt,
+    ViewerPortOpt,
+    ViewerShareOpt,
     create_run,
     finish,
     open_run,
@@ -59,7 +63,9 @@ __all__ = ["load_trained", "register", "run_name", "train"]
 _SHARED = (("preset", PresetOpt, None), ("set_", SetOpt, None), ("runs_dir", RunsDirOpt, Path("runs")),
            ("name", NameOpt, None), ("resume", ResumeOpt, None), ("json_events", JsonOpt, False),
            ("backend", BackendOpt, None), ("steps", StepsOpt, None), ("allow_input_change", AllowInputChangeOpt, False),
-           ("save_optimizer", SaveOptimizerOpt, True), ("nproc", NprocOpt, 1))
+           ("save_optimizer", SaveOptimizerOpt, True), ("nproc", NprocOpt, 1), ("viewer", ViewerOpt, False),
+           ("viewer_share", ViewerShareOpt, 0.1), ("viewer_host", ViewerHostOpt, "127.0.0.1"),
+           ("viewer_port", ViewerPortOpt, 7007))
 
 
 def register(task: Task, app: typer.Typer) -> None:
@@ -84,7 +90,9 @@ def register(task: Task, app: typer.Typer) -> None:
         opts = TrainOptions(preset=kwargs["preset"], sets=sets, runs_dir=kwargs["runs_dir"], name=kwargs["name"],
                             resume=kwargs["resume"], json=kwargs["json_events"], backend=kwargs["backend"],
                             steps=kwargs["steps"], allow_input_change=kwargs["allow_input_change"],
-                            save_optimizer=kwargs["save_optimizer"])
+                            save_optimizer=kwargs["save_optimizer"], viewer=kwargs["viewer"],
+                            viewer_share=kwargs["viewer_share"], viewer_host=kwargs["viewer_host"],
+                            viewer_port=kwargs["viewer_port"])
         train(task, opts, kwargs[spec.name])
 
     command.__signature__ = inspect.Signature(params)  # what typer reads the options from
@@ -116,6 +124,15 @@ def train(task: Task, opts: TrainOptions, given: Path | None) -> None:
     from ngp_cli.train import Trainer
 
     pin_local_gpu()
+    if opts.viewer:  # refused before anything is built
+        from ngp_cli.tasks import Task
+        from ngp_cli.viewer import require_viser
+        from ngp_cli.viewer.live import check_share
+
+        require_viser()
+        check_share(opts.viewer_share)
+        if type(task).live_viewer is Task.live_viewer:
+            raise UsageError(f"--viewer is not available for {task.name} runs yet (NeRF runs have it)")
     prep = prepare(task, opts)
     cfg = prep.cfg
     world = join_run(cfg, prep.backend, partitioned=task.partitioned)  # rank 0 alone prints and writes
@@ -141,10 +158,16 @@ def train(task: Task, opts: TrainOptions, given: Path | None) -> None:
     n_params = sum(p.numel() for p in problem.model.parameters())
     info(f"{task.describe(cfg, data, problem)}; backend {prep.backend.name} on {prep.backend.device}; "
          f"{n_params:,} parameters")
-    trainer = Trainer(problem, cfg, run, json_events=opts.json, quiet=is_quiet(), save_optimizer=opts.save_optimizer)
+    live = _live_view(task, opts, problem, run) if opts.viewer and world.is_main else None
+    trainer = Trainer(problem, cfg, run, json_events=opts.json, quiet=is_quiet(), save_optimizer=opts.save_optimizer,
+                      live_view=live)
     restored = restore(trainer, prep) if world.is_main else trainer.restore(prep.checkpoint)
     task.before_fit(problem, trainer, restored)
-    state = trainer.fit()
+    try:
+        state = trainer.fit()
+    finally:
+        if live is not None:
+            live.close()
     if not world.is_main and not task.parallel_evaluation:  # the final evaluation and the summary are rank 0's
         leave_quietly()
     with trainer.evaluation_weights():
@@ -158,6 +181,20 @@ def train(task: Task, opts: TrainOptions, given: Path | None) -> None:
     info(task.result_line(cfg, metrics, artifacts, state))
     finish(run, state.step, metrics, artifacts)
     shutdown_world()
+
+
+def _live_view(task: Task, opts: TrainOptions, problem: Any, run: RunDir) -> Any:
+    """Start the viewer of ``--viewer`` (:mod:`ngp_cli.viewer.live`) and say where it is."""
+    from ngp_cli.console import emit
+    from ngp_cli.viewer.live import LiveView
+    from ngp_cli.viewer.server import start_server, url_of
+
+    server = start_server(opts.viewer_host, opts.viewer_port)
+    live = LiveView(task.live_viewer(server, problem, run.path), server, opts.viewer_share)
+    url = url_of(server)
+    info(f"viewer at {url} (frames take at most {opts.viewer_share:.0%} of the wall time)")
+    emit("serving", url=url, run_dir=str(run.path))
+    return live
 
 
 def _training_metrics(state: TrainState) -> dict[str, Any]:

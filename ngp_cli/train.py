@@ -378,15 +378,18 @@ class Trainer:
     """Runs ``cfg.train.n_steps`` optimisation steps of ``problem`` into ``run``, resumably."""
 
     def __init__(self, problem: Problem, cfg: RunConfig, run: RunDir, *, json_events: bool = False,
-                 quiet: bool = False, save_optimizer: bool = True) -> None:
+                 quiet: bool = False, save_optimizer: bool = True, live_view: Any = None) -> None:
         """``save_optimizer``: whether the final checkpoint carries the Adam state (the periodic and Ctrl-C ones
-        always do, so a crash or an interruption resumes bit-exactly)."""
+        always do, so a crash or an interruption resumes bit-exactly). ``live_view``: a
+        :class:`~ngp_cli.viewer.live.LiveView` called between steps (``--viewer``); its seconds count as training
+        time."""
         self.problem = problem
         self.cfg = cfg
         self.run = run
         self.json_events = json_events
         self.quiet = quiet
         self.save_optimizer = save_optimizer
+        self.live_view = live_view
         self.show_psnr = getattr(problem, "progress_metric", "psnr") == "psnr"
         self.model = problem.model
         if any(p.device.type == "cpu" for p in self.model.parameters()):
@@ -552,6 +555,8 @@ class Trainer:
                         emit("step", **record)
                 window_t0, window_steps = now, 0
             progress.advance(self.state.step, record)
+            if self.live_view is not None:
+                self.state.elapsed_s += self.live_view.between_steps(record)
             if tc.eval_every and self.state.step % tc.eval_every == 0 and hasattr(self.problem, "evaluate_held_out"):
                 self._check_divergence()
                 self._evaluate_held_out()

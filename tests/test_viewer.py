@@ -22,14 +22,8 @@ import numpy as np
 import pytest
 import torch
 
-from ngp_cli.tasks.nerf.viewer import (
-    ViewCamera,
-    _path_name,
-    c2w_to_viser,
-    fit_size,
-    nerfstudio_camera_path,
-    viser_to_c2w,
-)
+from ngp_cli.tasks.nerf.viewer import _path_name, nerfstudio_camera_path
+from ngp_cli.viewer.frames import ViewCamera, c2w_to_viser, fit_size, viser_to_c2w
 from ngp_cli.viewer.server import is_loopback
 
 viser = pytest.importorskip("viser", reason="the viewer extra (viser) is not installed")
@@ -241,6 +235,32 @@ class _Browser:
         shutil.rmtree(self.profile, ignore_errors=True)
 
 
+def _view_process(args: list[str]) -> tuple[subprocess.Popen, list[str], list[dict], threading.Thread]:
+    """``python -m ngp_cli ARGS`` with its stdout read on a thread: the raw lines and the JSON events so far."""
+    proc = subprocess.Popen([sys.executable, "-m", "ngp_cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    raw: list[str] = []
+    events: list[dict] = []
+
+    def read() -> None:
+        for line in proc.stdout:
+            raw.append(line)
+            if line.startswith("{"):
+                events.append(json.loads(line))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return proc, raw, events, reader
+
+
+def _wait_for(events: list[dict], event: str, proc: subprocess.Popen, seconds: float) -> dict:
+    deadline = time.monotonic() + seconds
+    while not any(e["event"] == event for e in events):
+        assert proc.poll() is None and time.monotonic() < deadline, f"no {event!r} line; {proc.stderr.read()}"
+        time.sleep(0.05)
+    return next(e for e in events if e["event"] == event)
+
+
 @pytest.mark.skipif(_chromium() is None, reason="headless Chromium (Debian's 'chromium' package) is not installed")
 def test_the_browser_shows_what_ngp_render_renders(scene_run, tmp_path):
     """ngp view in a real browser: the first full-size frame's screenshot, in a region clear of the floating panel
@@ -249,36 +269,15 @@ def test_the_browser_shows_what_ngp_render_renders(scene_run, tmp_path):
     import imageio.v3 as iio
 
     port = _free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    view = subprocess.Popen([sys.executable, "-m", "ngp_cli", "view", str(scene_run), "--port", str(port),
-                             "--no-helpers", "--backend", "cpu", "--max-resolution", "2000x2000"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    raw: list[str] = []  # stdout carries JSON lines only: each is parsed as it comes, and checked at the end
-    lines: list[dict] = []
-
-    def read() -> None:
-        for line in view.stdout:
-            raw.append(line)
-            if line.startswith("{"):
-                lines.append(json.loads(line))
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    view, raw, events, reader = _view_process(["view", str(scene_run), "--port", str(port), "--no-helpers",
+                                               "--backend", "cpu", "--max-resolution", "2000x2000"])
     browser = None
     try:
-        deadline = time.monotonic() + 120
-        while not any(e["event"] == "serving" for e in lines):
-            assert view.poll() is None and time.monotonic() < deadline, view.stderr.read()
-            time.sleep(0.1)
-        url = next(e for e in lines if e["event"] == "serving")["url"]
+        url = _wait_for(events, "serving", view, 120)["url"]
         assert url == f"http://127.0.0.1:{port}"
         browser = _Browser(800, 600)
-        browser.call("Page.enable")
         browser.call("Page.navigate", url=url)
-        while not any(e["event"] == "frame" for e in lines):
-            assert view.poll() is None and time.monotonic() < deadline, "no full-size frame"
-            time.sleep(0.1)
-        frame = next(e for e in lines if e["event"] == "frame")
+        frame = _wait_for(events, "frame", view, 120)
         time.sleep(2.0)  # the PNG's way to the canvas
         shot = browser.screenshot()
     finally:
@@ -291,7 +290,7 @@ def test_the_browser_shows_what_ngp_render_renders(scene_run, tmp_path):
             view.kill()
     assert view.returncode == 130, view.stderr.read()
     reader.join(timeout=10)
-    assert [json.loads(line)["event"] for line in raw][:2] == ["serving", "frame"]  # each line is JSON
+    assert [json.loads(line)["event"] for line in raw][:2] == ["serving", "frame"]  # stdout: JSON lines only
     w, h = frame["width"], frame["height"]
     assert shot.shape[:2] == (h, w) and frame["source"] == "network" and frame["output"] == "rgb"
     path = tmp_path / "camera.json"
@@ -307,3 +306,54 @@ def test_the_browser_shows_what_ngp_render_renders(scene_run, tmp_path):
     region = (slice(h // 3, h - 60), slice(60, w - 360))
     assert expected[region].std() > 10  # a view with structure: a shifted image would not match
     assert _psnr(shot[region], expected[region]) >= 30.0
+
+
+@pytest.mark.skipif(_chromium() is None, reason="headless Chromium (Debian's 'chromium' package) is not installed")
+def test_training_with_the_viewer_open_gives_the_same_weights(tmp_path, app):
+    """train-nerf --viewer with a browser watching renders frames between steps, and ends with the very weights of
+    the same run without the viewer."""
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    from ngp_cli.tasks.nerf.synthetic import make_synthetic_scene
+    from tests.conftest import Invocation
+
+    scene = make_synthetic_scene(tmp_path / "scene", n_train=8, n_val=2, resolution=32, seed=2)
+    args = ["train-nerf", str(scene), "--runs-dir", str(tmp_path / "runs"), *_TRAIN[:2], "--steps", "400",
+            *_TRAIN[4:]]
+    plain = Invocation(CliRunner().invoke(app, [*args, "--name", "plain"]))
+    assert plain.exit_code == 0, plain.stderr
+    port = _free_port()
+    proc, raw, events, reader = _view_process([*args, "--name", "viewed", "--viewer", "--viewer-port", str(port),
+                                               "--viewer-share", "0.5", "--json"])
+    browser = None
+    try:
+        url = _wait_for(events, "serving", proc, 120)["url"]
+        browser = _Browser(640, 480)
+        browser.call("Page.navigate", url=url)
+        _wait_for(events, "frame", proc, 120)
+        proc.wait(timeout=600)
+    finally:
+        if browser is not None:
+            browser.close()
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(timeout=10)
+    assert proc.returncode == 0, proc.stderr.read()
+    kinds = [json.loads(line)["event"] for line in raw]  # stdout: JSON lines only
+    assert "serving" in kinds and kinds[-1] == "done" and "frame" in kinds
+    # Frames came during training: a frame line before the last step line.
+    assert kinds.index("frame") < len(kinds) - 1 - kinds[::-1].index("step")
+    a, b = (load_file(str(sorted((Path(r) / "checkpoints").glob("*.safetensors"))[-1])) for r in (
+        plain.last("done")["run_dir"], events[-1]["run_dir"]))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_viewer_is_refused_where_a_task_has_none_and_for_a_bad_share(ngp, tmp_path, astronaut_crop):
+    res = ngp("fit-image", astronaut_crop, "--viewer", "--runs-dir", tmp_path / "runs", "--steps", "1")
+    assert res.exit_code == 2 and "--viewer is not available for image runs" in res.stderr
+    res = ngp("train-nerf", "--viewer", "--viewer-share", "0", "--runs-dir", tmp_path / "runs", "--steps", "1")
+    assert res.exit_code == 2 and "--viewer-share must be in (0, 1]" in res.stderr
+    assert not (tmp_path / "runs").exists()  # refused before anything was written

@@ -192,6 +192,12 @@ class Task:
     def before_fit(self, problem: Any, trainer: Any, restored: bool) -> None:
         """Work after the checkpoint is restored (``restored``: one was) and before the first step."""
 
+    def live_viewer(self, server: Any, problem: Any, run_dir: Any, *, helpers: bool = True) -> Any:
+        """The viewer ``--viewer`` serves while ``problem`` trains (:mod:`ngp_cli.viewer.live`): a
+        :class:`~ngp_cli.viewer.frames.FrameServer` on ``server`` made with ``threaded=False``, or None when the
+        task has none yet (the training command then refuses ``--viewer``)."""
+        return None
+
     def evaluate(self, problem: Any, run: Any, state: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         """The final evaluation (run under the evaluation weights): ``(metrics, artifacts)`` for summary.json. The
         pipeline adds ``loss``, ``steps``, ``train_s``, ``compile_s`` and the checkpoint."""
