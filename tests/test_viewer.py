@@ -351,9 +351,100 @@ def test_training_with_the_viewer_open_gives_the_same_weights(tmp_path, app):
         assert torch.equal(a[key], b[key]), key
 
 
-def test_viewer_is_refused_where_a_task_has_none_and_for_a_bad_share(ngp, tmp_path, astronaut_crop):
-    res = ngp("fit-image", astronaut_crop, "--viewer", "--runs-dir", tmp_path / "runs", "--steps", "1")
+def test_viewer_is_refused_where_a_task_has_none_and_for_a_bad_share(ngp, tmp_path, monkeypatch):
+    from ngp_cli.tasks import Task
+    from ngp_cli.tasks.gigapixel import GigapixelTask
+
+    monkeypatch.setattr(GigapixelTask, "live_viewer", Task.live_viewer)  # a task plugin without a viewer
+    res = ngp("fit-image", "--viewer", "--runs-dir", tmp_path / "runs", "--steps", "1")
     assert res.exit_code == 2 and "--viewer is not available for image runs" in res.stderr
     res = ngp("train-nerf", "--viewer", "--viewer-share", "0", "--runs-dir", tmp_path / "runs", "--steps", "1")
     assert res.exit_code == 2 and "--viewer-share must be in (0, 1]" in res.stderr
     assert not (tmp_path / "runs").exists()  # refused before anything was written
+
+
+def test_image_viewer_shows_the_model_and_the_photo_where_the_rays_meet_them(ngp, tmp_path, astronaut_crop):
+    """A camera square on the photo, its frustum exactly the photo: each pixel shows the model (or the photo, or the
+    error map) at that pixel's centre; outside the photo the frame is grey. And fit-image --viewer serves while it
+    trains."""
+    from ngp_cli.images import colormap, from_float
+    from ngp_cli.pipeline import load_trained
+    from ngp_cli.tasks import discover_tasks
+    from ngp_cli.tasks.gigapixel.data import pixel_centers
+    from ngp_cli.tasks.gigapixel.viewer import ImageViewer, image_rect
+    from ngp_cli.viewer.server import start_server, stop_server
+
+    res = ngp("fit-image", astronaut_crop, "--runs-dir", tmp_path / "runs", "--steps", "20", "--backend", "cpu",
+              "--viewer", "--viewer-port", str(_free_port()))
+    assert res.exit_code == 0, res.stderr
+    assert [e["event"] for e in res.events][-1] == "done" and res.last("serving")["url"].startswith("http://127.0.0.1:")
+    run = Path(res.last("done")["run_dir"])
+    _, problem, meta = load_trained(discover_tasks()["image"], run, "cpu")
+    t = problem.target
+    server = start_server("127.0.0.1", _free_port())
+    viewer = ImageViewer(server, problem, run, int(meta["step"]))
+    try:
+        sx, sy = image_rect(t.width, t.height)
+        fov = math.radians(40.0)
+        c2w = np.eye(4)[:3]
+        c2w[:, 3] = (sx / 2, -sy / 2, 0.5 * sy / math.tan(fov / 2))  # looking down -z at the photo's centre
+        cam = ViewCamera.of(c2w, fov, t.width, t.height)
+        uv = pixel_centers(t.height, t.width, 0, t.height)
+        pred = problem.predict(uv, 1 << 16)
+        ref = t.sample(torch.from_numpy(uv)).numpy()
+        for output, expected in (
+                ("reconstruction", from_float(np.clip(pred[:, :3], 0, 1), np.uint8)),
+                ("photo", from_float(np.clip(ref[:, :3], 0, 1), np.uint8)),
+                ("error", colormap(np.abs(pred - ref).mean(axis=1)[None], vmax=viewer.error_vmax)[0])):
+            got = viewer.render_band(cam, t.width, t.height, (0, t.height), (output,)).reshape(-1, 3)
+            assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1, output
+        wide = ViewCamera.of(c2w, math.radians(80.0), 64, 64)  # sees beyond the photo's edges
+        band = viewer.render_band(wide, 64, 64, (0, 64), ("reconstruction",))
+        assert (band[0, 0] == 40).all() and (band[32, 32] != 40).any()
+    finally:
+        viewer.stop()
+        stop_server(server)
+
+
+def test_sdf_slice_colours_and_points():
+    from ngp_cli.tasks.sdf.viewer import CONTOUR_STEP, SLICE_RANGE, SdfViewer, slice_image
+
+    img = slice_image(np.array([[SLICE_RANGE, -SLICE_RANGE, 0.0, 0.5 * CONTOUR_STEP]]))
+    assert img.shape == (1, 4, 3) and img.dtype == np.uint8
+    assert img[0, 0, 0] > img[0, 0, 2] + 50 and img[0, 1, 2] > img[0, 1, 0] + 50  # outside red, inside blue
+    assert (img[0, 2] == 0).all() and img[0, 3].max() > 100  # the surface black, half a step off it not
+    pts = SdfViewer.slice_points(None, np.array([1.0, 0, 0, 0]), np.array([0.5, 0.5, 0.5]), n=4)
+    assert pts.shape == (4, 4, 3) and np.allclose(pts[..., 2], 0.5)
+    assert np.allclose(pts[0, 0], [0.125, 0.875, 0.5]) and np.allclose(pts[-1, -1], [0.875, 0.125, 0.5])
+
+
+def test_sdf_viewer_shows_the_network_on_the_slice_and_its_mesh(ngp, tmp_path):
+    """The viewer of an SDF run: the slice shows the network's own values at the slice's points, the mesh is sent,
+    and train-sdf --viewer serves while it trains."""
+    from ngp_cli.tasks import discover_tasks
+    from ngp_cli.tasks.sdf.evaluate import load_run
+    from ngp_cli.tasks.sdf.viewer import SdfViewer, slice_image
+    from ngp_cli.viewer.server import start_server, stop_server
+
+    res = ngp("train-sdf", "--runs-dir", tmp_path / "runs", "--steps", "30", "--backend", "cpu", "--viewer",
+              "--viewer-port", str(_free_port()), "--set", "sdf.mesh_resolution=32", "--set", "sdf.iou_points=4096")
+    assert res.exit_code == 0, res.stderr
+    assert res.last("serving")["url"].startswith("http://127.0.0.1:")
+    run, problem, meta = load_run(discover_tasks()["sdf"], Path(res.last("done")["run_dir"]), "cpu")
+    server = start_server("127.0.0.1", _free_port())
+    viewer = SdfViewer(server, problem, run.path, int(meta["step"]), resolution=32)
+    try:
+        assert viewer.meshes_sent == 1
+        deadline = time.monotonic() + 30
+        while viewer.slices_sent < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert viewer.slices_sent >= 1
+        wxyz, pos = viewer.pose()
+        pts = viewer.slice_points(wxyz, pos, n=16)
+        with torch.no_grad():
+            direct = problem.field(torch.from_numpy(pts.reshape(-1, 3))).float().numpy().reshape(16, 16)
+        assert np.allclose(viewer.slice_sdf(pts), direct, atol=1e-6)
+        assert np.array_equal(slice_image(viewer.slice_sdf(pts)), slice_image(direct))
+    finally:
+        viewer.stop()
+        stop_server(server)

@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import sys
+import time
 from typing import Any
 
-from ngp_cli.console import warn
+from ngp_cli.console import emit, info, warn
 from ngp_cli.errors import UsageError
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "is_loopback", "start_server", "stop_server", "url_of"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "is_loopback", "serve", "start_server", "stop_server", "url_of"]
 
 #: Loopback only, unless ``--host`` says otherwise (issue 18: nothing is exposed by default).
 DEFAULT_HOST = "127.0.0.1"
@@ -64,3 +65,18 @@ def stop_server(server: Any) -> None:
     """Stop a server from :func:`start_server` (viser's own "Server stopped" line goes to stderr, not stdout)."""
     with contextlib.redirect_stdout(sys.stderr):
         server.stop()
+
+
+def serve(server: Any, viewer: Any, run_dir: Any, step: int, what: str = "", **fields: Any) -> None:
+    """``ngp view``'s life once its viewer is built: say where it is (an info line, and a ``{"event": "serving",
+    "url": ...}`` line on stdout with ``fields``), then serve until interrupted (Ctrl-C: KeyboardInterrupt, exit
+    130), stopping the viewer's renders and the server on the way out. ``what``: said after the step."""
+    url = url_of(server)
+    info(f"viewing {run_dir} (step {step}{what}) at {url}; Ctrl-C stops")
+    emit("serving", url=url, run_dir=str(run_dir), step=step, **fields)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        viewer.stop()
+        stop_server(server)

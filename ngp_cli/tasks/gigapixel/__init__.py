@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ngp_cli.tasks import Shorthand, Task, TrainInput
+from ngp_cli.commands import VIEW_OPTIONS
+from ngp_cli.tasks import RunCommand, Shorthand, Task, TrainInput
 from ngp_cli.tasks.gigapixel.config import ImageConfig, ImageSection, default_photo
 
 __all__ = ["GigapixelTask", "ImageConfig", "ImageSection", "default_photo"]
@@ -17,7 +18,12 @@ __all__ = ["GigapixelTask", "ImageConfig", "ImageSection", "default_photo"]
 class GigapixelTask(Task):
     name = "image"
     summary = "Fit a multiresolution hash encoding + MLP to a photo (paper §5.1 gigapixel image)"
-    commands = ("fit-image",)
+    commands = ("fit-image", "view")
+    run_commands = (
+        RunCommand("view", "ngp_cli.tasks.gigapixel.viewer:view_command", """Serve a web viewer of an image run (viser,
+        the 'viewer' extra): the reconstruction, the photo or the error map at any zoom, evaluated for the pixels on
+        screen.""", options=VIEW_OPTIONS),
+    )
     parallel_evaluation = True  # data parallel: the tiles are dealt out (fit.evaluate)
     default_preset = "image"
     default_preset_cpu = "image-cpu"
@@ -54,6 +60,11 @@ class GigapixelTask(Task):
 
         return (f"photo {Path(cfg.image.path).name}: {data.width}x{data.height}, {data.channels} channel(s), "
                 f"{data.image.dtype}")
+
+    def live_viewer(self, server: Any, problem: Any, run_dir: Any, *, helpers: bool = True) -> Any:
+        from ngp_cli.tasks.gigapixel.viewer import ImageViewer
+
+        return ImageViewer(server, problem, run_dir, None, threaded=False)
 
     def evaluate(self, problem: Any, run: Any, state: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         from ngp_cli.tasks.gigapixel.fit import final_evaluation

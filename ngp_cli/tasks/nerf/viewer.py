@@ -19,7 +19,6 @@ import json
 import math
 import os
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -271,7 +270,7 @@ def view_command(task: Any, run_path: Path, *, host: str, port: int, baked: Path
     from ngp_cli.commands import parse_resolution
     from ngp_cli.tasks.nerf.evaluate import _baked_on, load_run
     from ngp_cli.viewer import require_viser
-    from ngp_cli.viewer.server import start_server, stop_server, url_of
+    from ngp_cli.viewer.server import serve, start_server
     from ngp_cli.volrend.baked import load_baked
 
     require_viser()
@@ -283,13 +282,5 @@ def view_command(task: Any, run_path: Path, *, host: str, port: int, baked: Path
         grid = _baked_on(load_baked(source), source, run, step, problem)
     server = start_server(host, port)
     viewer = NerfViewer(server, problem, run.path, step, grid, max_pixels=max_w * max_h, helpers=helpers)
-    url = url_of(server)
-    info(f"viewing {run.path} (step {step}{', baked grid ' + str(source) if grid is not None else ''}) at {url}; "
-         f"Ctrl-C stops")
-    emit("serving", url=url, run_dir=str(run.path), step=step, baked=str(source) if grid is not None else None)
-    try:
-        while True:
-            time.sleep(3600)
-    finally:
-        viewer.stop()
-        stop_server(server)
+    serve(server, viewer, run.path, step, f", baked grid {source}" if grid is not None else "",
+          baked=str(source) if grid is not None else None)

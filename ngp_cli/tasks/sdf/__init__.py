@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ngp_cli.commands import MESH_OPTIONS, ORBIT_OPTION, RENDER_OPTIONS
+from ngp_cli.commands import MESH_OPTIONS, ORBIT_OPTION, RENDER_OPTIONS, VIEW_OPTIONS
 from ngp_cli.tasks import RunCommand, Task, TrainInput
 from ngp_cli.tasks.sdf.config import UP_AXES, SdfConfig, SdfSection
 
@@ -31,7 +31,7 @@ _EVALUATE = "ngp_cli.tasks.sdf.evaluate"
 class SdfTask(Task):
     name = "sdf"
     summary = "Signed distance function of a triangle mesh, marching-cubes meshes, IoU and Chamfer (paper §5.2)"
-    commands = ("train-sdf", "extract-mesh", "eval", "render")
+    commands = ("train-sdf", "extract-mesh", "eval", "render", "view")
     default_preset = "sdf"
     default_preset_cpu = "sdf-cpu"
     run_commands = (
@@ -47,6 +47,10 @@ class SdfTask(Task):
             *MESH_OPTIONS,
             ("level", Annotated[float, typer.Option(
                 "--level", help="The iso-level, in unit-cube units (0: the surface).")], 0.0))),
+        RunCommand("view", "ngp_cli.tasks.sdf.viewer:view_command", """Serve a web viewer of an SDF run (viser, the
+        'viewer' extra): the extracted mesh and a slice plane you move, coloured by the network's signed
+        distance.""", options=(*VIEW_OPTIONS, ("resolution", Annotated[int, typer.Option(
+            "--resolution", min=16, max=1024, help="The mesh's marching-cubes resolution.")], 256))),
     )
     train_command = "train-sdf"
     train_help = """Train a hash-grid + MLP signed distance function of a mesh; write checkpoints, the IoU, an extracted
@@ -65,6 +69,11 @@ class SdfTask(Task):
         from ngp_cli.tasks.sdf.fit import load_input
 
         return load_input(cfg, report=fresh)
+
+    def live_viewer(self, server: Any, problem: Any, run_dir: Any, *, helpers: bool = True) -> Any:
+        from ngp_cli.tasks.sdf.viewer import SdfViewer
+
+        return SdfViewer(server, problem, run_dir, None, threaded=False)
 
     def build_problem(self, cfg: SdfConfig, backend: Any, data: Any) -> Any:
         from ngp_cli.tasks.sdf.fit import SdfProblem
