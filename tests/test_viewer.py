@@ -448,3 +448,37 @@ def test_sdf_viewer_shows_the_network_on_the_slice_and_its_mesh(ngp, tmp_path):
     finally:
         viewer.stop()
         stop_server(server)
+
+
+def test_nrc_viewer_offers_the_runs_own_images_only(ngp, tmp_path):
+    import imageio.v3 as iio
+
+    from ngp_cli.errors import DataError
+    from ngp_cli.tasks.nrc.viewer import NrcViewer, letterbox, run_images
+    from ngp_cli.viewer.server import start_server, stop_server
+
+    img = np.arange(2 * 4 * 3, dtype=np.uint8).reshape(2, 4, 3)
+    box = letterbox(img, 8, 8)  # 4×2 scaled ×2 into 8×8: rows 2..5 hold it, grey above and below
+    assert box.shape == (8, 8, 3) and (box[0] == 40).all() and (box[7] == 40).all()
+    assert np.array_equal(box[2:6:2, ::2], img) and np.array_equal(box[3:6:2, 1::2], img)
+    with pytest.raises(DataError):
+        run_images(tmp_path)
+    res = ngp("train-nrc", "--runs-dir", tmp_path / "runs", "--set", "nrc.frames=2", "--set", "nrc.width=16",
+              "--set", "nrc.height=12", "--set", "nrc.warmup_frames=1")
+    assert res.exit_code == 0, res.stderr
+    run = Path(res.last("done")["run_dir"])
+    outside = tmp_path / "secret.png"
+    iio.imwrite(outside, img)
+    (run / "frames" / "frame_00099.png").symlink_to(outside)  # a link out of the run: never offered
+    images = run_images(run)
+    assert list(images) == ["NRC (mean of frames)", "path tracer, equal time", "reference", "frame 1", "frame 2"]
+    server = start_server("127.0.0.1", _free_port())
+    viewer = NrcViewer(server, run)
+    try:
+        first = viewer.image("frame 1")
+        assert np.array_equal(first, iio.imread(run / "frames" / "frame_00000.png")[..., :3])
+        band = viewer.render_band(None, 32, 24, (0, 24), ("reference",))
+        assert band.shape == (24, 32, 3) and band.dtype == np.uint8
+    finally:
+        viewer.stop()
+        stop_server(server)

@@ -13,8 +13,8 @@ from typing import Annotated
 
 import typer
 
-from ngp_cli.commands import BackendOpt, NameOpt, NprocOpt, PresetOpt, RunsDirOpt, SetOpt, TrainOptions
-from ngp_cli.tasks import Task
+from ngp_cli.commands import VIEW_OPTIONS, BackendOpt, NameOpt, NprocOpt, PresetOpt, RunsDirOpt, SetOpt, TrainOptions
+from ngp_cli.tasks import RunCommand, Task
 from ngp_cli.tasks.nrc.config import NrcConfig, NrcSection
 
 __all__ = ["NrcConfig", "NrcSection", "NrcTask"]
@@ -23,7 +23,12 @@ __all__ = ["NrcConfig", "NrcSection", "NrcTask"]
 class NrcTask(Task):
     name = "nrc"
     summary = "Neural radiance caching in a path tracer, trained online (Müller et al. 2021, hash-encoded)"
-    commands = ("train-nrc",)
+    commands = ("train-nrc", "view")
+    run_commands = (
+        RunCommand("view", "ngp_cli.tasks.nrc.viewer:view_command", """Serve a web viewer of an NRC run (viser, the
+        'viewer' extra): its frames one at a time, and the cache's mean image, the path tracer at equal time and the
+        reference, each fitted to the browser's window.""", options=VIEW_OPTIONS),
+    )
     default_preset = "nrc"
     default_preset_cpu = "nrc"
     extra_input_paths = ("nrc.scene",)  # trained by its own loop: no train_input
