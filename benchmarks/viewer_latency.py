@@ -116,7 +116,8 @@ def main() -> None:
     print(json.dumps({
         "event": "viewer_latency", "run": str(args.run), "source": args.source, "window": args.size,
         "canvas": [client.camera.image_width, client.camera.image_height],
-        "connect_s": round(connected[0] - t_nav, 3), "first_frame_s": round(first_frame, 3), "first_full_s": round(first_full, 3),
+        "connect_s": round(connected[0] - t_nav, 3), "first_frame_s": round(first_frame, 3),
+        "first_full_s": round(first_full, 3),
         "moving_fps": round(len(previews) / max(moving_s, 1e-9), 2),
         "preview_pixels_median": statistics.median(w * h for w, h in previews) if previews else None,
         "preview_size_median": [int(statistics.median(w for w, _ in previews)),

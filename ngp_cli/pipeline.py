@@ -175,6 +175,8 @@ def train(task: Task, opts: TrainOptions, given: Path | None) -> None:
     if not world.is_main:  # it took its share of the evaluation; rank 0 writes
         leave_quietly()
     metrics = {**metrics, **_training_metrics(state)}
+    if live is not None:  # the viewer's share of the training time (--viewer)
+        metrics["viewer_s"] = round(live.spent, 3)
     if world.distributed:
         metrics["processes"] = world.size
     artifacts["checkpoint"] = run.latest_weights()

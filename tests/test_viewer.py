@@ -193,13 +193,14 @@ def _chromium() -> str | None:
 class _Browser:
     """Headless Chromium driven over the DevTools protocol (websockets, which viser brings)."""
 
-    def __init__(self, width: int, height: int) -> None:
+    def __init__(self, width: int, height: int, nice: int = 0) -> None:
         self.profile = tempfile.mkdtemp(prefix="ngp-chromium-")
         self.proc = subprocess.Popen(
             [_chromium(), "--headless=new", "--no-sandbox", "--remote-debugging-port=0",
              f"--user-data-dir={self.profile}", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
              f"--window-size={width},{height}", "--hide-scrollbars", "--force-device-scale-factor=1",
-             "--no-first-run", "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--no-first-run", "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=(lambda: os.nice(nice)) if nice else None)
         marker = Path(self.profile) / "DevToolsActivePort"
         deadline = time.monotonic() + 60
         while not (marker.is_file() and marker.read_text().strip()):

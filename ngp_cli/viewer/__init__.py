@@ -1,9 +1,11 @@
 """``ngp view``: a web viewer of trained runs, built on viser (https://viser.studio), the optional ``viewer`` extra.
 
 The server (:mod:`ngp_cli.viewer.server`) binds 127.0.0.1 unless told otherwise and serves viser's own client; what a
-browser sees of a run is what the run's task viewer (:mod:`ngp_cli.tasks.nerf.viewer` for NeRF runs) renders and sends to
-it. The client can ask the server for nothing but renders of the run and a camera-path file written into the run
-directory under a name the server makes.
+browser sees of a run is what the run's task viewer (``ngp_cli/tasks/<task>/viewer.py``) builds: a scene, and frames
+from :class:`~ngp_cli.viewer.frames.FrameServer` for the tasks that render images. The client can ask the server for
+nothing but renders of the run and a camera-path file written into the run directory under a name the server
+makes. ``--viewer`` on the training commands serves the same viewers while the run trains
+(:mod:`ngp_cli.viewer.live`).
 
 viser is imported only when the command runs (:func:`require_viser`), so ``ngp --help`` and every other command work
 without it.

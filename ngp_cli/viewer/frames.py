@@ -124,6 +124,8 @@ class FrameServer:
         self._tabs: dict[int, _Tab] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set on any camera move, new tab or new settings
+        self._changed_at = time.monotonic()
         self._seconds_per_pixel: dict[Any, float] = {}
         self._status: Any = None
         self._training: Any = None
@@ -163,10 +165,16 @@ class FrameServer:
 
         def moved(_camera: Any) -> None:
             tab.changed_at = time.monotonic()
+            self._woken()
 
         client.camera.on_update(moved)
         with self._lock:
             self._tabs[client.client_id] = tab
+        self._woken()
+
+    def _woken(self) -> None:
+        self._changed_at = time.monotonic()
+        self._wake.set()
 
     def _disconnect(self, client: Any) -> None:
         with self._lock:
@@ -177,6 +185,7 @@ class FrameServer:
         with self._lock:
             for tab in self._tabs.values():
                 tab.preview = tab.full = None
+        self._woken()
 
     def show_training(self, record: dict[str, Any]) -> None:
         """A training log record (``--viewer``): shown in the panel (step, loss, batch PSNR when the task has one),
@@ -291,11 +300,14 @@ class FrameServer:
             worked = False
             for tab in tabs:
                 worked |= self._guarded(tab, None)
-            if not worked:
-                self._stop.wait(0.01)
+            if not worked:  # asleep until a tab changes, or its camera may have settled
+                recent = time.monotonic() - self._changed_at < 2 * SETTLE_SECONDS
+                self._wake.wait(0.02 if recent else 1.0)
+                self._wake.clear()
 
     def stop(self) -> None:
         """Stop the render thread (the server is the caller's)."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)

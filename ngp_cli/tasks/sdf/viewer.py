@@ -66,8 +66,8 @@ class SdfViewer:
         self.meshes_sent = self.slices_sent = 0
         self._slice_pose: tuple | None = None  # the pose the slice image shows
         self._mesh_stale = True
-        self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set when the gizmo moves
         gui = server.gui
         gui.add_markdown(f"**{Path(run_dir).name}**" + (f", step {step}" if step is not None else ", training"))
         self._training = gui.add_markdown("") if step is None else None
@@ -79,6 +79,7 @@ class SdfViewer:
                              position=(0.5, 0.5, 0.5), cast_shadow=False, receive_shadow=False)
         self._gizmo = server.scene.add_transform_controls("/slice", scale=0.35, position=(0.5, 0.5, 0.5),
                                                           depth_test=False)
+        self._gizmo.on_update(lambda _event: self._wake.set())
         self._slice = None
         self._mesh = None
         self._show_mesh.on_update(lambda _e: self._mesh is not None and setattr(
@@ -174,10 +175,12 @@ class SdfViewer:
                     self._status.content = f"slice failed: {type(e).__name__}: {e}"[:300]
                     self._slice_pose = (tuple(wxyz), tuple(position))
             else:
-                self._stop.wait(0.03)
+                self._wake.wait(1.0)
+                self._wake.clear()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
 
