@@ -125,13 +125,12 @@ def train(task: Task, opts: TrainOptions, given: Path | None) -> None:
 
     pin_local_gpu()
     if opts.viewer:  # refused before anything is built
-        from ngp_cli.tasks import Task
         from ngp_cli.viewer import require_viser
         from ngp_cli.viewer.live import check_share
 
         require_viser()
         check_share(opts.viewer_share)
-        if type(task).live_viewer is Task.live_viewer:
+        if task.live_viewer is None:
             raise UsageError(f"--viewer is not available for {task.name} runs yet (NeRF runs have it)")
     prep = prepare(task, opts)
     cfg = prep.cfg

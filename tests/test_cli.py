@@ -26,10 +26,10 @@ def test_tasks_lists_the_builtin_tasks(ngp):
     res = ngp("tasks")
     assert res.exit_code == 0
     tasks = {e["name"]: e for e in res.events if e["event"] == "task"}
-    assert tasks["image"]["commands"] == ["fit-image"]
-    assert tasks["nerf"]["commands"] == ["train-nerf", "eval", "render", "extract-mesh", "bake"]
-    assert tasks["sdf"]["commands"] == ["train-sdf", "extract-mesh", "eval", "render"]
-    assert tasks["nrc"]["commands"] == ["train-nrc"]
+    assert tasks["image"]["commands"] == ["fit-image", "view"]
+    assert tasks["nerf"]["commands"] == ["train-nerf", "eval", "render", "extract-mesh", "bake", "view"]
+    assert tasks["sdf"]["commands"] == ["train-sdf", "extract-mesh", "eval", "render", "view"]
+    assert tasks["nrc"]["commands"] == ["train-nrc", "view"]
     assert "image" in res.stderr and "nerf" in res.stderr  # the human table
 
 

@@ -46,7 +46,7 @@ def _fake_entry_points(monkeypatch, specs: dict[str, str]) -> None:
 
 def test_builtin_image_task_is_discovered():
     tasks = discover_tasks(warn=lambda m: (_ for _ in ()).throw(AssertionError(m)))
-    assert tasks["image"].commands == ("fit-image",)
+    assert tasks["image"].commands == ("fit-image", "view")
 
 
 def test_third_party_task_adds_its_command(monkeypatch):
@@ -91,7 +91,7 @@ def test_builtin_tasks_without_installed_entry_points(monkeypatch):
     _no_entry_points(monkeypatch)
     tasks = discover_tasks(warn=lambda m: (_ for _ in ()).throw(AssertionError(m)))
     assert set(tasks) == {"image", "nerf", "sdf", "nrc"}
-    assert tasks["image"].commands == ("fit-image",)
+    assert tasks["image"].commands == ("fit-image", "view")
     from ngp_cli.cli import build_app
 
     # The commands exist (not typer's "No such command"): --help of each exits 0.

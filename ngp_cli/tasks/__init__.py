@@ -192,11 +192,11 @@ class Task:
     def before_fit(self, problem: Any, trainer: Any, restored: bool) -> None:
         """Work after the checkpoint is restored (``restored``: one was) and before the first step."""
 
-    def live_viewer(self, server: Any, problem: Any, run_dir: Any, *, helpers: bool = True) -> Any:
-        """The viewer ``--viewer`` serves while ``problem`` trains (:mod:`ngp_cli.viewer.live`): a
-        :class:`~ngp_cli.viewer.frames.FrameServer` on ``server`` made with ``threaded=False``, or None when the
-        task has none yet (the training command then refuses ``--viewer``)."""
-        return None
+    #: ``live_viewer(server, problem, run_dir, *, helpers=True)``: the viewer ``--viewer`` serves while ``problem``
+    #: trains (:mod:`ngp_cli.viewer.live`; a :class:`~ngp_cli.viewer.frames.FrameServer` made with
+    #: ``threaded=False``, or anything with its ``poll``, ``show_training`` and ``stop``). None: the task has none
+    #: (its training command refuses ``--viewer``).
+    live_viewer: Callable[..., Any] | None = None
 
     def evaluate(self, problem: Any, run: Any, state: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         """The final evaluation (run under the evaluation weights): ``(metrics, artifacts)`` for summary.json. The
