@@ -238,8 +238,11 @@ class _Browser:
 
 def _view_process(args: list[str]) -> tuple[subprocess.Popen, list[str], list[dict], threading.Thread]:
     """``python -m ngp_cli ARGS`` with its stdout read on a thread: the raw lines and the JSON events so far."""
+    # SIGINT restored to its default in the child: a test run started in the background (CI) has it ignored, and
+    # Python then never turns it into KeyboardInterrupt.
     proc = subprocess.Popen([sys.executable, "-m", "ngp_cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     raw: list[str] = []
     events: list[dict] = []
 
