@@ -27,7 +27,8 @@ import numpy as np
 
 from ngp_cli.console import emit
 
-__all__ = ["BAND_PIXELS", "MIN_PREVIEW_SIDE", "PREVIEW_SECONDS", "SETTLE_SECONDS", "FrameServer", "ViewCamera",
+__all__ = ["BAND_PIXELS", "MIN_PREVIEW_SIDE", "PREVIEW_SECONDS", "SETTLE_SECONDS", "BackgroundLoop", "FrameServer",
+           "ViewCamera",
            "c2w_to_viser", "fit_size", "viser_to_c2w"]
 
 #: The time one preview frame should take while the camera moves (12.5 frames per second; what the transfer and the
@@ -95,6 +96,33 @@ class ViewCamera:
         return 0.5 * height / math.tan(0.5 * self.fov_y)
 
 
+class BackgroundLoop:
+    """A daemon thread that calls ``step()`` until :meth:`stop`: after a step that did nothing (returned False) it
+    sleeps until :meth:`wake` or ``idle_seconds()`` pass. The viewers' render threads."""
+
+    def __init__(self, name: str, step: Any, idle_seconds: Any = lambda: 1.0) -> None:
+        self._step, self._idle = step, idle_seconds
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self._step():
+                self._wake.wait(self._idle())
+                self._wake.clear()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop the thread (waits for the step in progress, at most 30 s)."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=30)
+
+
 class _Tab:
     """What the frame schedule knows of one browser tab."""
 
@@ -124,13 +152,11 @@ class FrameServer:
         self.frames_sent = 0
         self._tabs: dict[int, _Tab] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._wake = threading.Event()  # set on any camera move, new tab or new settings
         self._changed_at = time.monotonic()
         self._seconds_per_pixel: dict[Any, float] = {}
         self._status: Any = None
         self._training: Any = None
-        self._thread: threading.Thread | None = None
+        self._loop: BackgroundLoop | None = None
         self._threaded = threaded
 
     def start(self) -> None:
@@ -138,9 +164,9 @@ class FrameServer:
         self._status = self.server.gui.add_markdown("")
         self.server.on_client_connect(self._connect)
         self.server.on_client_disconnect(self._disconnect)
-        if self._threaded:
-            self._thread = threading.Thread(target=self._render_loop, name="ngp-view-render", daemon=True)
-            self._thread.start()
+        if self._threaded:  # asleep until a tab changes, or a camera may have settled
+            self._loop = BackgroundLoop("ngp-view-render", self._render_all, lambda: (
+                0.02 if time.monotonic() - self._changed_at < 2 * SETTLE_SECONDS else 1.0))
 
     # -- what a task's viewer gives -------------------------------------------------------------------------------
     def settings(self) -> tuple:
@@ -175,7 +201,8 @@ class FrameServer:
 
     def _woken(self) -> None:
         self._changed_at = time.monotonic()
-        self._wake.set()
+        if self._loop is not None:
+            self._loop.wake()
 
     def _disconnect(self, client: Any) -> None:
         with self._lock:
@@ -294,21 +321,16 @@ class FrameServer:
                 self._status.content = f"render failed: {type(e).__name__}: {e}"[:300]
             return False
 
-    def _render_loop(self) -> None:
-        while not self._stop.is_set():
-            with self._lock:
-                tabs = list(self._tabs.values())
-            worked = False
-            for tab in tabs:
-                worked |= self._guarded(tab, None)
-            if not worked:  # asleep until a tab changes, or its camera may have settled
-                recent = time.monotonic() - self._changed_at < 2 * SETTLE_SECONDS
-                self._wake.wait(0.02 if recent else 1.0)
-                self._wake.clear()
+    def _render_all(self) -> bool:
+        """One round over the tabs on the render thread; whether any frame work was done."""
+        with self._lock:
+            tabs = list(self._tabs.values())
+        worked = False
+        for tab in tabs:
+            worked |= self._guarded(tab, None)
+        return worked
 
     def stop(self) -> None:
         """Stop the render thread (the server is the caller's)."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        if self._loop is not None:
+            self._loop.stop()

@@ -13,13 +13,14 @@ again, at :data:`LIVE_MESH_RESOLUTION`³, once the time share allows it.
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from ngp_cli.viewer.frames import BackgroundLoop
 
 __all__ = ["CONTOUR_STEP", "LIVE_MESH_RESOLUTION", "SLICE_PIXELS", "SLICE_RANGE", "SdfViewer", "slice_image",
            "view_command"]
@@ -66,8 +67,7 @@ class SdfViewer:
         self.meshes_sent = self.slices_sent = 0
         self._slice_pose: tuple | None = None  # the pose the slice image shows
         self._mesh_stale = True
-        self._stop = threading.Event()
-        self._wake = threading.Event()  # set when the gizmo moves
+        self._loop: BackgroundLoop | None = None
         gui = server.gui
         gui.add_markdown(f"**{Path(run_dir).name}**" + (f", step {step}" if step is not None else ", training"))
         self._training = gui.add_markdown("") if step is None else None
@@ -79,7 +79,7 @@ class SdfViewer:
                              position=(0.5, 0.5, 0.5), cast_shadow=False, receive_shadow=False)
         self._gizmo = server.scene.add_transform_controls("/slice", scale=0.35, position=(0.5, 0.5, 0.5),
                                                           depth_test=False)
-        self._gizmo.on_update(lambda _event: self._wake.set())
+        self._gizmo.on_update(lambda _event: self._loop is not None and self._loop.wake())
         self._slice = None
         self._mesh = None
         self._show_mesh.on_update(lambda _e: self._mesh is not None and setattr(
@@ -90,11 +90,9 @@ class SdfViewer:
         cam.up = (0.0, 0.0, 1.0)
         cam.position = (1.9, -1.2, 1.4)
         cam.look_at = (0.5, 0.5, 0.5)
-        self._thread = None
         if threaded:
             self.update_mesh(self.resolution)
-            self._thread = threading.Thread(target=self._loop, name="ngp-view-slice", daemon=True)
-            self._thread.start()
+            self._loop = BackgroundLoop("ngp-view-slice", self._slice_step)
 
     def pose(self) -> tuple[np.ndarray, np.ndarray]:
         """The slice gizmo's ``(wxyz, position)``."""
@@ -165,24 +163,21 @@ class SdfViewer:
         self._slice_pose = None
         self._mesh_stale = True
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            wxyz, position = self.pose()
-            if self._slice_pose != (tuple(wxyz), tuple(position)):
-                try:
-                    self.update_slice()
-                except Exception as e:  # noqa: BLE001 - shown in the panel, not fatal
-                    self._status.content = f"slice failed: {type(e).__name__}: {e}"[:300]
-                    self._slice_pose = (tuple(wxyz), tuple(position))
-            else:
-                self._wake.wait(1.0)
-                self._wake.clear()
+    def _slice_step(self) -> bool:
+        """The slice thread's step: the slice again if the gizmo moved; whether it did."""
+        wxyz, position = self.pose()
+        if self._slice_pose == (tuple(wxyz), tuple(position)):
+            return False
+        try:
+            self.update_slice()
+        except Exception as e:  # noqa: BLE001 - shown in the panel, not fatal
+            self._status.content = f"slice failed: {type(e).__name__}: {e}"[:300]
+            self._slice_pose = (tuple(wxyz), tuple(position))
+        return True
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        if self._loop is not None:
+            self._loop.stop()
 
 
 def view_command(task: Any, run_path: Path, *, host: str, port: int, resolution: int = 256,
