@@ -19,6 +19,8 @@ from ngp_cli.config import BACKENDS, build, clip, resolve, to_dict
 from ngp_cli.console import emit, info, warn
 from ngp_cli.errors import ConfigError, DataError, UsageError
 from ngp_cli.runs import RunDir, identity_change, input_identity
+from ngp_cli.viewer.live import DEFAULT_SHARE
+from ngp_cli.viewer.server import DEFAULT_HOST, DEFAULT_PORT
 
 if TYPE_CHECKING:
     from ngp_cli.nn.backend import Backend
@@ -134,10 +136,10 @@ RUN_OPTIONS = (("backend", BackendOpt, None), ("data", DataOpt, None))
 VIEW_OPTIONS = (
     ("host", Annotated[str, typer.Option(
         "--host", help="Address to listen on; anything but loopback is reachable from other machines (a warning "
-                       "says so), e.g. 0.0.0.0.")], "127.0.0.1"),
+                       "says so), e.g. 0.0.0.0.")], DEFAULT_HOST),
     ("port", Annotated[int, typer.Option(
         "--port", help="Port to listen on (the next free one when taken; the {\"event\":\"serving\"} line gives the "
-                       "address).")], 7007),
+                       "address).")], DEFAULT_PORT),
     ("max_resolution", Annotated[str | None, typer.Option(
         "--max-resolution", help="WIDTHxHEIGHT: the most pixels a full-size frame has (the browser's canvas is scaled "
                                  "down to it, aspect kept; default 1920x1080).")], None),
@@ -166,9 +168,9 @@ class TrainOptions:
     allow_input_change: bool = False
     save_optimizer: bool = True
     viewer: bool = False
-    viewer_share: float = 0.1
-    viewer_host: str = "127.0.0.1"
-    viewer_port: int = 7007
+    viewer_share: float = DEFAULT_SHARE
+    viewer_host: str = DEFAULT_HOST
+    viewer_port: int = DEFAULT_PORT
 
     def overrides(self) -> list[str]:
         """``--set`` assignments including the shorthands ``--backend`` and ``--steps``."""

@@ -50,6 +50,8 @@ from ngp_cli.commands import (
 from ngp_cli.config import config_value, set_config_value
 from ngp_cli.console import info, is_quiet
 from ngp_cli.errors import UsageError
+from ngp_cli.viewer.live import DEFAULT_SHARE
+from ngp_cli.viewer.server import DEFAULT_HOST, DEFAULT_PORT
 
 if TYPE_CHECKING:
     from ngp_cli.runs import RunDir
@@ -64,8 +66,8 @@ _SHARED = (("preset", PresetOpt, None), ("set_", SetOpt, None), ("runs_dir", Run
            ("name", NameOpt, None), ("resume", ResumeOpt, None), ("json_events", JsonOpt, False),
            ("backend", BackendOpt, None), ("steps", StepsOpt, None), ("allow_input_change", AllowInputChangeOpt, False),
            ("save_optimizer", SaveOptimizerOpt, True), ("nproc", NprocOpt, 1), ("viewer", ViewerOpt, False),
-           ("viewer_share", ViewerShareOpt, 0.1), ("viewer_host", ViewerHostOpt, "127.0.0.1"),
-           ("viewer_port", ViewerPortOpt, 7007))
+           ("viewer_share", ViewerShareOpt, DEFAULT_SHARE), ("viewer_host", ViewerHostOpt, DEFAULT_HOST),
+           ("viewer_port", ViewerPortOpt, DEFAULT_PORT))
 
 
 def register(task: Task, app: typer.Typer) -> None:

@@ -22,7 +22,9 @@ from torch import Tensor
 Field = Callable[[Tensor], Tensor]  # (N, 3) float32 positions -> (N,) float32 values
 
 
-def _evaluate(field: Field, points: np.ndarray, chunk: int, device: torch.device) -> np.ndarray:
+def evaluate_field(field: Field, points: np.ndarray, chunk: int, device: torch.device) -> np.ndarray:
+    """``field`` at (N, 3) float32 ``points`` as (N,) float32, ``chunk`` points at a time on ``device``, without
+    autograd."""
     out = np.empty(len(points), dtype=np.float32)
     with torch.no_grad():
         for s in range(0, len(points), chunk):
@@ -72,7 +74,7 @@ def extract_isosurface(field: Field, resolution: int, lo: np.ndarray, hi: np.nda
         centres = [lo[k] + step[k] * np.minimum((np.arange(nb) + 0.5) * sparse_block, (resolution - 1))
                    for k in range(3)]
         grid = np.stack(np.meshgrid(*centres, indexing="ij"), axis=-1).reshape(-1, 3).astype(np.float32)
-        coarse = _evaluate(field, grid, chunk, device).reshape(nb, nb, nb)
+        coarse = evaluate_field(field, grid, chunk, device).reshape(nb, nb, nb)
         evaluated += grid.shape[0]
         reach = 2.0 * 0.5 * sparse_block * float(np.linalg.norm(step))
         active = np.abs(coarse) <= reach
@@ -87,7 +89,7 @@ def extract_isosurface(field: Field, resolution: int, lo: np.ndarray, hi: np.nda
         xs = axis[0][i0:i1 + 1]
         if active is None:
             pts = np.stack(np.meshgrid(xs, axis[1], axis[2], indexing="ij"), axis=-1).reshape(-1, 3)
-            values = _evaluate(field, pts.astype(np.float32), chunk, device)
+            values = evaluate_field(field, pts.astype(np.float32), chunk, device)
             evaluated += values.size
             values = values.reshape(len(xs), resolution, resolution)
         else:
@@ -97,7 +99,7 @@ def extract_isosurface(field: Field, resolution: int, lo: np.ndarray, hi: np.nda
             idx = np.nonzero(mask)
             if idx[0].size:
                 pts = np.stack([xs[idx[0]], axis[1][idx[1]], axis[2][idx[2]]], axis=-1).astype(np.float32)
-                values[idx] = _evaluate(field, pts, chunk, device)
+                values[idx] = evaluate_field(field, pts, chunk, device)
                 evaluated += pts.shape[0]
         if not np.isfinite(values).all():
             raise ValueError("the field has non-finite values; cannot extract a surface")

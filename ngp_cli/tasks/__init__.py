@@ -192,7 +192,7 @@ class Task:
     def before_fit(self, problem: Any, trainer: Any, restored: bool) -> None:
         """Work after the checkpoint is restored (``restored``: one was) and before the first step."""
 
-    #: ``live_viewer(server, problem, run_dir, *, helpers=True)``: the viewer ``--viewer`` serves while ``problem``
+    #: ``live_viewer(server, problem, run_dir)``: the viewer ``--viewer`` serves while ``problem``
     #: trains (:mod:`ngp_cli.viewer.live`; a :class:`~ngp_cli.viewer.frames.FrameServer` made with
     #: ``threaded=False``, or anything with its ``poll``, ``show_training`` and ``stop``). None: the task has none
     #: (its training command refuses ``--viewer``).

@@ -61,7 +61,7 @@ class GigapixelTask(Task):
         return (f"photo {Path(cfg.image.path).name}: {data.width}x{data.height}, {data.channels} channel(s), "
                 f"{data.image.dtype}")
 
-    def live_viewer(self, server: Any, problem: Any, run_dir: Any, *, helpers: bool = True) -> Any:
+    def live_viewer(self, server: Any, problem: Any, run_dir: Any) -> Any:
         from ngp_cli.tasks.gigapixel.viewer import ImageViewer
 
         return ImageViewer(server, problem, run_dir, None, threaded=False)

@@ -168,14 +168,18 @@ def load_target(cfg: ImageConfig, fresh: bool) -> ImageTarget:
     return target
 
 
+def error_vmax(mse: float) -> float:
+    """Where the error heat-map saturates: 3 × the RMSE ``sqrt(mse)`` (normalised units), at least 1e-3."""
+    return max(3.0 * math.sqrt(mse), 1e-3)
+
+
 def final_evaluation(problem: ImageProblem, run: Any, state: TrainState) -> tuple[dict[str, Any], dict[str, str]]:
     """:func:`evaluate` into the run's renders, the heat-map saturating at 3x the last batch's RMSE; the metrics lead
     with the PSNR and add the training throughput."""
     last_mse = 10 ** (-(state.last or {}).get("psnr", 20.0) / 10) if state.last else 0.01
-    error_vmax = max(3.0 * math.sqrt(last_mse), 1e-3)
     cfg = problem.cfg
     result = evaluate(problem, Path(cfg.image.path), cfg.image.render_scale, cfg.image.tile_pixels, run.renders_dir,
-                      error_vmax, current_world())
+                      error_vmax(last_mse), current_world())
     if result is None:  # a data-parallel process of rank > 0: it rendered its tiles, rank 0 writes
         return {}, {}
     metrics, artifacts = result

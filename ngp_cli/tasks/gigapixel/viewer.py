@@ -5,8 +5,8 @@ The photo lies in the viewer's world as a rectangle in the plane z = 0: u (right
 longer side 1 long, from (0, 0) at the top left corner. Each pixel's ray from the browser's camera meets the plane at
 some (u, v); the network is evaluated there (the model is continuous, so zooming in shows what it makes of the space
 between texels), the photo sampled bilinearly (:meth:`~ngp_cli.tasks.gigapixel.data.ImageTarget.sample`), and the
-error map is their mean absolute difference over channels through the heat-map palette, saturating as the run's own
-error map does (3 × the final RMSE). Outside the photo the frame is dark grey. Frames come from the progressive
+error map is their mean absolute difference over channels through the heat-map palette, saturating at 3 × the run's
+final RMSE (the run's own error map: 3 × its last batch's). Outside the photo the frame is dark grey. Frames come from the progressive
 schedule of :class:`~ngp_cli.viewer.frames.FrameServer`: only the visible part is ever evaluated, a band of rows at a
 time, so a gigapixel photo costs what the screen costs.
 """
@@ -118,11 +118,12 @@ class ImageViewer(FrameServer):
 
 
 def _error_vmax(run_dir: Path) -> float:
-    """The error map's saturation: 3 × the run's final RMSE (its summary's ``mse``), as its own error map; 0.1 when
-    the run has none yet."""
+    """The error map's saturation (:func:`~ngp_cli.tasks.gigapixel.fit.error_vmax`) at the run's final full-image
+    MSE (its summary's ``mse``; the run's own error map used its last batch's); 0.1 when the run has none yet."""
+    from ngp_cli.tasks.gigapixel.fit import error_vmax
+
     try:
-        mse = json.loads((run_dir / "summary.json").read_text())["metrics"]["mse"]
-        return max(3.0 * math.sqrt(float(mse)), 1e-3)
+        return error_vmax(float(json.loads((run_dir / "summary.json").read_text())["metrics"]["mse"]))
     except (OSError, ValueError, KeyError, TypeError):
         return 0.1
 

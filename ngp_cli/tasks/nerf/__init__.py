@@ -187,10 +187,10 @@ class NerfTask(Task):
             info(f"occupancy grid: {problem.model.grid.cascades} cascade(s) of 128³, {marked:,} cells unseen by any "
                  "training camera")
 
-    def live_viewer(self, server: Any, problem: Any, run_dir: Any, *, helpers: bool = True) -> Any:
+    def live_viewer(self, server: Any, problem: Any, run_dir: Any) -> Any:
         from ngp_cli.tasks.nerf.viewer import NerfViewer
 
-        return NerfViewer(server, problem, run_dir, None, helpers=helpers, threaded=False)
+        return NerfViewer(server, problem, run_dir, None, threaded=False)
 
     def evaluate(self, problem: Any, run: Any, state: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         from ngp_cli.tasks.nerf.evaluate import final_evaluation

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -123,10 +122,9 @@ class NerfViewer(FrameServer):
         up = up_axis(c2w)
         center = scene_center(c2w)
         self.server.scene.set_up_direction(up)
-        lo = 0.5 - 0.5 * self.problem.aabb_scale
-        size = float(self.problem.aabb_scale)
+        size = float(self.problem.aabb_scale)  # the scene box: aabb_scale wide, centred on the unit cube's centre
         self._box = self.server.scene.add_box("/scene_box", color=(255, 160, 0), dimensions=(size, size, size),
-                                              wireframe=True, position=(lo + size / 2,) * 3,
+                                              wireframe=True, position=(0.5, 0.5, 0.5),
                                               visible=self.helpers, cast_shadow=False, receive_shadow=False)
         intr = ds.intrinsics.detach().cpu().double().numpy().reshape(-1, 4)
         span = float(np.linalg.norm(c2w[:, :, 3] - center, axis=1).mean())
@@ -204,19 +202,19 @@ class NerfViewer(FrameServer):
         last = self.keyframes[-1]
         doc = nerfstudio_camera_path(self.keyframes, scale=self.scale, offset=self.offset, width=last.width,
                                      height=last.height, fps=fps, seconds=seconds)
+        from ngp_cli.runs import atomic_write_text
+
         folder = self.run_dir / "camera_paths"
         stem, k = name[:-5], 0
         out = folder / name
         try:
             folder.mkdir(exist_ok=True)
-            while out.exists():
-                k += 1
-                out = folder / f"{stem}-{k}.json"
-            tmp = out.with_name(f".{out.name}.tmp")
-            tmp.write_text(json.dumps(doc, indent=1) + "\n")
-            os.replace(tmp, out)
         except OSError as e:
-            raise OutputError(f"{out}: cannot write the camera path: {e.strerror or e}") from None
+            raise OutputError(f"{folder}: cannot create the camera-path folder: {e.strerror or e}") from None
+        while out.exists():
+            k += 1
+            out = folder / f"{stem}-{k}.json"
+        atomic_write_text(out, json.dumps(doc, indent=1) + "\n")
         info(f"wrote {out} ({len(self.keyframes)} keyframes, {len(doc['camera_path'])} frames)")
         emit("camera_path", path=str(out), keyframes=len(self.keyframes), frames=len(doc["camera_path"]))
         return out

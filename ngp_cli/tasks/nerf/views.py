@@ -26,8 +26,8 @@ from ngp_cli.tasks.nerf.data import NerfDataset
 from ngp_cli.volrend.constants import MIN_TRANSMITTANCE
 from ngp_cli.volrend.render import render_ray_maps
 
-__all__ = ["VIEW_MAPS", "baked_frame_rays", "camera_rays", "evaluate_views", "evaluate_views_baked", "format_ssim", "render_view",
-           "render_view_baked", "render_view_map"]
+__all__ = ["VIEW_MAPS", "baked_frame_rays", "camera_rays", "evaluate_views", "evaluate_views_baked", "format_ssim",
+           "render_camera", "render_view", "render_view_baked", "render_view_map"]
 
 #: The outputs of :func:`render_view_map` (``ngp render --output`` on NeRF runs).
 VIEW_MAPS = ("rgb", "depth", "accumulation", "normals")

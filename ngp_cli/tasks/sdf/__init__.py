@@ -70,7 +70,7 @@ class SdfTask(Task):
 
         return load_input(cfg, report=fresh)
 
-    def live_viewer(self, server: Any, problem: Any, run_dir: Any, *, helpers: bool = True) -> Any:
+    def live_viewer(self, server: Any, problem: Any, run_dir: Any) -> Any:
         from ngp_cli.tasks.sdf.viewer import SdfViewer
 
         return SdfViewer(server, problem, run_dir, None, threaded=False)

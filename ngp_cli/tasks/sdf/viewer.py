@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ngp_cli.viewer.frames import BackgroundLoop
 
@@ -110,13 +109,13 @@ class SdfViewer:
         local = np.stack([lx, ly, np.zeros_like(lx)], axis=-1)
         return (local @ rot.T + position).astype(np.float32)
 
-    @torch.no_grad()
     def slice_sdf(self, points: np.ndarray) -> np.ndarray:
-        """The network's signed distance at (..., 3) unit-cube points, float32 of the same leading shape."""
-        flat = torch.from_numpy(points.reshape(-1, 3)).to(self.problem.device)
-        chunk = self.problem.cfg.sdf.query_chunk
-        out = torch.cat([self.problem.field(flat[i:i + chunk]).float().reshape(-1) for i in range(0, len(flat), chunk)])
-        return out.cpu().numpy().reshape(points.shape[:-1])
+        """The network's signed distance at (..., 3) float32 unit-cube points, float32 of the same leading shape."""
+        from ngp_cli.mesh.extract import evaluate_field
+
+        values = evaluate_field(self.problem.field, np.ascontiguousarray(points.reshape(-1, 3), dtype=np.float32),
+                                self.problem.cfg.sdf.query_chunk, self.problem.device)
+        return values.reshape(points.shape[:-1])
 
     def update_slice(self) -> None:
         """Evaluate and send the slice at the gizmo's pose."""
