@@ -426,14 +426,15 @@ def relocated_input(cfg: Any, key: str, data: Path | None, what: str) -> None:
                         "place with --data PATH")
 
 
-def parse_resolution(text: str | None, default: tuple[int, int]) -> tuple[int, int]:
-    """``--resolution WIDTHxHEIGHT`` as ``(width, height)``, or ``default`` when not given. Raises UsageError."""
+def parse_resolution(text: str | None, default: tuple[int, int], option: str = "--resolution") -> tuple[int, int]:
+    """``--resolution WIDTHxHEIGHT`` (or the ``option`` named so) as ``(width, height)``, or ``default`` when not
+    given. Raises UsageError naming ``option``."""
     if text is None:
         return default
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise UsageError(f"--resolution must be WIDTHxHEIGHT, e.g. 800x600, got '{text}'") from None
+        raise UsageError(f"{option} must be WIDTHxHEIGHT, e.g. 800x600, got '{text}'") from None
     if not (1 <= w <= 16384 and 1 <= h <= 16384):
-        raise UsageError(f"--resolution {text} is out of range (1..16384 per side)")
+        raise UsageError(f"{option} {text} is out of range (1..16384 per side)")
     return w, h

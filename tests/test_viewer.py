@@ -97,6 +97,10 @@ def test_view_without_viser_names_the_extra(ngp, monkeypatch, tmp_path):
     res = ngp("view", run)
     assert res.exit_code == 2 and "pip install 'ngp-cli[viewer]'" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and res.last("error")["exit_code"] == 2
+    monkeypatch.delitem(sys.modules, "viser")  # viser back: a bad --max-resolution is named as given
+    (run / "config.yaml").write_text("task: image\n")
+    res = ngp("view", run, "--max-resolution", "12")
+    assert res.exit_code == 2 and "--max-resolution must be WIDTHxHEIGHT" in res.stderr
 
 
 def test_a_public_host_gets_a_warning(capsys):

@@ -27,9 +27,8 @@ import numpy as np
 
 from ngp_cli.console import emit
 
-__all__ = ["BAND_PIXELS", "MIN_PREVIEW_SIDE", "PREVIEW_SECONDS", "SETTLE_SECONDS", "BackgroundLoop", "FrameServer",
-           "ViewCamera",
-           "c2w_to_viser", "fit_size", "viser_to_c2w"]
+__all__ = ["BAND_PIXELS", "DEFAULT_MAX_PIXELS", "MIN_PREVIEW_SIDE", "PREVIEW_SECONDS", "SETTLE_SECONDS",
+           "BackgroundLoop", "FrameServer", "ViewCamera", "c2w_to_viser", "fit_size", "frame_pixels", "viser_to_c2w"]
 
 #: The time one preview frame should take while the camera moves (12.5 frames per second; what the transfer and the
 #: browser add keeps the rate above 10).
@@ -38,6 +37,8 @@ PREVIEW_SECONDS = 0.08
 SETTLE_SECONDS = 0.15
 #: Preview frames never go below this many pixels on their shorter side.
 MIN_PREVIEW_SIDE = 48
+#: The most pixels a full-size frame has unless ``--max-resolution`` says otherwise (1920×1080).
+DEFAULT_MAX_PIXELS = 1920 * 1080
 #: Full-size frames are rendered in bands of rows of about this many pixels.
 BAND_PIXELS = 1 << 16
 _OPENCV_TO_OPENGL = np.diag([1.0, -1.0, -1.0])
@@ -60,6 +61,17 @@ def c2w_to_viser(c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     c2w = np.asarray(c2w, dtype=np.float64)
     x, y, z, w = Rotation.from_matrix(c2w[:, :3] @ _OPENCV_TO_OPENGL).as_quat()
     return np.array([w, x, y, z]), c2w[:, 3].copy()
+
+
+def frame_pixels(max_resolution: str | None) -> int:
+    """``--max-resolution WIDTHxHEIGHT`` as a pixel count (:data:`DEFAULT_MAX_PIXELS` when not given). Raises
+    UsageError naming the option."""
+    from ngp_cli.commands import parse_resolution
+
+    if max_resolution is None:
+        return DEFAULT_MAX_PIXELS
+    width, height = parse_resolution(max_resolution, (0, 0), "--max-resolution")
+    return width * height
 
 
 def fit_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
@@ -146,7 +158,7 @@ class FrameServer:
             training loop calls between steps.
     """
 
-    def __init__(self, server: Any, *, max_pixels: int = 1920 * 1080, threaded: bool = True) -> None:
+    def __init__(self, server: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS, threaded: bool = True) -> None:
         self.server = server
         self.max_pixels = int(max_pixels)
         self.frames_sent = 0

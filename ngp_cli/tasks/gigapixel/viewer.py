@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ngp_cli.viewer.frames import FrameServer, ViewCamera
+from ngp_cli.viewer.frames import DEFAULT_MAX_PIXELS, FrameServer, ViewCamera, frame_pixels
 
 __all__ = ["OUTPUTS", "ImageViewer", "image_rect", "view_command"]
 
@@ -47,7 +47,7 @@ class ImageViewer(FrameServer):
         max_pixels, threaded: as :class:`FrameServer`.
     """
 
-    def __init__(self, server: Any, problem: Any, run_dir: Path, step: int | None, *, max_pixels: int = 1920 * 1080,
+    def __init__(self, server: Any, problem: Any, run_dir: Path, step: int | None, *, max_pixels: int = DEFAULT_MAX_PIXELS,
                  threaded: bool = True) -> None:
         super().__init__(server, max_pixels=max_pixels, threaded=threaded)
         self.problem, self.run_dir = problem, Path(run_dir)
@@ -133,14 +133,13 @@ def view_command(task: Any, run_path: Path, *, host: str, port: int, max_resolut
     """``ngp view RUN`` for an image run: serve the viewer until interrupted (Ctrl-C: exit 130). stdout: a
     ``{"event": "serving"}`` line, then ``{"event": "frame"}`` per full-size frame. ``helpers`` has nothing to show
     here. Raises UsageError (viser missing, bad options), DataError (the run or its photo), NoGPUError."""
-    from ngp_cli.commands import parse_resolution
     from ngp_cli.pipeline import load_trained
     from ngp_cli.viewer import require_viser
     from ngp_cli.viewer.server import serve, start_server
 
     require_viser()
-    max_w, max_h = parse_resolution(max_resolution, (1920, 1080))
+    pixels = frame_pixels(max_resolution)
     run, problem, meta = load_trained(task, run_path, backend, data)
     server = start_server(host, port)
-    viewer = ImageViewer(server, problem, run.path, int(meta["step"]), max_pixels=max_w * max_h)
+    viewer = ImageViewer(server, problem, run.path, int(meta["step"]), max_pixels=pixels)
     serve(server, viewer, run.path, int(meta["step"]))

@@ -26,7 +26,7 @@ import torch
 
 from ngp_cli.console import emit, info
 from ngp_cli.errors import OutputError, UsageError
-from ngp_cli.viewer.frames import FrameServer, ViewCamera, c2w_to_viser
+from ngp_cli.viewer.frames import DEFAULT_MAX_PIXELS, FrameServer, ViewCamera, c2w_to_viser, frame_pixels
 
 __all__ = ["OUTPUTS", "NerfViewer", "nerfstudio_camera_path", "view_command"]
 
@@ -103,7 +103,7 @@ class NerfViewer(FrameServer):
     """
 
     def __init__(self, server: Any, problem: Any, run_dir: Path, step: int | None, baked: Any = None, *,
-                 max_pixels: int = 1920 * 1080, helpers: bool = True, threaded: bool = True) -> None:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, helpers: bool = True, threaded: bool = True) -> None:
         super().__init__(server, max_pixels=max_pixels, threaded=threaded)
         self.problem, self.run_dir, self.baked, self.helpers = problem, Path(run_dir), baked, bool(helpers)
         ds = problem.dataset
@@ -265,20 +265,19 @@ def view_command(task: Any, run_path: Path, *, host: str, port: int, baked: Path
     ``{"event": "serving", "url": ...}`` line once the server listens, then ``{"event": "frame"}`` per full-size frame
     and ``{"event": "camera_path"}`` per export. Raises UsageError (viser missing, bad options), DataError (the run or
     its baked file), NoGPUError."""
-    from ngp_cli.commands import parse_resolution
     from ngp_cli.tasks.nerf.evaluate import _baked_on, load_run
     from ngp_cli.viewer import require_viser
     from ngp_cli.viewer.server import serve, start_server
     from ngp_cli.volrend.baked import load_baked
 
     require_viser()
-    max_w, max_h = parse_resolution(max_resolution, (1920, 1080))
+    pixels = frame_pixels(max_resolution)
     run, problem, step = load_run(task, run_path, backend, data)
     grid = None
     source = baked if baked is not None else run.path / "baked.safetensors"
     if baked is not None or source.is_file():
         grid = _baked_on(load_baked(source), source, run, step, problem)
     server = start_server(host, port)
-    viewer = NerfViewer(server, problem, run.path, step, grid, max_pixels=max_w * max_h, helpers=helpers)
+    viewer = NerfViewer(server, problem, run.path, step, grid, max_pixels=pixels, helpers=helpers)
     serve(server, viewer, run.path, step, f", baked grid {source}" if grid is not None else "",
           baked=str(source) if grid is not None else None)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ngp_cli.errors import DataError
-from ngp_cli.viewer.frames import FrameServer, ViewCamera
+from ngp_cli.viewer.frames import DEFAULT_MAX_PIXELS, FrameServer, ViewCamera, frame_pixels
 
 __all__ = ["FINAL_IMAGES", "NrcViewer", "letterbox", "run_images", "view_command"]
 
@@ -60,7 +60,7 @@ def letterbox(image: np.ndarray, width: int, height: int) -> np.ndarray:
 class NrcViewer(FrameServer):
     """The viewer of an NRC run's images on a started viser server (a dropdown picks the image)."""
 
-    def __init__(self, server: Any, run_dir: Path, *, max_pixels: int = 1920 * 1080) -> None:
+    def __init__(self, server: Any, run_dir: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         super().__init__(server, max_pixels=max_pixels)
         self.images = run_images(run_dir)
         self._cache: dict[str, np.ndarray] = {}
@@ -105,16 +105,15 @@ def view_command(task: Any, run_path: Path, *, host: str, port: int, max_resolut
     """``ngp view RUN`` for an NRC run: serve its images until interrupted (Ctrl-C: exit 130). No model is loaded
     (``backend``, ``data`` and ``helpers`` do not apply). Raises UsageError (viser missing), DataError (not a run, or
     nothing to show)."""
-    from ngp_cli.commands import parse_resolution
     from ngp_cli.runs import RunDir
     from ngp_cli.viewer import require_viser
     from ngp_cli.viewer.server import serve, start_server
 
     require_viser()
-    max_w, max_h = parse_resolution(max_resolution, (1920, 1080))
+    pixels = frame_pixels(max_resolution)
     run = RunDir(run_path)
     images = run_images(run.path)
     server = start_server(host, port)
-    viewer = NrcViewer(server, run.path, max_pixels=max_w * max_h)
+    viewer = NrcViewer(server, run.path, max_pixels=pixels)
     step = len([k for k in images if k.startswith("frame ")])
     serve(server, viewer, run.path, step, f", {len(images)} images")
