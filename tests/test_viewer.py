@@ -54,6 +54,67 @@ def test_fit_size_keeps_aspect_and_never_scales_up():
     assert fit_size(50, 50, 100) == (10, 10) and fit_size(3, 3, 0) == (1, 1)
 
 
+class _FakeTab:
+    """A browser tab as the frame schedule sees it: a still camera, and the images it was sent."""
+
+    def __init__(self, width: int, height: int) -> None:
+        from types import SimpleNamespace
+
+        self.client_id = 0
+        self.camera = SimpleNamespace(wxyz=(1.0, 0.0, 0.0, 0.0), position=(0.0, 0.0, 0.0), fov=0.8,
+                                      image_width=width, image_height=height)
+        self.sent: list[tuple[int, int, str]] = []
+        self.scene = SimpleNamespace(set_background_image=lambda image, format, **_: self.sent.append(
+            (image.shape[1], image.shape[0], format)))
+
+
+def test_full_frames_come_in_bands_of_the_set_time_and_a_model_change_is_not_kept(monkeypatch):
+    import ngp_cli.viewer.frames as frames
+
+    clock = [0.0]
+    monkeypatch.setattr(frames.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(frames.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(frames, "emit", lambda *a, **k: None)
+    bands: list[tuple[int, int]] = []
+
+    class Server(frames.FrameServer):
+        def render_band(self, cam, width, height, rows, settings):
+            clock[0] += 2e-3 + 1e-5 * rows[1] * width  # 2 ms a band, 10 µs a pixel
+            bands.append((*rows, width))
+            return np.full((rows[1], width, 3), 0.5, np.float32)
+
+        def to_image(self, value, settings):
+            return (value * 255).astype(np.uint8)
+
+    server = Server(None, threaded=False)
+    tab = frames._Tab(_FakeTab(400, 300))
+    server._tabs[0] = tab
+    assert server.poll() >= 0 and tab.handle.sent[-1][2] == "jpeg"  # a preview first
+    clock[0] += 1.0  # the camera has settled
+    while not tab.handle.sent or tab.handle.sent[-1][2] != "png":
+        server.poll(max_bands=1)
+    full = bands[1:]
+    assert sum(r[1] for r in full) == 300 and full[0][0] == 0  # every row once, in order
+    assert all(a[0] + a[1] == b[0] for a, b in zip(full, full[1:], strict=False))
+    assert bands[0][1] * bands[0][2] <= frames.FIRST_FRAME_PIXELS  # the preview, before any cost is known
+    assert all(r[2] == 400 for r in full)
+    seconds = [2e-3 + 1e-5 * r[1] * 400 for r in full[:-1]]  # sized from the preview's cost, then the bands'
+    assert all(0.5 * frames.BAND_SECONDS <= s <= 1.5 * frames.BAND_SECONDS for s in seconds), seconds
+    assert tab.full is not None
+    # The model changes in the middle of a full-size frame: it is finished and sent, but not kept as current.
+    server.invalidate()
+    server.poll()  # the preview of the new model
+    clock[0] += 1.0
+    server.poll(max_bands=1)
+    server.invalidate()
+    sent = len(tab.handle.sent)
+    while len(tab.handle.sent) == sent:
+        server.poll(max_bands=1)
+    assert tab.handle.sent[-1][2] == "png" and tab.full is None and tab.preview is None
+    server.poll()
+    assert tab.handle.sent[-1][2] == "jpeg"  # a preview of the changed model comes next
+
+
 def test_camera_path_names_stay_inside_the_run():
     assert _path_name("orbit") == "orbit.json" and _path_name("a_b-1.json") == "a_b-1.json"
     from ngp_cli.errors import UsageError
@@ -337,7 +398,7 @@ def test_training_with_the_viewer_open_gives_the_same_weights(tmp_path, app):
     browser = None
     try:
         url = _wait_for(events, "serving", proc, 120)["url"]
-        browser = _Browser(640, 480)
+        browser = _Browser(400, 300)  # a small canvas: an untrained NeRF costs ~70 µs a pixel
         browser.call("Page.navigate", url=url)
         _wait_for(events, "frame", proc, 120)
         proc.wait(timeout=600)

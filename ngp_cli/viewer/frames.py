@@ -8,7 +8,8 @@ viser reports a tab's camera as ``P_world = [R | t] P_camera`` with OpenCV camer
 The schedule (:class:`FrameServer`): while a camera moves, frames are rendered at a preview size chosen from the
 measured cost of the last frames, so that one takes about :data:`PREVIEW_SECONDS` (instant-ngp's dynamic resolution
 does the same); once the camera has been still for :data:`SETTLE_SECONDS`, the full-size frame follows (the tab's
-canvas, capped by ``max_pixels``), in bands of rows, so that a camera that moves again drops it. Full-size frames go
+canvas, capped by ``max_pixels``), in bands of rows that take about :data:`BAND_SECONDS` each at the cost of its
+preview and the bands before, so that a camera that moves again drops it and a training step is never kept waiting long. Full-size frames go
 out as PNG (lossless), previews as JPEG, and each full-size frame writes a ``{"event": "frame"}`` line to stdout.
 Frames are rendered either on a thread of their own (``ngp view``) or between training steps (``--viewer``: a band
 at a time, :meth:`FrameServer.poll`), never two at once.
@@ -27,7 +28,7 @@ import numpy as np
 
 from ngp_cli.console import emit
 
-__all__ = ["BAND_PIXELS", "DEFAULT_MAX_PIXELS", "MIN_PREVIEW_SIDE", "PREVIEW_SECONDS", "SETTLE_SECONDS",
+__all__ = ["BAND_SECONDS", "DEFAULT_MAX_PIXELS", "FIRST_FRAME_PIXELS", "MIN_PREVIEW_SIDE", "PREVIEW_SECONDS", "SETTLE_SECONDS",
            "BackgroundLoop", "FrameServer", "ViewCamera", "c2w_to_viser", "fit_size", "frame_pixels", "viser_to_c2w"]
 
 #: The time one preview frame should take while the camera moves (12.5 frames per second; what the transfer and the
@@ -39,8 +40,12 @@ SETTLE_SECONDS = 0.15
 MIN_PREVIEW_SIDE = 48
 #: The most pixels a full-size frame has unless ``--max-resolution`` says otherwise (1920×1080).
 DEFAULT_MAX_PIXELS = 1920 * 1080
-#: Full-size frames are rendered in bands of rows of about this many pixels.
-BAND_PIXELS = 1 << 16
+#: Full-size frames are rendered in bands of rows that take about this long at the cost of the frame's preview and
+#: bands before: the most a moving camera waits for the band in progress, and the most a band overshoots the live
+#: viewer's share of the training time (an untrained NeRF costs ~70 µs a pixel, a trained one ~2 µs and ~10 ms a band).
+BAND_SECONDS = 0.1
+#: The pixels of a frame (or band) rendered before any cost is known.
+FIRST_FRAME_PIXELS = 64 * 64
 _OPENCV_TO_OPENGL = np.diag([1.0, -1.0, -1.0])
 
 
@@ -170,6 +175,7 @@ class FrameServer:
         self._training: Any = None
         self._loop: BackgroundLoop | None = None
         self._threaded = threaded
+        self._generation = 0  # counts invalidations: a frame begun before one is sent but not taken as current
 
     def start(self) -> None:
         """Follow the server's tabs (and start the render thread when threaded). Call once the scene is built."""
@@ -223,6 +229,7 @@ class FrameServer:
     def invalidate(self) -> None:
         """Render every tab again, at full size where its camera is still (the settings or the model changed)."""
         with self._lock:
+            self._generation += 1
             for tab in self._tabs.values():
                 tab.preview = tab.full = None
         self._woken()
@@ -249,34 +256,44 @@ class FrameServer:
     # -- the schedule ---------------------------------------------------------------------------------------------
     def _preview_size(self, cam: ViewCamera, settings: tuple) -> tuple[int, int]:
         """A preview's size: the pixels that take about :data:`PREVIEW_SECONDS` at the measured cost of these
-        settings (64 × 64 before any measurement), at least :data:`MIN_PREVIEW_SIDE` on the shorter side, at most
+        settings (:data:`FIRST_FRAME_PIXELS` before any measurement), at least :data:`MIN_PREVIEW_SIDE` on the shorter side, at most
         full size."""
         per_pixel = self._seconds_per_pixel.get(settings)
-        budget = 64 * 64 if per_pixel is None else int(PREVIEW_SECONDS / per_pixel)
+        budget = FIRST_FRAME_PIXELS if per_pixel is None else int(PREVIEW_SECONDS / per_pixel)
         floor = MIN_PREVIEW_SIDE * MIN_PREVIEW_SIDE * max(cam.width, cam.height) // max(min(cam.width, cam.height), 1)
         return fit_size(cam.width, cam.height, min(max(budget, floor), self.max_pixels))
 
     def _frame(self, tab: _Tab, key: tuple, width: int, height: int, full: bool) -> Iterator[None]:
         """Render and send one frame of ``key`` (camera, settings), yielding after each band."""
         cam, settings = key
-        band_rows = height if not full else max(1, BAND_PIXELS // width)
-        parts, seconds = [], 0.0
-        for top in range(0, height, band_rows):
+        generation = self._generation
+        parts, seconds, top = [], 0.0, 0
+        per_pixel = self._seconds_per_pixel.get(settings)  # the next band's cost, followed band by band
+        while top < height:
+            rows = height - top
+            if full:
+                pixels = FIRST_FRAME_PIXELS if per_pixel is None else BAND_SECONDS / per_pixel
+                rows = min(rows, max(1, int(pixels // width)))
             t0 = time.perf_counter()
-            parts.append(self.render_band(cam, width, height, (top, min(band_rows, height - top)), settings))
-            seconds += time.perf_counter() - t0
-            if top + band_rows < height:
+            parts.append(self.render_band(cam, width, height, (top, rows), settings))
+            band = time.perf_counter() - t0
+            seconds += band
+            per_pixel = band / (rows * width) if per_pixel is None else 0.5 * (per_pixel + band / (rows * width))
+            top += rows
+            if top < height:
                 yield
         image = self.to_image(np.concatenate(parts, axis=0), settings)
         new = seconds / (width * height)
         old = self._seconds_per_pixel.get(settings)
         self._seconds_per_pixel[settings] = new if old is None else 0.5 * (old + new)
+        current = generation == self._generation  # else the model changed while it was rendered: shown, not kept
         if not full:
             tab.handle.scene.set_background_image(image, format="jpeg", jpeg_quality=85)
-            tab.preview = key
+            tab.preview = key if current else None
             return
         tab.handle.scene.set_background_image(image, format="png")
-        tab.full = tab.preview = key
+        if current:
+            tab.full = tab.preview = key
         self.frames_sent += 1
         if self._status is not None:
             self._status.content = f"{width}×{height} in {seconds:.2f} s"
@@ -296,12 +313,12 @@ class FrameServer:
         if tab.job is None:
             if tab.full == key:
                 return False
-            if time.monotonic() - tab.changed_at >= SETTLE_SECONDS:
-                width, height = fit_size(cam.width, cam.height, self.max_pixels)
-                tab.job = self._frame(tab, key, width, height, full=True)
-            elif tab.preview != key:
+            if tab.preview != key:  # a quick look first: while moving, and after the settings or the model changed
                 width, height = self._preview_size(cam, key[1])
                 tab.job = self._frame(tab, key, width, height, full=False)
+            elif time.monotonic() - tab.changed_at >= SETTLE_SECONDS:
+                width, height = fit_size(cam.width, cam.height, self.max_pixels)
+                tab.job = self._frame(tab, key, width, height, full=True)
             else:
                 return False
             tab.job_key = key
