@@ -84,9 +84,9 @@ NprocOpt = Annotated[int, typer.Option(
                                      "agent; for several machines run torchrun yourself: docs/distributed.md).")]
 ViewerOpt = Annotated[bool, typer.Option(
     "--viewer", help="Serve the web viewer while training (the 'viewer' extra; frames between steps, within "
-                     "--viewer-share of the wall time; stops with the run).")]
+                     "--viewer-share of the training time; stops with the run).")]
 ViewerShareOpt = Annotated[float, typer.Option(
-    "--viewer-share", help="The most of the wall time the viewer's frames may take, in (0, 1].")]
+    "--viewer-share", help="The most of the training time the viewer's frames may take, in (0, 1].")]
 ViewerHostOpt = Annotated[str, typer.Option("--viewer-host", help="The viewer's address (see ngp view --host).")]
 ViewerPortOpt = Annotated[int, typer.Option("--viewer-port", help="The viewer's port (the next free one when taken).")]
 SaveOptimizerOpt = Annotated[bool, typer.Option(
@@ -140,13 +140,15 @@ VIEW_OPTIONS = (
     ("port", Annotated[int, typer.Option(
         "--port", help="Port to listen on (the next free one when taken; the {\"event\":\"serving\"} line gives the "
                        "address).")], DEFAULT_PORT),
-    ("max_resolution", Annotated[str | None, typer.Option(
-        "--max-resolution", help="WIDTHxHEIGHT: the most pixels a full-size frame has (the browser's canvas is scaled "
-                                 "down to it, aspect kept; default 1920x1080).")], None),
-    ("helpers", Annotated[bool, typer.Option(
-        "--helpers/--no-helpers", help="Show the input's cameras and the scene box at start (the viewer's panel "
-                                       "toggles them).")], True),
 )
+VIEW_SIZE_OPTION = (
+    "max_resolution", Annotated[str | None, typer.Option(
+        "--max-resolution", help="WIDTHxHEIGHT: the most pixels a full-size frame has (the browser's canvas is scaled "
+                                 "down to it, aspect kept; default 1920x1080).")], None)
+VIEW_HELPERS_OPTION = (
+    "helpers", Annotated[bool, typer.Option(
+        "--helpers/--no-helpers", help="Show the input's cameras and the scene box at start (the viewer's panel "
+                                       "toggles them).")], True)
 
 
 # Keys that define what a checkpoint contains or how it was trained: fixed once a run exists.

@@ -556,7 +556,7 @@ class Trainer:
                 window_t0, window_steps = now, 0
             progress.advance(self.state.step, record)
             if self.live_view is not None:
-                self.state.elapsed_s += self.live_view.between_steps(record)
+                self.state.elapsed_s += self.live_view.between_steps(record, self.state.elapsed_s)
             if tc.eval_every and self.state.step % tc.eval_every == 0 and hasattr(self.problem, "evaluate_held_out"):
                 self._check_divergence()
                 self._evaluate_held_out()

@@ -162,6 +162,10 @@ def test_view_without_viser_names_the_extra(ngp, monkeypatch, tmp_path):
     (run / "config.yaml").write_text("task: image\n")
     res = ngp("view", run, "--max-resolution", "12")
     assert res.exit_code == 2 and "--max-resolution must be WIDTHxHEIGHT" in res.stderr
+    (run / "config.yaml").write_text("task: sdf\n")  # options a task's viewer has no use for are not offered
+    for option in ("--no-helpers", "--max-resolution"):
+        res = ngp("view", run, option, *(["800x600"] if option == "--max-resolution" else []))
+        assert res.exit_code == 2 and option in res.stderr
 
 
 def test_a_public_host_gets_a_warning(capsys):
@@ -418,6 +422,34 @@ def test_training_with_the_viewer_open_gives_the_same_weights(tmp_path, app):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_the_live_viewer_keeps_to_its_share_of_the_training_time(monkeypatch):
+    import ngp_cli.viewer.live as live
+
+    clock = [0.0]
+    monkeypatch.setattr(live.time, "perf_counter", lambda: clock[0])
+
+    class Frames:
+        polls = shown = 0
+
+        def poll(self, max_bands):
+            self.polls += 1
+            clock[0] += 0.05  # a band
+
+        def show_training(self, record):
+            self.shown += 1
+
+    frames = Frames()
+    view = live.LiveView(frames, server=None, share=0.1)
+    training = 1000.0  # a resumed run: its earlier training time gives the viewer no budget
+    for step in range(2000):
+        clock[0] += 0.08  # a step
+        training += 0.08
+        training += view.between_steps({"step": step, "loss": 1.0} if step % 50 == 0 else None, training)
+    used = view.spent / (training - 1000.0)
+    assert 0.09 <= used <= 0.1 + 0.05 / (training - 1000.0), used
+    assert frames.shown == 40 and frames.polls == round(view.spent / 0.05)
 
 
 def test_viewer_is_refused_where_a_task_has_none_and_for_a_bad_share(ngp, tmp_path, monkeypatch):

@@ -5,8 +5,9 @@ Frames are never rendered beside a step, always between two (the frame schedule'
 FrameServer.poll`, a band of rows at a time), with the model's weights as they stand and under ``torch.no_grad``,
 and the renderers draw no random numbers: a run trains to the same weights with the viewer as without it, for the
 same seed and steps (tests/test_viewer.py checks it). The share is kept as a budget: a band is rendered only while
-the seconds spent rendering stay within ``share`` of the wall time since training started (so the overshoot is at
-most one band). The viewer's seconds count as training time (``train.max_time_s``): a run with the viewer takes about
+the seconds spent rendering stay within ``share`` of the training time since the first step (the trainer's
+``elapsed_s``, which counts the viewer's seconds and leaves out kernel compilation, evaluations and checkpoints), so
+the overshoot is at most one band (:data:`~ngp_cli.viewer.frames.BAND_SECONDS`). The viewer's seconds count as training time (``train.max_time_s``): a run with the viewer takes about
 ``share`` fewer steps in the same time, not more time.
 """
 
@@ -36,16 +37,19 @@ class LiveView:
 
     def __init__(self, frames: Any, server: Any, share: float = DEFAULT_SHARE) -> None:
         self.frames, self.server, self.share = frames, server, check_share(share)
-        self.t0 = time.perf_counter()
+        self.trained0: float | None = None  # the training time at the first call (a resumed run has some)
         self.spent = 0.0
 
-    def between_steps(self, record: dict[str, Any] | None) -> float:
-        """Show a log step's ``record`` (None on other steps) and render a band if the budget allows. Returns the
-        seconds taken."""
+    def between_steps(self, record: dict[str, Any] | None, training_s: float) -> float:
+        """Show a log step's ``record`` (None on other steps) and render a band if the budget allows: the viewer's
+        seconds so far within ``share`` of the training time ``training_s`` (seconds, viewer included) since the first
+        call. Returns the seconds taken."""
         t0 = time.perf_counter()
+        if self.trained0 is None:
+            self.trained0 = training_s
         if record is not None:
             self.frames.show_training(record)
-        if self.spent <= self.share * (t0 - self.t0):
+        if self.spent <= self.share * (training_s - self.trained0):
             self.frames.poll(max_bands=1)
         spent = time.perf_counter() - t0
         self.spent += spent

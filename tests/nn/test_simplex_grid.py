@@ -62,19 +62,20 @@ def test_reproduces_affine_functions_of_the_skewed_position(d, target):
     """A table holding a·v + c at every vertex v of a dense level is interpolated to a·p' + c exactly, p' the skewed
     position: only weights that are barycentric coordinates of p' among the right vertices do that."""
     gen = _gen(f"affine-{d}")
-    enc = SimplexGridEncoding(d, n_levels=1, n_features_per_level=1, log2_hashmap_size=20, base_resolution=6,
+    # F = 2 (two affine functions): the kernel variant the other float64 tests here build, not one of its own.
+    enc = SimplexGridEncoding(d, n_levels=1, n_features_per_level=2, log2_hashmap_size=20, base_resolution=6,
                               per_level_scale=1.0, dtype=torch.float64)
     lv = enc.levels
     assert not lv.hashed[0]
     r = lv.resolutions[0]
     i = torch.arange(lv.n_entries, dtype=torch.int64)
     coords = torch.stack([(i // r**k) % r for k in range(d)], 1).double()
-    a, c = torch.randn(d, generator=gen, dtype=torch.float64), 0.25
+    a, c = torch.randn(d, 2, generator=gen, dtype=torch.float64), torch.tensor([0.25, -0.5], dtype=torch.float64)
     with torch.no_grad():
-        enc.params.copy_((coords @ a + c).unsqueeze(1))
+        enc.params.copy_((coords @ a + c).reshape(enc.params.shape))
     x = torch.rand(4000, d, generator=gen, dtype=torch.float64)
     expected = _skew(x * lv.scales[0] + 0.5) @ a + c
-    torch.testing.assert_close(_encode(enc, x, target)[:, 0], expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(_encode(enc, x, target), expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("target", TARGETS)

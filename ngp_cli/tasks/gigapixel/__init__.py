@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ngp_cli.commands import VIEW_OPTIONS
+from ngp_cli.commands import VIEW_OPTIONS, VIEW_SIZE_OPTION
 from ngp_cli.tasks import RunCommand, Shorthand, Task, TrainInput
 from ngp_cli.tasks.gigapixel.config import ImageConfig, ImageSection, default_photo
 
@@ -22,7 +22,7 @@ class GigapixelTask(Task):
     run_commands = (
         RunCommand("view", "ngp_cli.tasks.gigapixel.viewer:view_command", """Serve a web viewer of an image run (viser,
         the 'viewer' extra): the reconstruction, the photo or the error map at any zoom, evaluated for the pixels on
-        screen.""", options=VIEW_OPTIONS),
+        screen.""", options=(*VIEW_OPTIONS, VIEW_SIZE_OPTION)),
     )
     parallel_evaluation = True  # data parallel: the tiles are dealt out (fit.evaluate)
     default_preset = "image"

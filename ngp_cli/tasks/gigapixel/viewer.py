@@ -129,10 +129,9 @@ def _error_vmax(run_dir: Path) -> float:
 
 
 def view_command(task: Any, run_path: Path, *, host: str, port: int, max_resolution: str | None = None,
-                 helpers: bool = True, backend: str | None = None, data: Path | None = None) -> None:
+                 backend: str | None = None, data: Path | None = None) -> None:
     """``ngp view RUN`` for an image run: serve the viewer until interrupted (Ctrl-C: exit 130). stdout: a
-    ``{"event": "serving"}`` line, then ``{"event": "frame"}`` per full-size frame. ``helpers`` has nothing to show
-    here. Raises UsageError (viser missing, bad options), DataError (the run or its photo), NoGPUError."""
+    ``{"event": "serving"}`` line, then ``{"event": "frame"}`` per full-size frame. Raises UsageError (viser missing, bad options), DataError (the run or its photo), NoGPUError."""
     from ngp_cli.pipeline import load_trained
     from ngp_cli.viewer import require_viser
     from ngp_cli.viewer.server import serve, start_server

@@ -12,7 +12,17 @@ from typing import Annotated, Any
 
 import typer
 
-from ngp_cli.commands import MESH_OPTIONS, ORBIT_OPTION, RENDER_OPTIONS, VIEW_OPTIONS, NprocOpt, choices, plain_choice
+from ngp_cli.commands import (
+    MESH_OPTIONS,
+    ORBIT_OPTION,
+    RENDER_OPTIONS,
+    VIEW_HELPERS_OPTION,
+    VIEW_OPTIONS,
+    VIEW_SIZE_OPTION,
+    NprocOpt,
+    choices,
+    plain_choice,
+)
 from ngp_cli.console import info, warn
 from ngp_cli.tasks import RunCommand, Shorthand, Task, TrainInput
 from ngp_cli.tasks.nerf.config import NerfConfig, NerfSection
@@ -100,7 +110,7 @@ class NerfTask(Task):
         'viewer' extra): progressive rendering from the browser's camera, from the baked grid when the run has one,
         the training cameras and the scene box, rgb/depth/accumulation, and keyframes exported as a nerfstudio
         camera_path.json into RUN/camera_paths/.""", options=(
-            *VIEW_OPTIONS, ("baked", Annotated[Path | None, typer.Option(
+            *VIEW_OPTIONS, VIEW_SIZE_OPTION, VIEW_HELPERS_OPTION, ("baked", Annotated[Path | None, typer.Option(
                 "--baked", help="Show this baked grid (ngp bake) (default: RUN/baked.safetensors when it "
                                  "exists).")], None))),
         RunCommand("bake", "ngp_cli.tasks.nerf.bake:bake_command", """Bake a NeRF run into a sparse voxel grid

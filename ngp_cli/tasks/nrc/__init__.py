@@ -13,7 +13,17 @@ from typing import Annotated
 
 import typer
 
-from ngp_cli.commands import VIEW_OPTIONS, BackendOpt, NameOpt, NprocOpt, PresetOpt, RunsDirOpt, SetOpt, TrainOptions
+from ngp_cli.commands import (
+    VIEW_OPTIONS,
+    VIEW_SIZE_OPTION,
+    BackendOpt,
+    NameOpt,
+    NprocOpt,
+    PresetOpt,
+    RunsDirOpt,
+    SetOpt,
+    TrainOptions,
+)
 from ngp_cli.tasks import RunCommand, Task
 from ngp_cli.tasks.nrc.config import NrcConfig, NrcSection
 
@@ -27,7 +37,7 @@ class NrcTask(Task):
     run_commands = (
         RunCommand("view", "ngp_cli.tasks.nrc.viewer:view_command", """Serve a web viewer of an NRC run (viser, the
         'viewer' extra): its frames one at a time, and the cache's mean image, the path tracer at equal time and the
-        reference, each fitted to the browser's window.""", options=VIEW_OPTIONS),
+        reference, each fitted to the browser's window.""", options=(*VIEW_OPTIONS, VIEW_SIZE_OPTION)),
     )
     default_preset = "nrc"
     default_preset_cpu = "nrc"

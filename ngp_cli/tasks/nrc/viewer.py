@@ -101,9 +101,9 @@ class NrcViewer(FrameServer):
 
 
 def view_command(task: Any, run_path: Path, *, host: str, port: int, max_resolution: str | None = None,
-                 helpers: bool = True, backend: str | None = None, data: Path | None = None) -> None:
+                 backend: str | None = None, data: Path | None = None) -> None:
     """``ngp view RUN`` for an NRC run: serve its images until interrupted (Ctrl-C: exit 130). No model is loaded
-    (``backend``, ``data`` and ``helpers`` do not apply). Raises UsageError (viser missing), DataError (not a run, or
+    (``backend`` and ``data``, every run command's options, do not apply). Raises UsageError (viser missing), DataError (not a run, or
     nothing to show)."""
     from ngp_cli.runs import RunDir
     from ngp_cli.viewer import require_viser

@@ -180,11 +180,10 @@ class SdfViewer:
 
 
 def view_command(task: Any, run_path: Path, *, host: str, port: int, resolution: int = 256,
-                 max_resolution: str | None = None, helpers: bool = True, backend: str | None = None,
-                 data: Path | None = None) -> None:
+                 backend: str | None = None, data: Path | None = None) -> None:
     """``ngp view RUN`` for an SDF run: serve the viewer until interrupted (Ctrl-C: exit 130). stdout: a
-    ``{"event": "serving"}`` line once the mesh is extracted and the server listens. ``max_resolution`` and
-    ``helpers`` do not apply (viser draws the mesh). Raises UsageError (viser missing), DataError (the run or its
+    ``{"event": "serving"}`` line once the mesh is extracted and the server listens (the browser draws the mesh: no
+    frame size or helpers to set). Raises UsageError (viser missing), DataError (the run or its
     mesh), NoGPUError."""
     from ngp_cli.tasks.sdf.evaluate import load_run
     from ngp_cli.viewer import require_viser
