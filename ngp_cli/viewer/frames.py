@@ -9,8 +9,9 @@ The schedule (:class:`FrameServer`): while a camera moves, frames are rendered a
 measured cost of the last frames, so that one takes about :data:`PREVIEW_SECONDS` (instant-ngp's dynamic resolution
 does the same); once the camera has been still for :data:`SETTLE_SECONDS`, the full-size frame follows (the tab's
 canvas, capped by ``max_pixels``), in bands of rows that take about :data:`BAND_SECONDS` each at the cost of its
-preview and the bands before, so that a camera that moves again drops it and a training step is never kept waiting long. Full-size frames go
-out as PNG (lossless), previews as JPEG, and each full-size frame writes a ``{"event": "frame"}`` line to stdout.
+preview and the bands before, so that a camera that moves again drops it and a training step is never kept waiting
+long. A change of the settings or of the model (:meth:`FrameServer.invalidate`) gets a preview first. Full-size frames
+go out as PNG (lossless), previews as JPEG, and each full-size frame writes a ``{"event": "frame"}`` line to stdout.
 Frames are rendered either on a thread of their own (``ngp view``) or between training steps (``--viewer``: a band
 at a time, :meth:`FrameServer.poll`), never two at once.
 """
@@ -28,8 +29,9 @@ import numpy as np
 
 from ngp_cli.console import emit
 
-__all__ = ["BAND_SECONDS", "DEFAULT_MAX_PIXELS", "FIRST_FRAME_PIXELS", "MIN_PREVIEW_SIDE", "PREVIEW_SECONDS", "SETTLE_SECONDS",
-           "BackgroundLoop", "FrameServer", "ViewCamera", "c2w_to_viser", "fit_size", "frame_pixels", "viser_to_c2w"]
+__all__ = ["BAND_SECONDS", "DEFAULT_MAX_PIXELS", "FIRST_FRAME_PIXELS", "MIN_PREVIEW_SIDE", "PREVIEW_SECONDS",
+           "SETTLE_SECONDS", "BackgroundLoop", "FrameServer", "ViewCamera", "c2w_to_viser", "fit_size", "frame_pixels",
+           "viser_to_c2w"]
 
 #: The time one preview frame should take while the camera moves (12.5 frames per second; what the transfer and the
 #: browser add keeps the rate above 10).
@@ -42,7 +44,8 @@ MIN_PREVIEW_SIDE = 48
 DEFAULT_MAX_PIXELS = 1920 * 1080
 #: Full-size frames are rendered in bands of rows that take about this long at the cost of the frame's preview and
 #: bands before: the most a moving camera waits for the band in progress, and the most a band overshoots the live
-#: viewer's share of the training time (an untrained NeRF costs ~70 µs a pixel, a trained one ~2 µs and ~10 ms a band).
+#: viewer's share of the training time (an untrained NeRF costs ~70 µs a pixel, a trained one ~2 µs and ~10 ms a
+#: band).
 BAND_SECONDS = 0.1
 #: The pixels of a frame (or band) rendered before any cost is known.
 FIRST_FRAME_PIXELS = 64 * 64
@@ -256,8 +259,8 @@ class FrameServer:
     # -- the schedule ---------------------------------------------------------------------------------------------
     def _preview_size(self, cam: ViewCamera, settings: tuple) -> tuple[int, int]:
         """A preview's size: the pixels that take about :data:`PREVIEW_SECONDS` at the measured cost of these
-        settings (:data:`FIRST_FRAME_PIXELS` before any measurement), at least :data:`MIN_PREVIEW_SIDE` on the shorter side, at most
-        full size."""
+        settings (:data:`FIRST_FRAME_PIXELS` before any measurement), at least :data:`MIN_PREVIEW_SIDE` on the
+        shorter side, at most full size."""
         per_pixel = self._seconds_per_pixel.get(settings)
         budget = FIRST_FRAME_PIXELS if per_pixel is None else int(PREVIEW_SECONDS / per_pixel)
         floor = MIN_PREVIEW_SIDE * MIN_PREVIEW_SIDE * max(cam.width, cam.height) // max(min(cam.width, cam.height), 1)

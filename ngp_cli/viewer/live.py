@@ -7,8 +7,9 @@ and the renderers draw no random numbers: a run trains to the same weights with 
 same seed and steps (tests/test_viewer.py checks it). The share is kept as a budget: a band is rendered only while
 the seconds spent rendering stay within ``share`` of the training time since the first step (the trainer's
 ``elapsed_s``, which counts the viewer's seconds and leaves out kernel compilation, evaluations and checkpoints), so
-the overshoot is at most one band (:data:`~ngp_cli.viewer.frames.BAND_SECONDS`). The viewer's seconds count as training time (``train.max_time_s``): a run with the viewer takes about
-``share`` fewer steps in the same time, not more time.
+the overshoot is at most one band (:data:`~ngp_cli.viewer.frames.BAND_SECONDS`). The viewer's seconds count as
+training time (``train.max_time_s``): a run with the viewer takes about ``share`` fewer steps in the same time, not
+more time.
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ longer side 1 long, from (0, 0) at the top left corner. Each pixel's ray from th
 some (u, v); the network is evaluated there (the model is continuous, so zooming in shows what it makes of the space
 between texels), the photo sampled bilinearly (:meth:`~ngp_cli.tasks.gigapixel.data.ImageTarget.sample`), and the
 error map is their mean absolute difference over channels through the heat-map palette, saturating at 3 × the run's
-final RMSE (the run's own error map: 3 × its last batch's). Outside the photo the frame is dark grey. Frames come from the progressive
-schedule of :class:`~ngp_cli.viewer.frames.FrameServer`: only the visible part is ever evaluated, a band of rows at a
-time, so a gigapixel photo costs what the screen costs.
+final RMSE (the run's own error map: 3 × its last batch's). Outside the photo the frame is dark grey. Frames come
+from the progressive schedule of :class:`~ngp_cli.viewer.frames.FrameServer`: only the visible part is ever evaluated,
+a band of rows at a time, so a gigapixel photo costs what the screen costs.
 """
 
 from __future__ import annotations
@@ -131,7 +131,8 @@ def _error_vmax(run_dir: Path) -> float:
 def view_command(task: Any, run_path: Path, *, host: str, port: int, max_resolution: str | None = None,
                  backend: str | None = None, data: Path | None = None) -> None:
     """``ngp view RUN`` for an image run: serve the viewer until interrupted (Ctrl-C: exit 130). stdout: a
-    ``{"event": "serving"}`` line, then ``{"event": "frame"}`` per full-size frame. Raises UsageError (viser missing, bad options), DataError (the run or its photo), NoGPUError."""
+    ``{"event": "serving"}`` line, then ``{"event": "frame"}`` per full-size frame. Raises UsageError (viser missing,
+    bad options), DataError (the run or its photo), NoGPUError."""
     from ngp_cli.pipeline import load_trained
     from ngp_cli.viewer import require_viser
     from ngp_cli.viewer.server import serve, start_server

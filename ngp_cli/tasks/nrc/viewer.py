@@ -103,8 +103,8 @@ class NrcViewer(FrameServer):
 def view_command(task: Any, run_path: Path, *, host: str, port: int, max_resolution: str | None = None,
                  backend: str | None = None, data: Path | None = None) -> None:
     """``ngp view RUN`` for an NRC run: serve its images until interrupted (Ctrl-C: exit 130). No model is loaded
-    (``backend`` and ``data``, every run command's options, do not apply). Raises UsageError (viser missing), DataError (not a run, or
-    nothing to show)."""
+    (``backend`` and ``data``, every run command's options, do not apply). Raises UsageError (viser missing),
+    DataError (not a run, or nothing to show)."""
     from ngp_cli.runs import RunDir
     from ngp_cli.viewer import require_viser
     from ngp_cli.viewer.server import serve, start_server
