@@ -188,15 +188,12 @@ def train(task: Task, opts: TrainOptions, given: Path | None) -> None:
 
 def _live_view(task: Task, opts: TrainOptions, problem: Any, run: RunDir) -> Any:
     """Start the viewer of ``--viewer`` (:mod:`ngp_cli.viewer.live`) and say where it is."""
-    from ngp_cli.console import emit
     from ngp_cli.viewer.live import LiveView
-    from ngp_cli.viewer.server import start_server, url_of
+    from ngp_cli.viewer.server import announce, start_server
 
     server = start_server(opts.viewer_host, opts.viewer_port)
     live = LiveView(task.live_viewer(server, problem, run.path), server, opts.viewer_share)
-    url = url_of(server)
-    info(f"viewer at {url} (frames take at most {opts.viewer_share:.0%} of the wall time)")
-    emit("serving", url=url, run_dir=str(run.path))
+    announce(server, run.path, "viewer", f" (frames take at most {opts.viewer_share:.0%} of the training time)")
     return live
 
 

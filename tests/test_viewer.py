@@ -573,7 +573,7 @@ def test_nrc_viewer_offers_the_runs_own_images_only(ngp, tmp_path):
     images = run_images(run)
     assert list(images) == ["NRC (mean of frames)", "path tracer, equal time", "reference", "frame 1", "frame 2"]
     server = start_server("127.0.0.1", _free_port())
-    viewer = NrcViewer(server, run)
+    viewer = NrcViewer(server, run, images)
     try:
         first = viewer.image("frame 1")
         assert np.array_equal(first, iio.imread(run / "frames" / "frame_00000.png")[..., :3])

@@ -15,7 +15,8 @@ from typing import Any
 from ngp_cli.console import emit, info, warn
 from ngp_cli.errors import UsageError
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "is_loopback", "serve", "start_server", "stop_server", "url_of"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "announce", "is_loopback", "serve", "start_server", "stop_server",
+           "url_of"]
 
 #: Loopback only, unless ``--host`` says otherwise (issue 18: nothing is exposed by default).
 DEFAULT_HOST = "127.0.0.1"
@@ -67,13 +68,19 @@ def stop_server(server: Any) -> None:
         server.stop()
 
 
-def serve(server: Any, viewer: Any, run_dir: Any, step: int, what: str = "", **fields: Any) -> None:
-    """``ngp view``'s life once its viewer is built: say where it is (an info line, and a ``{"event": "serving",
-    "url": ...}`` line on stdout with ``fields``), then serve until interrupted (Ctrl-C: KeyboardInterrupt, exit
-    130), stopping the viewer's renders and the server on the way out. ``what``: said after the step."""
+def announce(server: Any, run_dir: Any, what: str, note: str = "", **fields: Any) -> None:
+    """Say where a viewer is served: ``"{what} at {url}{note}"`` on stderr, and the ``{"event": "serving", "url": ...,
+    "run_dir": ...}`` line on stdout with ``fields`` (``ngp view`` and ``--viewer``)."""
     url = url_of(server)
-    info(f"viewing {run_dir} (step {step}{what}) at {url}; Ctrl-C stops")
-    emit("serving", url=url, run_dir=str(run_dir), step=step, **fields)
+    info(f"{what} at {url}{note}")
+    emit("serving", url=url, run_dir=str(run_dir), **fields)
+
+
+def serve(server: Any, viewer: Any, run_dir: Any, step: int, what: str = "", **fields: Any) -> None:
+    """``ngp view``'s life once its viewer is built: say where it is (:func:`announce`, with the step and
+    ``fields``), then serve until interrupted (Ctrl-C: KeyboardInterrupt, exit 130), stopping the viewer's renders
+    and the server on the way out. ``what``: said after the step."""
+    announce(server, run_dir, f"viewing {run_dir} (step {step}{what})", "; Ctrl-C stops", step=step, **fields)
     try:
         while True:
             time.sleep(3600)

@@ -58,11 +58,13 @@ def letterbox(image: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 class NrcViewer(FrameServer):
-    """The viewer of an NRC run's images on a started viser server (a dropdown picks the image)."""
+    """The viewer of an NRC run's images on a started viser server (a dropdown picks the image); ``images``: the run's
+    :func:`run_images`."""
 
-    def __init__(self, server: Any, run_dir: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(self, server: Any, run_dir: Path, images: dict[str, Path], *,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         super().__init__(server, max_pixels=max_pixels)
-        self.images = run_images(run_dir)
+        self.images = images
         self._cache: dict[str, np.ndarray] = {}
         gui = server.gui
         gui.add_markdown(f"**{Path(run_dir).name}**: {len(self.images)} images")
@@ -112,8 +114,8 @@ def view_command(task: Any, run_path: Path, *, host: str, port: int, max_resolut
     require_viser()
     pixels = frame_pixels(max_resolution)
     run = RunDir(run_path)
-    images = run_images(run.path)
+    images = run_images(run.path)  # nothing to show: refused before the server starts
     server = start_server(host, port)
-    viewer = NrcViewer(server, run.path, max_pixels=pixels)
+    viewer = NrcViewer(server, run.path, images, max_pixels=pixels)
     step = len([k for k in images if k.startswith("frame ")])
     serve(server, viewer, run.path, step, f", {len(images)} images")

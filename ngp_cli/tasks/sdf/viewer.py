@@ -93,21 +93,21 @@ class SdfViewer:
             self.update_mesh(self.resolution)
             self._loop = BackgroundLoop("ngp-view-slice", self._slice_step)
 
-    def pose(self) -> tuple[np.ndarray, np.ndarray]:
-        """The slice gizmo's ``(wxyz, position)``."""
-        return np.asarray(self._gizmo.wxyz, dtype=np.float64), np.asarray(self._gizmo.position, dtype=np.float64)
+    def pose(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The slice gizmo's ``(wxyz, position)`` as tuples of floats (hashable: the slice image is keyed by it)."""
+        return tuple(float(v) for v in self._gizmo.wxyz), tuple(float(v) for v in self._gizmo.position)
 
-    def slice_points(self, wxyz: np.ndarray, position: np.ndarray, n: int = SLICE_PIXELS) -> np.ndarray:
+    def slice_points(self, wxyz: Any, position: Any, n: int = SLICE_PIXELS) -> np.ndarray:
         """(n, n, 3) float32 unit-cube points of the slice with that pose: the square [-0.5, 0.5]² of the gizmo's
         local xy plane, pixel centres, row 0 at local +y (the top of the image viser draws)."""
         from scipy.spatial.transform import Rotation
 
-        w, x, y, z = wxyz
+        w, x, y, z = (float(v) for v in wxyz)
         rot = Rotation.from_quat([x, y, z, w]).as_matrix()
         s = (np.arange(n, dtype=np.float64) + 0.5) / n - 0.5
         lx, ly = np.meshgrid(s, -s)
         local = np.stack([lx, ly, np.zeros_like(lx)], axis=-1)
-        return (local @ rot.T + position).astype(np.float32)
+        return (local @ rot.T + np.asarray(position, dtype=np.float64)).astype(np.float32)
 
     def slice_sdf(self, points: np.ndarray) -> np.ndarray:
         """The network's signed distance at (..., 3) float32 unit-cube points, float32 of the same leading shape."""
@@ -119,12 +119,12 @@ class SdfViewer:
 
     def update_slice(self) -> None:
         """Evaluate and send the slice at the gizmo's pose."""
-        wxyz, position = self.pose()
-        image = slice_image(self.slice_sdf(self.slice_points(wxyz, position)))
+        pose = self.pose()
+        image = slice_image(self.slice_sdf(self.slice_points(*pose)))
         self._slice = self.server.scene.add_image("/slice/sdf", image, 1.0, 1.0, format="png",
                                                   visible=self._show_slice.value, cast_shadow=False,
                                                   receive_shadow=False)
-        self._slice_pose = (tuple(wxyz), tuple(position))
+        self._slice_pose = pose
         self.slices_sent += 1
 
     def update_mesh(self, resolution: int) -> None:
@@ -148,8 +148,7 @@ class SdfViewer:
         t0 = time.perf_counter()
         if not self.server.get_clients():  # nobody watching: nothing to keep up to date
             return 0.0
-        wxyz, position = self.pose()
-        if self._slice_pose != (tuple(wxyz), tuple(position)):
+        if self._slice_pose != self.pose():
             self.update_slice()
         elif self._mesh_stale:
             self.update_mesh(min(self.resolution, LIVE_MESH_RESOLUTION))
@@ -164,14 +163,14 @@ class SdfViewer:
 
     def _slice_step(self) -> bool:
         """The slice thread's step: the slice again if the gizmo moved; whether it did."""
-        wxyz, position = self.pose()
-        if self._slice_pose == (tuple(wxyz), tuple(position)):
+        pose = self.pose()
+        if self._slice_pose == pose:
             return False
         try:
             self.update_slice()
         except Exception as e:  # noqa: BLE001 - shown in the panel, not fatal
             self._status.content = f"slice failed: {type(e).__name__}: {e}"[:300]
-            self._slice_pose = (tuple(wxyz), tuple(position))
+            self._slice_pose = pose
         return True
 
     def stop(self) -> None:
@@ -183,8 +182,7 @@ def view_command(task: Any, run_path: Path, *, host: str, port: int, resolution:
                  backend: str | None = None, data: Path | None = None) -> None:
     """``ngp view RUN`` for an SDF run: serve the viewer until interrupted (Ctrl-C: exit 130). stdout: a
     ``{"event": "serving"}`` line once the mesh is extracted and the server listens (the browser draws the mesh: no
-    frame size or helpers to set). Raises UsageError (viser missing), DataError (the run or its
-    mesh), NoGPUError."""
+    frame size or helpers to set). Raises UsageError (viser missing), DataError (the run or its mesh), NoGPUError."""
     from ngp_cli.tasks.sdf.evaluate import load_run
     from ngp_cli.viewer import require_viser
     from ngp_cli.viewer.server import serve, start_server
