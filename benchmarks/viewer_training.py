@@ -61,6 +61,7 @@ def main() -> None:
     print(json.dumps({"event": "viewer_training", "dataset": str(args.dataset), "seconds": args.seconds,
                       "share": args.share, "browser": not args.no_browser, "browser_nice": args.browser_nice, "steps_without": steps_plain,
                       "steps_with": done["step"], "viewer_s": done["metrics"].get("viewer_s"),
+                      "contended_s": done["metrics"].get("viewer_contended_s"),
                       "ratio": round(done["step"] / steps_plain, 4), "frames": len(frames),
                       "frame_sizes": sorted({(e["width"], e["height"]) for e in frames}),
                       "render_s_median": sorted(e["render_s"] for e in frames)[len(frames) // 2] if frames else None}))

@@ -86,7 +86,8 @@ ViewerOpt = Annotated[bool, typer.Option(
     "--viewer", help="Serve the web viewer while training (the 'viewer' extra; frames between steps, within "
                      "--viewer-share of the training time; stops with the run).")]
 ViewerShareOpt = Annotated[float, typer.Option(
-    "--viewer-share", help="The most of the training time the viewer's frames may take, in (0, 1].")]
+    "--viewer-share", help="The most of the training time the viewer may take, in (0, 1]: its frames, "
+                           "and on a CPU the time a browser tab on this machine takes from the training.")]
 ViewerHostOpt = Annotated[str, typer.Option("--viewer-host", help="The viewer's address (see ngp view --host).")]
 ViewerPortOpt = Annotated[int, typer.Option("--viewer-port", help="The viewer's port (the next free one when taken).")]
 SaveOptimizerOpt = Annotated[bool, typer.Option(

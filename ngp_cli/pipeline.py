@@ -159,7 +159,7 @@ def train(task: Task, opts: TrainOptions, given: Path | None) -> None:
     n_params = sum(p.numel() for p in problem.model.parameters())
     info(f"{task.describe(cfg, data, problem)}; backend {prep.backend.name} on {prep.backend.device}; "
          f"{n_params:,} parameters")
-    live = _live_view(task, opts, problem, run) if opts.viewer and world.is_main else None
+    live = _live_view(task, opts, problem, run, prep.backend) if opts.viewer and world.is_main else None
     trainer = Trainer(problem, cfg, run, json_events=opts.json, quiet=is_quiet(), save_optimizer=opts.save_optimizer,
                       live_view=live)
     restored = restore(trainer, prep) if world.is_main else trainer.restore(prep.checkpoint)
@@ -178,6 +178,7 @@ def train(task: Task, opts: TrainOptions, given: Path | None) -> None:
     metrics = {**metrics, **_training_metrics(state)}
     if live is not None:  # the viewer's share of the training time (--viewer)
         metrics["viewer_s"] = round(live.spent, 3)
+        metrics["viewer_contended_s"] = round(live.contended, 3)  # lost to a browser beside a CPU training
     if world.distributed:
         metrics["processes"] = world.size
     artifacts["checkpoint"] = run.latest_weights()
@@ -186,14 +187,18 @@ def train(task: Task, opts: TrainOptions, given: Path | None) -> None:
     shutdown_world()
 
 
-def _live_view(task: Task, opts: TrainOptions, problem: Any, run: RunDir) -> Any:
+def _live_view(task: Task, opts: TrainOptions, problem: Any, run: RunDir, backend: Any) -> Any:
     """Start the viewer of ``--viewer`` (:mod:`ngp_cli.viewer.live`) and say where it is."""
+    import torch
+
     from ngp_cli.viewer.live import LiveView
     from ngp_cli.viewer.server import announce, start_server
 
     server = start_server(opts.viewer_host, opts.viewer_port)
-    live = LiveView(task.live_viewer(server, problem, run.path), server, opts.viewer_share)
-    announce(server, run.path, "viewer", f" (frames take at most {opts.viewer_share:.0%} of the training time)")
+    cpu_threads = torch.get_num_threads() if backend.device.type == "cpu" else None
+    live = LiveView(task.live_viewer(server, problem, run.path), server, opts.viewer_share, cpu_threads)
+    announce(server, run.path, "viewer", f" (frames, and a browser beside a CPU training, take at most {opts.viewer_share:.0%} of "
+                                              "the training time)")
     return live
 
 

@@ -450,6 +450,47 @@ def test_the_live_viewer_keeps_to_its_share_of_the_training_time(monkeypatch):
     used = view.spent / (training - 1000.0)
     assert 0.09 <= used <= 0.1 + 0.05 / (training - 1000.0), used
     assert frames.shown == 40 and frames.polls == round(view.spent / 0.05)
+    assert view.contended == 0.0  # no tab was open
+
+
+@pytest.mark.parametrize("cpu_threads, tab, lost", [(2, True, 0.05), (2, True, 0.25), (2, False, 0.05),
+                                                     (None, True, 0.05)])
+def test_the_live_viewer_counts_the_cpu_a_tab_takes_from_a_cpu_training(monkeypatch, cpu_threads, tab, lost):
+    """A browser tab beside a CPU training takes ``lost`` of the training threads' CPU: that time is charged to the
+    share (only on a CPU training, only while a tab is open), and the viewer renders within what is left."""
+    import ngp_cli.viewer.live as live
+
+    clock, cpu = [0.0], [0.0]
+    monkeypatch.setattr(live.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(live.time, "process_time", lambda: cpu[0])
+
+    class Frames:
+        polls = 0
+        has_tabs = tab
+
+        def poll(self, max_bands):
+            self.polls += 1
+            clock[0] += 0.05
+            cpu[0] += 0.05 * 2
+
+        def show_training(self, record):
+            pass
+
+    frames = Frames()
+    view = live.LiveView(frames, server=None, share=0.1, cpu_threads=cpu_threads)
+    training = 0.0
+    steps_s = 0.0
+    for _ in range(4000):
+        clock[0] += 0.08
+        cpu[0] += 0.08 * 2 * (1.0 - lost)
+        training += 0.08
+        steps_s += 0.08
+        training += view.between_steps(None, training)
+    charged = tab and cpu_threads is not None
+    assert view.contended == pytest.approx(lost * steps_s if charged else 0.0, rel=1e-3, abs=1e-9)
+    expect_spent = max(0.0, 0.1 * training - view.contended)
+    assert expect_spent - 0.06 <= view.spent <= expect_spent + 0.06, (view.spent, expect_spent)
+    assert (frames.polls == 1) == (charged and lost > 0.1)  # a tab taking more than the share: one band, then none
 
 
 def test_viewer_is_refused_where_a_task_has_none_and_for_a_bad_share(ngp, tmp_path, monkeypatch):
