@@ -16,7 +16,7 @@ WebGL on a machine without a GPU) takes cores from the training's threads, and t
 charged to the share as well (:meth:`LiveView.between_steps`), so the viewer renders less while a local tab costs the
 training, and the steps lost to the viewer, its tab included, stay near ``share``. Measured on the 2-core machine
 (docs/benchmarks/2026-12-07-cpu-2core-zen4-issue18-viewer.md): a tab open on the same machine costs lego_400
-training 5-8 % of its CPU.
+training 5-6 % of its CPU, charged to the share.
 """
 
 from __future__ import annotations
