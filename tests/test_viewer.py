@@ -464,9 +464,12 @@ def test_the_live_viewer_counts_the_cpu_a_tab_takes_from_a_cpu_training(monkeypa
     monkeypatch.setattr(live.time, "perf_counter", lambda: clock[0])
     monkeypatch.setattr(live.time, "process_time", lambda: cpu[0])
 
+    class Server:  # viser's: the connected tabs by id
+        def get_clients(self):
+            return {0: object()} if tab else {}
+
     class Frames:
         polls = 0
-        has_tabs = tab
 
         def poll(self, max_bands):
             self.polls += 1
@@ -477,7 +480,7 @@ def test_the_live_viewer_counts_the_cpu_a_tab_takes_from_a_cpu_training(monkeypa
             pass
 
     frames = Frames()
-    view = live.LiveView(frames, server=None, share=0.1, cpu_threads=cpu_threads)
+    view = live.LiveView(frames, server=Server(), share=0.1, cpu_threads=cpu_threads)
     training = 0.0
     steps_s = 0.0
     for _ in range(4000):

@@ -220,11 +220,6 @@ class FrameServer:
             self._tabs[client.client_id] = tab
         self._woken()
 
-    @property
-    def has_tabs(self) -> bool:
-        """Whether a browser tab is connected."""
-        return bool(self._tabs)
-
     def _woken(self) -> None:
         self._changed_at = time.monotonic()
         if self._loop is not None:

@@ -67,7 +67,7 @@ class LiveView:
         training seconds in it (the viewer's own, already counted whole, left out). On a quiet machine the training
         keeps its threads 99.3-99.6 % busy (lego_400, armadillo, albert), so a little is charged even then."""
         wall, cpu = time.perf_counter(), time.process_time()
-        if self._mark is not None and self.cpu_threads and self.frames.has_tabs:
+        if self._mark is not None and self.cpu_threads and self.server.get_clients():
             d_wall, d_cpu, d_train = wall - self._mark[0], cpu - self._mark[1], training_s - self._mark[2]
             if d_wall > 0.0:
                 self.contended += max(0.0, 1.0 - d_cpu / (d_wall * self.cpu_threads)) * max(0.0, d_train)
