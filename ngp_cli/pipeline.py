@@ -197,8 +197,8 @@ def _live_view(task: Task, opts: TrainOptions, problem: Any, run: RunDir, backen
     server = start_server(opts.viewer_host, opts.viewer_port)
     cpu_threads = torch.get_num_threads() if backend.device.type == "cpu" else None
     live = LiveView(task.live_viewer(server, problem, run.path), server, opts.viewer_share, cpu_threads)
-    announce(server, run.path, "viewer", f" (frames, and a browser beside a CPU training, take at most {opts.viewer_share:.0%} of "
-                                              "the training time)")
+    announce(server, run.path, "viewer", f" (frames, and a browser beside a CPU training, take at most "
+                                         f"{opts.viewer_share:.0%} of the training time)")
     return live
 
 
