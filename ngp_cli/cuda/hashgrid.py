@@ -134,15 +134,18 @@ def _prep_x(x: Tensor, param_dtype: torch.dtype, device: torch.device) -> Tensor
     return x.detach().to(device=device, dtype=_pos_dtype(param_dtype)).contiguous()
 
 
-def _forward(spec: _Spec, x: Tensor, params: Tensor) -> Tensor:
-    """out (N, L*F) in the params dtype; ``x`` already prepared (contiguous, position dtype)."""
+def _forward(spec: _Spec, x: Tensor, params: Tensor, feature_major: bool = False) -> Tensor:
+    """out (N, L*F) in the params dtype; ``x`` already prepared (contiguous, position dtype). ``feature_major``: the
+    kernel writes an (L*F, N) buffer and out is its transpose (a view with strides (1, N))."""
     lv = spec.levels
-    n = x.shape[0]
-    out = torch.empty(n, lv.n_levels * lv.n_features_per_level, dtype=params.dtype, device=params.device)
+    n, width = x.shape[0], lv.n_levels * lv.n_features_per_level
+    shape = (width, n) if feature_major else (n, width)
+    out = torch.empty(shape, dtype=params.dtype, device=params.device)
     if n:
         scales, meta = _level_consts(lv, params.device, x.dtype)
-        _launch(spec, params.dtype, "hashgrid_forward", n, [x, scales, meta, params, out], True, False)
-    return out
+        _launch(spec, params.dtype, "hashgrid_forward", n,
+                [x, scales, meta, params, out, np.uint32(feature_major)], True, False)
+    return out.t() if feature_major else out
 
 
 def _backward_params(spec: _Spec, x: Tensor, grad_out: Tensor, like: Tensor) -> Tensor:
@@ -309,7 +312,8 @@ class _HashGridBackwardFn(torch.autograd.Function):
         return d_g, d_x, d_p, None, None, None
 
 
-def encode(x: Tensor, params: Tensor, levels: GridLevels, interpolation: str = "Linear", target: str = "cpu") -> Tensor:
+def encode(x: Tensor, params: Tensor, levels: GridLevels, interpolation: str = "Linear", target: str = "cpu",
+           feature_major: bool = False) -> Tensor:
     """Multiresolution grid encoding of points with the ``hashgrid.cu`` kernels (differentiable twice).
 
     Semantics are those of :class:`ngp_cli.nn.encodings.HashGridEncoding` (tcnn ``encodings/grid.h``; Müller et al.
@@ -329,6 +333,10 @@ def encode(x: Tensor, params: Tensor, levels: GridLevels, interpolation: str = "
             (:class:`ngp_cli.nn.encodings.SimplexGridEncoding`: ``levels`` of the simplex lattice, D + 1 vertices
             per level, barycentric weights; hashgrid.cu's header gives the scheme).
         target: "cpu" (host C++ build of the kernels) or "cuda".
+        feature_major: a layout hint for inference (no gradient needed): the same values, in memory as (L * F, N)
+            (the result a transposed view, strides (1, N)), which the kernel writes in F contiguous streams per
+            level instead of 8 bytes of every point's row; a matmul takes it as it is (the transposed operand).
+            Ignored where a gradient is needed.
 
     Returns:
         ``(N, L * F)`` tensor in the params dtype, level-major: ``out[:, l * F + f]``. Gradients: dL/dparams in the
@@ -342,5 +350,5 @@ def encode(x: Tensor, params: Tensor, levels: GridLevels, interpolation: str = "
     _check(x, params, levels, interpolation, target)
     spec = _Spec(levels, interpolation, target)
     if not torch.is_grad_enabled() or not (x.requires_grad or params.requires_grad):
-        return _forward(spec, _prep_x(x, params.dtype, params.device), params.detach().contiguous())
+        return _forward(spec, _prep_x(x, params.dtype, params.device), params.detach().contiguous(), feature_major)
     return _HashGridFn.apply(x, params, spec)

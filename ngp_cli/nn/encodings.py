@@ -546,7 +546,7 @@ class HashGridEncoding(nn.Module):
         self._const_cache[key] = c
         return c
 
-    def forward(self, x: Tensor, params: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, params: Tensor | None = None, feature_major: bool = False) -> Tensor:
         """Encode points.
 
         Args:
@@ -554,6 +554,9 @@ class HashGridEncoding(nn.Module):
                 uint32 coordinates). Cast to the parameter dtype first, as tcnn casts to float.
             params: the table to read instead of :attr:`params` (same shape and dtype; gradients flow to it), e.g.
                 a function of them (the saliency mask's clamped and masked values).
+            feature_major: a layout hint for inference on the kernels (:func:`ngp_cli.cuda.hashgrid.encode`): the
+                same values in an (L * F, N) buffer, returned transposed. Ignored by the reference and where a
+                gradient is needed.
 
         Returns:
             ``(N, L * F)`` in the parameter dtype, level-major: ``out[:, l * F + f]``.
@@ -577,7 +580,7 @@ class HashGridEncoding(nn.Module):
 
             if getattr(self, "kernel_dtype", None) is not None:
                 table = table.to(self.kernel_dtype)
-            return encode(x, table, self.levels, self.interpolation, target)
+            return encode(x, table, self.levels, self.interpolation, target, feature_major)
         return self._reference(x, table)
 
     def _reference(self, x: Tensor, params: Tensor) -> Tensor:

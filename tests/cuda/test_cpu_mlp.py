@@ -100,6 +100,22 @@ def test_mlp_module_checks_and_concatenates_column_blocks():
         assert torch.equal(mlp((x, 1 - x)), mlp(torch.cat([x, 1 - x], 1)))
 
 
+@pytest.mark.parametrize("path", cm.PATHS)
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_a_feature_major_input_gives_the_row_major_result(path, layers):
+    # The hash grid's inference layout (hashgrid.encode(feature_major=True): (L*F, N) in memory, the (N, L*F) input
+    # its transposed view) goes into the first matmul as a transposed operand: the values of the row-major input.
+    gen = torch.Generator().manual_seed(31)
+    weights = list(FullyFusedMLP(32, 16, 64, 2, "ReLU", "None", generator=gen).weights)[-layers:]
+    n_in = weights[0].shape[1]
+    xt = torch.rand(n_in, 3001, generator=gen) - 0.5
+    with torch.no_grad():
+        rows = cm.cpu_mlp(xt.t().contiguous(), weights, "ReLU", "None", path=path)
+        cols = cm.cpu_mlp(xt.t(), weights, "ReLU", "None", path=path)
+    assert cols.shape == (3001, 16) and torch.isfinite(cols).all()
+    torch.testing.assert_close(cols, rows, rtol=1e-6, atol=1e-6)
+
+
 def test_inference_rows_are_padded_to_few_sizes():
     sizes = {cm.bucket_rows(n) for n in range(1, 300_000, 37)}
     for n in (1, 1023, 1024, 1025, 8191, 8193, 30_001, 131_072, 131_073, 2_000_003):

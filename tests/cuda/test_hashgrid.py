@@ -13,6 +13,7 @@ import random
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 import torch
 
@@ -218,7 +219,11 @@ def test_every_output_element_written(interp):
     v = torch.randn(n, d, generator=gen)
     nan = float("nan")
     out = torch.full((n, enc.n_output_dims), nan)
-    hashgrid._launch(spec, torch.float32, "hashgrid_forward", n, [x, scales, meta, params, out], True, False)
+    hashgrid._launch(spec, torch.float32, "hashgrid_forward", n, [x, scales, meta, params, out, np.uint32(0)], True,
+                     False)
+    out_fm = torch.full((enc.n_output_dims, n), nan)  # the feature-major layout, (L*F, N)
+    hashgrid._launch(spec, torch.float32, "hashgrid_forward", n, [x, scales, meta, params, out_fm, np.uint32(1)],
+                     True, False)
     gx = torch.full((enc.levels.n_levels, n, d), nan)
     hashgrid._launch(spec, torch.float32, "hashgrid_backward_input", n, [x, scales, meta, params, g, gx], True, False)
     ggo = torch.full((n, enc.n_output_dims), nan)
@@ -229,9 +234,30 @@ def test_every_output_element_written(interp):
     hashgrid._launch(
         spec, torch.float32, "hashgrid_backward_backward_input", n, [x, scales, meta, params, g, v, gx2], False, False
     )
-    for name, t in (("out", out), ("grad_x", gx), ("grad_grad_out", ggo), ("grad_x2", gx2)):
+    for name, t in (("out", out), ("out_fm", out_fm), ("grad_x", gx), ("grad_grad_out", ggo), ("grad_x2", gx2)):
         assert not torch.isnan(t).any(), name
     torch.testing.assert_close(out, enc(x).detach(), rtol=1e-5, atol=1e-5)
+    assert torch.equal(out_fm.t(), out)
+
+
+@needs_cxx
+@pytest.mark.parametrize("interp", ["Linear", "Simplex"])
+def test_the_feature_major_layout_holds_the_same_values(interp):
+    """``encode(..., feature_major=True)`` without a gradient: the same values bit for bit, as the transpose of an
+    (L*F, N) buffer; with a gradient needed the hint is ignored (row-major, and differentiable)."""
+    d, f = 3, 2
+    gen = _gen(f"feature-major-{interp}")
+    enc = _encoding(d, f, interp, gen)
+    x = _points(3001, d, gen)
+    params = enc.params.detach()
+    with torch.no_grad():
+        rows = hashgrid.encode(x, params, enc.levels, interp, "cpu")
+        cols = hashgrid.encode(x, params, enc.levels, interp, "cpu", feature_major=True)
+    assert rows.is_contiguous() and cols.stride() == (1, x.shape[0]) and cols.t().is_contiguous()
+    assert torch.equal(cols, rows)
+    torch.testing.assert_close(cols, enc._reference(x, params), rtol=1e-5, atol=1e-5)
+    graded = hashgrid.encode(x, enc.params, enc.levels, interp, "cpu", feature_major=True)
+    assert graded.requires_grad and graded.is_contiguous() and torch.equal(graded.detach(), rows)
 
 
 @needs_cxx
