@@ -200,6 +200,10 @@ def inference_mlp(x: Tensor | Sequence[Tensor], weights: Sequence[Tensor], activ
     * A ReLU hidden layer runs as one oneDNN matmul with the ReLU as a post-op where torch has it, applied while the
       output is in cache instead of in a second pass over memory (bf16 at 100k rows: 64→64→64→16 in 2.25 ms against
       3.48 ms for matmul then ``relu_``).
+    * A feature-major input (one (N, n_in) tensor whose transpose is contiguous: the hash grid's rendering layout,
+      :func:`ngp_cli.cuda.hashgrid.encode` with ``feature_major``) is converted as it lies and enters the first
+      matmul as a transposed operand; that layer's activation is a second pass. The same values as the row-major
+      input.
     """
     if not _FUSED_RELU:
         _FUSED_RELU.append(_fused_relu_linear())
@@ -209,13 +213,14 @@ def inference_mlp(x: Tensor | Sequence[Tensor], weights: Sequence[Tensor], activ
     rows = bucket_rows(n)
     wl = [w.detach().to(dtype) for w in weights]
     first = 0
-    if len(blocks) == 1 and n > 1 and x.dim() == 2 and x.shape[1] > 1 and x.t().is_contiguous():
+    b0 = blocks[0]
+    if len(blocks) == 1 and n > 1 and b0.shape[1] > 1 and b0.t().is_contiguous():
         # A feature-major input (the hash grid's inference layout, hashgrid.encode(feature_major=True)): converted
         # as it lies, and the first layer's matmul takes it as a transposed operand (a transposing copy to rows
         # costs more than the whole layer: 3.7 ms for 131k×32 bf16). oneDNN's fused ReLU would copy it, so the
         # activation is a second pass.
-        ht = torch.empty(x.shape[1], rows, dtype=dtype, device=x.device)
-        ht[:, :n] = x.detach().t()
+        ht = torch.empty(b0.shape[1], rows, dtype=dtype, device=b0.device)
+        ht[:, :n] = b0.detach().t()
         ht[:, n:] = 0
         h = torch.mm(ht.t(), wl[0].t())
         if len(wl) == 1:

@@ -112,7 +112,8 @@ def test_a_feature_major_input_gives_the_row_major_result(path, layers):
     with torch.no_grad():
         rows = cm.cpu_mlp(xt.t().contiguous(), weights, "ReLU", "None", path=path)
         cols = cm.cpu_mlp(xt.t(), weights, "ReLU", "None", path=path)
-    assert cols.shape == (3001, 16) and torch.isfinite(cols).all()
+        block = cm.cpu_mlp([xt.t()], weights, "ReLU", "None", path=path)  # as the one column block of a sequence
+    assert cols.shape == (3001, 16) and torch.isfinite(cols).all() and torch.equal(block, cols)
     torch.testing.assert_close(cols, rows, rtol=1e-6, atol=1e-6)
 
 
