@@ -67,6 +67,17 @@ class KernelTargetMixin:
                 module.kernel_target = target
 
 
+def encode_for_mlp(encoding: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``encoding(x)`` (N, n_output_dims) as the input of a :class:`~ngp_cli.nn.mlp.FullyFusedMLP` on the same kernel
+    target. Without a gradient on the cpu kernels (rendering, mesh extraction) a grid encoding comes in its
+    feature-major layout: the same values, which the kernel writes faster and the MLP's first matmul reads as they lie
+    (:func:`ngp_cli.cuda.hashgrid.encode`, :func:`ngp_cli.cuda.cpu_mlp.inference_mlp`)."""
+    if (isinstance(encoding, HashGridEncoding) and getattr(encoding, "kernel_target", None) == "cpu"
+            and not torch.is_grad_enabled()):
+        return encoding(x, feature_major=True)
+    return encoding(x)
+
+
 class NetworkWithInputEncoding(KernelTargetMixin, nn.Module):
     """x (N, n_input_dims) float32 in [0,1]^D → encoding → FullyFusedMLP → (N, n_output_dims) float32.
 
@@ -93,7 +104,7 @@ class NetworkWithInputEncoding(KernelTargetMixin, nn.Module):
     _kernel_modules = ("encoding", "network")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network(self.encoding(x))
+        return self.network(encode_for_mlp(self.encoding, x))
 
     def param_groups(self, l2_reg: float) -> list[dict]:
         """Optimizer parameter groups: encoding (no L2), network (``weight_decay=l2_reg``, i.e. L2 added to the grad)."""

@@ -360,3 +360,29 @@ def test_the_real_micro_benchmark_runs_inside_no_grad_and_inference_mode(monkeyp
     assert set(choice.median_ms) == set(cm.candidate_paths()) and all(v > 0 for v in choice.median_ms.values())
     with torch.no_grad():
         assert cm.select_cpu_mlp_path(cache_file=tmp_path / "c.json").how == "cached"
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_an_encoded_network_renders_the_same_from_the_feature_major_layout(dims, monkeypatch):
+    # NetworkWithInputEncoding without a gradient on the cpu kernels (mesh extraction, image renders) takes the hash
+    # grid's feature-major layout (encode_for_mlp): the outputs of the row layout, bit for bit.
+    from ngp_cli.config import EncodingConfig, NetworkConfig
+    from ngp_cli.nn import model as nn_model
+
+    enc = EncodingConfig(n_levels=8, log2_hashmap_size=14)
+    net = nn_model.NetworkWithInputEncoding(dims, 3, enc, NetworkConfig(), generator=torch.Generator().manual_seed(7),
+                                            kernel_target="cpu")
+    x = torch.rand(5003, dims, generator=torch.Generator().manual_seed(8))
+    seen = []
+    real = nn_model.encode_for_mlp
+    monkeypatch.setattr(nn_model, "encode_for_mlp", lambda e, v: seen.append(real(e, v)) or seen[-1])
+    with torch.no_grad():
+        fast = net(x)
+    monkeypatch.setattr(nn_model, "encode_for_mlp", lambda e, v: e(v))
+    with torch.no_grad():
+        rows = net(x)
+    assert seen and seen[0].stride() == (1, x.shape[0])  # the feature-major layout was taken
+    assert torch.equal(fast, rows)
+    trained = net(x)  # with a gradient: the row layout, and the same values up to the autograd path's rounding
+    assert trained.requires_grad
+    torch.testing.assert_close(trained.detach(), rows, rtol=2e-2, atol=2e-2)

@@ -8,9 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ngp_cli.nn.encodings import HashGridEncoding
 from ngp_cli.nn.mlp import FullyFusedMLP
-from ngp_cli.nn.model import KernelTargetMixin, build_encoding
+from ngp_cli.nn.model import KernelTargetMixin, build_encoding, encode_for_mlp
 from ngp_cli.tasks.nerf.saliency import SaliencyMask
 from ngp_cli.volrend.grid import OccupancyGrid, aabb_bounds
 
@@ -77,13 +76,9 @@ class NerfNetwork(KernelTargetMixin, nn.Module):
 
     def _encoded(self, x: Tensor, s: Tensor | None) -> Tensor:
         """The density network's (N, 16) outputs at unit-cube points ``x``, the features scaled by ``s`` (N,).
-        Rendering on the cpu kernels without a saliency mask takes the grid's feature-major layout (faster for the
-        kernel to write; the network's first matmul reads it as it is: :func:`ngp_cli.cuda.cpu_mlp.inference_mlp`)."""
-        if (s is None and self.kernel_target == "cpu" and not torch.is_grad_enabled()
-                and isinstance(self.encoding, HashGridEncoding)):
-            h = self.encoding(x, feature_major=True)
-        else:
-            h = self.encoding(x)
+        Without a saliency mask, rendering on the cpu kernels takes the grid's feature-major layout
+        (:func:`~ngp_cli.nn.model.encode_for_mlp`); the mask's product would copy it to rows."""
+        h = encode_for_mlp(self.encoding, x) if s is None else self.encoding(x)
         if s is not None:
             h = h * s.unsqueeze(1).to(h.dtype)
         return self.density_network(h)
