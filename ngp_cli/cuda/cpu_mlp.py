@@ -211,31 +211,26 @@ def inference_mlp(x: Tensor | Sequence[Tensor], weights: Sequence[Tensor], activ
     blocks = [x] if isinstance(x, Tensor) else list(x)
     n = blocks[0].shape[0]
     rows = bucket_rows(n)
-    wl = [w.detach().to(dtype) for w in weights]
-    first = 0
     b0 = blocks[0]
     if len(blocks) == 1 and n > 1 and b0.shape[1] > 1 and b0.t().is_contiguous():
         # A feature-major input (the hash grid's inference layout, hashgrid.encode(feature_major=True)): converted
         # as it lies, and the first layer's matmul takes it as a transposed operand (a transposing copy to rows
-        # costs more than the whole layer: 3.7 ms for 131k×32 bf16). oneDNN's fused ReLU would copy it, so the
-        # activation is a second pass.
+        # costs more than the whole layer: 3.7 ms for 131k×32 bf16). oneDNN's fused ReLU would copy it, so that
+        # layer's activation is a second pass.
         ht = torch.empty(b0.shape[1], rows, dtype=dtype, device=b0.device)
         ht[:, :n] = b0.detach().t()
         ht[:, n:] = 0
-        h = torch.mm(ht.t(), wl[0].t())
-        if len(wl) == 1:
-            return h[:n].float()
-        activate_(h, activation)
-        first = 1
+        h = ht.t()
     else:
-        h = torch.empty(rows, sum(b.shape[1] for b in blocks), dtype=dtype, device=blocks[0].device)
+        h = torch.empty(rows, sum(b.shape[1] for b in blocks), dtype=dtype, device=b0.device)
         col = 0
         for b in blocks:
             h[:n, col:col + b.shape[1]] = b.detach()
             col += b.shape[1]
         h[n:] = 0
-    for w in wl[first:-1]:
-        if fused is not None:
+    wl = [w.detach().to(dtype) for w in weights]
+    for w in wl[:-1]:
+        if fused is not None and h.is_contiguous():
             h = fused(h, w)
         else:
             h = torch.mm(h, w.t())
