@@ -17,7 +17,9 @@ second's for ``mlp_training`` and ``train_step`` (the issue's targets: the cpu b
 backend's, its MLP training never slower), measured in the same run. ``simplex_forward`` and
 ``simplex_forward_backward`` time the SimplexGrid encoding (Wen & Yang 2023) at the hash grid's L, F, T and scales
 (D + 1 vertices per level, so N·L·(D+1)·F·4 gathered bytes); the ratios divide the hash grid's time by the
-SimplexGrid's per backend, dimension and batch (> 1: the simplex is faster).
+SimplexGrid's per backend, dimension and batch (> 1: the simplex is faster). Both encodings are timed as an MLP's
+input is encoded in training (:func:`ngp_cli.nn.model.encode_for_mlp`: the feature-major layout on the cpu kernels),
+their gradient in the output's layout, as the MLP's backward returns it.
 
 With ``--run RUN`` (a trained NeRF run) the bench also renders one held-out view of it per backend
 (:mod:`ngp_cli.tasks.nerf.bench`): ``render_network`` (the inference path, as eval renders a view),
@@ -186,6 +188,8 @@ def run_benchmarks(backends: list[Backend], batches: list[int], dims: list[int],
     """
     import torch
 
+    from ngp_cli.nn.model import encode_for_mlp
+
     unknown = sorted(set(which) - set(BENCHMARKS))
     if unknown:
         raise ConfigError(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
@@ -225,13 +229,13 @@ def run_benchmarks(backends: list[Backend], batches: list[int], dims: list[int],
                     gathered = batch * GRID["n_levels"] * vertices * GRID["n_features_per_level"] * 4
                     if f"{kind}_forward" in which:
                         with torch.no_grad():
-                            times = _timer(dev, lambda enc=enc, x=x: enc(x), warmup, repeats)
+                            times = _timer(dev, lambda enc=enc, x=x: encode_for_mlp(enc, x), warmup, repeats)
                         record(backend, f"{kind}_forward", batch, times, d, gathered, "copy_bytes_per_s")
                     if f"{kind}_forward_backward" in which:
                         def fb(enc=enc, x=x):
                             enc.params.grad = None
-                            y = enc(x)
-                            y.backward(torch.ones_like(y))
+                            y = encode_for_mlp(enc, x)  # the layout an MLP's input takes on this backend
+                            y.backward(torch.ones_like(y))  # dL/dy in y's layout, as the MLP's backward gives it
                         times = _timer(dev, fb, warmup, repeats)
                         record(backend, f"{kind}_forward_backward", batch, times, d, 2 * gathered,
                                "copy_bytes_per_s")

@@ -69,15 +69,22 @@ class CPUMLPFunction(torch.autograd.Function):
     process on the cores every region waits for a time slice: 695 against 121 ms. Hence whole-batch matmuls.
 
     ``apply(x, activation, dtype, *weights)``: ``x`` (N, n_in), weights ``(out, in)`` matrices (any float dtype);
-    returns the (N, n_out) float32 output *before* the output activation. Activations: those of
-    ``ngp_cli.nn.activations.ACTIVATION_CODES``. Source: tiny-cuda-nn ``src/fully_fused_mlp.cu`` (structure only).
+    returns the (N, n_out) float32 output *before* the output activation. A feature-major ``x`` (whose transpose is
+    contiguous: the hash grid's layout, :func:`ngp_cli.cuda.hashgrid.encode` with ``feature_major``) enters the first
+    matmul as a transposed operand, and dL/dx is returned in the same layout (``dxᵀ = W₀ᵀ · dhᵀ``), which the grid's
+    backward reads in contiguous streams: the same values as for a row-major ``x``. An encoded network's forward +
+    backward on the bench's grids and MLP was 1.09-1.30× faster so, with the same gradients bit for bit
+    (``benchmarks/encoding_layout.py``; docs/benchmarks/2026-12-07-cpu-2core-zen4-issue20-training-layout.md).
+    Activations: those of ``ngp_cli.nn.activations.ACTIVATION_CODES``. Source: tiny-cuda-nn
+    ``src/fully_fused_mlp.cu`` (structure only).
     """
 
     @staticmethod
     def forward(ctx, x, activation, dtype, *weights):
         wl = [w.detach().to(dtype) for w in weights]
-        h = x.detach().to(dtype)
+        h = x.detach().to(dtype)  # a feature-major x (hash grid's layout) stays so: the first matmul reads it as is
         ctx.activation = activation
+        ctx.feature_major = x.dim() == 2 and not x.is_contiguous() and x.t().is_contiguous()
         ctx.dtypes = (x.dtype, [w.dtype for w in weights])
         saved = [h]
         for w in wl[:-1]:
@@ -99,7 +106,10 @@ class CPUMLPFunction(torch.autograd.Function):
             grads[i] = torch.mm(g.t(), acts[i])
             if i == 0 and not need_dx:
                 break
-            g = torch.mm(g, wl[i])  # a new tensor: the activation derivative may be applied in place
+            if i == 0 and ctx.feature_major:
+                g = torch.mm(wl[0].t(), g.t()).t()  # dL/dx feature-major, as x came: the hash grid's backward reads it
+            else:
+                g = torch.mm(g, wl[i])  # a new tensor: the activation derivative may be applied in place
             if i > 0:
                 activation_backward_(g, acts[i], ctx.activation)
         x_dtype, w_dtypes = ctx.dtypes

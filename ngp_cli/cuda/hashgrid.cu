@@ -759,13 +759,24 @@ extern "C" __global__ void hashgrid_forward(const POS_T* __restrict__ x, const P
     }, feature_major ? nullptr : out + (u64)level * F, out_stride, true);
 }
 
+// Point i's row of level `level` in an (N, L*F) array (feature_major == 0) or its (L*F, N) transpose (!= 0).
+HG_INLINE Row load_point_row(const param_t* __restrict__ a, bool feature_major, u32 i, u32 level, u32 n_levels,
+                             u32 n_points) {
+    if (!feature_major) return *reinterpret_cast<const Row*>(a + (u64)i * n_levels * F + (u64)level * F);
+    Row r;
+#pragma unroll
+    for (int f = 0; f < F; ++f) r.v[f] = a[((u64)level * F + f) * n_points + i];
+    return r;
+}
+
 template <bool PLAIN>
 HG_INLINE void backward_params_impl(const pos_t* __restrict__ x, const Level& lv, u32 level,
-                                    const param_t* __restrict__ grad_out, param_t* __restrict__ grad_params,
-                                    u32 n_levels, u32 begin, u32 end) {
+                                    const param_t* __restrict__ grad_out, bool feature_major,
+                                    param_t* __restrict__ grad_params, u32 n_levels, u32 n_points, u32 begin,
+                                    u32 end) {
     const u64 out_stride = (u64)n_levels * F;
     for_points(x, lv, grad_params, true, begin, end, [&](u32 i, const Cell& cell) {
-        const Row g = *reinterpret_cast<const Row*>(grad_out + i * out_stride + (u64)level * F);
+        const Row g = load_point_row(grad_out, feature_major, i, level, n_levels, n_points);
         pos_t gv[F];
 #pragma unroll
         for (int f = 0; f < F; ++f) gv[f] = to_acc(g.v[f]);
@@ -780,15 +791,17 @@ HG_INLINE void backward_params_impl(const pos_t* __restrict__ x, const Level& lv
                 add_row<PLAIN>(grad_params, cell.idx[c], v);
             }
         }
-    }, grad_out + (u64)level * F, out_stride, false);
+    }, feature_major ? nullptr : grad_out + (u64)level * F, out_stride, false);
 }
 
-// grad_params (E, F) += dL/dtable for grad_out (N, L*F). Level-major; atomics (exclusive_y on the CPU).
+// grad_params (E, F) += dL/dtable for grad_out (N, L*F), or its (L*F, N) transpose when feature_major != 0 (the
+// layout hashgrid_forward writes with its feature_major). Level-major; atomics (exclusive_y on the CPU).
 // zero_grad != 0 (the CPU launch: grid (1, L), one thread covering all points of its level, grad_params
 // uninitialised): each thread first zeroes its level's rows [offset, offset + size), then scatters into them.
 extern "C" __global__ void hashgrid_backward_params(const POS_T* __restrict__ x, const POS_T* __restrict__ scales,
                                                     const unsigned int* __restrict__ level_meta,
                                                     const PARAM_T* __restrict__ grad_out,
+                                                    const unsigned int feature_major,
                                                     PARAM_T* __restrict__ grad_params,
                                                     const unsigned int zero_grad, const unsigned int n_points,
                                                     const unsigned int n_levels, const unsigned int points_per_thread) {
@@ -798,33 +811,36 @@ extern "C" __global__ void hashgrid_backward_params(const POS_T* __restrict__ x,
     const Level lv = load_level(scales, level_meta, level);
     if (zero_grad) zero_rows(grad_params + (u64)lv.offset * F, (u64)lv.size * F);
     if (plain_scatter()) {
-        backward_params_impl<true>(x, lv, level, grad_out, grad_params, n_levels, begin, end);
+        backward_params_impl<true>(x, lv, level, grad_out, feature_major, grad_params, n_levels, n_points, begin,
+                                   end);
     } else {
-        backward_params_impl<false>(x, lv, level, grad_out, grad_params, n_levels, begin, end);
+        backward_params_impl<false>(x, lv, level, grad_out, feature_major, grad_params, n_levels, n_points, begin,
+                                    end);
     }
 }
 
-// grad_x_levels (L, N, D): the contribution of each level to dL/dx for grad_out (N, L*F); the caller sums over
-// levels. Level-major like the forward (each level's table stays cache-hot; no atomics across levels):
+// grad_x_levels (L, N, D): the contribution of each level to dL/dx for grad_out (N, L*F), or its (L*F, N) transpose
+// when feature_major != 0; the caller sums over levels. Level-major like the forward (each level's table stays
+// cache-hot; no atomics across levels):
 //   grad_x_levels[l, n, d] = s_l * S'(frac_d) * sum_c (grad_out[n, l*F:(l+1)*F] . T[idx_c]) * dw_c/dS_d.
 extern "C" __global__ void hashgrid_backward_input(const POS_T* __restrict__ x, const POS_T* __restrict__ scales,
                                                    const unsigned int* __restrict__ level_meta,
                                                    const PARAM_T* __restrict__ params,
                                                    const PARAM_T* __restrict__ grad_out,
+                                                   const unsigned int feature_major,
                                                    POS_T* __restrict__ grad_x_levels, const unsigned int n_points,
                                                    const unsigned int n_levels, const unsigned int points_per_thread) {
     u32 begin, end;
     if (!thread_range(n_points, points_per_thread, begin, end)) return;
     const u32 level = blockIdx.y;
     const Level lv = load_level(scales, level_meta, level);
-    const u64 out_stride = (u64)n_levels * F;
     pos_t* __restrict__ gxl = grad_x_levels + (u64)level * n_points * D;
     for_points(x, lv, params, false, begin, end, [&](u32 i, const Cell& cell) {
         pos_t gx[D];
 #pragma unroll
         for (int d = 0; d < D; ++d) gx[d] = (pos_t)0;
         if (!NEAREST) {
-            const Row g = *reinterpret_cast<const Row*>(grad_out + i * out_stride + (u64)level * F);
+            const Row g = load_point_row(grad_out, feature_major, i, level, n_levels, n_points);
             pos_t gT[C];  // grad_out . T[idx_c]
 #pragma unroll
             for (int c = 0; c < C; ++c) {

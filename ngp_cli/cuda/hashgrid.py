@@ -148,6 +148,15 @@ def _forward(spec: _Spec, x: Tensor, params: Tensor, feature_major: bool = False
     return out.t() if feature_major else out
 
 
+def _grad_layout(grad_out: Tensor) -> tuple[Tensor, bool]:
+    """``(buffer, feature_major)``: ``grad_out`` (N, L*F) as the backward kernels read it, its contiguous (L*F, N)
+    transpose when it lies feature-major (the gradient of a feature-major output, e.g. ``torch.ones_like`` of it),
+    else row-major (a copy when it is neither)."""
+    if grad_out.dim() == 2 and not grad_out.is_contiguous() and grad_out.t().is_contiguous():
+        return grad_out.t(), True
+    return grad_out.contiguous(), False
+
+
 def _backward_params(spec: _Spec, x: Tensor, grad_out: Tensor, like: Tensor) -> Tensor:
     n = x.shape[0]
     if not n:
@@ -158,12 +167,13 @@ def _backward_params(spec: _Spec, x: Tensor, grad_out: Tensor, like: Tensor) -> 
     zero_in_kernel = spec.target == "cpu"
     alloc = torch.empty if zero_in_kernel else torch.zeros
     grad_params = alloc(like.shape, dtype=like.dtype, device=like.device)
+    g, feature_major = _grad_layout(grad_out)
     _launch(
         spec,
         like.dtype,
         "hashgrid_backward_params",
         n,
-        [x, scales, meta, grad_out, grad_params, np.uint32(zero_in_kernel)],
+        [x, scales, meta, g, np.uint32(feature_major), grad_params, np.uint32(zero_in_kernel)],
         True,
         True,
     )
@@ -178,9 +188,9 @@ def _backward_input(spec: _Spec, x: Tensor, params: Tensor, grad_out: Tensor) ->
         return torch.zeros(0, lv.n_dims, dtype=x.dtype, device=x.device)
     per_level = torch.empty(lv.n_levels, n, lv.n_dims, dtype=x.dtype, device=x.device)
     scales, meta = _level_consts(lv, params.device, x.dtype)
-    _launch(
-        spec, params.dtype, "hashgrid_backward_input", n, [x, scales, meta, params, grad_out, per_level], True, False
-    )
+    g, feature_major = _grad_layout(grad_out)
+    _launch(spec, params.dtype, "hashgrid_backward_input", n,
+            [x, scales, meta, params, g, np.uint32(feature_major), per_level], True, False)
     return per_level.sum(0)
 
 
@@ -205,12 +215,14 @@ def _check(x: Tensor, params: Tensor, levels: GridLevels, interpolation: str, ta
 
 
 class _HashGridFn(torch.autograd.Function):
-    """forward(x, params, spec) -> out (N, L*F); backward through :class:`_HashGridBackwardFn` (differentiable)."""
+    """forward(x, params, spec, feature_major) -> out (N, L*F) (a transposed view of an (L*F, N) buffer when
+    ``feature_major``); backward through :class:`_HashGridBackwardFn` (differentiable), in either layout of
+    ``grad_out``."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, params: Tensor, spec: _Spec) -> Tensor:
+    def forward(ctx, x: Tensor, params: Tensor, spec: _Spec, feature_major: bool) -> Tensor:
         params_c = params.contiguous()
-        out = _forward(spec, _prep_x(x, params.dtype, params.device), params_c)
+        out = _forward(spec, _prep_x(x, params.dtype, params.device), params_c, feature_major)
         ctx.spec = spec
         ctx.save_for_backward(x, params_c)
         return out
@@ -222,7 +234,7 @@ class _HashGridFn(torch.autograd.Function):
         if not (need_x or need_p):
             return None, None, None
         grad_x, grad_params = _HashGridBackwardFn.apply(grad_out, x, params, ctx.spec, need_x, need_p)
-        return grad_x, grad_params, None
+        return grad_x, grad_params, None, None
 
 
 class _HashGridBackwardFn(torch.autograd.Function):
@@ -238,7 +250,7 @@ class _HashGridBackwardFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, grad_out: Tensor, x: Tensor, params: Tensor, spec: _Spec, need_x: bool, need_p: bool):
-        g = grad_out.to(params.dtype).contiguous()
+        g = grad_out.to(params.dtype)  # either layout (_grad_layout); the second-order kernels take rows
         xp = _prep_x(x, params.dtype, params.device)
         grad_x = grad_params = None
         if need_x:
@@ -258,6 +270,7 @@ class _HashGridBackwardFn(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, ggx: Tensor | None, ggp: Tensor | None):
         g, x, params = ctx.saved_tensors
+        g = g.contiguous()
         spec: _Spec = ctx.spec
         need_g, need_x, need_p = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         d_g = d_x = d_p = None
@@ -333,10 +346,11 @@ def encode(x: Tensor, params: Tensor, levels: GridLevels, interpolation: str = "
             (:class:`ngp_cli.nn.encodings.SimplexGridEncoding`: ``levels`` of the simplex lattice, D + 1 vertices
             per level, barycentric weights; hashgrid.cu's header gives the scheme).
         target: "cpu" (host C++ build of the kernels) or "cuda".
-        feature_major: a layout hint for inference (no gradient needed): the same values, in memory as (L * F, N)
-            (the result a transposed view, strides (1, N)), which the kernel writes in F contiguous streams per
-            level instead of 8 bytes of every point's row; a matmul takes it as it is (the transposed operand).
-            Ignored where a gradient is needed.
+        feature_major: a layout hint: the same values, in memory as (L * F, N) (the result a transposed view,
+            strides (1, N)), which the kernel writes in F contiguous streams per level instead of 8 bytes of every
+            point's row; a matmul takes it as it is (the transposed operand). The backward reads ``grad_out`` in
+            whichever of the two layouts it comes (the feature-major one as fast as the output was written:
+            :class:`ngp_cli.cuda.cpu_mlp.CPUMLPFunction` returns it so), any other as a row-major copy.
 
     Returns:
         ``(N, L * F)`` tensor in the params dtype, level-major: ``out[:, l * F + f]``. Gradients: dL/dparams in the
@@ -351,4 +365,4 @@ def encode(x: Tensor, params: Tensor, levels: GridLevels, interpolation: str = "
     spec = _Spec(levels, interpolation, target)
     if not torch.is_grad_enabled() or not (x.requires_grad or params.requires_grad):
         return _forward(spec, _prep_x(x, params.dtype, params.device), params.detach().contiguous(), feature_major)
-    return _HashGridFn.apply(x, params, spec)
+    return _HashGridFn.apply(x, params, spec, feature_major)

@@ -554,9 +554,9 @@ class HashGridEncoding(nn.Module):
                 uint32 coordinates). Cast to the parameter dtype first, as tcnn casts to float.
             params: the table to read instead of :attr:`params` (same shape and dtype; gradients flow to it), e.g.
                 a function of them (the saliency mask's clamped and masked values).
-            feature_major: a layout hint for inference on the kernels (:func:`ngp_cli.cuda.hashgrid.encode`): the
-                same values in an (L * F, N) buffer, returned transposed. Ignored by the reference and where a
-                gradient is needed.
+            feature_major: a layout hint for the kernels (:func:`ngp_cli.cuda.hashgrid.encode`): the same values
+                in an (L * F, N) buffer, returned transposed (differentiable, in either layout of the incoming
+                gradient). Ignored by the reference.
 
         Returns:
             ``(N, L * F)`` in the parameter dtype, level-major: ``out[:, l * F + f]``.

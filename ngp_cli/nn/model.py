@@ -69,11 +69,12 @@ class KernelTargetMixin:
 
 def encode_for_mlp(encoding: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``encoding(x)`` (N, n_output_dims) as the input of a :class:`~ngp_cli.nn.mlp.FullyFusedMLP` on the same kernel
-    target. Without a gradient on the cpu kernels (rendering, mesh extraction) a grid encoding comes in its
-    feature-major layout: the same values, which the kernel writes faster and the MLP's first matmul reads as they lie
-    (:func:`ngp_cli.cuda.hashgrid.encode`, :func:`ngp_cli.cuda.cpu_mlp.inference_mlp`)."""
-    if (isinstance(encoding, HashGridEncoding) and getattr(encoding, "kernel_target", None) == "cpu"
-            and not torch.is_grad_enabled()):
+    target. On the cpu kernels a grid encoding comes in its feature-major layout, for training as for rendering: the
+    same values, which the kernel writes faster and the MLP's first matmul reads as they lie; the MLP's backward
+    returns dL/d(encoding) in the same layout, which the grid's backward reads faster too
+    (:func:`ngp_cli.cuda.hashgrid.encode`, :class:`ngp_cli.cuda.cpu_mlp.CPUMLPFunction`,
+    :func:`ngp_cli.cuda.cpu_mlp.inference_mlp`)."""
+    if isinstance(encoding, HashGridEncoding) and getattr(encoding, "kernel_target", None) == "cpu":
         return encoding(x, feature_major=True)
     return encoding(x)
 

@@ -117,6 +117,35 @@ def test_a_feature_major_input_gives_the_row_major_result(path, layers):
     torch.testing.assert_close(cols, rows, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("path", cm.PATHS)
+@pytest.mark.parametrize("layers", [1, 3])
+def test_a_feature_major_input_trains_as_the_row_major_one(path, layers):
+    # Training on the hash grid's feature-major layout (encode_for_mlp with a gradient): the same output and weight
+    # gradients as the row-major input, and dL/dx the same values, returned feature-major by the hand-written paths
+    # (the grid's backward reads it in contiguous streams).
+    gen = torch.Generator().manual_seed(37)
+    weights = list(FullyFusedMLP(32, 16, 64, 2, "ReLU", "None", generator=gen).weights)[-layers:]
+    n_in = weights[0].shape[1]
+    xt = torch.rand(n_in, 3001, generator=gen) - 0.5
+    g = torch.randn(3001, 16, generator=gen)
+    results = []
+    for x0 in (xt.t().contiguous(), xt.t()):
+        x = x0.clone().requires_grad_(True) if x0.is_contiguous() else x0.t().clone().t().requires_grad_(True)
+        ws = [w.detach().clone().requires_grad_(True) for w in weights]
+        out = cm.cpu_mlp(x, ws, "ReLU", "None", path=path)
+        out.backward(g)
+        results.append((x, out.detach(), x.grad, [w.grad for w in ws]))
+    (xr, out_r, gx_r, gw_r), (xc, out_c, gx_c, gw_c) = results
+    assert not xc.is_contiguous() and xc.t().is_contiguous()
+    if path != "torch":
+        assert gx_c.t().is_contiguous() and not gx_c.is_contiguous()
+    assert gx_r.abs().sum() > 0
+    torch.testing.assert_close(out_c, out_r, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(gx_c, gx_r, rtol=1e-6, atol=1e-6)
+    for a, b in zip(gw_c, gw_r, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_inference_rows_are_padded_to_few_sizes():
     sizes = {cm.bucket_rows(n) for n in range(1, 300_000, 37)}
     for n in (1, 1023, 1024, 1025, 8191, 8193, 30_001, 131_072, 131_073, 2_000_003):
@@ -364,8 +393,9 @@ def test_the_real_micro_benchmark_runs_inside_no_grad_and_inference_mode(monkeyp
 
 @pytest.mark.parametrize("dims", [2, 3])
 def test_an_encoded_network_renders_the_same_from_the_feature_major_layout(dims, monkeypatch):
-    # NetworkWithInputEncoding without a gradient on the cpu kernels (mesh extraction, image renders) takes the hash
-    # grid's feature-major layout (encode_for_mlp): the outputs of the row layout, bit for bit.
+    # NetworkWithInputEncoding on the cpu kernels takes the hash grid's feature-major layout (encode_for_mlp):
+    # without a gradient (mesh extraction, image renders) the outputs of the row layout bit for bit, and with one
+    # (training) the outputs and gradients of the row layout.
     from ngp_cli.config import EncodingConfig, NetworkConfig
     from ngp_cli.nn import model as nn_model
 
@@ -383,6 +413,15 @@ def test_an_encoded_network_renders_the_same_from_the_feature_major_layout(dims,
         rows = net(x)
     assert seen and seen[0].stride() == (1, x.shape[0])  # the feature-major layout was taken
     assert torch.equal(fast, rows)
-    trained = net(x)  # with a gradient: the row layout, and the same values up to the autograd path's rounding
-    assert trained.requires_grad
-    torch.testing.assert_close(trained.detach(), rows, rtol=2e-2, atol=2e-2)
+    grads = []
+    for take in (real, lambda e, v: e(v)):
+        monkeypatch.setattr(nn_model, "encode_for_mlp", take)
+        net.zero_grad(set_to_none=True)
+        trained = net(x)
+        assert trained.requires_grad
+        torch.testing.assert_close(trained.detach(), rows, rtol=2e-2, atol=2e-2)
+        trained.square().sum().backward()
+        grads.append([p.grad.clone() for p in net.parameters()])
+    assert grads[0][0].abs().sum() > 0
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -225,7 +225,11 @@ def test_every_output_element_written(interp):
     hashgrid._launch(spec, torch.float32, "hashgrid_forward", n, [x, scales, meta, params, out_fm, np.uint32(1)],
                      True, False)
     gx = torch.full((enc.levels.n_levels, n, d), nan)
-    hashgrid._launch(spec, torch.float32, "hashgrid_backward_input", n, [x, scales, meta, params, g, gx], True, False)
+    hashgrid._launch(spec, torch.float32, "hashgrid_backward_input", n,
+                     [x, scales, meta, params, g, np.uint32(0), gx], True, False)
+    gx_fm = torch.full((enc.levels.n_levels, n, d), nan)  # grad_out read feature-major, (L*F, N)
+    hashgrid._launch(spec, torch.float32, "hashgrid_backward_input", n,
+                     [x, scales, meta, params, g.t().contiguous(), np.uint32(1), gx_fm], True, False)
     ggo = torch.full((n, enc.n_output_dims), nan)
     hashgrid._launch(
         spec, torch.float32, "hashgrid_backward_backward", n, [x, scales, meta, params, g, v, None, ggo], True, False
@@ -234,30 +238,51 @@ def test_every_output_element_written(interp):
     hashgrid._launch(
         spec, torch.float32, "hashgrid_backward_backward_input", n, [x, scales, meta, params, g, v, gx2], False, False
     )
-    for name, t in (("out", out), ("out_fm", out_fm), ("grad_x", gx), ("grad_grad_out", ggo), ("grad_x2", gx2)):
+    for name, t in (("out", out), ("out_fm", out_fm), ("grad_x", gx), ("grad_x_fm", gx_fm), ("grad_grad_out", ggo),
+                    ("grad_x2", gx2)):
         assert not torch.isnan(t).any(), name
     torch.testing.assert_close(out, enc(x).detach(), rtol=1e-5, atol=1e-5)
     assert torch.equal(out_fm.t(), out)
+    assert torch.equal(gx_fm, gx)
 
 
 @needs_cxx
 @pytest.mark.parametrize("interp", ["Linear", "Simplex"])
 def test_the_feature_major_layout_holds_the_same_values(interp):
-    """``encode(..., feature_major=True)`` without a gradient: the same values bit for bit, as the transpose of an
-    (L*F, N) buffer; with a gradient needed the hint is ignored (row-major, and differentiable)."""
+    """``encode(..., feature_major=True)``: the same values bit for bit, as the transpose of an (L*F, N) buffer, with
+    or without a gradient; the backward takes ``grad_out`` in either layout (the feature-major one is what
+    ``torch.ones_like`` of such an output gives) with the same gradients bit for bit, and stays differentiable."""
     d, f = 3, 2
     gen = _gen(f"feature-major-{interp}")
     enc = _encoding(d, f, interp, gen)
-    x = _points(3001, d, gen)
+    n = 3001
+    x = _points(n, d, gen)
     params = enc.params.detach()
     with torch.no_grad():
         rows = hashgrid.encode(x, params, enc.levels, interp, "cpu")
         cols = hashgrid.encode(x, params, enc.levels, interp, "cpu", feature_major=True)
-    assert rows.is_contiguous() and cols.stride() == (1, x.shape[0]) and cols.t().is_contiguous()
+    assert rows.is_contiguous() and cols.stride() == (1, n) and cols.t().is_contiguous()
     assert torch.equal(cols, rows)
     torch.testing.assert_close(cols, enc._reference(x, params), rtol=1e-5, atol=1e-5)
-    graded = hashgrid.encode(x, enc.params, enc.levels, interp, "cpu", feature_major=True)
-    assert graded.requires_grad and graded.is_contiguous() and torch.equal(graded.detach(), rows)
+    g = torch.randn(n, enc.n_output_dims, generator=gen)
+    grads = {}
+    for out_fm in (False, True):
+        for grad_fm in (False, True):
+            table = params.clone().requires_grad_(True)
+            xx = x.clone().requires_grad_(True)
+            out = hashgrid.encode(xx, table, enc.levels, interp, "cpu", feature_major=out_fm)
+            assert out.requires_grad and torch.equal(out.detach(), rows)
+            assert out.is_contiguous() != out_fm
+            gout = g.t().contiguous().t() if grad_fm else g
+            assert gout.is_contiguous() != grad_fm
+            gx, gp = torch.autograd.grad(out, (xx, table), gout, create_graph=True)
+            (ggx,) = torch.autograd.grad(gp.square().sum() + gx.square().sum(), xx)  # second order, either layout
+            grads[out_fm, grad_fm] = (gx.detach(), gp.detach(), ggx)
+    first = grads[False, False]
+    assert first[1].abs().sum() > 0 and first[0].abs().sum() > 0
+    for key, got in grads.items():
+        for a, b in zip(got, first, strict=True):
+            assert torch.equal(a, b), key
 
 
 @needs_cxx

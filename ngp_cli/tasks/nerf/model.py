@@ -76,12 +76,10 @@ class NerfNetwork(KernelTargetMixin, nn.Module):
 
     def _encoded(self, x: Tensor, s: Tensor | None) -> Tensor:
         """The density network's (N, 16) outputs at unit-cube points ``x``, the features scaled by ``s`` (N,).
-        Without a saliency mask, rendering on the cpu kernels takes the grid's feature-major layout
-        (:func:`~ngp_cli.nn.model.encode_for_mlp`); the mask's product would copy it to rows."""
-        if s is None:
-            return self.density_network(encode_for_mlp(self.encoding, x))
-        h = self.encoding(x)
-        return self.density_network(h * s.unsqueeze(1).to(h.dtype))
+        On the cpu kernels the grid's features come feature-major, training and rendering
+        (:func:`~ngp_cli.nn.model.encode_for_mlp`); the mask's product keeps that layout, and so does its gradient."""
+        h = encode_for_mlp(self.encoding, x)
+        return self.density_network(h if s is None else h * s.unsqueeze(1).to(h.dtype))
 
     def _features(self, positions: Tensor) -> Tensor:
         """The density network's (N, 16) outputs at (N, 3) positions (every point encoded, the mask applied)."""
