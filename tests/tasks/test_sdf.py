@@ -294,6 +294,41 @@ def test_sampler_draws_the_paper_mix_with_exact_targets():
     assert (sdf[3000:] - want).abs().max() < 0.01 * radius
 
 
+def test_a_bank_refresh_replaces_a_slot_drawn_twice_once_with_its_first_point():
+    # 2048 new points into 256 slots: every slot is drawn several times. Each replaced slot holds the first of its new
+    # points with that point's exact distance, the same in every run (index_put_ with repeated indices leaves the
+    # winner to its threads, each of the two tensors on its own).
+    from ngp_cli.config import resolve
+    from ngp_cli.mesh.io import InputMesh
+    from ngp_cli.nn.backend import resolve_backend
+    from ngp_cli.tasks.sdf import SdfConfig
+    from ngp_cli.tasks.sdf.fit import SampleBank, SdfProblem
+
+    s = trimesh.creation.icosphere(subdivisions=3)
+    mesh = InputMesh(np.asarray(s.vertices) * 2.0, np.asarray(s.faces), Path("sphere"), True, 0, 1, 0)
+    cfg = resolve(SdfConfig, "sdf", "sdf-cpu", ["encoding.log2_hashmap_size=12", "sdf.sample_bank=0"],
+                  default_preset="sdf-cpu")
+    sampler = SdfProblem(mesh, cfg, resolve_backend("auto", "cpu")).sampler
+    seed = _seed()
+    banks = []
+    for _ in range(2):
+        bank = SampleBank(sampler, 256, 0.5, 1 / 128, torch.Generator().manual_seed(seed))
+        before = bank.points.clone()
+        g = torch.Generator().manual_seed(seed + 1)
+        replay = torch.Generator().manual_seed(seed + 1)
+        bank.refresh(2048, g)
+        banks.append((bank.points.clone(), bank.sdf.clone()))
+    new = sampler.off_surface(1024, 1024, 1 / 128, replay)
+    slots = torch.randint(0, 256, (2048,), generator=replay)
+    want = before.clone()
+    for i in reversed(range(2048)):  # the first point drawn for a slot is the one kept
+        want[slots[i]] = new[i]
+    points, sdf = banks[0]
+    assert torch.equal(points, want) and not torch.equal(points, before)
+    assert torch.equal(sdf, sampler.signed_distance(points))
+    assert torch.equal(banks[1][0], points) and torch.equal(banks[1][1], sdf)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # End to end
 

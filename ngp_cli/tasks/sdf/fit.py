@@ -72,7 +72,8 @@ class SurfaceSampler:
 
 class SampleBank:
     """``size`` off-surface points with exact signed distances, drawn from at random; ``refresh`` of them are replaced
-    by new points at random slots after every draw. Perturbed and uniform points keep their batch proportions."""
+    by new points at random slots after every draw (a slot drawn twice in one refresh is replaced once, so a run
+    repeats itself bit for bit). Perturbed and uniform points keep their batch proportions."""
 
     def __init__(self, sampler: SurfaceSampler, size: int, perturbed_share: float, sigma: float,
                  generator: torch.Generator, chunk: int = 1 << 16) -> None:
@@ -94,6 +95,12 @@ class SampleBank:
         n_perturbed = round(n * self.perturbed_share)
         points = self.sampler.off_surface(n_perturbed, n - n_perturbed, self.sigma, generator).to(self.points.device)
         slots = torch.randint(0, self.points.shape[0], (n,), generator=generator).to(self.points.device)
+        # A slot drawn twice (about 4 of every 4096 from 2^21) keeps its first new point: assigning both leaves the
+        # winner to the threads of index_put_, each tensor on its own, so a point could get another's distance and
+        # a run would not repeat itself.
+        slots, inverse = torch.unique(slots, return_inverse=True)
+        first = torch.full_like(slots, n).scatter_reduce_(0, inverse, torch.arange(n, device=slots.device), "amin")
+        points = points[first]
         self.points[slots] = points
         self.sdf[slots] = self.sampler.signed_distance(points)
 
