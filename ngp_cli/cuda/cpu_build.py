@@ -53,9 +53,16 @@ CPU_FLAGS = (
     "-fvisibility=hidden",
     "-fno-semantic-interposition",
     "-fno-math-errno",
+    "-fno-trapping-math",
     "-ffp-contract=fast",
 )
-"""Host-compiler flags of the CPU target (plus ``-include cpu_emu.h -I<cuda dir> -DNGP_CPU -D<defines>``)."""
+"""Host-compiler flags of the CPU target (plus ``-include cpu_emu.h -I<cuda dir> -DNGP_CPU -D<defines>``).
+
+``-fno-trapping-math`` lets GCC vectorise floor and float/int conversions (hashgrid.cu's batched cells); values are
+unchanged, only floating-point exception flags may differ, which no kernel reads. It is a flag of the whole build, not
+a ``#pragma GCC optimize`` in one source: functions compiled under different optimisation options are not inlined
+into each other, and with such a pragma in hashgrid.cu the emulation's ``__half`` conversions (cpu_emu.h) became
+calls, one per table value: an fp16 table read 3× slower than an fp32 one."""
 
 _LAUNCHER_FLAGS = ("-O2", "-std=c++17", "-fPIC", "-shared", "-pthread", "-fvisibility=hidden")
 _FLAG_FIBERS = 1

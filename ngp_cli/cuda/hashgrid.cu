@@ -66,9 +66,8 @@
 #endif
 
 #ifdef NGP_CPU
-// Lets GCC vectorise floor and the float/int conversions of the batched cell computation (compute_cells); values are
-// unchanged, only floating-point exception flags may differ (nothing here reads them).
-#pragma GCC optimize("no-trapping-math")
+// (The CPU build's -fno-trapping-math, cpu_build.CPU_FLAGS, lets GCC vectorise floor and the float/int conversions of
+// the batched cell computation, compute_cells.)
 #define HG_INLINE __device__ inline __attribute__((always_inline))
 #else
 #define HG_INLINE __device__ __forceinline__
