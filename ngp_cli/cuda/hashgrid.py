@@ -232,7 +232,7 @@ class _HashGridFn(torch.autograd.Function):
         x, params = ctx.saved_tensors
         need_x, need_p = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_x or need_p):
-            return None, None, None
+            return None, None, None, None
         grad_x, grad_params = _HashGridBackwardFn.apply(grad_out, x, params, ctx.spec, need_x, need_p)
         return grad_x, grad_params, None, None
 
