@@ -100,12 +100,33 @@ def _fp16_model(x, weights, activation, output_activation, grad_out, loss_scale)
     return out.detach(), dx, grads
 
 
+def _without_kink_ties(x, ref, margin=1e-5):
+    """The rows of ``x`` whose hidden pre-activations (fp16 operands, float64 sums, as :func:`_fp16_model`) all lie
+    farther than ``margin`` from 0. At a pre-activation within rounding of 0 (6.4e-8 for one seed) the kernel's
+    float32 sum and the model's float64 one may fall on either side of ReLU's kink, and that row's gradient differs
+    by O(1): a tie, not a kernel error, so such rows (a pre-activation in about 10^5 lies within 1e-5) are left
+    out."""
+    from ngp_cli.nn.activations import activation_fn
+
+    act = activation_fn(ref.activation)
+    h = x.detach().half().double()
+    keep = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    for w in list(ref.weights)[:-1]:
+        pre = h @ w.detach().half().double().t()
+        keep &= (pre.abs() > margin).all(dim=1)
+        h = act(pre).half().double()
+    return x[keep]
+
+
 def _check_training(ref, x, target, lanes=1, grad_scale=1.0, loss_scale=128.0):
     """Training forward + backward of the kernel against the fp16 model of its arithmetic (tight: 2e-3; observed
     1e-7..3e-5) and against the float32 torch reference (fp16 tolerances: 3e-3 forward; gradients 3e-2 for smooth
     activations, and only a sanity bound of 0.25 for ReLU: units near zero flip under the fp16 rounding of the hidden
     activations, which moves ReLU gradients of these random nets by up to 12% at width 16)."""
     grad_tol = 0.25 if ref.activation in ("ReLU", "LeakyReLU") else 3e-2
+    n = x.shape[0]
+    x = _without_kink_ties(x, ref)
+    assert x.shape[0] >= n - n // 20  # ties are rare (a few rows at width 128): the test still covers the batch
     g = _gen(99)
     x_ref = x.clone().requires_grad_(True)
     out_ref = ref(x_ref)
