@@ -148,11 +148,18 @@ def _forward(spec: _Spec, x: Tensor, params: Tensor, feature_major: bool = False
     return out.t() if feature_major else out
 
 
+def is_feature_major(t: Tensor) -> bool:
+    """Whether the (N, C) tensor ``t`` lies feature-major: its transpose is contiguous and it is not (the layout of
+    :func:`encode` with ``feature_major``, and of the gradients the cpu MLP returns for it). False for 1-row or
+    1-column tensors, which are contiguous either way."""
+    return t.dim() == 2 and not t.is_contiguous() and t.t().is_contiguous()
+
+
 def _grad_layout(grad_out: Tensor) -> tuple[Tensor, bool]:
     """``(buffer, feature_major)``: ``grad_out`` (N, L*F) as the backward kernels read it, its contiguous (L*F, N)
     transpose when it lies feature-major (the gradient of a feature-major output, e.g. ``torch.ones_like`` of it),
     else row-major (a copy when it is neither)."""
-    if grad_out.dim() == 2 and not grad_out.is_contiguous() and grad_out.t().is_contiguous():
+    if is_feature_major(grad_out):
         return grad_out.t(), True
     return grad_out.contiguous(), False
 

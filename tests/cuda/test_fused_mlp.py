@@ -71,30 +71,42 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
+def _r16(t):
+    return t.half().double()
+
+
+def _fp16_hidden(x, weights, activation):
+    """The hidden layers as the kernel computes them, in float64 torch: fp16 operands, each activation rounded to
+    fp16. Returns (the fp16 weights, [input, hidden activations...], [hidden pre-activations])."""
+    from ngp_cli.nn.activations import activation_fn
+
+    act = activation_fn(activation)
+    ws = [_r16(w.detach()) for w in weights]
+    hs, pres = [_r16(x)], []
+    for w in ws[:-1]:
+        pres.append(hs[-1] @ w.t())
+        hs.append(_r16(act(pres[-1])))
+    return ws, hs, pres
+
+
 def _fp16_model(x, weights, activation, output_activation, grad_out, loss_scale):
     """The kernel's arithmetic in float64 torch: fp16 operands, hidden activations rounded to fp16 after the
     activation, the loss-scaled gradients rounded to fp16 after each layer. Returns (out, dx, [dW])."""
     from ngp_cli.nn.activations import activation_derivative, activation_fn
 
-    def r16(t):
-        return t.half().double()
-
-    act, out_act = activation_fn(activation), activation_fn(output_activation)
-    ws = [r16(w.detach()) for w in weights]
-    hs = [r16(x)]
-    for w in ws[:-1]:
-        hs.append(r16(act(hs[-1] @ w.t())))
+    out_act = activation_fn(output_activation)
+    ws, hs, _ = _fp16_hidden(x, weights, activation)
     pre_v = (hs[-1] @ ws[-1].t()).requires_grad_(True)
     out = out_act(pre_v)
     out.backward(grad_out.double())
     dpre = pre_v.grad
-    g = r16(dpre * loss_scale)
+    g = _r16(dpre * loss_scale)
     grads = [None] * len(ws)
     grads[-1] = dpre.t() @ hs[-1]
-    g = r16((g @ ws[-1]) * activation_derivative(activation, hs[-1]))
+    g = _r16((g @ ws[-1]) * activation_derivative(activation, hs[-1]))
     for i in range(len(ws) - 2, 0, -1):
         grads[i] = g.t() @ hs[i] / loss_scale
-        g = r16((g @ ws[i]) * activation_derivative(activation, hs[i]))
+        g = _r16((g @ ws[i]) * activation_derivative(activation, hs[i]))
     grads[0] = g.t() @ hs[0] / loss_scale
     dx = g @ ws[0] / loss_scale
     return out.detach(), dx, grads
@@ -106,15 +118,10 @@ def _without_kink_ties(x, ref, margin=1e-5):
     float32 sum and the model's float64 one may fall on either side of ReLU's kink, and that row's gradient differs
     by O(1): a tie, not a kernel error, so such rows (a pre-activation in about 10^5 lies within 1e-5) are left
     out."""
-    from ngp_cli.nn.activations import activation_fn
-
-    act = activation_fn(ref.activation)
-    h = x.detach().half().double()
+    _, _, pres = _fp16_hidden(x, list(ref.weights), ref.activation)
     keep = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-    for w in list(ref.weights)[:-1]:
-        pre = h @ w.detach().half().double().t()
+    for pre in pres:
         keep &= (pre.abs() > margin).all(dim=1)
-        h = act(pre).half().double()
     return x[keep]
 
 
