@@ -24,10 +24,11 @@ their gradient in the output's layout, as the MLP's backward returns it.
 With ``--run RUN`` (a trained NeRF run) the bench also renders one held-out view of it per backend
 (:mod:`ngp_cli.tasks.nerf.bench`): ``render_network`` (the inference path, as eval renders a view),
 ``render_frame`` (the same path as ``ngp render`` renders a frame, at the run's ``nerf.render_min_transmittance``),
-``render_network_legacy`` (the schedule before it) and, with ``--baked FILE``, ``render_baked``. Their batch is the
-view's pixel count, so ns per element reads as milliseconds per megapixel, and the ratios add, per backend,
-``render_network`` (legacy time / network time), ``render_frame`` (network time / frame time) and ``render_baked``
-(network time / baked time).
+``render_network_legacy`` (the schedule before it), ``render_network_ingp`` (instant-ngp's round lengths alone,
+:func:`ngp_cli.volrend.render.round_steps` without its end-rate term) and, with ``--baked FILE``, ``render_baked``.
+Their batch is the view's pixel count, so ns per element reads as milliseconds per megapixel, and the ratios add, per
+backend, ``render_network`` (legacy time / network time), ``render_network_rounds`` (instant-ngp's rounds' time /
+network time), ``render_frame`` (network time / frame time) and ``render_baked`` (network time / baked time).
 
 torch is imported inside the functions, so the CLI reads :data:`BENCHMARKS` for ``ngp bench --help`` without it.
 """
@@ -44,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from ngp_cli.errors import ConfigError
 from ngp_cli.machine import machine_info
+from ngp_cli.tasks.nerf.bench import RENDER_BENCHMARKS  # one view's render time of a trained run (--run, --baked)
 
 if TYPE_CHECKING:
     import torch
@@ -51,19 +53,17 @@ if TYPE_CHECKING:
     from ngp_cli.nn.backend import Backend
 
 BENCHMARKS = ("encoding_forward", "encoding_forward_backward", "simplex_forward", "simplex_forward_backward",
-              "mlp_inference", "mlp_training", "train_step", "render_network", "render_frame", "render_network_legacy",
-              "render_baked")
+              "mlp_inference", "mlp_training", "train_step", *RENDER_BENCHMARKS)
 #: The grid encodings measured: benchmark-name prefix -> encoding class name (ngp_cli.nn.encodings), at the same
 #: L, F, T and level scales; "simplex" is the SimplexGrid (D + 1 vertices per level instead of 2^D).
 ENCODINGS = {"encoding": "HashGridEncoding", "simplex": "SimplexGridEncoding"}
-#: Measured on a trained run (``--run RUN``, ``--baked FILE``): one view's render time, batch = its pixels.
-RENDER_BENCHMARKS = ("render_network", "render_frame", "render_network_legacy", "render_baked")
 RATIO_BENCHMARKS = ("mlp_training", "train_step")  # compared between the cpu and the torch backend
 #: SimplexGrid against HashGrid per backend, dims and batch, in the same run: (ratio name, hash grid, simplex).
 ENCODING_RATIOS = (("simplex_forward", "encoding_forward", "simplex_forward"),
                    ("simplex_forward_backward", "encoding_forward_backward", "simplex_forward_backward"))
 #: Render speed-ups per backend, in the same run: (name, slower benchmark, faster benchmark).
 RENDER_RATIOS = (("render_network", "render_network_legacy", "render_network"),
+                 ("render_network_rounds", "render_network_ingp", "render_network"),
                  ("render_frame", "render_network", "render_frame"),
                  ("render_baked", "render_network", "render_baked"))
 GRID = dict(n_levels=16, n_features_per_level=2, log2_hashmap_size=19, base_resolution=16)
@@ -423,7 +423,7 @@ def run_bench(tasks: dict, backend_names: list[str] | None, batches: list[int] |
         render_ratios = {k: v for k, v in ratios.items() if k not in RATIO_BENCHMARKS}
         if render_ratios:
             info("render speed-ups (this run): " + "; ".join(
-                f"{name} over {slow} on {b} {render_ratios[name][b]:.2f}x" for name, slow, _ in RENDER_RATIOS
+                f"{fast} over {slow} on {b} {render_ratios[name][b]:.2f}x" for name, slow, fast in RENDER_RATIOS
                 if name in render_ratios for b in render_ratios[name]))
     doc = {"machine": machine, "ceilings": ceilings, "sizes": {"grid": GRID, "per_level_scale": PER_LEVEL_SCALE,
                                                                "mlp": MLP},

@@ -245,7 +245,8 @@ def build_app() -> typer.Typer:
             "--output", hidden=True, help="Deprecated spelling of --out.")] = None,
         run: Annotated[Path | None, typer.Option(
             "--run", help="A trained NeRF run: also time rendering one of its held-out views (render_network, "
-                          "render_frame, render_network_legacy; ns/elem is then ms per megapixel).")] = None,
+                          "render_frame, render_network_legacy, render_network_ingp; ns/elem is then ms per "
+                          "megapixel).")] = None,
         baked: Annotated[Path | None, typer.Option(
             "--baked", help="A file 'ngp bake' made from --run: also time render_baked.")] = None,
         data: Annotated[Path | None, typer.Option(

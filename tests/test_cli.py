@@ -215,7 +215,7 @@ def test_quiet_after_the_command_silences_training(ngp, astronaut_crop, tmp_path
     (["presets", "show"], "<json|yaml>"),
     (["bench"], "<list[cuda|cpu|torch]>"),
     (["bench"], "<list[encoding_forward|encoding_forward_backward|simplex_forward|simplex_forward_backward|mlp_inference"
-                "|mlp_training|train_step|render_network|render_frame|render_network_legacy|render_baked]>"),
+                "|mlp_training|train_step|render_network|render_frame|render_network_legacy|render_network_ingp|render_baked]>"),
 ], ids=["fit-image backend", "train-nrc backend", "eval split", "render backend", "extract-mesh backend",
         "presets format", "bench backend", "bench only"])
 def test_choices_are_shown_in_help(app, argv, shown):

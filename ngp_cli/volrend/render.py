@@ -9,6 +9,7 @@ render modes; nerfstudio's expected depth, which also composites the sample dist
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -18,8 +19,8 @@ from ngp_cli.volrend.composite import composite
 from ngp_cli.volrend.constants import GRID_CELLS, MIN_TRANSMITTANCE
 from ngp_cli.volrend.march import march_rays
 
-__all__ = ["MIN_CHUNK_RAYS", "RAY_MAPS", "REFERENCE_STEPS_PER_ROUND", "STEPS_PER_ROUND", "render_ray_maps",
-           "render_rays"]
+__all__ = ["MAX_ROUND_SAMPLES_PER_RAY", "MIN_CHUNK_RAYS", "RAY_MAPS", "REFERENCE_STEPS_PER_ROUND",
+           "ROUND_OVERHEAD_SAMPLES", "STEPS_PER_ROUND", "render_ray_maps", "render_rays", "round_steps"]
 
 #: What :func:`render_ray_maps` can composite.
 RAY_MAPS = ("rgb", "depth", "opacity", "normals")
@@ -29,9 +30,19 @@ RAY_MAPS = ("rgb", "depth", "opacity", "normals")
 #: 270×480 (2-core Xeon): 14.4 s per view with 8192-ray chunks, 6.0 s with 2^17.
 MIN_CHUNK_RAYS = 1 << 17
 
-#: Bounds on the samples per live ray in one round of :func:`render_ray_maps` on the kernels (instant-ngp's
-#: MIN/MAX_STEPS_INBETWEEN_COMPACTION are 1 and 8 on the GPU).
-STEPS_PER_ROUND = (1, 8)
+#: Bounds on the samples per live ray in one round of :func:`render_ray_maps` on the kernels. instant-ngp's
+#: MIN/MAX_STEPS_INBETWEEN_COMPACTION are 1 and 8; the upper bound here is 32, for the rounds that
+#: :data:`ROUND_OVERHEAD_SAMPLES` lengthens and for the last few rays of a chunk (lego_400: the last 30 of 50 rounds
+#: march fewer than 1000 rays each, and a round costs its kernel launches whatever its size).
+STEPS_PER_ROUND = (1, 32)
+#: What a round costs a live ray beyond its samples (marching resumed from the box entry, empty space crossed again,
+#: the live rays' compaction), in samples' worth of work: the constant ``c`` of :func:`round_steps`'s rule. Measured
+#: on the cpu backend (2-core Zen 4, issue 17): a fox view at 270×480 renders in 2.86 s with c = 1 and 0.5–2 within
+#: 1 % of it, against 3.70 s with instant-ngp's rule alone. 0 turns the rule off.
+ROUND_OVERHEAD_SAMPLES = 1.0
+#: A round takes at most this many samples per ray of its chunk (memory: 8 × 2^17 samples, ~0.8 GB on the cpu
+#: backend for a NeRF network; instant-ngp's rule alone keeps a round within one sample per chunk ray).
+MAX_ROUND_SAMPLES_PER_RAY = 8
 #: The same for the torch reference (``kernel_target=None``): its marching costs a Python loop per step of every
 #: round, so it keeps few long rounds (64 samples per live ray, ngp's schedule before issue 17).
 REFERENCE_STEPS_PER_ROUND = (64, 64)
@@ -66,13 +77,37 @@ def _density_normals(field: Field, positions: Tensor, directions: Tensor) -> tup
     return sigma.detach(), rgb.detach(), normals.float().contiguous()
 
 
+def round_steps(chunk_rays: int, live: int, steps_per_round: tuple[int, int], end_rate: float | None = None,
+                overhead: float = ROUND_OVERHEAD_SAMPLES) -> int:
+    """The samples per live ray of the next round of :func:`render_ray_maps`: at least instant-ngp's
+    ``clamp(chunk_rays // live, lo, hi)`` (``NerfTracer::trace``: about one network batch of ``chunk_rays`` samples a
+    round), and, when the rays of the last round ended slowly, up to ``sqrt(2 c / p)``.
+
+    The second term balances the two costs of a round's length ``s`` for rays that end with probability ``p`` per
+    sample (``end_rate``: the rays that took samples last round and ended, over those samples; None on the first
+    round): each round costs a ray ``c`` samples' worth of overhead (``overhead``, :data:`ROUND_OVERHEAD_SAMPLES`), so
+    ``c / s`` per sample, and a ray that ends within a round wastes on average ``(s - 1) / 2`` samples behind its end,
+    ``p (s - 1) / 2`` per sample; their sum is least at ``s = sqrt(2 c / p)``. Rays through thin density everywhere
+    (the fog of a real capture: the fox's rays end at ~0.3 % a sample) take long rounds; rays that end on surfaces a
+    few samples in (lego) keep instant-ngp's. The round's samples stay within ``MAX_ROUND_SAMPLES_PER_RAY ×
+    chunk_rays`` (memory), and ``s`` within ``steps_per_round`` ``(lo, hi)``.
+    """
+    lo, hi = steps_per_round
+    steps = max(lo, min(hi, chunk_rays // max(live, 1)))
+    if end_rate is not None and overhead > 0.0:
+        balanced = int(math.sqrt(2.0 * overhead / max(end_rate, 1e-9)))
+        steps = max(steps, min(hi, balanced, MAX_ROUND_SAMPLES_PER_RAY * chunk_rays // max(live, 1)))
+    return steps
+
+
 @torch.no_grad()
 def render_ray_maps(field: Field, origins: Tensor, directions: Tensor, occupancy: Tensor, aabb_scale: int, *,
                     cone_angle: float, near_distance: float, background: Tensor | None,
                     maps: Iterable[str] = ("rgb",), chunk_rays: int = MIN_CHUNK_RAYS,
                     steps_per_round: tuple[int, int] | None = None, kernel_target: str | None = None,
                     ray_features: Callable[[Tensor], Tensor] | None = None,
-                    min_transmittance: float = MIN_TRANSMITTANCE) -> dict[str, Tensor]:
+                    min_transmittance: float = MIN_TRANSMITTANCE,
+                    round_overhead: float = ROUND_OVERHEAD_SAMPLES) -> dict[str, Tensor]:
     """Render rays for evaluation: march, query ``field(positions (S,3), directions (S,3)) -> (σ (S,), rgb (S,3))``,
     composite, and return the requested ``maps`` (a subset of :data:`RAY_MAPS`), each over the R rays:
 
@@ -98,12 +133,14 @@ def render_ray_maps(field: Field, origins: Tensor, directions: Tensor, occupancy
     ``min_transmittance`` times its colours' largest distance from the background, which takes that share. As in
     instant-ngp's inference marching (``NerfTracer::trace``: compaction of the live rays, then
     ``clamp(n_rays / n_alive, MIN_STEPS_INBETWEEN_COMPACTION, MAX_STEPS_INBETWEEN_COMPACTION)`` steps per ray), a round
-    takes ``clamp(rays of the chunk // live rays, *steps_per_round)`` samples per live ray: few while most rays are
-    alive (a ray that ends on a surface after three samples wastes little), more as rays end, so each round's network
-    batch stays near ``chunk_rays`` samples (``steps_per_round`` None: :data:`STEPS_PER_ROUND` on the kernels,
-    :data:`REFERENCE_STEPS_PER_ROUND` on the torch reference). The live rays' state (origin, direction, transmittance,
-    composited maps) is compacted after each round, so a round touches only live rays; a ray's maps are written out
-    when it stops. ``chunk_rays`` rays at a time, so memory stays bounded. Each map is composited by
+    takes at least ``clamp(rays of the chunk // live rays, *steps_per_round)`` samples per live ray: few while most
+    rays are alive (a ray that ends on a surface after three samples wastes little), more as rays end, so each round's
+    network batch stays near ``chunk_rays`` samples (``steps_per_round`` None: :data:`STEPS_PER_ROUND` on the kernels,
+    :data:`REFERENCE_STEPS_PER_ROUND` on the torch reference). Where the last round's rays ended slowly, a round is
+    longer, up to ``MAX_ROUND_SAMPLES_PER_RAY × chunk_rays`` samples (:func:`round_steps`, with ``round_overhead`` its
+    constant ``c``; 0: instant-ngp's rule alone). The live rays' state (origin, direction, transmittance, composited
+    maps) is compacted after each round, so a round touches only live rays; a ray's maps are written out when it
+    stops. ``chunk_rays`` rays at a time, so memory stays bounded. Each map is composited by
     :func:`~ngp_cli.volrend.composite.composite` (the kernels or the torch reference) with the sample distances or
     normals in the place of the colours.
 
@@ -137,9 +174,9 @@ def render_ray_maps(field: Field, origins: Tensor, directions: Tensor, occupancy
         live = torch.arange(r, device=dev)
         acc = torch.zeros(r, width, device=dev)
         acc[:, 0] = 1.0
-        t_start = None
+        t_start, end_rate = None, None
         while live.numel():
-            steps = max(lo_steps, min(hi_steps, r // live.numel()))
+            steps = round_steps(r, live.numel(), steps_per_round, end_rate, round_overhead)
             samples = march_rays(o, d, occupancy, aabb_scale, cone_angle=cone_angle, near_distance=near_distance,
                                  t_start=t_start, max_samples=steps, empty_distance=empty,
                                  kernel_target=kernel_target)
@@ -164,9 +201,12 @@ def render_ray_maps(field: Field, origins: Tensor, directions: Tensor, occupancy
                 acc[:, cols].addcmul_(weight, value)
             acc[:, 0] *= 1.0 - opacity
             ends = samples.offsets[1:]
-            going = (ends - samples.offsets[:-1] == steps) & (acc[:, 0] >= min_transmittance)
+            counts = ends - samples.offsets[:-1]
+            going = (counts == steps) & (acc[:, 0] >= min_transmittance)
             # Row indices once, then index_select: each boolean-mask index would search the mask again.
             kept = going.nonzero().squeeze(1)
+            ended = int(torch.count_nonzero(counts)) - kept.numel()  # rays that took samples and ended
+            end_rate = max(ended, 0.5) / samples.n_samples
             done = (~going).nonzero().squeeze(1)
             state.index_copy_(0, live.index_select(0, done).add_(s), acc.index_select(0, done))
             last = ends.index_select(0, kept).sub_(1)
@@ -187,9 +227,11 @@ def render_rays(field: Field, origins: Tensor, directions: Tensor, occupancy: Te
                 cone_angle: float, near_distance: float, background: Tensor | None, chunk_rays: int = MIN_CHUNK_RAYS,
                 steps_per_round: tuple[int, int] | None = None, kernel_target: str | None = None,
                 ray_features: Callable[[Tensor], Tensor] | None = None,
-                min_transmittance: float = MIN_TRANSMITTANCE) -> Tensor:
+                min_transmittance: float = MIN_TRANSMITTANCE,
+                round_overhead: float = ROUND_OVERHEAD_SAMPLES) -> Tensor:
     """The colour of rays (R, 3) float32: :func:`render_ray_maps` with ``maps=("rgb",)``."""
     return render_ray_maps(field, origins, directions, occupancy, aabb_scale, cone_angle=cone_angle,
                            near_distance=near_distance, background=background, maps=("rgb",), chunk_rays=chunk_rays,
                            steps_per_round=steps_per_round, kernel_target=kernel_target,
-                           ray_features=ray_features, min_transmittance=min_transmittance)["rgb"]
+                           ray_features=ray_features, min_transmittance=min_transmittance,
+                           round_overhead=round_overhead)["rgb"]

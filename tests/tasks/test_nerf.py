@@ -173,6 +173,54 @@ def test_rendering_in_rounds_equals_a_single_pass():
     assert one.std(0).min() > 0.01  # the rays do see different things
 
 
+def test_round_steps_lengthens_rounds_where_rays_end_slowly():
+    from ngp_cli.volrend.render import MAX_ROUND_SAMPLES_PER_RAY, round_steps
+
+    # instant-ngp's rule: about one sample per chunk ray, within (lo, hi); the first round has no end rate
+    assert [round_steps(1000, live, (1, 8)) for live in (1000, 400, 100, 10)] == [1, 2, 8, 8]
+    assert round_steps(1000, 1000, (3, 8)) == 3
+    # sqrt(2c / p): c = 1, rays ending at 5 % a sample -> 6 samples a round, 2 % -> 10
+    assert round_steps(1000, 500, (1, 32), end_rate=0.05) == 6
+    assert round_steps(1000, 500, (1, 32), end_rate=0.02) == 10
+    assert round_steps(1000, 500, (1, 32), end_rate=0.02, overhead=4.0) == 16  # 20, within 8 x 1000 samples
+    assert round_steps(1000, 100, (1, 32), end_rate=0.02, overhead=4.0) == 20
+    assert round_steps(100, 10, (1, 16), end_rate=0.02, overhead=4.0) == 16  # within hi
+    assert round_steps(1000, 500, (1, 32), end_rate=0.02, overhead=0.0) == 2  # off: instant-ngp's alone
+    assert round_steps(1000, 1000, (1, 1024), end_rate=1e-6) == MAX_ROUND_SAMPLES_PER_RAY  # memory: 8 x chunk
+    assert round_steps(1000, 100, (1, 1024), end_rate=1e-6) == 10 * MAX_ROUND_SAMPLES_PER_RAY
+    # rays ending fast (on surfaces) keep instant-ngp's length, never shorter
+    assert round_steps(1000, 1000, (1, 32), end_rate=0.9) == 1
+    assert round_steps(1000, 100, (1, 32), end_rate=0.9) == 10
+
+
+def test_rendering_thin_media_takes_fewer_longer_rounds_with_the_same_colours():
+    """Rays through a thin medium never end early: the end-rate rule lengthens their rounds (fewer network batches
+    than instant-ngp's schedule), every batch within MAX_ROUND_SAMPLES_PER_RAY samples per chunk ray, the colours
+    those of a single pass."""
+    from ngp_cli.volrend.render import MAX_ROUND_SAMPLES_PER_RAY, render_rays
+
+    g = torch.Generator().manual_seed(7)
+    occupancy = torch.ones(GRID_CELLS, dtype=torch.uint8)
+    origins = torch.rand(200, 3, generator=g) * 0.2 - 0.6
+    directions = torch.nn.functional.normalize(0.5 - origins + 0.1 * torch.randn(200, 3, generator=g), dim=-1)
+    batches: list[int] = []
+
+    def field(p, d):
+        batches.append(p.shape[0])
+        return 0.5 + p[:, 1].abs(), torch.stack([p[:, 0], p[:, 2], d[:, 1].abs()], -1)
+
+    kwargs = dict(cone_angle=0.0, near_distance=0.0, background=torch.tensor([0.2, 0.5, 1.0]), chunk_rays=64)
+    one = render_rays(field, origins, directions, occupancy, 1, steps_per_round=(1024, 1024), **kwargs)
+    batches.clear()
+    ingp = render_rays(field, origins, directions, occupancy, 1, steps_per_round=(1, 8), round_overhead=0.0, **kwargs)
+    n_ingp, batches[:] = len(batches), []
+    rule = render_rays(field, origins, directions, occupancy, 1, steps_per_round=(1, 32), **kwargs)
+    torch.testing.assert_close(ingp, one, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(rule, one, rtol=1e-4, atol=1e-5)
+    assert len(batches) < 0.5 * n_ingp
+    assert max(batches) <= MAX_ROUND_SAMPLES_PER_RAY * 64 and max(batches) > 64  # longer than one per chunk ray
+
+
 def test_rendering_opaque_rays_queries_few_samples_past_the_surface():
     """Rays that end on an opaque surface: the adaptive rounds give the single pass's colours while the network sees
     a fraction of the samples (instant-ngp's inference schedule; the single pass evaluates every sample up to 1024)."""

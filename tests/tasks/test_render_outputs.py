@@ -477,17 +477,21 @@ def test_sdf_run_renders_depth_and_normals_of_its_sdf(sdf_run, ngp, tmp_path):
 
 def test_bench_times_a_runs_view_on_the_inference_path_and_the_legacy_schedule(nerf_run, ngp):
     res = ngp("bench", "--backend", "torch", "--run", nerf_run, "--only", "render_network", "--only",
-              "render_network_legacy", "--only", "render_frame", "--repeats", "2", "--warmup", "0")
+              "render_network_legacy", "--only", "render_frame", "--only", "render_network_ingp", "--repeats", "2",
+              "--warmup", "0")
     assert res.exit_code == 0, res.stderr
     rows = {e["benchmark"]: e for e in res.events if e["event"] == "bench"}
-    assert set(rows) == {"render_network", "render_network_legacy", "render_frame"}
+    assert set(rows) == {"render_network", "render_network_legacy", "render_frame", "render_network_ingp"}
     for r in rows.values():  # one 16x16 held-out view; ns per pixel is ms per megapixel
         assert r["batch"] == 256 and r["median_s"] > 0 and r["backend"] == "torch"
     ratio = rows["render_network_legacy"]["median_s"] / rows["render_network"]["median_s"]
     frame = rows["render_network"]["median_s"] / rows["render_frame"]["median_s"]
+    rounds = rows["render_network_ingp"]["median_s"] / rows["render_network"]["median_s"]
     assert res.last("done")["ratios"] == {"render_network": {"torch@cpu": round(ratio, 3)},
-                                          "render_frame": {"torch@cpu": round(frame, 3)}}
+                                          "render_frame": {"torch@cpu": round(frame, 3)},
+                                          "render_network_rounds": {"torch@cpu": round(rounds, 3)}}
     assert "render speed-ups (this run): render_network over render_network_legacy on torch@cpu" in res.stderr
+    assert "render_network over render_network_ingp on torch@cpu" in res.stderr
 
 
 def test_bench_renders_a_run_whose_dataset_moved_with_data(nerf_run, nerf_scene, ngp, tmp_path):

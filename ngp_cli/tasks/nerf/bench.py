@@ -8,6 +8,9 @@ replaced, and (with ``--baked FILE``) from a baked file.
   (0.01 by default, instant-ngp's for rendered frames).
 * ``render_network_legacy``: the same renderer with the schedule of ngp 0.1 before issue 17 (64 samples per live
   ray per round, 8192-ray chunks), so one ``ngp bench`` run measures the speed-up on the same checkpoint.
+* ``render_network_ingp``: ``render_network`` with instant-ngp's round lengths alone (``NerfTracer::trace``: 1 to 8
+  samples per live ray, a round within one sample per chunk ray), without the longer rounds that
+  :func:`ngp_cli.volrend.render.round_steps` gives rays that end slowly.
 * ``render_baked``: the baked file's renderer (:mod:`ngp_cli.volrend.baked`).
 
 The figures are per view: ``batch`` is the view's pixel count, so the bench's ns per element is milliseconds per
@@ -21,9 +24,12 @@ from pathlib import Path
 from typing import Any
 
 #: The render benchmarks a NeRF run offers, in the bench's order.
-RENDER_BENCHMARKS = ("render_network", "render_frame", "render_network_legacy", "render_baked")
+RENDER_BENCHMARKS = ("render_network", "render_frame", "render_network_legacy", "render_network_ingp",
+                     "render_baked")
 #: ngp 0.1's evaluation schedule (before issue 17): fixed 64-sample rounds over chunks of 8192 rays.
 LEGACY_SCHEDULE = {"steps_per_round": (64, 64), "chunk_rays": 8192}
+#: instant-ngp's inference schedule (MIN/MAX_STEPS_INBETWEEN_COMPACTION 1 and 8, no end-rate term).
+INGP_SCHEDULE = {"steps_per_round": (1, 8), "round_overhead": 0.0}
 
 
 def render_benchmarks(task, run_path: Path, backend: str, which: list[str], baked: Path | None = None,
@@ -61,6 +67,10 @@ def render_benchmarks(task, run_path: Path, backend: str, which: list[str], bake
         args, kwargs = _render_args(problem, origins, directions)
         legacy = {**kwargs, **LEGACY_SCHEDULE}
         out.append(("render_network_legacy", h * w, lambda: render_rays(*args, background=bg, **legacy)))
+    if "render_network_ingp" in which:
+        args, kwargs = _render_args(problem, origins, directions)
+        ingp = {**kwargs, **INGP_SCHEDULE}
+        out.append(("render_network_ingp", h * w, lambda: render_rays(*args, background=bg, **ingp)))
     if "render_baked" in which and baked is not None:
         from ngp_cli.tasks.nerf.views import render_view_baked
         from ngp_cli.volrend.baked import load_baked
