@@ -1,0 +1,124 @@
+"""The CPU's fused bf16 inference MLP (``mlp_bf16_cpu.cu``): every layer of a 16-row tile in one pass with
+AVX-512-BF16 dot products, for :func:`ngp_cli.cuda.cpu_mlp.inference_mlp` on CPUs that have the instructions.
+
+What it evaluates is :func:`~ngp_cli.cuda.cpu_mlp.inference_mlp`'s bf16 forward (inputs, weights and hidden
+activations rounded to bfloat16, float32 sums, ReLU hidden layers, no output activation), for the networks of the
+NeRF, SDF, image and NRC tasks: hidden layers 64 wide, at most 16 outputs, at most two column blocks of even widths
+up to 64 each. :func:`fits` says whether a call fits, :func:`supports` whether it should run here (the CPU has the
+instructions); :func:`fused_inference_mlp` runs it.
+
+Measured on the 2-core Zen 4 (AVX-512-BF16), 2^19 rows: the NeRF's density network (32 -> 64 -> 16) and colour
+network (16 + 16 -> 64 -> 64 -> 3) in oneDNN bf16 matmuls took 17.0 and 26.0 ms; the narrow output layers (64 -> 16,
+64 -> 3) alone 5.6 and 5.3 ms, as long as the 32 -> 64 layer (docs/benchmarks/, issue 17).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["HIDDEN_WIDTH", "MAX_OUTPUTS", "available", "fits", "fused_inference_mlp", "pack_weights", "supports"]
+
+SOURCE = "mlp_bf16_cpu.cu"
+HIDDEN_WIDTH = 64  # the kernel's hidden layers
+MAX_OUTPUTS = 16  # the kernel's last layer, padded to this
+_MAX_BLOCK_WIDTH = 64
+_TILE = 16
+
+
+@functools.cache
+def available() -> bool:
+    """Whether this CPU has AVX-512-BF16 (torch's probe), where the kernel runs its vector code; elsewhere it computes
+    the same values with scalar code, correct but slower than oneDNN, and :func:`supports` says no."""
+    try:
+        return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+    except Exception:  # a probe that fails means no fast path
+        return False
+
+
+def supports(blocks: Sequence[Tensor], weights: Sequence[Tensor], activation: str, dtype: torch.dtype) -> bool:
+    """Whether :func:`~ngp_cli.cuda.cpu_mlp.inference_mlp` should run this call on the kernel: this CPU has the
+    instructions (:func:`available`) and the call :func:`fits`."""
+    return available() and fits(blocks, weights, activation, dtype)
+
+
+def fits(blocks: Sequence[Tensor], weights: Sequence[Tensor], activation: str, dtype: torch.dtype) -> bool:
+    """Whether the kernel evaluates this MLP and input: bf16, ReLU, 64-wide hidden layers, at most 16 outputs, one
+    or two float32 CPU column blocks of even widths up to 64 whose widths sum to the first layer's inputs."""
+    if dtype != torch.bfloat16 or activation != "ReLU" or not 1 <= len(blocks) <= 2:
+        return False
+    if any(b.device.type != "cpu" or b.dtype != torch.float32 or b.dim() != 2 for b in blocks):
+        return False
+    if any(b.shape[1] % 2 or not 0 < b.shape[1] <= _MAX_BLOCK_WIDTH for b in blocks):
+        return False
+    if weights[0].shape[1] != sum(b.shape[1] for b in blocks) or weights[-1].shape[0] > MAX_OUTPUTS:
+        return False
+    return all(w.shape[0] == HIDDEN_WIDTH for w in weights[:-1]) and \
+        all(w.shape[1] == HIDDEN_WIDTH for w in weights[1:])
+
+
+def pack_weights(weights: Sequence[Tensor]) -> Tensor:
+    """The kernel's weight words: each ``(out, in)`` matrix rounded to bf16, the last padded to 16 outputs, as int32
+    words ``[pair p][output o]`` holding ``(W[o, 2p], W[o, 2p + 1])`` in their (low, high) halves, layer after
+    layer: (Σ_l in_l / 2 · out_l,) int32."""
+    words = []
+    for i, w in enumerate(weights):
+        out, n_in = w.shape
+        pad = MAX_OUTPUTS if i == len(weights) - 1 else out
+        wb = torch.zeros(pad, n_in, dtype=torch.bfloat16)
+        wb[:out] = w.detach().to(torch.bfloat16)
+        words.append(wb.view(torch.int16).reshape(pad, n_in // 2, 2).transpose(0, 1).contiguous()
+                     .view(torch.int32).reshape(-1))
+    return torch.cat(words)
+
+
+def _rows_per_block(n: int) -> int:
+    """Rows per block: about eight blocks per thread (load balance), 64 to 4096 rows, a multiple of the tile."""
+    per = -(-n // (8 * max(torch.get_num_threads(), 1)))
+    return max(64, min(4096, -(-per // _TILE) * _TILE))
+
+
+def fused_inference_mlp(blocks: Sequence[Tensor], weights: Sequence[Tensor], vector: bool = True) -> Tensor:
+    """The bf16 forward of a bias-free ReLU MLP on the ``mlp_bf16_forward`` kernel: ``blocks`` one or two (N, n_i)
+    float32 column blocks (the input is their concatenation; row-major, or feature-major as the hash grid's
+    inference output, any other layout is copied), ``weights`` the ``(out, in)`` float32 matrices → (N, n_out)
+    float32 before the output activation. ``vector=False`` runs the kernel's scalar code (what a CPU without
+    AVX-512-BF16 compiles; the tests compare both).
+
+    Raises:
+        ValueError: an MLP or input the kernel does not evaluate (:func:`fits`), or blocks of different row counts.
+    """
+    from ngp_cli.cuda.runtime import load_module, output_buffer
+
+    if not fits(blocks, weights, "ReLU", torch.bfloat16):
+        raise ValueError("fused_inference_mlp: this MLP or input is not one the kernel evaluates (see fits)")
+    n = blocks[0].shape[0]
+    if any(b.shape[0] != n for b in blocks):
+        raise ValueError(f"fused_inference_mlp: column blocks of {[b.shape[0] for b in blocks]} rows")
+    n_out = weights[-1].shape[0]
+    out = output_buffer((n, n_out), torch.float32, blocks[0].device)
+    if n == 0:
+        return out
+    args: list = []
+    for i in range(2):
+        if i < len(blocks):
+            b = blocks[i].detach()
+            rows, cols = b.stride()
+            if b.is_contiguous() or b.shape[1] == 1:
+                data, rows, cols = b.contiguous(), b.shape[1], 1
+            elif b.t().is_contiguous():  # feature-major: the (n_i, N) tensor the kernel reads column by column
+                data = b.t()
+            else:
+                data, rows, cols = b.contiguous(), b.shape[1], 1
+            args += [data, np.int64(rows), np.int64(cols), np.int32(b.shape[1])]
+        else:
+            args += [None, np.int64(0), np.int64(0), np.int32(0)]
+    per_block = _rows_per_block(n)
+    args += [pack_weights(weights), np.int32(len(weights)), np.int32(n_out), out, np.int64(n), np.int32(per_block)]
+    module = load_module(SOURCE, "cpu", None if vector else {"NGP_MLP_SCALAR": 1})
+    module.launch("mlp_bf16_forward", (-(-n // per_block), 1, 1), (1, 1, 1), args)
+    return out
