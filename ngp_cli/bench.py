@@ -45,13 +45,15 @@ from typing import TYPE_CHECKING, Any
 
 from ngp_cli.errors import ConfigError
 from ngp_cli.machine import machine_info
-from ngp_cli.tasks.nerf.bench import RENDER_BENCHMARKS  # one view's render time of a trained run (--run, --baked)
 
 if TYPE_CHECKING:
     import torch
 
     from ngp_cli.nn.backend import Backend
 
+#: Measured on a trained NeRF run (``--run RUN``, ``--baked FILE``; :mod:`ngp_cli.tasks.nerf.bench`): one view's render
+#: time, batch = its pixels.
+RENDER_BENCHMARKS = ("render_network", "render_frame", "render_network_legacy", "render_network_ingp", "render_baked")
 BENCHMARKS = ("encoding_forward", "encoding_forward_backward", "simplex_forward", "simplex_forward_backward",
               "mlp_inference", "mlp_training", "train_step", *RENDER_BENCHMARKS)
 #: The grid encodings measured: benchmark-name prefix -> encoding class name (ngp_cli.nn.encodings), at the same

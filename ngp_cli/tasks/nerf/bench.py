@@ -23,9 +23,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-#: The render benchmarks a NeRF run offers, in the bench's order.
-RENDER_BENCHMARKS = ("render_network", "render_frame", "render_network_legacy", "render_network_ingp",
-                     "render_baked")
 #: ngp 0.1's evaluation schedule (before issue 17): fixed 64-sample rounds over chunks of 8192 rays.
 LEGACY_SCHEDULE = {"steps_per_round": (64, 64), "chunk_rays": 8192}
 #: instant-ngp's inference schedule (MIN/MAX_STEPS_INBETWEEN_COMPACTION 1 and 8, no end-rate term).
@@ -34,7 +31,7 @@ INGP_SCHEDULE = {"steps_per_round": (1, 8), "round_overhead": 0.0}
 
 def render_benchmarks(task, run_path: Path, backend: str, which: list[str], baked: Path | None = None,
                       data: Path | None = None) -> tuple[Any, list[tuple[str, int, Callable[[], Any]]]]:
-    """The render benchmarks in ``which`` (names of :data:`RENDER_BENCHMARKS`) of the NeRF run ``run_path`` on
+    """The render benchmarks in ``which`` (names of :data:`ngp_cli.bench.RENDER_BENCHMARKS`) of the NeRF run ``run_path`` on
     ``backend`` ("torch", "cpu", "cuda"), each as ``(name, pixels, fn)`` where ``fn()`` renders the first view of the
     run's held-out split (its training split if it has none) at the dataset's resolution; and the device they run on.
     ``render_baked`` needs ``baked``; ``data`` replaces the run's recorded dataset path (``--data``, as
