@@ -14,12 +14,14 @@ network (16 + 16 -> 64 -> 64 -> 3) in oneDNN bf16 matmuls took 17.0 and 26.0 ms;
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from ngp_cli.cuda.hashgrid import is_feature_major
+from ngp_cli.hardware import isa_features
 
 __all__ = ["HIDDEN_WIDTH", "MAX_OUTPUTS", "available", "fits", "fused_inference_mlp", "pack_weights", "supports"]
 
@@ -30,14 +32,11 @@ _MAX_BLOCK_WIDTH = 64
 _TILE = 16
 
 
-@functools.cache
 def available() -> bool:
-    """Whether this CPU has AVX-512-BF16 (torch's probe), where the kernel runs its vector code; elsewhere it computes
-    the same values with scalar code, correct but slower than oneDNN, and :func:`supports` says no."""
-    try:
-        return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
-    except Exception:  # a probe that fails means no fast path
-        return False
+    """Whether this CPU has AVX-512-BF16 (:func:`ngp_cli.hardware.isa_features`, what ``-march=native`` compiles
+    for), where the kernel runs its vector code; elsewhere it computes the same values with scalar code, correct but
+    slower than oneDNN, and :func:`supports` says no."""
+    return "avx512_bf16" in isa_features()
 
 
 def supports(blocks: Sequence[Tensor], weights: Sequence[Tensor], activation: str, dtype: torch.dtype) -> bool:
@@ -107,11 +106,8 @@ def fused_inference_mlp(blocks: Sequence[Tensor], weights: Sequence[Tensor], vec
     for i in range(2):
         if i < len(blocks):
             b = blocks[i].detach()
-            rows, cols = b.stride()
-            if b.is_contiguous() or b.shape[1] == 1:
-                data, rows, cols = b.contiguous(), b.shape[1], 1
-            elif b.t().is_contiguous():  # feature-major: the (n_i, N) tensor the kernel reads column by column
-                data = b.t()
+            if is_feature_major(b):  # the (n_i, N) tensor the kernel reads column by column
+                data, rows, cols = b.t(), 1, n
             else:
                 data, rows, cols = b.contiguous(), b.shape[1], 1
             args += [data, np.int64(rows), np.int64(cols), np.int32(b.shape[1])]
