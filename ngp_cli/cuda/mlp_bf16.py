@@ -5,7 +5,9 @@ What it evaluates is :func:`~ngp_cli.cuda.cpu_mlp.inference_mlp`'s bf16 forward 
 activations rounded to bfloat16, float32 sums, ReLU hidden layers, no output activation), for the networks of the
 NeRF, SDF, image and NRC tasks: hidden layers 64 wide, at most 16 outputs, at most two column blocks of even widths
 up to 64 each. :func:`fits` says whether a call fits, :func:`supports` whether it should run here (the CPU has the
-instructions); :func:`fused_inference_mlp` runs it.
+instructions); :func:`fused_inference_mlp` runs it. :func:`fused_nerf` runs a NeRF's density and colour networks for
+rendering in one pass (the ``mlp_bf16_nerf`` kernel), the colour network's direction columns summed once per ray
+(:func:`direction_sums`); :func:`nerf_fits` says whether it evaluates the networks.
 
 Measured on the 2-core Zen 4 (AVX-512-BF16), 2^19 rows: the NeRF's density network (32 -> 64 -> 16) and colour
 network (16 + 16 -> 64 -> 64 -> 3) in oneDNN bf16 matmuls took 17.0 and 26.0 ms; the narrow output layers (64 -> 16,
@@ -23,11 +25,13 @@ from torch import Tensor
 from ngp_cli.cuda.hashgrid import is_feature_major
 from ngp_cli.hardware import isa_features
 
-__all__ = ["HIDDEN_WIDTH", "MAX_OUTPUTS", "available", "fits", "fused_inference_mlp", "pack_weights", "supports"]
+__all__ = ["HIDDEN_WIDTH", "MAX_OUTPUTS", "NERF_GEO_WIDTH", "available", "direction_sums", "fits", "fused_inference_mlp",
+           "fused_nerf", "nerf_fits", "pack_weights", "supports"]
 
 SOURCE = "mlp_bf16_cpu.cu"
 HIDDEN_WIDTH = 64  # the kernel's hidden layers
 MAX_OUTPUTS = 16  # the kernel's last layer, padded to this
+NERF_GEO_WIDTH = 16  # the density network's outputs, all fed to the colour network (instant-ngp's NerfNetwork)
 _MAX_BLOCK_WIDTH = 64
 _TILE = 16
 
@@ -118,3 +122,77 @@ def fused_inference_mlp(blocks: Sequence[Tensor], weights: Sequence[Tensor], vec
     module = load_module(SOURCE, "cpu", None if vector else {"NGP_MLP_SCALAR": 1})
     module.launch("mlp_bf16_forward", (-(-n // per_block), 1, 1), (1, 1, 1), args)
     return out
+
+
+def nerf_fits(features: Tensor, density_weights: Sequence[Tensor], rgb_weights: Sequence[Tensor]) -> bool:
+    """Whether :func:`fused_nerf` evaluates this NeRF: the density network :func:`fits` ``features`` and has
+    :data:`NERF_GEO_WIDTH` outputs; the colour network takes those plus an even number of direction columns
+    (at most 64), has at least one 64-wide hidden layer and at most 16 outputs."""
+    if not fits([features], density_weights, "ReLU", torch.bfloat16):
+        return False
+    if density_weights[-1].shape[0] != NERF_GEO_WIDTH or len(rgb_weights) < 2:
+        return False
+    n_dir = rgb_weights[0].shape[1] - NERF_GEO_WIDTH
+    geo = torch.empty(0, NERF_GEO_WIDTH)
+    return 0 < n_dir <= _MAX_BLOCK_WIDTH and n_dir % 2 == 0 and \
+        fits([geo, torch.empty(0, n_dir)], rgb_weights, "ReLU", torch.bfloat16)
+
+
+def direction_sums(encoded_directions: Tensor, rgb_weights: Sequence[Tensor]) -> Tensor:
+    """The colour network's first-layer sums over its direction columns (those after the :data:`NERF_GEO_WIDTH`
+    density outputs), per ray: (R, C) float32 direction encodings -> (R, 64) float32 ``bf16(x) · bf16(W[:, 16:])ᵀ``,
+    the kernel's rounding (bf16 inputs and weights, float32 sums), what :func:`fused_nerf` starts each sample's sums
+    from."""
+    w = rgb_weights[0].detach()[:, NERF_GEO_WIDTH:]
+    x = encoded_directions.detach().float()
+    return (x.to(torch.bfloat16).float() @ w.to(torch.bfloat16).float().t()).contiguous()
+
+
+def fused_nerf(features: Tensor, density_weights: Sequence[Tensor], rgb_weights: Sequence[Tensor], ray_sums: Tensor,
+               rows: Tensor, sums_column: int = 0, vector: bool = True) -> tuple[Tensor, Tensor]:
+    """A NeRF's density and colour networks for rendering in one pass (the ``mlp_bf16_nerf`` kernel): ``features``
+    (N, n_in) float32 grid features (row-major or feature-major) through ``density_weights`` (last layer
+    :data:`NERF_GEO_WIDTH` outputs); those outputs, rounded to bf16, through ``rgb_weights`` whose first layer's
+    sums over the direction columns come from row ``rows[i]`` ((N,) int64 in [0, R)) of ``ray_sums`` (R, W) float32,
+    its columns ``[sums_column, sums_column + 64)`` (:func:`direction_sums`; the model keeps them after the direction
+    encoding in one per-ray tensor). Returns (log-density (N,) float32: the density network's output 0; colour
+    (N, n_out) float32), both before their activations: the values of :func:`fused_inference_mlp` on the two networks
+    with the direction encodings as the colour network's second block, summed in another order. ``vector=False`` runs
+    the scalar code.
+
+    Raises:
+        ValueError: a network or input the kernel does not evaluate (:func:`nerf_fits`), ``rows`` or ``ray_sums`` of
+            the wrong shape, dtype or device.
+    """
+    from ngp_cli.cuda.runtime import load_module, output_buffer
+
+    if not nerf_fits(features, density_weights, rgb_weights):
+        raise ValueError("fused_nerf: these networks or this input are not ones the kernel evaluates (see nerf_fits)")
+    n = features.shape[0]
+    if rows.shape != (n,) or rows.dtype != torch.int64 or rows.device != features.device:
+        raise ValueError(f"fused_nerf: rows must be ({n},) int64, got {tuple(rows.shape)} {rows.dtype}")
+    if (ray_sums.dim() != 2 or not 0 <= sums_column <= ray_sums.shape[1] - HIDDEN_WIDTH
+            or ray_sums.dtype != torch.float32 or ray_sums.device != features.device):
+        raise ValueError(f"fused_nerf: ray_sums must be (R, W) float32 with columns [{sums_column}, "
+                         f"{sums_column + HIDDEN_WIDTH}), got {tuple(ray_sums.shape)} {ray_sums.dtype}")
+    n_out = rgb_weights[-1].shape[0]
+    log_density = output_buffer((n,), torch.float32, features.device)
+    rgb = output_buffer((n, n_out), torch.float32, features.device)
+    if n == 0:
+        return log_density, rgb
+    x = features.detach()
+    if is_feature_major(x):
+        data, rs, cs = x.t(), 1, n
+    else:
+        data = x.contiguous()
+        rs, cs = data.shape[1], 1
+    geo_w = [rgb_weights[0].detach()[:, :NERF_GEO_WIDTH], *rgb_weights[1:]]
+    sums = ray_sums.detach().contiguous()
+    per_block = _rows_per_block(n)
+    args = [data, np.int64(rs), np.int64(cs), np.int32(x.shape[1]), pack_weights(density_weights),
+            np.int32(len(density_weights)), sums, np.int64(sums.shape[1]), np.int64(sums_column), rows.contiguous(),
+            pack_weights(geo_w), np.int32(len(rgb_weights)), np.int32(n_out), log_density, rgb, np.int64(n),
+            np.int32(per_block)]
+    module = load_module(SOURCE, "cpu", None if vector else {"NGP_MLP_SCALAR": 1})
+    module.launch("mlp_bf16_nerf", (-(-n // per_block), 1, 1), (1, 1, 1), args)
+    return log_density, rgb

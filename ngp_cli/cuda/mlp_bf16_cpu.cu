@@ -112,10 +112,23 @@ inline void pack_block(const float* x, long long rs, long long cs, int width, in
 #ifdef NGP_MLP_AVX512BF16
 // A 64-wide layer for rows r0..r0+3 of the tile: ReLU, then bf16 words into hid[r * 32 + ...]. Per input word: the
 // four rows' broadcasts and the four weight vectors are loaded once each for 16 dot products (the loads, not the
-// dot products, bound a loop that reloads the weights per row).
-inline void wide4(const Seg* segs, int nseg, const uint32_t* W, int r0, uint32_t* hid) {
+// dot products, bound a loop that reloads the weights per row). init: null (sums start at 0), or the tile's 16
+// rows' 64 starting sums each (init[r], the row's part of the layer computed elsewhere: a NeRF colour network's
+// direction columns, once per ray).
+inline void wide4(const Seg* segs, int nseg, const uint32_t* W, int r0, uint32_t* hid,
+                  const float* const* init = nullptr) {
     __m512 c00 = _mm512_setzero_ps(), c01 = c00, c02 = c00, c03 = c00, c10 = c00, c11 = c00, c12 = c00, c13 = c00,
            c20 = c00, c21 = c00, c22 = c00, c23 = c00, c30 = c00, c31 = c00, c32 = c00, c33 = c00;
+    if (init) {
+#define NGP_MLP_INIT_ROW(r, q0, q1, q2, q3)                                                                           \
+    q0 = _mm512_loadu_ps(init[r0 + (r)]); q1 = _mm512_loadu_ps(init[r0 + (r)] + 16);                                 \
+    q2 = _mm512_loadu_ps(init[r0 + (r)] + 32); q3 = _mm512_loadu_ps(init[r0 + (r)] + 48)
+        NGP_MLP_INIT_ROW(0, c00, c01, c02, c03);
+        NGP_MLP_INIT_ROW(1, c10, c11, c12, c13);
+        NGP_MLP_INIT_ROW(2, c20, c21, c22, c23);
+        NGP_MLP_INIT_ROW(3, c30, c31, c32, c33);
+#undef NGP_MLP_INIT_ROW
+    }
     for (int s = 0; s < nseg; ++s) {
         const Seg g = segs[s];
         const uint32_t* w = W + (long long)g.w_row * WIDTH;
@@ -176,8 +189,7 @@ inline void narrow16(const Seg* segs, int nseg, const uint32_t* W, int rows, int
 #else
 // Scalar twins of wide4 / narrow16 (the same rounding; the sum of each word's two products added as vdpbf16ps
 // does, the odd one first).
-inline float dot_words(const Seg* segs, int nseg, const uint32_t* W, int stride, int r, int o) {
-    float acc = 0.0f;
+inline float dot_words(const Seg* segs, int nseg, const uint32_t* W, int stride, int r, int o, float acc = 0.0f) {
     for (int s = 0; s < nseg; ++s) {
         const Seg g = segs[s];
         for (int p = 0; p < g.np; ++p) {
@@ -189,10 +201,12 @@ inline float dot_words(const Seg* segs, int nseg, const uint32_t* W, int stride,
     return acc;
 }
 
-inline void wide4(const Seg* segs, int nseg, const uint32_t* W, int r0, uint32_t* hid) {
+inline void wide4(const Seg* segs, int nseg, const uint32_t* W, int r0, uint32_t* hid,
+                  const float* const* init = nullptr) {
     for (int r = r0; r < r0 + 4; ++r)
         for (int o = 0; o < WIDTH; o += 2) {
-            const float a = dot_words(segs, nseg, W, WIDTH, r, o), b = dot_words(segs, nseg, W, WIDTH, r, o + 1);
+            const float a = dot_words(segs, nseg, W, WIDTH, r, o, init ? init[r][o] : 0.0f),
+                        b = dot_words(segs, nseg, W, WIDTH, r, o + 1, init ? init[r][o + 1] : 0.0f);
             hid[r * HID_WORDS + o / 2] = pack(a > 0.0f ? a : 0.0f, b > 0.0f ? b : 0.0f);
         }
 }
@@ -202,6 +216,42 @@ inline void narrow16(const Seg* segs, int nseg, const uint32_t* W, int rows, int
         for (int o = 0; o < n_out; ++o) out[(long long)r * n_out + o] = dot_words(segs, nseg, W, OUT_PAD, r, o);
 }
 #endif
+
+// The layers of one tile: the first reads segs (k0_words words a row; its sums start at init, null: 0), the hidden
+// ones go through hid_a / hid_b, the last writes rows [0, rows) of its n_out outputs to out[r * out_stride + o]
+// (out_stride >= n_out; with n_out == 16 the whole padded layer).
+inline void tile_layers(Seg* segs, int nseg, const uint32_t* W, int n_layers, int k0_words, int rows, int n_out,
+                        float* out, int out_stride, uint32_t* hid_a, uint32_t* hid_b, const float* const* init) {
+    uint32_t* hid_out = hid_a;
+    for (int l = 0; l < n_layers; ++l) {
+        if (l == n_layers - 1) {
+            if (out_stride == n_out) {
+                narrow16(segs, nseg, W, rows, n_out, out);
+            } else {
+                alignas(64) float tmp[TILE * OUT_PAD];
+                narrow16(segs, nseg, W, rows, OUT_PAD, tmp);
+                for (int r = 0; r < rows; ++r)
+                    for (int o = 0; o < n_out; ++o) out[(long long)r * out_stride + o] = tmp[r * OUT_PAD + o];
+            }
+            return;
+        }
+        for (int r0 = 0; r0 < TILE; r0 += 4) wide4(segs, nseg, W, r0, hid_out, l == 0 ? init : nullptr);
+        W += (long long)(l == 0 ? k0_words : HID_WORDS) * WIDTH;
+        segs[0] = Seg{hid_out, HID_WORDS, 1, HID_WORDS, 0};
+        nseg = 1;
+        hid_out = hid_out == hid_a ? hid_b : hid_a;
+    }
+}
+
+// Packs a tile of an input block (x, rs, cs, width) into buf: row-major words (rs = pairs, ps = 1) for row-major
+// input, pair-major (rs = 1, ps = 16) for feature-major input; the segment that reads them, its weights from w_row.
+inline Seg tile_input(const float* x, long long rs, long long cs, int width, int rows, uint32_t* buf, int w_row) {
+    const bool feature_major = cs != 1 && rs == 1;
+    const int np = width / 2;
+    const int o_rs = feature_major ? 1 : np, o_ps = feature_major ? TILE : 1;
+    pack_block(x, rs, cs, width, rows, buf, o_rs, o_ps);
+    return Seg{buf, o_rs, o_ps, np, w_row};
+}
 
 }  // namespace mlp_bf16
 #endif  // NGP_CPU
@@ -220,39 +270,50 @@ extern "C" __global__ void mlp_bf16_forward(const float* __restrict__ x0, const 
     const int k0_words = (w0 + w1) / 2;
     for (long long t = begin; t < end; t += TILE) {
         const int rows = end - t < TILE ? (int)(end - t) : TILE;
-        // the tile's input words: row-major tiles (rs = pairs, ps = 1) or pair-major (rs = 1, ps = 16)
         Seg segs[2];
-        int nseg = 0, w_row = 0;
-        const float* xs[2] = {x0, x1};
-        const long long rss[2] = {x0_rs, x1_rs}, css[2] = {x0_cs, x1_cs};
-        const int ws[2] = {w0, w1};
-        uint32_t* bufs[2] = {in0, in1};
-        for (int k = 0; k < 2; ++k) {
-            if (ws[k] == 0) continue;
-            const bool feature_major = css[k] != 1 && rss[k] == 1;
-            const int np = ws[k] / 2;
-            const int o_rs = feature_major ? 1 : np, o_ps = feature_major ? TILE : 1;
-            pack_block(xs[k] + t * rss[k], rss[k], css[k], ws[k], rows, bufs[k], o_rs, o_ps);
-            segs[nseg++] = Seg{bufs[k], o_rs, o_ps, np, w_row};
-            w_row += np;
+        int nseg = 0;
+        segs[nseg++] = tile_input(x0 + t * x0_rs, x0_rs, x0_cs, w0, rows, in0, 0);
+        if (w1) segs[nseg++] = tile_input(x1 + t * x1_rs, x1_rs, x1_cs, w1, rows, in1, w0 / 2);
+        tile_layers(segs, nseg, weights, n_layers, k0_words, rows, n_out, out + t * n_out, n_out, hid_a, hid_b,
+                    nullptr);
+    }
+#endif
+}
+
+// A NeRF's two networks for rendering (instant-ngp's NerfNetwork, ngp_cli/tasks/nerf/model.py), a tile at a time:
+// the density network on the grid's features (block x0, as mlp_bf16_forward's), its 16 outputs rounded to bf16 and
+// fed to the colour network in the tile, whose first layer starts from the sample's ray's sums over the direction
+// encoding (ray_sums[rows_of[i] * sums_stride + sums_column + o], float32: the same for every sample of a ray,
+// computed once per ray by the binding) and so reads only those 16 outputs (8 words a row; dweights' last layer has
+// exactly 16 outputs). Writes log_density[i] (the density network's output 0) and rgb[i * c_out + o] (the colour
+// network's c_out <= 16 outputs), both before their activations. Nothing else goes to memory: no (N, 16) density
+// output, no per-sample copy of the direction encoding.
+extern "C" __global__ void mlp_bf16_nerf(const float* __restrict__ x0, const long long x0_rs, const long long x0_cs,
+                                         const int w0, const unsigned int* __restrict__ dweights, const int d_layers,
+                                         const float* __restrict__ ray_sums, const long long sums_stride,
+                                         const long long sums_column, const long long* __restrict__ rows_of,
+                                         const unsigned int* __restrict__ cweights, const int c_layers,
+                                         const int c_out, float* __restrict__ log_density, float* __restrict__ rgb,
+                                         const long long n_rows, const int rows_per_block) {
+#ifdef NGP_CPU
+    using namespace mlp_bf16;
+    alignas(64) uint32_t in0[TILE * 32], geo[TILE * 8], hid_a[TILE * HID_WORDS], hid_b[TILE * HID_WORDS];
+    alignas(64) float dens[TILE * OUT_PAD];
+    alignas(64) static const float zeros[WIDTH] = {};
+    const long long begin = (long long)blockIdx.x * rows_per_block;
+    const long long end = begin + rows_per_block < n_rows ? begin + rows_per_block : n_rows;
+    for (long long t = begin; t < end; t += TILE) {
+        const int rows = end - t < TILE ? (int)(end - t) : TILE;
+        Seg segs[1] = {tile_input(x0 + t * x0_rs, x0_rs, x0_cs, w0, rows, in0, 0)};
+        tile_layers(segs, 1, dweights, d_layers, w0 / 2, TILE, OUT_PAD, dens, OUT_PAD, hid_a, hid_b, nullptr);
+        const float* init[TILE];
+        for (int r = 0; r < TILE; ++r) {
+            init[r] = r < rows ? ray_sums + rows_of[t + r] * sums_stride + sums_column : zeros;
+            if (r < rows) log_density[t + r] = dens[r * OUT_PAD];
         }
-        const uint32_t* W = weights;
-        uint32_t* hid_in = hid_a;
-        uint32_t* hid_out = hid_b;
-        for (int l = 0; l < n_layers; ++l) {
-            const bool last = l == n_layers - 1;
-            if (last) {
-                narrow16(segs, nseg, W, rows, n_out, out + t * n_out);
-                break;
-            }
-            for (int r0 = 0; r0 < TILE; r0 += 4) wide4(segs, nseg, W, r0, hid_out);
-            W += (long long)(l == 0 ? k0_words : HID_WORDS) * WIDTH;
-            segs[0] = Seg{hid_out, HID_WORDS, 1, HID_WORDS, 0};
-            nseg = 1;
-            uint32_t* tmp = hid_in;
-            hid_in = hid_out;
-            hid_out = tmp;
-        }
+        segs[0] = tile_input(dens, OUT_PAD, 1, OUT_PAD, rows, geo, 0);
+        tile_layers(segs, 1, cweights, c_layers, OUT_PAD / 2, rows, c_out, rgb + t * c_out, c_out, hid_a, hid_b,
+                    init);
     }
 #endif
 }

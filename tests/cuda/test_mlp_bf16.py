@@ -171,3 +171,84 @@ def test_weights_are_packed_as_bf16_pairs_per_output():
     assert words[0, 0].tolist() == [1.0, 2.0] and words[1, 0].tolist() == [3.0, 4.0]
     assert words[0, 1].tolist() == [5.0, 6.0] and words[1, 1].tolist() == [7.0, 8.0]
     assert (words[:, 2:] == 0).all()  # the last layer padded to 16 outputs
+
+
+# --- the NeRF rendering kernel (mlp_bf16_nerf) --------------------------------------------------------------------
+
+
+def _nerf_reference(x: torch.Tensor, dw: list[torch.Tensor], cw: list[torch.Tensor], sh: torch.Tensor,
+                    rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The two networks in float64 with the kernel's rounding (the density outputs rounded to bf16 as the colour
+    network's input, each sample's direction encoding its ray's row): (log-density, rgb, their error scales)."""
+    geo, geo_scale = _reference(x, dw)
+    rgb, rgb_scale = _reference(torch.cat([geo.float(), sh[rows]], 1), cw)
+    return geo[:, 0], rgb, geo_scale[:, 0], rgb_scale
+
+
+@pytest.mark.parametrize("vector", CODES)
+@pytest.mark.parametrize("hidden", [(1, 2), (2, 1), (0, 3)], ids=["instant-ngp", "2-1", "0-3"])
+@pytest.mark.parametrize("n", [1, 16, 37, 4097])
+@pytest.mark.parametrize("layout", ["feature-major", "row-major"])
+def test_the_nerf_kernel_matches_the_two_networks(vector, hidden, n, layout):
+    # Fresh networks, features, per-ray direction encodings and sample-to-ray rows: both outputs match the float64
+    # reference of the two networks within the bf16 rounding bound, and every output element is written (the outputs
+    # start as NaN).
+    gen = torch.Generator().manual_seed(SEED + 11 * n + hidden[0])
+    dw = _network(32, hidden[0], 16, gen)
+    cw = _network(32, hidden[1], 3, gen)
+    x = torch.randn(n, 32, generator=gen)
+    if layout == "feature-major":
+        x = x.t().contiguous().t()
+    r = max(1, n // 5)
+    sh = torch.randn(r, 16, generator=gen)
+    rows = torch.randint(0, r, (n,), generator=gen)
+    features = torch.cat([torch.randn(r, 3, generator=gen), mb.direction_sums(sh, cw)], 1)  # sums after 3 columns
+    log_density, rgb = mb.fused_nerf(x, dw, cw, features, rows, sums_column=3, vector=vector)
+    ref_d, ref_rgb, scale_d, scale_rgb = _nerf_reference(x, dw, cw, sh, rows)
+    assert log_density.shape == (n,) and rgb.shape == (n, 3)
+    assert torch.isfinite(log_density).all() and torch.isfinite(rgb).all()
+    assert ((log_density.double() - ref_d).abs() <= 2.0**-8 * scale_d + 1e-6).all()
+    # A density output on the other side of a bf16 rounding boundary moves the colour input by 2^-8 of itself.
+    assert ((rgb.double() - ref_rgb).abs() <= 2.0**-7 * scale_rgb + 1e-5).all()
+
+
+def test_the_nerf_kernel_reads_each_samples_own_ray():
+    # Rows shuffled: the colours follow the rows (a kernel that read the sums in sample order would not).
+    gen = torch.Generator().manual_seed(SEED + 5)
+    dw, cw = _network(32, 1, 16, gen), _network(32, 2, 3, gen)
+    x = torch.randn(64, 32, generator=gen).expand(64, 32).contiguous()
+    x[:] = x[0]  # every sample at the same point: only the direction tells them apart
+    sums = mb.direction_sums(torch.randn(8, 16, generator=gen), cw)
+    rows = torch.randint(0, 8, (64,), generator=gen)
+    _, rgb = mb.fused_nerf(x, dw, cw, sums, rows)
+    _, by_ray = mb.fused_nerf(x[:8], dw, cw, sums, torch.arange(8))
+    assert torch.equal(rgb, by_ray[rows])
+    assert float((by_ray[1:] - by_ray[0]).abs().max()) > 1e-3  # the rays' colours differ: the test can tell
+
+
+@pytest.mark.parametrize("case", ["16 features", "15 density outputs", "no colour hidden layer", "odd directions",
+                                  "rows int32", "rows short", "sums 32 wide", "sums column past the end"])
+def test_what_the_nerf_kernel_does_not_evaluate_is_refused(case):
+    gen = torch.Generator().manual_seed(6)
+    x, dw, cw = torch.randn(10, 32), _network(32, 1, 16, gen), _network(32, 2, 3, gen)
+    sums, rows, column = torch.zeros(4, 64), torch.zeros(10, dtype=torch.int64), 0
+    if case == "16 features":
+        x = torch.randn(10, 16)
+    elif case == "15 density outputs":
+        dw = _network(32, 1, 15, gen)
+    elif case == "no colour hidden layer":
+        cw = _network(32, 0, 3, gen)
+    elif case == "odd directions":
+        cw = _network(33, 2, 3, gen)
+    elif case == "rows int32":
+        rows = rows.int()
+    elif case == "rows short":
+        rows = rows[:9]
+    elif case == "sums 32 wide":
+        sums = torch.zeros(4, 32)
+    else:
+        column = 1
+    fits = mb.nerf_fits(x, dw, cw)
+    assert fits == (case in ("rows int32", "rows short", "sums 32 wide", "sums column past the end"))
+    with pytest.raises(ValueError, match="fused_nerf"):
+        mb.fused_nerf(x, dw, cw, sums, rows, sums_column=column)
