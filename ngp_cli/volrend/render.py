@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -20,7 +21,7 @@ from ngp_cli.volrend.constants import GRID_CELLS, MIN_TRANSMITTANCE
 from ngp_cli.volrend.march import march_rays
 
 __all__ = ["MAX_ROUND_SAMPLES_PER_RAY", "MIN_CHUNK_RAYS", "RAY_MAPS", "REFERENCE_STEPS_PER_ROUND",
-           "ROUND_OVERHEAD_SAMPLES", "STEPS_PER_ROUND", "render_ray_maps", "render_rays", "round_steps"]
+           "ROUND_OVERHEAD_SAMPLES", "STEPS_PER_ROUND", "RayRows", "render_ray_maps", "render_rays", "round_steps"]
 
 #: What :func:`render_ray_maps` can composite.
 RAY_MAPS = ("rgb", "depth", "opacity", "normals")
@@ -47,7 +48,30 @@ MAX_ROUND_SAMPLES_PER_RAY = 8
 #: round, so it keeps few long rounds (64 samples per live ray, ngp's schedule before issue 17).
 REFERENCE_STEPS_PER_ROUND = (64, 64)
 
-Field = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+@dataclass(frozen=True)
+class RayRows:
+    """Per-ray values seen from the samples, without the per-sample copy: ``features`` (R, C) one row per ray, and
+    ``rows`` (S,) int64 the row of each sample. What :func:`render_ray_maps` passes a field in the place of the
+    directions when it has ``ray_features`` (a field that only needs the (S, C) rows calls :meth:`gather`; the NeRF
+    network's rendering kernel reads the rays' rows as it goes). ``ray_rows[index]`` is a :class:`RayRows` of the
+    samples ``index`` selects (a boolean mask or an index tensor), as a tensor of the gathered rows would be."""
+
+    features: Tensor
+    rows: Tensor
+
+    def gather(self) -> Tensor:
+        """The (S, C) per-sample rows."""
+        return self.features.index_select(0, self.rows)
+
+    def __getitem__(self, index) -> RayRows:
+        return RayRows(self.features, self.rows[index])
+
+    def __len__(self) -> int:
+        return self.rows.shape[0]
+
+
+Field = Callable[[Tensor, Tensor | RayRows], tuple[Tensor, Tensor]]
 
 _empty_cache: dict[str, tuple[Tensor, int, Tensor]] = {}
 
@@ -65,7 +89,7 @@ def _empty_distances(occupancy: Tensor) -> Tensor:
     return cached[2]
 
 
-def _density_normals(field: Field, positions: Tensor, directions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _density_normals(field: Field, positions: Tensor, directions: Tensor | RayRows) -> tuple[Tensor, Tensor, Tensor]:
     """σ, rgb and the unit normals ``-∇σ / |∇σ|`` (zero where the gradient vanishes) at the samples, by
     backpropagating σ to the positions."""
     with torch.enable_grad():
@@ -121,8 +145,9 @@ def render_ray_maps(field: Field, origins: Tensor, directions: Tensor, occupancy
       it must be differentiable in the positions), not normalised.
 
     ``ray_features``: when given, ``ray_features(directions (R', 3)) -> (R', C)`` is evaluated once per ray, and the
-    field receives each sample's row of it in the place of the direction (the NeRF network's spherical harmonics of
-    the view direction, the same for every sample of a ray, so computed per ray instead of per sample).
+    field receives its samples' rows of it, a :class:`RayRows`, in the place of the directions (the NeRF network's
+    spherical harmonics of the view direction, the same for every sample of a ray, so computed per ray instead of per
+    sample).
 
     Rays are marched in rounds, each round resuming where the last stopped (same step lattice), and a ray stops once
     its transmittance falls below ``min_transmittance`` (default 1e-4, what instant-ngp's ``scripts/run.py`` sets to
@@ -183,7 +208,8 @@ def render_ray_maps(field: Field, origins: Tensor, directions: Tensor, occupancy
             if not samples.n_samples:
                 state[s + live] = acc
                 break
-            per_sample = feats.index_select(0, live.index_select(0, samples.ray_index))
+            rows = live.index_select(0, samples.ray_index)
+            per_sample = feats.index_select(0, rows) if ray_features is None else RayRows(feats, rows)
             if "normals" in maps:
                 sigma, rgb, normals = _density_normals(field, samples.positions, per_sample)
             else:

@@ -302,6 +302,51 @@ def test_nerf_network_shapes_ranges_and_groups():
     assert "grid.density" in model.state_dict() and "grid.occupancy" in model.state_dict()
 
 
+def test_rendering_on_the_cpu_kernels_runs_both_networks_in_one_kernel(host_cxx, monkeypatch):
+    """Where the fused bf16 kernel applies (cpu kernels, bf16 MLP path, AVX-512-BF16), the renderers' per-ray
+    features carry the colour network's direction sums and :meth:`forward_encoded` of a RayRows runs the kernel; it
+    gives what the two networks give on the per-sample rows, within bf16 rounding. Under autograd (normal maps) and
+    with per-sample rows the networks run as before."""
+    from ngp_cli.config import resolve
+    from ngp_cli.cuda import mlp_bf16
+    from ngp_cli.tasks.nerf import NerfConfig
+    from ngp_cli.tasks.nerf.model import NerfNetwork
+    from ngp_cli.volrend.render import RayRows
+
+    if not mlp_bf16.available():
+        pytest.skip("no AVX-512-BF16: rendering keeps the two networks apart")
+    monkeypatch.setenv("NGP_CPU_MLP", "bf16")
+    cfg = resolve(NerfConfig, "nerf", "nerf-cpu", ["encoding.log2_hashmap_size=12"], default_preset="nerf-cpu")
+    model = NerfNetwork(cfg, 2, generator=torch.Generator().manual_seed(0), kernel_target="cpu")
+    with torch.no_grad():
+        for w in [*model.density_network.weights, *model.rgb_network.weights]:
+            w.mul_(4.0)  # colours away from 0.5, so that a wrong direction or row shows
+        model.encoding.params.uniform_(-1.0, 1.0)
+    gen = torch.Generator().manual_seed(1)
+    d = torch.nn.functional.normalize(torch.randn(50, 3, generator=gen), dim=-1)
+    rows = torch.randint(0, 50, (400,), generator=gen)
+    p = torch.rand(400, 3, generator=gen) * 2 - 0.5
+    calls = []
+    real = mlp_bf16.fused_nerf
+    monkeypatch.setattr(mlp_bf16, "fused_nerf", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.no_grad():
+        features = model.ray_features(d)
+        assert features.shape == (50, 16 + 64)
+        torch.testing.assert_close(features[:, :16], model.encode_directions(d), atol=0, rtol=0)
+        sigma, rgb = model.forward_encoded(p, RayRows(features, rows))
+        assert calls == [1]
+        ref_sigma, ref_rgb = model.forward_encoded(p, model.encode_directions(d)[rows])
+        assert calls == [1]
+    assert rgb.std(0).min() > 0.05  # varied colours
+    torch.testing.assert_close(sigma, ref_sigma, rtol=2e-2, atol=1e-4)
+    torch.testing.assert_close(rgb, ref_rgb, rtol=0, atol=2e-2)
+    with torch.enable_grad():  # the normals' autograd pass: the networks, differentiable
+        x = p.clone().requires_grad_(True)
+        s, _ = model.forward_encoded(x, RayRows(features, rows))
+        (g,) = torch.autograd.grad(s.sum(), x)
+    assert calls == [1] and torch.isfinite(g).all() and g.abs().max() > 0
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Commands
 

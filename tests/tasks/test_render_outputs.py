@@ -16,7 +16,7 @@ import torch
 from ngp_cli.images import from_float, read_image
 from ngp_cli.mesh.shade import map_image, pinhole_rays, sphere_trace
 from ngp_cli.volrend.constants import GRID_CELLS
-from ngp_cli.volrend.render import MIN_CHUNK_RAYS, render_ray_maps, render_rays
+from ngp_cli.volrend.render import MIN_CHUNK_RAYS, RayRows, render_ray_maps, render_rays
 
 _DOCS = Path(__file__).resolve().parents[2] / "docs" / "examples"
 
@@ -89,7 +89,9 @@ def test_per_ray_features_give_the_per_sample_result(kernel_target, request):
     def per_sample(p, d):
         return wall(p, d)[0], colour(features(d))
 
-    def per_ray(p, f):
+    def per_ray(p, rays):  # the field gets the rays' rows and which row each sample reads
+        assert isinstance(rays, RayRows) and len(rays) == p.shape[0] and rays.features.shape[1] == 4
+        f = rays.gather()
         return wall(p, f)[0], colour(f)
 
     kwargs = dict(cone_angle=0.0, near_distance=0.0, background=torch.tensor([0.2, 0.4, 0.6]),

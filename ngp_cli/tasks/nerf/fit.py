@@ -283,4 +283,4 @@ class NerfProblem:
     def render_field(self) -> tuple:
         """What the renderers query: ``(field, ray_features)``, the network taking encoded directions and the
         per-ray direction encoding (``ray_features`` of :func:`ngp_cli.volrend.render.render_ray_maps`)."""
-        return self.model.forward_encoded, self.model.encode_directions
+        return self.model.forward_encoded, self.model.ray_features

@@ -8,10 +8,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ngp_cli.nn.activations import activation_fn
 from ngp_cli.nn.mlp import FullyFusedMLP
 from ngp_cli.nn.model import KernelTargetMixin, build_encoding, encode_for_mlp
 from ngp_cli.tasks.nerf.saliency import SaliencyMask
 from ngp_cli.volrend.grid import OccupancyGrid, aabb_bounds
+from ngp_cli.volrend.render import RayRows
 
 # exp of the log-density is clamped here (torch-ngp's trunc_exp idea) so an early large activation cannot overflow.
 _MAX_LOG_DENSITY = 15.0
@@ -130,8 +132,55 @@ class NerfNetwork(KernelTargetMixin, nn.Module):
         compute it once per ray (``ray_features`` of :func:`ngp_cli.volrend.render.render_ray_maps`)."""
         return self.dir_encoding((directions.float() + 1.0) * 0.5).float()
 
-    def forward_encoded(self, positions: Tensor, encoded_directions: Tensor) -> tuple[Tensor, Tensor]:
-        """:meth:`forward` with the directions already encoded by :meth:`encode_directions` ((N, C) float32)."""
+    def _fused_rendering(self) -> bool:
+        """Whether rendering runs both networks in one kernel (:func:`ngp_cli.cuda.mlp_bf16.fused_nerf`): the cpu
+        kernels with the bf16 MLP path on a CPU with AVX-512-BF16, networks the kernel evaluates, no saliency mask."""
+        if self.kernel_target != "cpu" or self.saliency is not None:
+            return False
+        from ngp_cli.cuda import mlp_bf16
+        from ngp_cli.cuda.cpu_mlp import cpu_mlp_path
+
+        if not mlp_bf16.available() or cpu_mlp_path().path != "bf16":
+            return False
+        probe = torch.empty(0, self.encoding.n_output_dims)
+        return (self.density_network.activation == self.rgb_network.activation == "ReLU"
+                and self.density_network.output_activation == "None"
+                and mlp_bf16.nerf_fits(probe, list(self.density_network.weights), list(self.rgb_network.weights)))
+
+    def ray_features(self, directions: Tensor) -> Tensor:
+        """The per-ray input of the colour network for the renderers (``ray_features`` of
+        :func:`ngp_cli.volrend.render.render_ray_maps`): :meth:`encode_directions` (R, C) float32, followed, where
+        rendering runs the fused kernel, by the colour network's first-layer sums over them (R, 64) float32
+        (:func:`ngp_cli.cuda.mlp_bf16.direction_sums`: computed once per ray instead of once per sample).
+        :meth:`forward_encoded` takes either."""
+        encoded = self.encode_directions(directions)
+        if not self._fused_rendering():
+            return encoded
+        from ngp_cli.cuda.mlp_bf16 import direction_sums
+
+        return torch.cat([encoded, direction_sums(encoded, list(self.rgb_network.weights))], dim=1)
+
+    def _render_fused(self, positions: Tensor, ray_rows: RayRows) -> tuple[Tensor, Tensor]:
+        """σ (N,) and rgb (N, 3) float32 from the fused kernel, the per-ray sums read through ``ray_rows``."""
+        from ngp_cli.cuda.mlp_bf16 import fused_nerf
+
+        c = self.dir_encoding.n_output_dims
+        h = encode_for_mlp(self.encoding, self._unit(positions))
+        log_density, rgb = fused_nerf(h, list(self.density_network.weights), list(self.rgb_network.weights),
+                                      ray_rows.features, ray_rows.rows, sums_column=c)
+        return self._sigma(log_density.unsqueeze(1)), activation_fn(self.rgb_network.output_activation)(rgb)
+
+    def forward_encoded(self, positions: Tensor, encoded_directions: Tensor | RayRows) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` with the directions already encoded: (N, C) float32 rows of :meth:`encode_directions`, or
+        a :class:`~ngp_cli.volrend.render.RayRows` of per-ray rows of :meth:`encode_directions` or
+        :meth:`ray_features` (with the colour network's direction sums, which rendering without autograd reads in the
+        fused kernel; elsewhere only the first C columns count)."""
+        if isinstance(encoded_directions, RayRows):
+            c = self.dir_encoding.n_output_dims
+            features = encoded_directions.features
+            if features.shape[1] > c and not torch.is_grad_enabled() and self._fused_rendering():
+                return self._render_fused(positions, encoded_directions)
+            encoded_directions = features[:, :c].index_select(0, encoded_directions.rows)
         x, s, rows, gather = self._salient(positions)
         if gather is not None:
             encoded_directions = encoded_directions[gather]

@@ -49,7 +49,7 @@ from ngp_cli.volrend.composite import combine_segments, composite, segment_entri
 from ngp_cli.volrend.constants import GRID_CELLS, MIN_TRANSMITTANCE
 from ngp_cli.volrend.grid import OccupancyGrid
 from ngp_cli.volrend.march import march_rays
-from ngp_cli.volrend.render import render_ray_maps
+from ngp_cli.volrend.render import RayRows, render_ray_maps
 
 __all__ = ["PARTITIONS", "PartitionedNerf", "PartitionedNerfProblem", "owned_parts", "part_config", "region_of"]
 
@@ -199,8 +199,16 @@ class PartitionedNerf(nn.Module):
             raise RuntimeError("the parts' direction encodings have parameters of their own: use forward()")
         return next(iter(self.parts.values())).encode_directions(directions)
 
-    def forward_encoded(self, positions: Tensor, encoded_directions: Tensor) -> tuple[Tensor, Tensor]:
-        """(σ (N,), rgb (N, 3)) float32, each sample from its region's part."""
+    def ray_features(self, directions: Tensor) -> Tensor:
+        """The renderers' per-ray features (:meth:`NerfNetwork.ray_features`), the same for every part: they share
+        the direction encoding (:attr:`shared_directions`; RuntimeError otherwise) and the MLPs."""
+        if not self.shared_directions:
+            raise RuntimeError("the parts' direction encodings have parameters of their own: use forward()")
+        return next(iter(self.parts.values())).ray_features(directions)
+
+    def forward_encoded(self, positions: Tensor, encoded_directions: Tensor | RayRows) -> tuple[Tensor, Tensor]:
+        """(σ (N,), rgb (N, 3)) float32, each sample from its region's part (a
+        :class:`~ngp_cli.volrend.render.RayRows` goes to each part with its samples' rows)."""
         return self._route(positions, lambda part, rows: part.forward_encoded(positions[rows],
                                                                               encoded_directions[rows]), (0, 3))
 
@@ -390,7 +398,7 @@ class PartitionedNerfProblem(NerfProblem):
         """:meth:`NerfProblem.render_field` of the piecewise model: the encoded-direction path where the parts share
         their direction encoding, else ``forward`` with no per-ray features."""
         if self.model.shared_directions:
-            return self.model.forward_encoded, self.model.encode_directions
+            return self.model.forward_encoded, self.model.ray_features
         return self.model.forward, None
 
     @property
@@ -409,7 +417,7 @@ class PartitionedNerfProblem(NerfProblem):
         wanted = ("rgb", "depth", "opacity") + (("normals",) if "normals" in maps else ())
         (k, part), = self.model.owned()
         out = render_ray_maps(part.forward_encoded, origins.to(dev), directions.to(dev), part.grid.occupancy,
-                              self.aabb_scale, background=None, maps=wanted, ray_features=part.encode_directions,
+                              self.aabb_scale, background=None, maps=wanted, ray_features=part.ray_features,
                               min_transmittance=min_transmittance, **self.render_options())
         values = [out["rgb"], out["depth"].unsqueeze(1)] + ([out["normals"]] if "normals" in maps else [])
         packed = torch.cat(values + [out["opacity"].unsqueeze(1)], 1)
