@@ -167,8 +167,62 @@ inline void wide4(const Seg* segs, int nseg, const uint32_t* W, int r0, uint32_t
 #undef NGP_MLP_STORE_ROW
 }
 
+// dst[c * ds + r] = src[r * ss + c] for a 16 x 16 block of 32-bit words (unpacks within 128-bit lanes, then lane
+// shuffles; 64 shuffles for 16 rows).
+inline void transpose16(const uint32_t* src, int ss, uint32_t* dst, int ds) {
+    __m512i r[16], t[16], u[16];
+    for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512((const void*)(src + i * ss));
+    for (int i = 0; i < 16; i += 2) {  // t[i], t[i+1]: rows i, i+1 interleaved (words 0,1 / 2,3 of each lane)
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {  // u[i + j]: column j (of each lane's four) of rows i..i+3
+        u[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        u[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        u[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        u[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int j = 0; j < 4; ++j) {  // lanes 0 and 2 (columns j, 8 + j), 1 and 3 (4 + j, 12 + j)
+        t[2 * j] = _mm512_shuffle_i32x4(u[j], u[4 + j], 0x88);
+        t[2 * j + 1] = _mm512_shuffle_i32x4(u[j], u[4 + j], 0xdd);
+        t[8 + 2 * j] = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0x88);
+        t[8 + 2 * j + 1] = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0xdd);
+    }
+    for (int j = 0; j < 4; ++j) {
+        _mm512_storeu_si512((void*)(dst + j * ds), _mm512_shuffle_i32x4(t[2 * j], t[8 + 2 * j], 0x88));
+        _mm512_storeu_si512((void*)(dst + (8 + j) * ds), _mm512_shuffle_i32x4(t[2 * j], t[8 + 2 * j], 0xdd));
+        _mm512_storeu_si512((void*)(dst + (4 + j) * ds), _mm512_shuffle_i32x4(t[2 * j + 1], t[8 + 2 * j + 1], 0x88));
+        _mm512_storeu_si512((void*)(dst + (12 + j) * ds), _mm512_shuffle_i32x4(t[2 * j + 1], t[8 + 2 * j + 1], 0xdd));
+    }
+}
+
+// The last layer with at most 4 outputs on a 64-wide hidden tile (a NeRF's colour, an SDF's distance), lanes over
+// rows: the tile's words transposed to 16 rows a vector, then per word one vector of rows and each output's weight
+// broadcast, 32 x n_out dot products for the tile instead of narrow16's 32 x 16 (whose lanes are outputs, 3 of 16
+// used). Each (row, output) sums the same products in the same order as narrow16: the same values, bit for bit.
+inline void narrow_rows(const uint32_t* hid, const uint32_t* W, int rows, int n_out, float* out) {
+    alignas(64) uint32_t tp[HID_WORDS * TILE];  // tp[p * 16 + r]
+    transpose16(hid, HID_WORDS, tp, TILE);
+    transpose16(hid + TILE, HID_WORDS, tp + TILE * TILE, TILE);
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int p = 0; p < HID_WORDS; ++p) {
+        const __m512bh a = (__m512bh)_mm512_load_si512((const void*)(tp + p * TILE));
+#pragma GCC unroll 4
+        for (int o = 0; o < 4; ++o)
+            if (o < n_out)
+                acc[o] = _mm512_dpbf16_ps(acc[o], a, (__m512bh)_mm512_set1_epi32((int)W[p * OUT_PAD + o]));
+    }
+    alignas(64) float cols[4][TILE];
+    for (int o = 0; o < n_out; ++o) _mm512_store_ps(cols[o], acc[o]);
+    for (int r = 0; r < rows; ++r)
+        for (int o = 0; o < n_out; ++o) out[(long long)r * n_out + o] = cols[o][r];
+}
+
 // The last layer (<= 16 outputs) for the tile's first `rows` rows: float32 into out[r * n_out + o].
 inline void narrow16(const Seg* segs, int nseg, const uint32_t* W, int rows, int n_out, float* out) {
+    if (n_out <= 4 && nseg == 1 && segs[0].rs == HID_WORDS && segs[0].ps == 1 && segs[0].np == HID_WORDS &&
+        segs[0].w_row == 0)
+        return narrow_rows(segs[0].base, W, rows, n_out, out);
     __m512 acc[TILE];
     for (int r = 0; r < TILE; ++r) acc[r] = _mm512_setzero_ps();
     for (int s = 0; s < nseg; ++s) {
