@@ -85,6 +85,18 @@ def _rows_per_block(n: int) -> int:
     return max(64, min(4096, -(-per // _TILE) * _TILE))
 
 
+def _block_args(block: Tensor) -> list:
+    """A column block as the kernels take it: (data, row stride, column stride, width). A feature-major block (the
+    hash grid's inference output) is its contiguous (n_i, N) transpose, read column by column; any other layout is
+    copied to rows."""
+    b = block.detach()
+    if is_feature_major(b):
+        data, rs, cs = b.t(), 1, b.shape[0]
+    else:
+        data, rs, cs = b.contiguous(), b.shape[1], 1
+    return [data, np.int64(rs), np.int64(cs), np.int32(b.shape[1])]
+
+
 def fused_inference_mlp(blocks: Sequence[Tensor], weights: Sequence[Tensor], vector: bool = True) -> Tensor:
     """The bf16 forward of a bias-free ReLU MLP on the ``mlp_bf16_forward`` kernel: ``blocks`` one or two (N, n_i)
     float32 column blocks (the input is their concatenation; row-major, or feature-major as the hash grid's
@@ -109,12 +121,7 @@ def fused_inference_mlp(blocks: Sequence[Tensor], weights: Sequence[Tensor], vec
     args: list = []
     for i in range(2):
         if i < len(blocks):
-            b = blocks[i].detach()
-            if is_feature_major(b):  # the (n_i, N) tensor the kernel reads column by column
-                data, rows, cols = b.t(), 1, n
-            else:
-                data, rows, cols = b.contiguous(), b.shape[1], 1
-            args += [data, np.int64(rows), np.int64(cols), np.int32(b.shape[1])]
+            args += _block_args(blocks[i])
         else:
             args += [None, np.int64(0), np.int64(0), np.int32(0)]
     per_block = _rows_per_block(n)
@@ -180,16 +187,10 @@ def fused_nerf(features: Tensor, density_weights: Sequence[Tensor], rgb_weights:
     rgb = output_buffer((n, n_out), torch.float32, features.device)
     if n == 0:
         return log_density, rgb
-    x = features.detach()
-    if is_feature_major(x):
-        data, rs, cs = x.t(), 1, n
-    else:
-        data = x.contiguous()
-        rs, cs = data.shape[1], 1
     geo_w = [rgb_weights[0].detach()[:, :NERF_GEO_WIDTH], *rgb_weights[1:]]
     sums = ray_sums.detach().contiguous()
     per_block = _rows_per_block(n)
-    args = [data, np.int64(rs), np.int64(cs), np.int32(x.shape[1]), pack_weights(density_weights),
+    args = [*_block_args(features), pack_weights(density_weights),
             np.int32(len(density_weights)), sums, np.int64(sums.shape[1]), np.int64(sums_column), rows.contiguous(),
             pack_weights(geo_w), np.int32(len(rgb_weights)), np.int32(n_out), log_density, rgb, np.int64(n),
             np.int32(per_block)]

@@ -272,21 +272,13 @@ inline void narrow16(const Seg* segs, int nseg, const uint32_t* W, int rows, int
 #endif
 
 // The layers of one tile: the first reads segs (k0_words words a row; its sums start at init, null: 0), the hidden
-// ones go through hid_a / hid_b, the last writes rows [0, rows) of its n_out outputs to out[r * out_stride + o]
-// (out_stride >= n_out; with n_out == 16 the whole padded layer).
+// ones go through hid_a / hid_b, the last writes rows [0, rows) of its n_out outputs to out[r * n_out + o].
 inline void tile_layers(Seg* segs, int nseg, const uint32_t* W, int n_layers, int k0_words, int rows, int n_out,
-                        float* out, int out_stride, uint32_t* hid_a, uint32_t* hid_b, const float* const* init) {
+                        float* out, uint32_t* hid_a, uint32_t* hid_b, const float* const* init) {
     uint32_t* hid_out = hid_a;
     for (int l = 0; l < n_layers; ++l) {
         if (l == n_layers - 1) {
-            if (out_stride == n_out) {
-                narrow16(segs, nseg, W, rows, n_out, out);
-            } else {
-                alignas(64) float tmp[TILE * OUT_PAD];
-                narrow16(segs, nseg, W, rows, OUT_PAD, tmp);
-                for (int r = 0; r < rows; ++r)
-                    for (int o = 0; o < n_out; ++o) out[(long long)r * out_stride + o] = tmp[r * OUT_PAD + o];
-            }
+            narrow16(segs, nseg, W, rows, n_out, out);
             return;
         }
         for (int r0 = 0; r0 < TILE; r0 += 4) wide4(segs, nseg, W, r0, hid_out, l == 0 ? init : nullptr);
@@ -328,8 +320,7 @@ extern "C" __global__ void mlp_bf16_forward(const float* __restrict__ x0, const 
         int nseg = 0;
         segs[nseg++] = tile_input(x0 + t * x0_rs, x0_rs, x0_cs, w0, rows, in0, 0);
         if (w1) segs[nseg++] = tile_input(x1 + t * x1_rs, x1_rs, x1_cs, w1, rows, in1, w0 / 2);
-        tile_layers(segs, nseg, weights, n_layers, k0_words, rows, n_out, out + t * n_out, n_out, hid_a, hid_b,
-                    nullptr);
+        tile_layers(segs, nseg, weights, n_layers, k0_words, rows, n_out, out + t * n_out, hid_a, hid_b, nullptr);
     }
 #endif
 }
@@ -359,15 +350,14 @@ extern "C" __global__ void mlp_bf16_nerf(const float* __restrict__ x0, const lon
     for (long long t = begin; t < end; t += TILE) {
         const int rows = end - t < TILE ? (int)(end - t) : TILE;
         Seg segs[1] = {tile_input(x0 + t * x0_rs, x0_rs, x0_cs, w0, rows, in0, 0)};
-        tile_layers(segs, 1, dweights, d_layers, w0 / 2, TILE, OUT_PAD, dens, OUT_PAD, hid_a, hid_b, nullptr);
+        tile_layers(segs, 1, dweights, d_layers, w0 / 2, TILE, OUT_PAD, dens, hid_a, hid_b, nullptr);
         const float* init[TILE];
         for (int r = 0; r < TILE; ++r) {
             init[r] = r < rows ? ray_sums + rows_of[t + r] * sums_stride + sums_column : zeros;
             if (r < rows) log_density[t + r] = dens[r * OUT_PAD];
         }
         segs[0] = tile_input(dens, OUT_PAD, 1, OUT_PAD, rows, geo, 0);
-        tile_layers(segs, 1, cweights, c_layers, OUT_PAD / 2, rows, c_out, rgb + t * c_out, c_out, hid_a, hid_b,
-                    init);
+        tile_layers(segs, 1, cweights, c_layers, OUT_PAD / 2, rows, c_out, rgb + t * c_out, hid_a, hid_b, init);
     }
 #endif
 }
